@@ -1,0 +1,6 @@
+//! The endpoints, one file per spec area, each handler named after its operation
+//! with `METHOD /path` as its doc header.
+
+pub(crate) mod client {
+    pub(crate) mod discovery;
+}

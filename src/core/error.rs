@@ -1,0 +1,74 @@
+//! Everything that can go wrong while answering a request, and the one place where
+//! it becomes a Matrix error response.
+
+use http::StatusCode;
+use ruma::api::{
+    error::{DeserializationError, ErrorBody, ErrorKind, FromHttpRequestError, IntoHttpError, StandardErrorBody},
+    OutgoingResponseExt,
+};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unrecognized request: {method} {path}")]
+    Unrecognized { method: http::Method, path: String },
+    #[error("{path} does not accept {method}")]
+    MethodNotAllowed { method: http::Method, path: String },
+    #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("request is malformed: {0}")]
+    BadJson(String),
+    #[error("invalid parameter: {0}")]
+    InvalidParam(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not build the response: {0}")]
+    Response(#[from] IntoHttpError),
+}
+
+impl Error {
+    /// Sorts ruma's parse failures into the spec's error codes: `M_NOT_JSON` when
+    /// the body is not JSON at all, `M_BAD_JSON` when it is JSON of the wrong shape,
+    /// `M_INVALID_PARAM` for the query string and path.
+    pub(crate) fn from_request(err: FromHttpRequestError, body: &[u8]) -> Self {
+        use DeserializationError::{Ident, Json, Query};
+        match err {
+            FromHttpRequestError::Deserialization(Json(_)) => {
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Err(not_json) => Self::NotJson(not_json),
+                    Ok(_) => Self::BadJson(err.to_string()),
+                }
+            }
+            FromHttpRequestError::Deserialization(Query(_) | Ident(_)) => Self::InvalidParam(err.to_string()),
+            _ => Self::BadJson(err.to_string()),
+        }
+    }
+
+    fn status_and_kind(&self) -> (StatusCode, ErrorKind) {
+        match self {
+            Self::Unrecognized { .. } => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
+            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
+            Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
+            Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
+            Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+            Self::Store(_) | Self::Response(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
+        }
+    }
+
+    /// The spec's standard error response: `{"errcode": ..., "error": ...}`.
+    pub fn into_response(self) -> http::Response<Vec<u8>> {
+        let (status, kind) = self.status_and_kind();
+        let body = ErrorBody::Standard(StandardErrorBody::new(kind, self.to_string()));
+        ruma::api::error::Error::new(status, body).try_into_http_response().unwrap_or_else(|_| {
+            // Serializing a standard error body cannot fail; keep a plain 500 anyway
+            // rather than a panic.
+            let mut response = http::Response::new(br#"{"errcode":"M_UNKNOWN","error":"internal error"}"#.to_vec());
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        })
+    }
+}

@@ -1,0 +1,134 @@
+//! Turns an `http::Request` into one of ruma's typed requests, calls its handler,
+//! and turns the result (or the error) back into an `http::Response` with the
+//! headers every response carries.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method};
+use percent_encoding::percent_decode_str;
+use ruma::api::{
+    client::discovery::get_supported_versions, path_builder::PathBuilder, IncomingRequest, IncomingRequestExt,
+    Metadata, OutgoingResponseExt,
+};
+
+use super::{api::client, Error, Homeserver, SERVER};
+
+/// The largest request body the core accepts. JSON requests are far smaller;
+/// media uploads will get a limit of their own.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub(super) async fn handle(hs: &Homeserver, request: http::Request<Bytes>) -> http::Response<Bytes> {
+    let response = if request.method() == Method::OPTIONS {
+        // CORS preflight. The spec forbids running endpoint logic for OPTIONS:
+        // the headers added below are the whole answer.
+        http::Response::new(Vec::new())
+    } else {
+        route(hs, request).await.unwrap_or_else(Error::into_response)
+    };
+    let (mut parts, body) = response.into_parts();
+    // Client-Server API, "Web Browser Clients"; HEAD too, since every GET answers it.
+    let headers = &mut parts.headers;
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    http::Response::from_parts(parts, Bytes::from(body))
+}
+
+async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::Response<Vec<u8>>, Error> {
+    let size = request.body().len();
+    if size > MAX_BODY_BYTES {
+        return Err(Error::TooLarge { size, limit: MAX_BODY_BYTES });
+    }
+    let path = request.uri().path().to_owned();
+    // Set when an endpoint has this path but not this method: 405 rather than 404.
+    let mut path_known = false;
+
+    macro_rules! endpoints {
+        ($($request:ty => $handler:path,)*) => {$(
+            if let Some(args) = match_path(<$request as Metadata>::PATH_BUILDER.all_paths(), &path) {
+                if accepts(<$request as Metadata>::METHOD, request.method()) {
+                    return call::<$request, _, _>(hs, request, &args, $handler).await;
+                }
+                path_known = true;
+            }
+        )*};
+    }
+
+    endpoints! {
+        get_supported_versions::Request => client::discovery::versions,
+    }
+
+    let method = request.method().clone();
+    Err(if path_known { Error::MethodNotAllowed { method, path } } else { Error::Unrecognized { method, path } })
+}
+
+/// ruma answers `HEAD` on every `GET` endpoint.
+fn accepts(endpoint: Method, received: &Method) -> bool {
+    endpoint == received || (endpoint == Method::GET && received == Method::HEAD)
+}
+
+/// The raw (still percent-encoded) path arguments if `path` matches one of the
+/// endpoint's templates, whose variable segments are written `{name}`.
+fn match_path<'p>(templates: impl Iterator<Item = &'static str>, path: &'p str) -> Option<Vec<&'p str>> {
+    templates.into_iter().find_map(|template| {
+        let mut args = Vec::new();
+        let mut segments = path.split('/');
+        for expected in template.split('/') {
+            let segment = segments.next()?;
+            if expected.starts_with('{') {
+                args.push(segment);
+            } else if expected != segment {
+                return None;
+            }
+        }
+        segments.next().is_none().then_some(args)
+    })
+}
+
+async fn call<'hs, R, F, Fut>(
+    hs: &'hs Homeserver,
+    request: http::Request<Bytes>,
+    raw_args: &[&str],
+    handler: F,
+) -> Result<http::Response<Vec<u8>>, Error>
+where
+    R: IncomingRequest,
+    F: FnOnce(&'hs Homeserver, R) -> Fut,
+    Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
+{
+    let args = raw_args
+        .iter()
+        .map(|arg| percent_decode_str(arg).decode_utf8())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| Error::InvalidParam(format!("path segment is not UTF-8 once decoded: {err}")))?;
+    let args: Vec<&str> = args.iter().map(|arg| arg.as_ref()).collect();
+    let (parts, body) = request.into_parts();
+    let typed = R::try_from_http_request(http::Request::from_parts(parts, body.as_ref()), &args)
+        .map_err(|err| Error::from_request(err, &body))?;
+    Ok(handler(hs, typed).await?.try_into_http_response()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_whole_paths() {
+        let templates = || ["/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}"].into_iter();
+        assert_eq!(
+            match_path(templates(), "/_matrix/client/v3/rooms/%21a%3Ab/send/m.room.message/1"),
+            Some(vec!["%21a%3Ab", "m.room.message", "1"])
+        );
+        assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/send/y"), None);
+        assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/send/y/z/extra"), None);
+        assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/state/y/z"), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! glia: a Matrix homeserver that runs in a browser Service Worker and natively.
+//!
+//! The [`core`] is sans-I/O: it turns `http::Request`s into `http::Response`s over a
+//! [`store::Store`]. Platform shells wrap it: [`web`] for the Service Worker,
+//! [`native`] for the `glia` binary.
+
+pub mod core;
+pub mod p2p;
+pub mod store;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use crate::core::Homeserver;
