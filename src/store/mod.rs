@@ -177,7 +177,7 @@ impl Batch {
         self
     }
 
-    fn tables(&self) -> Vec<&'static str> {
+    pub(crate) fn tables(&self) -> Vec<&'static str> {
         let mut tables: Vec<_> = self
             .ops
             .iter()
