@@ -15,8 +15,8 @@ pub enum Error {
     Unrecognized { method: http::Method, path: String },
     #[error("{path} does not accept {method}")]
     MethodNotAllowed { method: http::Method, path: String },
-    #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
     #[error("request body is not valid JSON: {0}")]
     NotJson(serde_json::Error),
     #[error("request is malformed: {0}")]
@@ -60,7 +60,7 @@ impl Error {
     }
 
     /// The spec's standard error response: `{"errcode": ..., "error": ...}`.
-    pub fn into_response(self) -> http::Response<Vec<u8>> {
+    pub(crate) fn into_response(self) -> http::Response<Vec<u8>> {
         let (status, kind) = self.status_and_kind();
         let body = ErrorBody::Standard(StandardErrorBody::new(kind, self.to_string()));
         ruma::api::error::Error::new(status, body).try_into_http_response().unwrap_or_else(|_| {

@@ -16,6 +16,7 @@ use bytes::Bytes;
 pub use self::{
     error::Error,
     platform::{Clock, OsRandom, Random, SystemClock},
+    router::{error_response, MAX_BODY_BYTES},
 };
 use crate::store::{Schema, Store};
 

@@ -19,13 +19,22 @@ use super::{api::client, Error, Homeserver, SERVER};
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 pub(super) async fn handle(hs: &Homeserver, request: http::Request<Bytes>) -> http::Response<Bytes> {
-    let response = if request.method() == Method::OPTIONS {
+    if request.method() == Method::OPTIONS {
         // CORS preflight. The spec forbids running endpoint logic for OPTIONS:
-        // the headers added below are the whole answer.
-        http::Response::new(Vec::new())
-    } else {
-        route(hs, request).await.unwrap_or_else(Error::into_response)
-    };
+        // the headers `finish` adds are the whole answer.
+        return finish(http::Response::new(Vec::new()));
+    }
+    finish(route(hs, request).await.unwrap_or_else(Error::into_response))
+}
+
+/// The response for a request a shell refused before the core saw it (a body
+/// over [`MAX_BODY_BYTES`], say), with the same headers as every other.
+pub fn error_response(err: Error) -> http::Response<Bytes> {
+    finish(err.into_response())
+}
+
+/// Adds the headers every response carries.
+fn finish(response: http::Response<Vec<u8>>) -> http::Response<Bytes> {
     let (mut parts, body) = response.into_parts();
     // Client-Server API, "Web Browser Clients"; HEAD too, since every GET answers it.
     let headers = &mut parts.headers;
@@ -43,9 +52,8 @@ pub(super) async fn handle(hs: &Homeserver, request: http::Request<Bytes>) -> ht
 }
 
 async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::Response<Vec<u8>>, Error> {
-    let size = request.body().len();
-    if size > MAX_BODY_BYTES {
-        return Err(Error::TooLarge { size, limit: MAX_BODY_BYTES });
+    if request.body().len() > MAX_BODY_BYTES {
+        return Err(Error::TooLarge { limit: MAX_BODY_BYTES });
     }
     let path = request.uri().path().to_owned();
     // Set when an endpoint has this path but not this method: 405 rather than 404.

@@ -1,0 +1,43 @@
+// glia's Service Worker: loads the wasm homeserver and hands it every Matrix
+// request. Everything else goes to the network as usual.
+//
+// A classic worker (`importScripts` + wasm-bindgen's `no-modules` output): the fetch
+// listener is registered synchronously at start-up, as the spec requires, and
+// classic workers run in every browser that has Service Workers.
+'use strict';
+
+// Replaced by scripts/build-web with a hash of the wasm, so a rebuilt homeserver
+// changes this file and the browser installs the new worker.
+const BUILD = '__GLIA_BUILD__';
+
+importScripts(`pkg/glia.js?v=${BUILD}`);
+
+const node = wasm_bindgen({ module_or_path: `pkg/glia_bg.wasm?v=${BUILD}` })
+  .then(() => wasm_bindgen.WorkerNode.open());
+
+const MATRIX_PREFIXES = ['/_matrix/', '/.well-known/matrix/'];
+
+self.addEventListener('install', (event) => {
+  // Install only once the homeserver has loaded, so a broken build never takes over.
+  event.waitUntil(node.then(() => self.skipWaiting()));
+});
+
+self.addEventListener('activate', (event) => {
+  // Take the open pages now, without waiting for a reload.
+  event.waitUntil(self.clients.claim());
+});
+
+self.addEventListener('fetch', (event) => {
+  const url = new URL(event.request.url);
+  if (url.origin !== self.location.origin) return;
+  if (!MATRIX_PREFIXES.some((prefix) => url.pathname.startsWith(prefix))) return;
+  event.respondWith(node.then((n) => n.handle(event.request)).catch(workerFailed));
+});
+
+function workerFailed(err) {
+  const body = JSON.stringify({ errcode: 'M_UNKNOWN', error: `glia's worker failed: ${err}` });
+  return new Response(body, {
+    status: 500,
+    headers: { 'Content-Type': 'application/json', 'Access-Control-Allow-Origin': '*' },
+  });
+}

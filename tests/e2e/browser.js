@@ -1,0 +1,64 @@
+// Shared set-up for the end-to-end tests: a `glia serve` on a free loopback port
+// and Debian's Chromium driven by playwright-core, each with a fresh profile.
+
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const root = path.resolve(import.meta.dirname, '../..');
+
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/// Starts the `glia` binary with `args` and resolves with its base URL once it
+/// prints the address it listens on.
+export async function startGlia(args) {
+  const bin = process.env.GLIA_BIN ?? path.join(root, 'target/debug/glia');
+  const child = spawn(bin, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout });
+  const url = await new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`glia ${args.join(' ')} exited with ${code}`)));
+    lines.on('line', (line) => {
+      const match = line.match(/at (http:\/\/\S+)/);
+      if (match) resolve(match[1]);
+    });
+  });
+  return { url, stop: () => child.kill('SIGINT') };
+}
+
+/// A Chromium with a profile of its own in a fresh directory.
+export async function launchBrowser() {
+  const profile = await mkdtemp(path.join(tmpdir(), 'glia-e2e-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: CHROMIUM_ARGS,
+  });
+  return {
+    context,
+    async close() {
+      await context.close();
+      await rm(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/// Opens the shell page and waits until the worker has taken the page and answered.
+export async function openShell(context, url) {
+  const page = context.pages()[0] ?? (await context.newPage());
+  await page.goto(url);
+  await page.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), null, {
+    timeout: 60_000,
+  });
+  return page;
+}

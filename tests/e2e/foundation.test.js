@@ -1,0 +1,93 @@
+// The homeserver answers from inside the browser: glia serve hands out the static
+// app, and every /_matrix request is answered by the wasm core in the Service Worker.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { launchBrowser, openShell, startGlia } from './browser.js';
+
+let glia;
+let browser;
+let page;
+
+before(async () => {
+  glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
+  browser = await launchBrowser();
+  page = await openShell(browser.context, glia.url);
+});
+
+after(async () => {
+  await browser?.close();
+  glia?.stop();
+});
+
+/// Fetches `path` from the page and returns what the page saw, plus whether the
+/// Service Worker (not the network) produced the response.
+async function fetchFromPage(path, init = {}) {
+  const [response, seen] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === path && r.request().method() === (init.method ?? 'GET')),
+    page.evaluate(async ([path, init]) => {
+      const res = await fetch(path, init);
+      return { status: res.status, headers: Object.fromEntries(res.headers), text: await res.text() };
+    }, [path, init]),
+  ]);
+  return { ...seen, fromServiceWorker: response.fromServiceWorker() };
+}
+
+test('the shell page loads the worker and shows what the homeserver answered', async () => {
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'ready');
+  assert.ok(await page.evaluate(() => navigator.serviceWorker.controller !== null));
+  assert.match(await page.textContent('#server'), /^glia\//);
+  const steps = await page.$$eval('#steps li', (items) => items.map((i) => i.className));
+  assert.deepEqual(steps, ['done', 'done', 'done', 'done']);
+});
+
+test('/versions comes from the wasm core in the Service Worker', async () => {
+  const res = await fetchFromPage('/_matrix/client/versions');
+  assert.equal(res.status, 200);
+  assert.ok(res.fromServiceWorker);
+  assert.match(res.headers.server, /^glia\/\d/);
+  assert.equal(res.headers['access-control-allow-origin'], '*');
+  assert.ok(Array.isArray(JSON.parse(res.text).versions));
+});
+
+test('an unknown Matrix endpoint gets M_UNRECOGNIZED from the worker', async () => {
+  const res = await fetchFromPage('/_matrix/client/v3/no/such/endpoint');
+  assert.equal(res.status, 404);
+  assert.ok(res.fromServiceWorker);
+  assert.equal(JSON.parse(res.text).errcode, 'M_UNRECOGNIZED');
+
+  const wrongMethod = await fetchFromPage('/_matrix/client/versions', { method: 'POST', body: '{}' });
+  assert.equal(wrongMethod.status, 405);
+  assert.equal(JSON.parse(wrongMethod.text).errcode, 'M_UNRECOGNIZED');
+});
+
+test('CORS preflight is answered with the spec headers and no endpoint logic', async () => {
+  const res = await fetchFromPage('/_matrix/client/versions', { method: 'OPTIONS' });
+  assert.equal(res.status, 200);
+  assert.ok(res.fromServiceWorker);
+  assert.equal(res.text, '');
+  assert.match(res.headers['access-control-allow-methods'], /PUT/);
+  assert.match(res.headers['access-control-allow-headers'], /Authorization/);
+});
+
+test('the worker keeps its IndexedDB store and answers again after being stopped', async () => {
+  const databases = await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
+  assert.ok(databases.includes('glia'), `databases: ${databases}`);
+
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('ServiceWorker.enable');
+  await cdp.send('ServiceWorker.stopAllWorkers');
+  const res = await fetchFromPage('/_matrix/client/versions');
+  assert.equal(res.status, 200);
+  assert.ok(res.fromServiceWorker);
+
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.state === 'ready');
+  assert.equal((await fetchFromPage('/_matrix/client/versions')).status, 200);
+});
+
+test('requests outside /_matrix pass through to the network', async () => {
+  const res = await fetchFromPage('/shell.css');
+  assert.equal(res.status, 200);
+  assert.equal(res.fromServiceWorker, false);
+});

@@ -1,0 +1,87 @@
+// The shell page: registers glia's Service Worker, shows start-up progress, then
+// what the homeserver inside this browser answers.
+
+const stepsList = document.getElementById('steps');
+const started = performance.now();
+
+function step(text) {
+  const item = document.createElement('li');
+  item.textContent = text;
+  stepsList.append(item);
+  return {
+    done() {
+      item.classList.add('done');
+      const time = document.createElement('span');
+      time.className = 'time';
+      time.textContent = `${Math.round(performance.now() - started)} ms`;
+      item.append(time);
+    },
+    fail(err) {
+      item.classList.add('failed');
+      item.append(`: ${err.message ?? err}`);
+      document.body.dataset.state = 'failed';
+      throw err;
+    },
+  };
+}
+
+async function run(text, work) {
+  const s = step(text);
+  try {
+    const result = await work();
+    s.done();
+    return result;
+  } catch (err) {
+    s.fail(err);
+  }
+}
+
+// Resolves once `registration`'s worker is active, or rejects if installing it
+// fails (the wasm did not load).
+function activated(registration) {
+  return new Promise((resolve, reject) => {
+    const watch = (worker) => {
+      if (!worker) return;
+      worker.addEventListener('statechange', () => {
+        if (worker.state === 'activated') resolve();
+        if (worker.state === 'redundant' && !registration.active) {
+          reject(new Error('the homeserver failed to load; the worker console says why'));
+        }
+      });
+    };
+    if (registration.active) resolve();
+    watch(registration.installing ?? registration.waiting);
+    registration.addEventListener('updatefound', () => watch(registration.installing));
+  });
+}
+
+function controlled() {
+  if (navigator.serviceWorker.controller) return Promise.resolve();
+  return new Promise((resolve) =>
+    navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }));
+}
+
+async function main() {
+  if (!('serviceWorker' in navigator)) {
+    step('Service Workers are unavailable').fail(
+      new Error('open this page over https or http://localhost in a current browser'));
+  }
+  const registration = await run('Registering the Service Worker', () =>
+    navigator.serviceWorker.register('sw.js', { scope: './' }));
+  await run('Loading the homeserver (wasm) and opening its store', () => activated(registration));
+  await run('Connecting this page to the homeserver', controlled);
+  const response = await run('Asking the homeserver for its versions', async () => {
+    const res = await fetch('/_matrix/client/versions');
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    return res;
+  });
+  const body = await response.json();
+  document.getElementById('server').textContent = response.headers.get('Server') ?? '(unknown)';
+  document.getElementById('versions').textContent =
+    body.versions.length ? body.versions.join(', ') : 'none yet: the Client-Server API is still being built';
+  document.getElementById('raw').textContent = JSON.stringify(body, null, 2);
+  document.getElementById('node').hidden = false;
+  document.body.dataset.state = 'ready';
+}
+
+main().catch((err) => console.error('glia shell:', err));
