@@ -72,3 +72,40 @@ impl Error {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_error(body: &[u8]) -> FromHttpRequestError {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Login {
+            user: String,
+        }
+        FromHttpRequestError::Deserialization(serde_json::from_slice::<Login>(body).unwrap_err().into())
+    }
+
+    fn errcode(err: Error) -> (u16, String) {
+        let response = err.into_response();
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+        (response.status().as_u16(), body["errcode"].as_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn body_errors_tell_not_json_from_bad_json() {
+        for body in [&b"{"[..], b"\xff\xfe", b"user=x"] {
+            assert_eq!(errcode(Error::from_request(json_error(body), body)), (400, "M_NOT_JSON".into()));
+        }
+        for body in [&br#"{"user": 5}"#[..], b"[]", br#"{}"#] {
+            assert_eq!(errcode(Error::from_request(json_error(body), body)), (400, "M_BAD_JSON".into()));
+        }
+    }
+
+    #[test]
+    fn storage_failures_are_500_unknown() {
+        let err = Error::Store(StoreError::Backend("disk on fire".into()));
+        assert_eq!(errcode(err), (500, "M_UNKNOWN".into()));
+    }
+}

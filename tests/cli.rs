@@ -1,0 +1,99 @@
+//! The `glia` command itself: argument errors, `glia node` and `glia serve` on
+//! real sockets at `127.0.0.1:0`.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::process::Command;
+
+use common::{request, Glia};
+
+fn glia(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_glia")).args(args).output().unwrap()
+}
+
+#[test]
+fn bad_arguments_get_a_usage_error() {
+    for args in [&[][..], &["fly"], &["node", "--listen", "not-an-address"], &["serve", "--bogus"]] {
+        let out = glia(args);
+        assert_eq!(out.status.code(), Some(2), "glia {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // clap names the mistake and points at `--help` (or prints the usage).
+        assert!(stderr.contains("Usage: glia") || stderr.contains("error: ") && stderr.contains("--help"), "glia {args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn serve_refuses_a_folder_without_a_built_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = glia(&["serve", "--listen", "127.0.0.1:0", "--root", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("index.html is missing") && stderr.contains("scripts/build-web"), "{stderr}");
+}
+
+#[test]
+fn serve_hands_out_the_app_with_worker_headers_and_wasm_mime_type() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pkg")).unwrap();
+    for (file, contents) in [
+        ("index.html", &b"<!doctype html>"[..]),
+        ("sw.js", b"// worker"),
+        ("pkg/glia.js", b"// glue"),
+        ("pkg/glia_bg.wasm", b"\0asm\x01\0\0\0"),
+    ] {
+        std::fs::write(dir.path().join(file), contents).unwrap();
+    }
+    let glia = Glia::start(&["serve", "--listen", "127.0.0.1:0", "--root", dir.path().to_str().unwrap()]);
+
+    let wasm = request(&glia.addr, "GET", "/pkg/glia_bg.wasm", b"");
+    assert_eq!(wasm.status, 200);
+    assert_eq!(wasm.header("content-type"), Some("application/wasm"));
+    assert_eq!(wasm.body, b"\0asm\x01\0\0\0");
+
+    let worker = request(&glia.addr, "GET", "/sw.js", b"");
+    assert_eq!(worker.header("service-worker-allowed"), Some("/"));
+    assert!(worker.header("content-type").unwrap().contains("javascript"));
+
+    let index = request(&glia.addr, "GET", "/", b"");
+    assert_eq!((index.status, index.body.as_slice()), (200, &b"<!doctype html>"[..]));
+    assert_eq!(request(&glia.addr, "GET", "/missing.js", b"").status, 404);
+}
+
+#[test]
+fn node_answers_versions_and_keeps_its_store_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let glia = Glia::start(&["node", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()]);
+
+    let versions = request(&glia.addr, "GET", "/_matrix/client/versions", b"");
+    assert_eq!(versions.status, 200);
+    assert!(versions.header("server").unwrap().starts_with("glia/"));
+    assert!(versions.json()["versions"].is_array());
+    assert!(data.join("glia.redb").is_file());
+
+    let unknown = request(&glia.addr, "GET", "/_matrix/client/v3/nope", b"");
+    assert_eq!((unknown.status, unknown.json()["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+}
+
+#[test]
+fn node_refuses_oversized_bodies_with_a_matrix_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let glia = Glia::start(&["node", "--listen", "127.0.0.1:0", "--data", dir.path().to_str().unwrap()]);
+    let body = vec![b' '; glia::core::MAX_BODY_BYTES + 1];
+    let res = request(&glia.addr, "POST", "/_matrix/client/v3/login", &body);
+    assert_eq!(res.status, 413);
+    assert_eq!(res.json()["errcode"], "M_TOO_LARGE");
+    assert_eq!(res.header("access-control-allow-origin"), Some("*"));
+}
+
+#[test]
+fn node_reports_an_unusable_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = glia(&["node", "--listen", "127.0.0.1:0", "--data", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a-file"));
+}

@@ -1,0 +1,90 @@
+#![cfg(not(target_arch = "wasm32"))]
+
+//! The core's routing and error shapes, through `Homeserver::handle` over a
+//! `MemoryStore`: what every platform shell relies on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use glia::{
+    core::{OsRandom, SystemClock, MAX_BODY_BYTES, SCHEMA},
+    store::MemoryStore,
+    Homeserver,
+};
+use serde_json::Value;
+
+fn homeserver() -> Homeserver {
+    Homeserver::new(Arc::new(MemoryStore::new(SCHEMA)), Arc::new(SystemClock), Arc::new(OsRandom))
+}
+
+async fn send(method: &str, uri: &str, body: impl Into<Bytes>) -> http::Response<Bytes> {
+    let request = http::Request::builder().method(method).uri(uri).body(body.into()).unwrap();
+    homeserver().handle(request).await
+}
+
+fn json(response: &http::Response<Bytes>) -> Value {
+    serde_json::from_slice(response.body()).unwrap()
+}
+
+fn assert_cors(response: &http::Response<Bytes>) {
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    for method in ["GET", "POST", "PUT", "DELETE", "OPTIONS"] {
+        assert!(headers["access-control-allow-methods"].to_str().unwrap().contains(method));
+    }
+    assert_eq!(headers["access-control-allow-headers"], "X-Requested-With, Content-Type, Authorization");
+    assert!(headers["server"].to_str().unwrap().starts_with("glia/"));
+}
+
+#[tokio::test]
+async fn versions_lists_what_is_served() {
+    let response = send("GET", "/_matrix/client/versions", "").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_cors(&response);
+    // Nothing is advertised until the endpoints behind a version exist.
+    assert_eq!(json(&response)["versions"], serde_json::json!([]));
+
+    let head = send("HEAD", "/_matrix/client/versions", "").await;
+    assert_eq!(head.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_endpoints_are_unrecognized() {
+    for uri in ["/_matrix/client/v3/nope", "/_matrix/client/versions/extra", "/_matrix/", "/.well-known/matrix/nope"] {
+        let response = send("GET", uri, "").await;
+        assert_eq!(response.status(), 404, "{uri}");
+        assert_cors(&response);
+        let body = json(&response);
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{uri}");
+        assert!(body["error"].as_str().unwrap().contains(uri.split('?').next().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn a_known_endpoint_with_the_wrong_method_is_405() {
+    for method in ["POST", "PUT", "DELETE"] {
+        let response = send(method, "/_matrix/client/versions", "{}").await;
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(json(&response)["errcode"], "M_UNRECOGNIZED");
+        assert_cors(&response);
+    }
+}
+
+#[tokio::test]
+async fn preflight_answers_any_path_with_cors_and_nothing_else() {
+    for uri in ["/_matrix/client/versions", "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1"] {
+        let response = send("OPTIONS", uri, "").await;
+        assert_eq!(response.status(), 200);
+        assert!(response.body().is_empty());
+        assert_cors(&response);
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_routing() {
+    let response = send("POST", "/_matrix/client/v3/login", vec![b' '; MAX_BODY_BYTES + 1]).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(json(&response)["errcode"], "M_TOO_LARGE");
+    assert_cors(&response);
+}
