@@ -89,15 +89,17 @@ impl Store for IndexedDbStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
-        let direction = match direction {
-            Direction::Forward => rexie::Direction::Next,
-            Direction::Backward => rexie::Direction::Prev,
-        };
+        let store = txn.store(table).map_err(backend)?;
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        let entries = txn
-            .store(table)
-            .map_err(backend)?
-            .scan(key_range(&range)?, Some(limit), None, Some(direction))
+        if direction == Direction::Forward {
+            // Two bulk requests over one transaction's snapshot, instead of a cursor
+            // round trip per entry (about three times the scans per second in Chromium).
+            let keys = store.get_all_keys(key_range(&range)?, Some(limit)).await.map_err(backend)?;
+            let values = store.get_all(key_range(&range)?, Some(limit)).await.map_err(backend)?;
+            return Ok(keys.iter().map(bytes).zip(values.iter().map(bytes)).collect());
+        }
+        let entries = store
+            .scan(key_range(&range)?, Some(limit), None, Some(rexie::Direction::Prev))
             .await
             .map_err(backend)?;
         Ok(entries.iter().map(|(k, v)| (bytes(k), bytes(v))).collect())

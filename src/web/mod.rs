@@ -1,6 +1,9 @@
 //! The Service Worker's entry points: `sw.js` opens a [`WorkerNode`] and hands it
 //! every `/_matrix` and `/.well-known/matrix` fetch.
 
+#[cfg(feature = "bench")]
+mod bench;
+
 use std::{rc::Rc, sync::Arc};
 
 use bytes::Bytes;

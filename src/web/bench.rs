@@ -1,0 +1,16 @@
+//! The IndexedDB side of the store benchmark, run by `benches/browser.mjs` in
+//! headless Chromium.
+
+use wasm_bindgen::prelude::*;
+
+use crate::store::{bench, IndexedDbStore};
+
+/// Runs the store workload with `n` operations on a fresh IndexedDB database and
+/// returns the figures as Markdown table rows.
+#[wasm_bindgen]
+pub async fn bench_indexeddb(n: usize) -> Result<String, JsError> {
+    let name = format!("glia-bench-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, bench::SCHEMA).await?;
+    let figures = bench::run(&store, n).await?;
+    Ok(bench::rows("IndexedDB (Chromium)", &figures))
+}
