@@ -13,13 +13,13 @@ use glia::{
 };
 use serde_json::Value;
 
-fn homeserver() -> Homeserver {
-    Homeserver::new(Arc::new(MemoryStore::new(SCHEMA)), Arc::new(SystemClock), Arc::new(OsRandom))
+async fn homeserver() -> Homeserver {
+    Homeserver::open(Arc::new(MemoryStore::new(SCHEMA)), Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap()
 }
 
 async fn send(method: &str, uri: &str, body: impl Into<Bytes>) -> http::Response<Bytes> {
     let request = http::Request::builder().method(method).uri(uri).body(body.into()).unwrap();
-    homeserver().handle(request).await
+    homeserver().await.handle(request).await
 }
 
 fn json(response: &http::Response<Bytes>) -> Value {

@@ -6,8 +6,11 @@
 
 mod api;
 mod error;
+pub mod identity;
+pub mod pdu;
 mod platform;
 mod router;
+pub mod service;
 
 use std::sync::Arc;
 
@@ -18,10 +21,22 @@ pub use self::{
     platform::{Clock, OsRandom, Random, SystemClock},
     router::{error_response, MAX_BODY_BYTES},
 };
-use crate::store::{Schema, Store};
+use self::{identity::NodeKey, service::rooms::Rooms};
+use crate::store::{Schema, Store, StoreError};
 
-/// The tables of a glia node's store.
-pub const SCHEMA: Schema = Schema { version: 1, tables: &["meta"] };
+/// The tables of a glia node's store; each module documents its key encodings.
+pub const SCHEMA: Schema = Schema {
+    version: 2,
+    tables: &[
+        "meta",
+        service::events::EVENTS,
+        service::events::AUTH_GRAPH,
+        service::state::STATE_GROUPS,
+        service::rooms::ROOMS,
+        service::rooms::TIMELINE,
+        service::rooms::TOPOLOGY,
+    ],
+};
 
 /// The value of the `Server` header on every response the core makes, so a client
 /// (or a test) can tell glia answered rather than whatever serves the page.
@@ -30,12 +45,16 @@ pub const SERVER: &str = concat!("glia/", env!("CARGO_PKG_VERSION"));
 pub struct Homeserver {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    random: Arc<dyn Random>,
+    key: Arc<NodeKey>,
+    rooms: Rooms,
 }
 
 impl Homeserver {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> Self {
-        Self { store, clock, random }
+    /// Opens the node over `store`, making its key on first start.
+    pub async fn open(store: Arc<dyn Store>, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> Result<Self, StoreError> {
+        let key = Arc::new(NodeKey::load_or_create(&*store, &*random).await?);
+        let rooms = Rooms::new(store.clone(), key.clone(), clock.clone(), random);
+        Ok(Self { store, clock, key, rooms })
     }
 
     /// Answers one Client-Server, Federation or media request. Never fails: every
@@ -52,7 +71,12 @@ impl Homeserver {
         &*self.clock
     }
 
-    pub fn random(&self) -> &dyn Random {
-        &*self.random
+    /// The node's identity; its server name is its public key.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
     }
 }

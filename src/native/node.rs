@@ -18,7 +18,7 @@ pub async fn open(data_dir: &Path) -> Result<Homeserver, StoreError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|err| StoreError::Backend(format!("cannot create {}: {err}", data_dir.display())))?;
     let store = DiskStore::open(data_dir.join(STORE_FILE), SCHEMA).await?;
-    Ok(Homeserver::new(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)))
+    Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await
 }
 
 /// Every path goes to the core, which answers unknown ones with `M_UNRECOGNIZED`.

@@ -30,7 +30,7 @@ impl WorkerNode {
     /// Opens the node over its IndexedDB store, creating or upgrading it.
     pub async fn open() -> Result<WorkerNode, JsError> {
         let store = IndexedDbStore::open(DATABASE, SCHEMA).await?;
-        let homeserver = Homeserver::new(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom));
+        let homeserver = Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?;
         Ok(WorkerNode { homeserver: Rc::new(homeserver) })
     }
 

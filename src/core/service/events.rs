@@ -1,0 +1,159 @@
+//! Stored events: one record per event in `events` (rejected and soft-failed ones
+//! too), each room's auth graph in `auth_graph`, and a bounded cache of parsed
+//! records, since authorization reads the same few events again and again.
+//!
+//! Key encodings:
+//! - `events`: event ID (UTF-8) → [`EventRecord`] as JSON
+//! - `auth_graph`: room ID, 0, event ID → the event's `auth_events` as a JSON array,
+//!   so state resolution loads a room's whole auth graph with one prefix scan.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{canonical_json::CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
+use serde::{Deserialize, Serialize};
+
+use super::{room_key, rooms::RoomError};
+use crate::{
+    core::pdu::{self, Pdu},
+    store::{Batch, Direction, KeyRange, Store},
+};
+
+pub(crate) const EVENTS: &str = "events";
+pub(crate) const AUTH_GRAPH: &str = "auth_graph";
+
+/// How many parsed events the cache keeps.
+const CACHE_EVENTS: usize = 8192;
+
+/// What the node knows of one event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub pdu: CanonicalJsonObject,
+    /// Why the event failed authorization; it then never becomes state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+    /// Why the event failed authorization against the room's current state only;
+    /// it is kept out of the timeline and the forward extremities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_failed: Option<String>,
+    /// State groups before and after the event.
+    pub state_before: u64,
+    pub state_after: u64,
+    /// Position in the node's timeline stream, for events clients see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
+}
+
+/// A stored event with its PDU parsed.
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub pdu: Arc<Pdu>,
+    pub record: EventRecord,
+}
+
+impl StoredEvent {
+    pub fn from_record(event_id: OwnedEventId, record: EventRecord) -> Result<Self, RoomError> {
+        let rules = pdu::rules(&record.version)?;
+        let mut pdu = Pdu::from_stored(event_id, record.pdu.clone(), &rules)?;
+        pdu.rejected = record.rejected.is_some();
+        Ok(Self { pdu: Arc::new(pdu), record })
+    }
+}
+
+#[derive(Default)]
+pub struct Events {
+    cache: Mutex<HashMap<OwnedEventId, Arc<StoredEvent>>>,
+}
+
+impl Events {
+    pub async fn get(&self, store: &dyn Store, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {
+        if let Some(event) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(event_id) {
+            return Ok(Some(event.clone()));
+        }
+        let Some(bytes) = store.get(EVENTS, event_id.as_bytes()).await? else {
+            return Ok(None);
+        };
+        let record: EventRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+        let event = Arc::new(StoredEvent::from_record(event_id.to_owned(), record)?);
+        self.remember(event.clone());
+        Ok(Some(event))
+    }
+
+    /// Every event of `ids`, or the IDs of those the node does not have.
+    pub async fn get_all(
+        &self,
+        store: &dyn Store,
+        ids: impl IntoIterator<Item = &EventId>,
+    ) -> Result<Result<HashMap<OwnedEventId, Arc<StoredEvent>>, Vec<OwnedEventId>>, RoomError> {
+        let (mut found, mut missing) = (HashMap::new(), Vec::new());
+        for id in ids {
+            match self.get(store, id).await? {
+                Some(event) => drop(found.insert(id.to_owned(), event)),
+                None => missing.push(id.to_owned()),
+            }
+        }
+        Ok(if missing.is_empty() { Ok(found) } else { Err(missing) })
+    }
+
+    pub fn remember(&self, event: Arc<StoredEvent>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_EVENTS {
+            // Crude but bounded: the working set is small and refills quickly.
+            cache.clear();
+        }
+        cache.insert(event.pdu.event_id.clone(), event);
+    }
+
+    /// The writes that store `record` for `pdu`.
+    pub fn write(batch: Batch, pdu: &Pdu, record: &EventRecord) -> Result<Batch, RoomError> {
+        let auth: Vec<&str> = pdu.auth_events.iter().map(|id| id.as_str()).collect();
+        let auth = serde_json::to_vec(&auth).map_err(RoomError::corrupt)?;
+        let record = serde_json::to_vec(record).map_err(RoomError::corrupt)?;
+        Ok(batch
+            .put(EVENTS, pdu.event_id.as_bytes(), record)
+            .put(AUTH_GRAPH, room_key(&pdu.room_id, pdu.event_id.as_bytes()), auth))
+    }
+}
+
+/// A room's auth graph: every stored event's `auth_events`.
+pub struct AuthGraph {
+    pub edges: HashMap<OwnedEventId, Vec<OwnedEventId>>,
+}
+
+impl AuthGraph {
+    pub async fn load(store: &dyn Store, room_id: &RoomId) -> Result<Self, RoomError> {
+        let prefix = room_key(room_id, b"");
+        let entries = store.scan(AUTH_GRAPH, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        let edges = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let id = std::str::from_utf8(&key[prefix.len()..]).map_err(RoomError::corrupt)?;
+                let id = EventId::parse(id).map_err(RoomError::corrupt)?;
+                let auth: Vec<OwnedEventId> = serde_json::from_slice(&value).map_err(RoomError::corrupt)?;
+                Ok((id, auth))
+            })
+            .collect::<Result<_, RoomError>>()?;
+        Ok(Self { edges })
+    }
+
+    /// Every event reachable from `from` along auth edges, `from` excluded unless
+    /// reached again.
+    pub fn ancestors<'a>(&'a self, from: impl IntoIterator<Item = &'a OwnedEventId>) -> ruma::state_res::utils::event_id_set::EventIdSet<OwnedEventId> {
+        let mut seen = ruma::state_res::utils::event_id_set::EventIdSet::new();
+        let mut stack: Vec<&OwnedEventId> = from.into_iter().flat_map(|id| self.parents(id)).collect();
+        while let Some(id) = stack.pop() {
+            if seen.insert(id.clone()) {
+                stack.extend(self.parents(id));
+            }
+        }
+        seen
+    }
+
+    fn parents(&self, id: &EventId) -> impl Iterator<Item = &OwnedEventId> {
+        self.edges.get(id).into_iter().flatten()
+    }
+}

@@ -1,0 +1,15 @@
+//! The homeserver's services over the store, one module per area.
+
+pub mod events;
+pub mod rooms;
+pub mod state;
+
+/// `room_id`, a 0 byte, then `suffix`: the key layout of every per-room table.
+/// Room IDs never contain a 0 byte, so one room's keys are one prefix range.
+pub(crate) fn room_key(room_id: &ruma::RoomId, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(room_id.as_str().len() + 1 + suffix.len());
+    key.extend_from_slice(room_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(suffix);
+    key
+}

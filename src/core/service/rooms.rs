@@ -1,0 +1,765 @@
+//! Rooms as DAGs of events on the store: creating rooms, appending local events,
+//! accepting remote PDUs (with the spec's checks, rejection and soft-failure),
+//! and reading state and timelines back.
+//!
+//! Every event is checked against the auth rules at its auth events, at the state
+//! before it (resolved over its `prev_events`) and, for remote events, at the
+//! room's current state. Writes go through one lock and one atomic batch per event,
+//! guarded by preconditions on the room record and the counters, so a second
+//! writer on the same store fails loudly instead of forking the room.
+//!
+//! Key encodings:
+//! - `rooms`: room ID → [`RoomRecord`] as JSON
+//! - `timeline`: room ID, 0, stream position (u64 big-endian) → event ID
+//! - `topology`: room ID, 0, depth (u64 BE), stream position (u64 BE) → event ID
+//! - `meta`: `stream`, `state_group` → the last number handed out (u64 BE)
+
+use std::{collections::HashMap, fmt::Display, ops::Bound, sync::Arc};
+
+use ruma::{
+    canonical_json::CanonicalJsonObject,
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules},
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UInt,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    events::{EventRecord, Events, StoredEvent},
+    room_key,
+    state::{self, PendingGroup, State, StateGroups},
+};
+use crate::{
+    core::{
+        identity::NodeKey,
+        pdu::{self, NewEvent, Pdu, PduError, Placement, DEFAULT_ROOM_VERSION},
+        Clock, Random,
+    },
+    store::{Batch, Direction, KeyRange, Store, StoreError},
+};
+
+pub(crate) const ROOMS: &str = "rooms";
+pub(crate) const TIMELINE: &str = "timeline";
+pub(crate) const TOPOLOGY: &str = "topology";
+const META: &str = "meta";
+const STREAM: &[u8] = b"stream";
+const STATE_GROUP: &[u8] = b"state_group";
+
+/// The spec caps `prev_events` at 20.
+const MAX_PREV_EVENTS: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("unknown room {0}")]
+    UnknownRoom(OwnedRoomId),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Pdu(#[from] PduError),
+    #[error("the event refers to events this node does not have: {0:?}")]
+    MissingEvents(Vec<OwnedEventId>),
+    #[error("the event belongs to room {found}, not {expected}")]
+    WrongRoom { expected: OwnedRoomId, found: OwnedRoomId },
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    #[error("state resolution failed: {0}")]
+    Resolution(String),
+    #[error("stored room data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RoomError {
+    pub(crate) fn corrupt(err: impl Display) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+/// What became of a received PDU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    /// Authorized by its own history but not by the room's current state: kept,
+    /// but not shown to clients nor built upon.
+    SoftFailed(String),
+    /// Not authorized: kept as rejected, never state.
+    Rejected(String),
+    /// Already stored; nothing changed.
+    Duplicate,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: RoomVersionId,
+    /// The room's current state group.
+    pub state: u64,
+    /// Forward extremities with their depths.
+    pub extremities: Vec<(OwnedEventId, UInt)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preset {
+    #[default]
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateRoom {
+    pub version: Option<RoomVersionId>,
+    pub preset: Preset,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    /// Extra keys for the create event's content (`m.federate`, `type`...).
+    pub creation_content: serde_json::Map<String, serde_json::Value>,
+    /// Top-level keys that replace those of the default power levels.
+    pub power_levels_override: serde_json::Map<String, serde_json::Value>,
+    pub initial_state: Vec<NewEvent>,
+}
+
+/// A position in a room's timeline for clients: the node's stream order.
+pub type StreamPosition = u64;
+
+/// A position in a room's topological order: (depth, stream position).
+pub type TopologicalPosition = (u64, u64);
+
+/// The state before an event, the group holding it, and the writes that store
+/// that group if it is new (a resolution of several prev states).
+struct Before {
+    group: u64,
+    state: Arc<State>,
+    writes: Batch,
+    pending: Option<PendingGroup>,
+}
+
+impl Before {
+    fn of_group(group: u64, state: Arc<State>) -> Self {
+        Self { group, state, writes: Batch::new(), pending: None }
+    }
+}
+
+/// Stream and state group numbers as read at the start of a write.
+#[derive(Clone, Copy)]
+struct Counters {
+    stream: u64,
+    state_group: u64,
+}
+
+pub struct Rooms {
+    store: Arc<dyn Store>,
+    key: Arc<NodeKey>,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
+    events: Events,
+    groups: StateGroups,
+    /// One writer at a time: events are numbered and extremities replaced in order.
+    write: async_lock::Mutex<()>,
+}
+
+impl Rooms {
+    pub fn new(store: Arc<dyn Store>, key: Arc<NodeKey>, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> Self {
+        Self {
+            store,
+            key,
+            clock,
+            random,
+            events: Events::default(),
+            groups: StateGroups::default(),
+            write: async_lock::Mutex::new(()),
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Creates a room with `creator` (a user of this node) joined and the preset's
+    /// state, and returns its ID.
+    pub async fn create_room(&self, creator: &UserId, options: CreateRoom) -> Result<OwnedRoomId, RoomError> {
+        self.check_local(creator)?;
+        let version = options.version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
+        let rules = pdu::rules(&version)?;
+        let _write = self.write.lock().await;
+
+        let mut content = options.creation_content.clone();
+        content.insert("room_version".into(), version.as_str().into());
+        if !rules.authorization.use_room_create_sender {
+            content.insert("creator".into(), creator.as_str().into());
+        }
+        let room_id = (!rules.authorization.room_create_event_id_as_room_id).then(|| self.new_room_id());
+        let create = NewEvent::state(TimelineEventType::RoomCreate, "", content.into());
+        let placement = Placement {
+            room_id: room_id.as_deref(),
+            prev_events: &[],
+            auth_events: &[],
+            depth: UInt::from(1u32),
+            origin_server_ts: self.now(),
+        };
+        let pdu = pdu::build(&self.key, &rules, creator, &create, placement)?;
+        let room_id = pdu.room_id.clone();
+        let before = Before::of_group(0, Arc::new(State::new()));
+        self.insert(None, &rules, pdu, &HashMap::new(), before, true).await?;
+
+        for event in preset_events(creator, &rules, &options) {
+            self.send_locked(&room_id, creator, &event, None).await?;
+        }
+        Ok(room_id)
+    }
+
+    /// Appends an event by a local user after the room's forward extremities.
+    pub async fn send(&self, room_id: &RoomId, sender: &UserId, event: &NewEvent) -> Result<Arc<Pdu>, RoomError> {
+        self.check_local(sender)?;
+        let _write = self.write.lock().await;
+        self.send_locked(room_id, sender, event, None).await
+    }
+
+    /// Appends an event by a local user after exactly `prev_events`, forking the
+    /// room's DAG if they are not its extremities (for tests and benchmarks).
+    pub async fn send_after(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Vec<OwnedEventId>,
+    ) -> Result<Arc<Pdu>, RoomError> {
+        self.check_local(sender)?;
+        let _write = self.write.lock().await;
+        self.send_locked(room_id, sender, event, Some(prev_events)).await
+    }
+
+    async fn send_locked(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<Arc<Pdu>, RoomError> {
+        let room = self.room(room_id).await?;
+        let rules = pdu::rules(&room.version)?;
+        let prev_events = prev_events.unwrap_or_else(|| {
+            let mut extremities = room.extremities.clone();
+            extremities.sort_by(|a, b| b.1.cmp(&a.1));
+            extremities.into_iter().take(MAX_PREV_EVENTS).map(|(id, _)| id).collect()
+        });
+        let prevs = self.events_or_missing(&prev_events).await?;
+        let depth = prevs.values().map(|e| e.pdu.depth).max().unwrap_or_default().saturating_add(UInt::from(1u32));
+        let before = self.state_before(&rules, room_id, &prevs).await?;
+
+        let auth_types =
+            auth_types_for_event(&event.kind, sender, event.state_key.as_deref(), &to_raw(&event.content)?, &rules.authorization)
+                .map_err(RoomError::Invalid)?;
+        let auth_events: Vec<OwnedEventId> =
+            auth_types.iter().filter_map(|key| before.state.get(key).cloned()).collect();
+        let placement = Placement {
+            room_id: Some(room_id),
+            prev_events: &prev_events,
+            auth_events: &auth_events,
+            depth,
+            origin_server_ts: self.now(),
+        };
+        let pdu = pdu::build(&self.key, &rules, sender, event, placement)?;
+        let auths = self.events_or_missing(&auth_events).await?;
+        let stored = self.insert(Some(room), &rules, pdu, &auths, before, true).await?;
+        Ok(stored.pdu.clone())
+    }
+
+    /// Runs every check on receipt of a PDU from another server and stores it as
+    /// accepted, soft-failed or rejected. A PDU that fails the checks which need
+    /// nothing but itself (format, hashes, signatures) is dropped with an error.
+    pub async fn receive(&self, room_id: &RoomId, json: CanonicalJsonObject) -> Result<Outcome, RoomError> {
+        let _write = self.write.lock().await;
+        let room = self.store().get(ROOMS, room_id.as_bytes()).await?;
+        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
+        let version = match &room {
+            Some(room) => room.version.clone(),
+            None => create_event_version(&json)?,
+        };
+        let rules = pdu::rules(&version)?;
+        let pdu = Pdu::from_remote(json, &rules)?;
+        if pdu.room_id != room_id {
+            return Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id });
+        }
+        if room.is_none() && pdu.kind != TimelineEventType::RoomCreate {
+            return Err(RoomError::UnknownRoom(room_id.to_owned()));
+        }
+        self.insert_remote(room, &rules, pdu).await
+    }
+
+    /// The checks of [`Rooms::receive`] that need the room, for a PDU whose hashes
+    /// and signatures are already verified.
+    async fn insert_remote(&self, room: Option<RoomRecord>, rules: &RoomVersionRules, pdu: Pdu) -> Result<Outcome, RoomError> {
+        if self.events.get(self.store(), &pdu.event_id).await?.is_some() {
+            return Ok(Outcome::Duplicate);
+        }
+        for ids in [&pdu.prev_events, &pdu.auth_events] {
+            if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
+                return Err(RoomError::Invalid("prev_events and auth_events must not repeat an event".into()));
+            }
+        }
+        let prevs = self.events_or_missing(&pdu.prev_events).await?;
+        let auths = self.events_or_missing(&pdu.auth_events).await?;
+        if let Some(other) = prevs.values().chain(auths.values()).find(|e| e.pdu.room_id != pdu.room_id) {
+            return Err(RoomError::WrongRoom { expected: pdu.room_id.clone(), found: other.pdu.room_id.clone() });
+        }
+        let before = match &room {
+            Some(_) => self.state_before(rules, &pdu.room_id, &prevs).await?,
+            None => Before::of_group(0, Arc::new(State::new())),
+        };
+        let stored = self.insert(room, rules, pdu, &auths, before, false).await?;
+        Ok(match (&stored.record.rejected, &stored.record.soft_failed) {
+            (Some(reason), _) => Outcome::Rejected(reason.clone()),
+            (None, Some(reason)) => Outcome::SoftFailed(reason.clone()),
+            (None, None) => Outcome::Accepted,
+        })
+    }
+
+    /// Checks `pdu` against the auth rules and stores it with everything derived
+    /// from it, in one batch. Local events that fail are refused, not stored.
+    async fn insert(
+        &self,
+        room: Option<RoomRecord>,
+        rules: &RoomVersionRules,
+        mut pdu: Pdu,
+        auths: &HashMap<OwnedEventId, Arc<StoredEvent>>,
+        before: Before,
+        local: bool,
+    ) -> Result<Arc<StoredEvent>, RoomError> {
+        let store = self.store();
+        let rejected = self.authorize(rules, &pdu, auths, &before.state, !local).await?;
+        if let (true, Some(reason)) = (local, &rejected) {
+            return Err(RoomError::Forbidden(reason.clone()));
+        }
+        let current = match &room {
+            Some(room) if room.state != before.group => Some(self.groups.load(store, room.state).await?),
+            _ => None,
+        };
+        let soft_failed = match (&rejected, current) {
+            (None, Some(current)) if !local => self.authorize(rules, &pdu, auths, &current, false).await?,
+            _ => None,
+        };
+        pdu.rejected = rejected.is_some();
+        let visible = rejected.is_none() && soft_failed.is_none();
+
+        let counters = self.counters().await?;
+        let mut next = counters;
+        if let Some(group) = &before.pending {
+            next.state_group = group.id;
+        }
+        let mut batch = before.writes;
+        let mut pending: Vec<PendingGroup> = before.pending.into_iter().collect();
+
+        // The state after: the state before, plus the event if it is accepted state.
+        let (after_group, after_state) = match (&pdu.state_key, &rejected) {
+            (Some(state_key), None) => {
+                let mut after = (*before.state).clone();
+                after.insert((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone());
+                let after = Arc::new(after);
+                let (b, group, new) = self.groups.save(store, batch, before.group, after.clone(), &mut next.state_group).await?;
+                batch = b;
+                pending.extend(new);
+                (group, after)
+            }
+            _ => (before.group, before.state.clone()),
+        };
+
+        let mut new_room = match &room {
+            Some(room) => room.clone(),
+            None => RoomRecord { version: create_event_version(&pdu.json)?, state: 0, extremities: vec![] },
+        };
+        let stream = visible.then(|| {
+            next.stream += 1;
+            next.stream
+        });
+        if visible {
+            new_room.extremities.retain(|(id, _)| !pdu.prev_events.contains(id));
+            new_room.extremities.push((pdu.event_id.clone(), pdu.depth));
+            new_room.state = if new_room.extremities.len() == 1 {
+                after_group
+            } else {
+                let mut forks = Vec::new();
+                for (id, _) in &new_room.extremities {
+                    forks.push(if *id == pdu.event_id {
+                        after_state.clone()
+                    } else {
+                        let group = self.event_or_corrupt(id).await?.record.state_after;
+                        self.groups.load(store, group).await?
+                    });
+                }
+                let resolved = Arc::new(state::resolve(store, &self.events, rules, &pdu.room_id, &forks).await?);
+                let (b, group, new) = self.groups.save(store, batch, after_group, resolved, &mut next.state_group).await?;
+                batch = b;
+                pending.extend(new);
+                group
+            };
+        }
+
+        let record = EventRecord {
+            room_id: pdu.room_id.clone(),
+            version: new_room.version.clone(),
+            pdu: pdu.json.clone(),
+            rejected,
+            soft_failed,
+            state_before: before.group,
+            state_after: after_group,
+            stream,
+        };
+        batch = Events::write(batch, &pdu, &record)?;
+        if let Some(stream) = stream {
+            let depth = u64::from(pdu.depth);
+            batch = batch
+                .put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes())
+                .put(TOPOLOGY, room_key(&pdu.room_id, &topological_key((depth, stream))), pdu.event_id.as_bytes());
+        }
+        let old_room = room.map(|r| serde_json::to_vec(&r)).transpose().map_err(RoomError::corrupt)?;
+        let new_room_bytes = serde_json::to_vec(&new_room).map_err(RoomError::corrupt)?;
+        batch = batch
+            .expect(ROOMS, pdu.room_id.as_bytes(), old_room)
+            .put(ROOMS, pdu.room_id.as_bytes(), new_room_bytes)
+            .expect(META, STREAM, Some(counters.stream.to_be_bytes().to_vec()).filter(|_| counters.stream > 0))
+            .put(META, STREAM, next.stream.to_be_bytes())
+            .expect(META, STATE_GROUP, Some(counters.state_group.to_be_bytes().to_vec()).filter(|_| counters.state_group > 0))
+            .put(META, STATE_GROUP, next.state_group.to_be_bytes());
+        store.write(batch).await?;
+
+        for group in pending {
+            self.groups.committed(group);
+        }
+        let stored = Arc::new(StoredEvent { pdu: Arc::new(pdu), record });
+        self.events.remember(stored.clone());
+        Ok(stored)
+    }
+
+    /// The reason `pdu` is not authorized, if it is not: the state-independent
+    /// rules and those at its auth events (for remote events; a local event's auth
+    /// events come from `state` itself), then the rules at `state`.
+    async fn authorize(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        auths: &HashMap<OwnedEventId, Arc<StoredEvent>>,
+        state: &State,
+        check_auth_events: bool,
+    ) -> Result<Option<String>, RoomError> {
+        let rules_auth = &rules.authorization;
+        if check_auth_events {
+            // Since v12 the create event is not among the auth events, but the rules read it.
+            let create = match EventId::parse(format!("${}", pdu.room_id.strip_sigil())) {
+                Ok(id) if rules_auth.room_create_event_id_as_room_id => self.events.get(self.store(), &id).await?,
+                _ => None,
+            };
+            let fetch = |id: &EventId| {
+                auths.get(id).or(create.as_ref().filter(|c| c.pdu.event_id == id)).map(|e| &*e.pdu)
+            };
+            if let Err(reason) = check_state_independent_auth_rules(rules_auth, pdu, fetch) {
+                return Ok(Some(reason));
+            }
+            let by_key: HashMap<(StateEventType, String), &Pdu> = auths
+                .values()
+                .chain(create.as_ref())
+                .filter_map(|e| Some(((e.pdu.kind.to_string().into(), e.pdu.state_key.clone()?), &*e.pdu)))
+                .collect();
+            if let Err(reason) =
+                check_state_dependent_auth_rules(rules_auth, pdu, |kind, key| by_key.get(&(kind.clone(), key.to_owned())).copied())
+            {
+                return Ok(Some(reason));
+            }
+        } else if pdu.kind == TimelineEventType::RoomCreate {
+            if let Err(reason) = check_state_independent_auth_rules(rules_auth, pdu, |_: &EventId| None::<&Pdu>) {
+                return Ok(Some(reason));
+            }
+        }
+
+        let keys = match auth_types_for_event(&pdu.kind, &pdu.sender, pdu.state_key.as_deref(), &pdu.content, rules_auth) {
+            Ok(keys) => keys,
+            Err(reason) => return Ok(Some(reason)),
+        };
+        let mut at_state = HashMap::new();
+        for key in keys.iter().chain([&(StateEventType::RoomCreate, String::new())]) {
+            if let Some(id) = state.get(key) {
+                at_state.insert(key.clone(), self.event_or_corrupt(id).await?);
+            }
+        }
+        let fetch = |kind: &StateEventType, key: &str| at_state.get(&(kind.clone(), key.to_owned())).map(|e| &*e.pdu);
+        Ok(check_state_dependent_auth_rules(rules_auth, pdu, fetch).err())
+    }
+
+    /// The state before an event whose `prev_events` are `prevs`: the state after
+    /// each, resolved when they differ.
+    async fn state_before(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        prevs: &HashMap<OwnedEventId, Arc<StoredEvent>>,
+    ) -> Result<Before, RoomError> {
+        let mut groups: Vec<u64> = prevs.values().map(|e| e.record.state_after).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let Some(&first) = groups.first() else {
+            return Err(RoomError::Invalid("only a create event may have no prev_events".into()));
+        };
+        if groups.len() == 1 {
+            return Ok(Before::of_group(first, self.groups.load(self.store(), first).await?));
+        }
+        let mut forks = Vec::new();
+        for group in &groups {
+            forks.push(self.groups.load(self.store(), *group).await?);
+        }
+        let resolved = Arc::new(state::resolve(self.store(), &self.events, rules, room_id, &forks).await?);
+        let mut counter = self.counters().await?.state_group;
+        let (writes, group, pending) =
+            self.groups.save(self.store(), Batch::new(), first, resolved.clone(), &mut counter).await?;
+        Ok(Before { group, state: resolved, writes, pending })
+    }
+
+    async fn counters(&self) -> Result<Counters, RoomError> {
+        let read = |bytes: Option<Vec<u8>>| -> Result<u64, RoomError> {
+            match bytes {
+                None => Ok(0),
+                Some(bytes) => Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| RoomError::corrupt("bad counter"))?)),
+            }
+        };
+        Ok(Counters {
+            stream: read(self.store().get(META, STREAM).await?)?,
+            state_group: read(self.store().get(META, STATE_GROUP).await?)?,
+        })
+    }
+
+    async fn events_or_missing(&self, ids: &[OwnedEventId]) -> Result<HashMap<OwnedEventId, Arc<StoredEvent>>, RoomError> {
+        self.events.get_all(self.store(), ids.iter().map(|id| &**id)).await?.map_err(RoomError::MissingEvents)
+    }
+
+    async fn event_or_corrupt(&self, id: &EventId) -> Result<Arc<StoredEvent>, RoomError> {
+        self.events
+            .get(self.store(), id)
+            .await?
+            .ok_or_else(|| RoomError::Corrupt(format!("{id} is referenced but not stored")))
+    }
+
+    fn check_local(&self, user: &UserId) -> Result<(), RoomError> {
+        if user.server_name() == self.key.server_name() {
+            Ok(())
+        } else {
+            Err(RoomError::Forbidden(format!("{user} is not a user of this node")))
+        }
+    }
+
+    fn now(&self) -> MilliSecondsSinceUnixEpoch {
+        MilliSecondsSinceUnixEpoch(UInt::new_saturating(self.clock.now_millis()))
+    }
+
+    fn new_room_id(&self) -> OwnedRoomId {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut bytes = [0u8; 18];
+        self.random.fill(&mut bytes);
+        let local: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+        RoomId::parse(format!("!{local}:{}", self.key.server_name())).expect("a valid room ID")
+    }
+
+    // Reading rooms back.
+
+    pub async fn room(&self, room_id: &RoomId) -> Result<RoomRecord, RoomError> {
+        let bytes = self.store().get(ROOMS, room_id.as_bytes()).await?;
+        let bytes = bytes.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
+        serde_json::from_slice(&bytes).map_err(RoomError::corrupt)
+    }
+
+    pub async fn event(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {
+        self.events.get(self.store(), event_id).await
+    }
+
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<Arc<State>, RoomError> {
+        let room = self.room(room_id).await?;
+        self.groups.load(self.store(), room.state).await
+    }
+
+    /// The state before `event_id`, the spec's "state at an event".
+    pub async fn state_at(&self, event_id: &EventId) -> Result<Option<Arc<State>>, RoomError> {
+        let Some(event) = self.event(event_id).await? else { return Ok(None) };
+        Ok(Some(self.groups.load(self.store(), event.record.state_before).await?))
+    }
+
+    pub async fn state_event(&self, room_id: &RoomId, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>, RoomError> {
+        let state = self.current_state(room_id).await?;
+        match state.get(&(kind.clone(), key.to_owned())) {
+            Some(id) => Ok(Some(self.event_or_corrupt(id).await?.pdu.clone())),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<MembershipState>, RoomError> {
+        let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Content {
+            membership: MembershipState,
+        }
+        let content: Content = serde_json::from_str(member.content.get()).map_err(RoomError::corrupt)?;
+        Ok(Some(content.membership))
+    }
+
+    /// Up to `limit` events of the room's timeline after (`Forward`) or before
+    /// (`Backward`) stream position `from`, or from the start or end.
+    pub async fn timeline(
+        &self,
+        room_id: &RoomId,
+        from: Option<StreamPosition>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
+        let entries = self.page(TIMELINE, room_id, from.map(|s| s.to_be_bytes().to_vec()), direction, limit).await?;
+        let mut page = Vec::with_capacity(entries.len());
+        for (key, id) in entries {
+            let position = u64::from_be_bytes(key.try_into().map_err(|_| RoomError::corrupt("bad timeline key"))?);
+            page.push((position, self.event_or_corrupt(&id).await?.pdu.clone()));
+        }
+        Ok(page)
+    }
+
+    /// Like [`Rooms::timeline`], in topological order: by depth, then stream position.
+    pub async fn topological(
+        &self,
+        room_id: &RoomId,
+        from: Option<TopologicalPosition>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(TopologicalPosition, Arc<Pdu>)>, RoomError> {
+        let entries = self.page(TOPOLOGY, room_id, from.map(|p| topological_key(p).to_vec()), direction, limit).await?;
+        let mut page = Vec::with_capacity(entries.len());
+        for (key, id) in entries {
+            let key: [u8; 16] = key.try_into().map_err(|_| RoomError::corrupt("bad topology key"))?;
+            let position = (u64::from_be_bytes(key[..8].try_into().unwrap_or_default()), u64::from_be_bytes(key[8..].try_into().unwrap_or_default()));
+            page.push((position, self.event_or_corrupt(&id).await?.pdu.clone()));
+        }
+        Ok(page)
+    }
+
+    /// Entries of a per-room table strictly after or before `from`, with the
+    /// room prefix cut off the keys.
+    async fn page(
+        &self,
+        table: &'static str,
+        room_id: &RoomId,
+        from: Option<Vec<u8>>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, OwnedEventId)>, RoomError> {
+        let prefix = room_key(room_id, b"");
+        let all = KeyRange::prefix(&prefix);
+        let range = match (from, direction) {
+            (None, _) => all,
+            (Some(from), Direction::Forward) => KeyRange::new(Bound::Excluded(room_key(room_id, &from)), all.end),
+            (Some(from), Direction::Backward) => KeyRange::new(all.start, Bound::Excluded(room_key(room_id, &from))),
+        };
+        let entries = self.store().scan(table, range, direction, limit).await?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let id = std::str::from_utf8(&value).map_err(RoomError::corrupt)?;
+                Ok((key[prefix.len()..].to_vec(), EventId::parse(id).map_err(RoomError::corrupt)?))
+            })
+            .collect()
+    }
+}
+
+fn topological_key((depth, stream): TopologicalPosition) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&depth.to_be_bytes());
+    key[8..].copy_from_slice(&stream.to_be_bytes());
+    key
+}
+
+fn to_raw(content: &serde_json::Value) -> Result<Box<serde_json::value::RawValue>, RoomError> {
+    serde_json::value::to_raw_value(content).map_err(|err| RoomError::Invalid(err.to_string()))
+}
+
+/// The version of a room from the create event that starts it.
+fn create_event_version(json: &CanonicalJsonObject) -> Result<RoomVersionId, RoomError> {
+    let version = json
+        .get("content")
+        .and_then(|c| match c {
+            ruma::CanonicalJsonValue::Object(content) => content.get("room_version"),
+            _ => None,
+        })
+        .and_then(|v| match v {
+            ruma::CanonicalJsonValue::String(v) => Some(v.as_str()),
+            _ => None,
+        })
+        // Version 1 rooms had no `room_version`; glia does not support them.
+        .unwrap_or("1");
+    RoomVersionId::try_from(version).map_err(|err| RoomError::Invalid(err.to_string()))
+}
+
+
+/// The events `createRoom` sends after the create event, in the spec's order.
+fn preset_events(creator: &UserId, rules: &RoomVersionRules, options: &CreateRoom) -> Vec<NewEvent> {
+    let public = options.preset == Preset::PublicChat;
+    let mut users = serde_json::Map::new();
+    // Since v12 creators hold unlimited power and must not be listed.
+    if !rules.authorization.explicitly_privilege_room_creators {
+        users.insert(creator.to_string(), 100.into());
+    }
+    let mut power_levels = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "notifications": { "room": 50 },
+    });
+    if let Some(levels) = power_levels.as_object_mut() {
+        levels.extend(options.power_levels_override.clone());
+    }
+    let state = |kind: &str, content| NewEvent::state(kind.into(), "", content);
+    let mut events = vec![
+        NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), json!({ "membership": "join" })),
+        state("m.room.power_levels", power_levels),
+        state("m.room.join_rules", json!({ "join_rule": if public { "public" } else { "invite" } })),
+        state("m.room.history_visibility", json!({ "history_visibility": "shared" })),
+        state("m.room.guest_access", json!({ "guest_access": if public { "forbidden" } else { "can_join" } })),
+    ];
+    events.extend(options.initial_state.iter().cloned());
+    if let Some(name) = &options.name {
+        events.push(state("m.room.name", json!({ "name": name })));
+    }
+    if let Some(topic) = &options.topic {
+        events.push(state("m.room.topic", json!({ "topic": topic })));
+    }
+    events
+}
+
+impl Rooms {
+    /// Stores a PDU whose signatures were verified elsewhere, or that has none
+    /// (state resolution fixtures), through the same checks as [`Rooms::receive`].
+    #[cfg(test)]
+    pub(crate) async fn insert_verified(&self, pdu: Pdu) -> Result<Outcome, RoomError> {
+        let _write = self.write.lock().await;
+        let room = self.store().get(ROOMS, pdu.room_id.as_bytes()).await?;
+        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
+        let version = match &room {
+            Some(room) => room.version.clone(),
+            None => create_event_version(&pdu.json)?,
+        };
+        let rules = pdu::rules(&version)?;
+        self.insert_remote(room, &rules, pdu).await
+    }
+}
+

@@ -1,0 +1,250 @@
+//! Room state: state groups, stored as deltas on a parent group with a full
+//! snapshot every [`MAX_CHAIN`] deltas (so loading one walks a short chain and
+//! a room of 10,000 members is not copied per event), and state resolution v2,
+//! through ruma, over state loaded from the async store beforehand.
+//!
+//! Key encoding: `state_groups`: group ID (u64 big-endian) → [`GroupRecord`] as
+//! JSON. Group 0 is the empty state and is never stored.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use ruma::{
+    events::StateEventType,
+    room_version_rules::{RoomVersionRules, StateResolutionVersion},
+    state_res::{self, utils::event_id_set::EventIdSet, StateMap},
+    EventId, OwnedEventId, RoomId,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    events::{AuthGraph, Events},
+    rooms::RoomError,
+};
+use crate::{
+    core::pdu::Pdu,
+    store::{Batch, Store},
+};
+
+pub(crate) const STATE_GROUPS: &str = "state_groups";
+
+/// The state of a room at some point: (event type, state key) → event ID.
+pub type State = StateMap<OwnedEventId>;
+
+/// Deltas in a row before a group is stored whole.
+const MAX_CHAIN: u32 = 32;
+const CACHE_GROUPS: usize = 64;
+
+#[derive(Serialize, Deserialize)]
+struct GroupRecord {
+    parent: Option<u64>,
+    /// How many deltas lie between this group and a whole snapshot.
+    chain: u32,
+    /// Sorted; `None` removes the entry (state resolution can drop one).
+    changes: Vec<(StateEventType, String, Option<OwnedEventId>)>,
+}
+
+/// A state group computed but not yet committed.
+pub struct PendingGroup {
+    pub id: u64,
+    chain: u32,
+    state: Arc<State>,
+}
+
+#[derive(Default)]
+pub struct StateGroups {
+    cache: Mutex<HashMap<u64, (u32, Arc<State>)>>,
+}
+
+impl StateGroups {
+    pub async fn load(&self, store: &dyn Store, group: u64) -> Result<Arc<State>, RoomError> {
+        Ok(self.load_with_chain(store, group).await?.1)
+    }
+
+    async fn load_with_chain(&self, store: &dyn Store, group: u64) -> Result<(u32, Arc<State>), RoomError> {
+        let mut records = Vec::new();
+        let mut next = Some(group);
+        let (chain, base) = loop {
+            let Some(id) = next else { break (0, Arc::new(State::new())) };
+            if id == 0 {
+                break (0, Arc::new(State::new()));
+            }
+            if let Some(cached) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                break cached.clone();
+            }
+            let bytes = store
+                .get(STATE_GROUPS, &id.to_be_bytes())
+                .await?
+                .ok_or_else(|| RoomError::Corrupt(format!("state group {id} is missing")))?;
+            let record: GroupRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+            next = record.parent;
+            records.push(record);
+        };
+        if records.is_empty() {
+            return Ok((chain, base));
+        }
+        let mut state = Arc::unwrap_or_clone(base);
+        for record in records.iter().rev() {
+            for (kind, key, event) in &record.changes {
+                match event {
+                    Some(event) => state.insert((kind.clone(), key.clone()), event.clone()),
+                    None => state.remove(&(kind.clone(), key.clone())),
+                };
+            }
+        }
+        let loaded = (records[0].chain, Arc::new(state));
+        self.remember_loaded(group, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn remember_loaded(&self, id: u64, entry: (u32, Arc<State>)) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_GROUPS {
+            cache.clear();
+        }
+        cache.insert(id, entry);
+    }
+
+    /// Adds to `batch` the writes recording `state` as a group derived from group
+    /// `base`, numbered from `counter`. Returns the group holding `state`: `base`
+    /// itself when nothing changed.
+    pub async fn save(
+        &self,
+        store: &dyn Store,
+        batch: Batch,
+        base: u64,
+        state: Arc<State>,
+        counter: &mut u64,
+    ) -> Result<(Batch, u64, Option<PendingGroup>), RoomError> {
+        let (base_chain, base_state) = self.load_with_chain(store, base).await?;
+        if *base_state == *state {
+            return Ok((batch, base, None));
+        }
+        let record = if base_chain + 1 >= MAX_CHAIN || base == 0 {
+            GroupRecord { parent: None, chain: 0, changes: sorted(state.iter().map(|(k, v)| (k, Some(v)))) }
+        } else {
+            let changed = state.iter().filter(|(k, v)| base_state.get(*k) != Some(*v)).map(|(k, v)| (k, Some(v)));
+            let removed = base_state.keys().filter(|k| !state.contains_key(*k)).map(|k| (k, None));
+            GroupRecord { parent: Some(base), chain: base_chain + 1, changes: sorted(changed.chain(removed)) }
+        };
+        let bytes = serde_json::to_vec(&record).map_err(RoomError::corrupt)?;
+        *counter += 1;
+        let id = *counter;
+        let pending = PendingGroup { id, chain: record.chain, state };
+        Ok((batch.put(STATE_GROUPS, id.to_be_bytes(), bytes), id, Some(pending)))
+    }
+
+    /// Caches a group once the batch that stored it has committed.
+    pub fn committed(&self, group: PendingGroup) {
+        self.remember_loaded(group.id, (group.chain, group.state));
+    }
+}
+
+fn sorted<'a>(
+    changes: impl Iterator<Item = (&'a (StateEventType, String), Option<&'a OwnedEventId>)>,
+) -> Vec<(StateEventType, String, Option<OwnedEventId>)> {
+    let sorted: BTreeMap<_, _> = changes.collect();
+    sorted.into_iter().map(|((kind, key), event)| (kind.clone(), key.clone(), event.cloned())).collect()
+}
+
+/// Resolves `forks` (states of one room) with state resolution v2 as the room
+/// version defines it.
+///
+/// ruma's resolution reads events through a synchronous closure, so the events it
+/// will need are loaded from the store first; any it asks for beyond those are
+/// noted, loaded, and the (deterministic) resolution runs again.
+pub async fn resolve(
+    store: &dyn Store,
+    events: &Events,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    forks: &[Arc<State>],
+) -> Result<State, RoomError> {
+    let Some(first) = forks.first() else { return Ok(State::new()) };
+    if forks.iter().all(|fork| fork == first) {
+        return Ok((**first).clone());
+    }
+    let StateResolutionVersion::V2(state_res_rules) = &rules.state_res else {
+        return Err(RoomError::Resolution("room version does not use state resolution v2".into()));
+    };
+
+    let graph = AuthGraph::load(store, room_id).await?;
+    let auth_chains: Vec<EventIdSet<OwnedEventId>> = forks.iter().map(|fork| graph.ancestors(fork.values())).collect();
+
+    // Start with what resolution surely reads: the conflicted events, the auth
+    // difference, and their auth events.
+    let mut conflicted: Vec<&OwnedEventId> = Vec::new();
+    for fork in forks {
+        for (key, id) in fork.iter() {
+            if forks.iter().any(|other| other.get(key) != Some(id)) {
+                conflicted.push(id);
+            }
+        }
+    }
+    let union: EventIdSet<OwnedEventId> = auth_chains.iter().flat_map(|c| c.iter().cloned()).collect();
+    let difference = union.iter().filter(|id| !auth_chains.iter().all(|c| c.contains(id)));
+    let mut wanted: Vec<OwnedEventId> = conflicted.into_iter().cloned().chain(difference.cloned()).collect();
+
+    let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    loop {
+        for id in wanted.drain(..) {
+            if loaded.contains_key(&id) {
+                continue;
+            }
+            let event = events
+                .get(store, &*id)
+                .await?
+                .ok_or_else(|| RoomError::Corrupt(format!("state resolution needs {id}, which is not stored")))?;
+            loaded.insert(id, event.pdu.clone());
+        }
+        let missing = RefCell::new(Vec::new());
+        let fetch = |id: &EventId| {
+            let found = loaded.get(id).map(|pdu| (**pdu).clone());
+            if found.is_none() {
+                missing.borrow_mut().push(id.to_owned());
+            }
+            found
+        };
+        let result = state_res::resolve(
+            &rules.authorization,
+            state_res_rules,
+            forks.iter().map(|fork| &**fork),
+            auth_chains.clone(),
+            fetch,
+            |conflicted| Some(conflicted_subgraph(&graph, conflicted)),
+        );
+        wanted = missing.into_inner();
+        if wanted.is_empty() {
+            return result.map_err(|err| RoomError::Resolution(err.to_string()));
+        }
+    }
+}
+
+/// The events on auth-event paths from one conflicted event to another (state
+/// resolution v2.1, room version 12): both an ancestor and a descendant of a
+/// conflicted event, counting a conflicted event only on a path longer than itself.
+fn conflicted_subgraph(graph: &AuthGraph, conflicted: &StateMap<Vec<OwnedEventId>>) -> EventIdSet<OwnedEventId> {
+    let conflicted: EventIdSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+    let ancestors = graph.ancestors(conflicted.iter());
+    let mut children: HashMap<&EventId, Vec<&OwnedEventId>> = HashMap::new();
+    for (child, parents) in &graph.edges {
+        for parent in parents {
+            children.entry(parent).or_default().push(child);
+        }
+    }
+    let mut descendants = EventIdSet::new();
+    let mut stack: Vec<&OwnedEventId> =
+        conflicted.iter().flat_map(|id| children.get(&**id).into_iter().flatten().copied()).collect();
+    while let Some(id) = stack.pop() {
+        if descendants.insert(id.clone()) {
+            stack.extend(children.get(&**id).into_iter().flatten().copied());
+        }
+    }
+    let mut subgraph: EventIdSet<OwnedEventId> =
+        ancestors.iter().filter(|id| descendants.contains(id)).cloned().collect();
+    subgraph.extend(conflicted.iter().filter(|id| ancestors.contains(id) || descendants.contains(id)).cloned());
+    subgraph
+}
