@@ -13,3 +13,6 @@ pub(crate) fn room_key(room_id: &ruma::RoomId, suffix: &[u8]) -> Vec<u8> {
     key.extend_from_slice(suffix);
     key
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;

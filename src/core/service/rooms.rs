@@ -343,6 +343,7 @@ impl Rooms {
             _ => None,
         };
         pdu.rejected = rejected.is_some();
+        let pdu = Arc::new(pdu);
         let visible = rejected.is_none() && soft_failed.is_none();
 
         let counters = self.counters().await?;
@@ -359,7 +360,7 @@ impl Rooms {
                 let mut after = (*before.state).clone();
                 after.insert((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone());
                 let after = Arc::new(after);
-                let (b, group, new) = self.groups.save(store, batch, before.group, after.clone(), &mut next.state_group).await?;
+                let (b, group, new) = self.groups.save(store, batch, before.group, &pending, after.clone(), &mut next.state_group).await?;
                 batch = b;
                 pending.extend(new);
                 (group, after)
@@ -390,8 +391,9 @@ impl Rooms {
                         self.groups.load(store, group).await?
                     });
                 }
-                let resolved = Arc::new(state::resolve(store, &self.events, rules, &pdu.room_id, &forks).await?);
-                let (b, group, new) = self.groups.save(store, batch, after_group, resolved, &mut next.state_group).await?;
+                let resolved =
+                    Arc::new(state::resolve(store, &self.events, rules, &pdu.room_id, &forks, Some(&pdu)).await?);
+                let (b, group, new) = self.groups.save(store, batch, after_group, &pending, resolved, &mut next.state_group).await?;
                 batch = b;
                 pending.extend(new);
                 group
@@ -429,7 +431,7 @@ impl Rooms {
         for group in pending {
             self.groups.committed(group);
         }
-        let stored = Arc::new(StoredEvent { pdu: Arc::new(pdu), record });
+        let stored = Arc::new(StoredEvent { pdu, record });
         self.events.remember(stored.clone());
         Ok(stored)
     }
@@ -509,10 +511,10 @@ impl Rooms {
         for group in &groups {
             forks.push(self.groups.load(self.store(), *group).await?);
         }
-        let resolved = Arc::new(state::resolve(self.store(), &self.events, rules, room_id, &forks).await?);
+        let resolved = Arc::new(state::resolve(self.store(), &self.events, rules, room_id, &forks, None).await?);
         let mut counter = self.counters().await?.state_group;
         let (writes, group, pending) =
-            self.groups.save(self.store(), Batch::new(), first, resolved.clone(), &mut counter).await?;
+            self.groups.save(self.store(), Batch::new(), first, &[], resolved.clone(), &mut counter).await?;
         Ok(Before { group, state: resolved, writes, pending })
     }
 

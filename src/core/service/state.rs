@@ -109,17 +109,21 @@ impl StateGroups {
     }
 
     /// Adds to `batch` the writes recording `state` as a group derived from group
-    /// `base`, numbered from `counter`. Returns the group holding `state`: `base`
-    /// itself when nothing changed.
+    /// `base` (stored, or among `uncommitted`), numbered from `counter`. Returns
+    /// the group holding `state`: `base` itself when nothing changed.
     pub async fn save(
         &self,
         store: &dyn Store,
         batch: Batch,
         base: u64,
+        uncommitted: &[PendingGroup],
         state: Arc<State>,
         counter: &mut u64,
     ) -> Result<(Batch, u64, Option<PendingGroup>), RoomError> {
-        let (base_chain, base_state) = self.load_with_chain(store, base).await?;
+        let (base_chain, base_state) = match uncommitted.iter().find(|group| group.id == base) {
+            Some(group) => (group.chain, group.state.clone()),
+            None => self.load_with_chain(store, base).await?,
+        };
         if *base_state == *state {
             return Ok((batch, base, None));
         }
@@ -151,7 +155,7 @@ fn sorted<'a>(
 }
 
 /// Resolves `forks` (states of one room) with state resolution v2 as the room
-/// version defines it.
+/// version defines it. `new` is an event the forks may hold that is not stored yet.
 ///
 /// ruma's resolution reads events through a synchronous closure, so the events it
 /// will need are loaded from the store first; any it asks for beyond those are
@@ -162,6 +166,7 @@ pub async fn resolve(
     rules: &RoomVersionRules,
     room_id: &RoomId,
     forks: &[Arc<State>],
+    new: Option<&Arc<Pdu>>,
 ) -> Result<State, RoomError> {
     let Some(first) = forks.first() else { return Ok(State::new()) };
     if forks.iter().all(|fork| fork == first) {
@@ -171,7 +176,10 @@ pub async fn resolve(
         return Err(RoomError::Resolution("room version does not use state resolution v2".into()));
     };
 
-    let graph = AuthGraph::load(store, room_id).await?;
+    let mut graph = AuthGraph::load(store, room_id).await?;
+    if let Some(new) = new {
+        graph.edges.insert(new.event_id.clone(), new.auth_events.clone());
+    }
     let auth_chains: Vec<EventIdSet<OwnedEventId>> = forks.iter().map(|fork| graph.ancestors(fork.values())).collect();
 
     // Start with what resolution surely reads: the conflicted events, the auth
@@ -188,7 +196,8 @@ pub async fn resolve(
     let difference = union.iter().filter(|id| !auth_chains.iter().all(|c| c.contains(id)));
     let mut wanted: Vec<OwnedEventId> = conflicted.into_iter().cloned().chain(difference.cloned()).collect();
 
-    let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> =
+        new.map(|pdu| (pdu.event_id.clone(), pdu.clone())).into_iter().collect();
     loop {
         for id in wanted.drain(..) {
             if loaded.contains_key(&id) {
