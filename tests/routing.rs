@@ -88,3 +88,23 @@ async fn oversized_bodies_are_refused_before_routing() {
     assert_eq!(json(&response)["errcode"], "M_TOO_LARGE");
     assert_cors(&response);
 }
+
+#[tokio::test]
+async fn the_key_document_is_signed_by_the_key_the_name_spells() {
+    let response = send("GET", "/_matrix/key/v2/server", "").await;
+    assert_eq!(response.status(), 200);
+    let document = json(&response);
+    let name = document["server_name"].as_str().unwrap();
+    assert!(name.len() == 64 && name.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(document["verify_keys"]["ed25519:glia"]["key"].is_string());
+    assert!(document["valid_until_ts"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let server = ruma::ServerName::parse(name).unwrap();
+    let keys = glia::core::identity::public_key_map([&*server]).unwrap();
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(document.clone()).unwrap();
+    ruma::signatures::verify_json(&keys, &object).expect("signed by the key its name spells");
+
+    let mut forged = object.clone();
+    forged.insert("valid_until_ts".into(), ruma::CanonicalJsonValue::Integer(ruma::int!(1)));
+    assert!(ruma::signatures::verify_json(&keys, &forged).is_err());
+}

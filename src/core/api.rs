@@ -4,3 +4,7 @@
 pub(crate) mod client {
     pub(crate) mod discovery;
 }
+
+pub(crate) mod federation {
+    pub(crate) mod keys;
+}

@@ -27,9 +27,16 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("could not build the response: {0}")]
     Response(#[from] IntoHttpError),
+    /// A failure that valid input cannot cause.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
+    pub(crate) fn internal(err: impl std::fmt::Display) -> Self {
+        Self::Internal(err.to_string())
+    }
+
     /// Sorts ruma's parse failures into the spec's error codes: `M_NOT_JSON` when
     /// the body is not JSON at all, `M_BAD_JSON` when it is JSON of the wrong shape,
     /// `M_INVALID_PARAM` for the query string and path.
@@ -55,7 +62,9 @@ impl Error {
             Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
-            Self::Store(_) | Self::Response(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
+            Self::Store(_) | Self::Response(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+            }
         }
     }
 

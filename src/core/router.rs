@@ -8,11 +8,14 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method};
 use percent_encoding::percent_decode_str;
 use ruma::api::{
-    client::discovery::get_supported_versions, path_builder::PathBuilder, IncomingRequest, IncomingRequestExt,
-    Metadata, OutgoingResponseExt,
+    client::discovery::get_supported_versions, federation::discovery::get_server_keys, path_builder::PathBuilder,
+    IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt,
 };
 
-use super::{api::client, Error, Homeserver, SERVER};
+use super::{
+    api::{client, federation},
+    Error, Homeserver, SERVER,
+};
 
 /// The largest request body the core accepts. JSON requests are far smaller;
 /// media uploads will get a limit of their own.
@@ -72,6 +75,7 @@ async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::R
 
     endpoints! {
         get_supported_versions::Request => client::discovery::versions,
+        get_server_keys::v2::Request => federation::keys::server_keys,
     }
 
     let method = request.method().clone();

@@ -273,21 +273,29 @@ impl Rooms {
     /// nothing but itself (format, hashes, signatures) is dropped with an error.
     pub async fn receive(&self, room_id: &RoomId, json: CanonicalJsonObject) -> Result<Outcome, RoomError> {
         let _write = self.write.lock().await;
-        let room = self.store().get(ROOMS, room_id.as_bytes()).await?;
-        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
-        let version = match &room {
-            Some(room) => room.version.clone(),
-            None => create_event_version(&json)?,
-        };
-        let rules = pdu::rules(&version)?;
+        let (room, rules) = self.room_and_rules(room_id, &json).await?;
         let pdu = Pdu::from_remote(json, &rules)?;
         if pdu.room_id != room_id {
             return Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id });
         }
-        if room.is_none() && pdu.kind != TimelineEventType::RoomCreate {
-            return Err(RoomError::UnknownRoom(room_id.to_owned()));
-        }
         self.insert_remote(room, &rules, pdu).await
+    }
+
+    /// The room's record, if the node has the room, and its version's rules. A
+    /// room the node does not have yet can only start with its create event.
+    async fn room_and_rules(
+        &self,
+        room_id: &RoomId,
+        json: &CanonicalJsonObject,
+    ) -> Result<(Option<RoomRecord>, RoomVersionRules), RoomError> {
+        let room = self.store().get(ROOMS, room_id.as_bytes()).await?;
+        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
+        let version = match &room {
+            Some(room) => room.version.clone(),
+            None if json.get("type") == Some(&"m.room.create".into()) => create_event_version(json)?,
+            None => return Err(RoomError::UnknownRoom(room_id.to_owned())),
+        };
+        Ok((room, pdu::rules(&version)?))
     }
 
     /// The checks of [`Rooms::receive`] that need the room, for a PDU whose hashes
@@ -754,14 +762,7 @@ impl Rooms {
     #[cfg(test)]
     pub(crate) async fn insert_verified(&self, pdu: Pdu) -> Result<Outcome, RoomError> {
         let _write = self.write.lock().await;
-        let room = self.store().get(ROOMS, pdu.room_id.as_bytes()).await?;
-        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
-        let version = match &room {
-            Some(room) => room.version.clone(),
-            None => create_event_version(&pdu.json)?,
-        };
-        let rules = pdu::rules(&version)?;
+        let (room, rules) = self.room_and_rules(&pdu.room_id, &pdu.json).await?;
         self.insert_remote(room, &rules, pdu).await
     }
 }
-
