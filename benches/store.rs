@@ -1,7 +1,10 @@
 //! Store operations per second on the native backends (memory, redb on disk).
 //! The IndexedDB figures come from the browser bench page (scripts/bench).
 
-use glia::store::{bench, DiskStore, MemoryStore};
+use glia::{
+    bench,
+    store::{DiskStore, MemoryStore},
+};
 
 const N: usize = 10_000;
 
@@ -11,5 +14,5 @@ async fn main() {
     let memory = bench::run(&MemoryStore::new(bench::SCHEMA), N).await.expect("memory bench");
     let disk_store = DiskStore::open(dir.path().join("bench.redb"), bench::SCHEMA).await.expect("open disk store");
     let disk = bench::run(&disk_store, N).await.expect("disk bench");
-    print!("{}{}{}", bench::HEADER, bench::rows("memory", &memory), bench::rows("disk (redb)", &disk));
+    print!("{}{}", bench::rows("memory", &memory), bench::rows("disk (redb)", &disk));
 }

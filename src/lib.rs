@@ -4,6 +4,8 @@
 //! [`store::Store`]. Platform shells wrap it: [`web`] for the Service Worker,
 //! [`native`] for the `glia` binary.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod core;
 pub mod p2p;
 pub mod store;

@@ -8,8 +8,6 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 
-#[cfg(feature = "bench")]
-pub mod bench;
 #[cfg(test)]
 #[macro_use]
 pub(crate) mod conformance;

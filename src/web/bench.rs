@@ -3,7 +3,9 @@
 
 use wasm_bindgen::prelude::*;
 
-use crate::store::{bench, IndexedDbStore};
+use std::sync::Arc;
+
+use crate::{bench, core::SCHEMA, store::IndexedDbStore};
 
 /// Runs the store workload with `n` operations on a fresh IndexedDB database and
 /// returns the figures as Markdown table rows.
@@ -13,4 +15,14 @@ pub async fn bench_indexeddb(n: usize) -> Result<String, JsError> {
     let store = IndexedDbStore::open(&name, bench::SCHEMA).await?;
     let figures = bench::run(&store, n).await?;
     Ok(bench::rows("IndexedDB (Chromium)", &figures))
+}
+
+/// Sends `n` messages through a node on a fresh IndexedDB store and returns the
+/// figure as a Markdown table row.
+#[wasm_bindgen]
+pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
+    let name = format!("glia-bench-events-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, SCHEMA).await?;
+    let figure = bench::send_messages(Arc::new(store), n).await?;
+    Ok(bench::rows("IndexedDB (Chromium)", &[figure]))
 }

@@ -1,0 +1,174 @@
+//! The benchmark workloads, shared by `cargo bench` (memory and disk stores) and
+//! the browser bench page (IndexedDB in Chromium), so their figures compare.
+
+use std::sync::Arc;
+
+use ruma::{events::TimelineEventType, RoomVersionId, UInt, UserId};
+use serde_json::json;
+use web_time::Instant;
+
+use crate::{
+    core::{
+        identity::NodeKey,
+        pdu::{self, NewEvent, Pdu, Placement, DEFAULT_ROOM_VERSION},
+        service::rooms::{CreateRoom, Preset, RoomError},
+        Homeserver, OsRandom, SystemClock, SCHEMA as NODE_SCHEMA,
+    },
+    store::{Batch, Direction, KeyRange, MemoryStore, Result, Schema, Store},
+};
+
+pub const SCHEMA: Schema = Schema { version: 1, tables: &["bench"] };
+const TABLE: &str = "bench";
+const VALUE: [u8; 256] = [0x5a; 256];
+const BATCH: usize = 100;
+const SCAN: usize = 100;
+
+pub struct Figure {
+    pub operation: String,
+    pub count: usize,
+    pub seconds: f64,
+}
+
+fn key(i: usize) -> [u8; 8] {
+    (i as u64).to_be_bytes()
+}
+
+/// Times `n` of each operation on an empty `store` and returns ops per second.
+pub async fn run(store: &dyn Store, n: usize) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let mut time = |operation: &str, count, start: Instant| {
+        figures.push(Figure { operation: operation.into(), count, seconds: start.elapsed().as_secs_f64() })
+    };
+
+    let start = Instant::now();
+    for i in 0..n {
+        store.put(TABLE, &key(i), &VALUE).await?;
+    }
+    time("put (one per transaction)", n, start);
+
+    let start = Instant::now();
+    for chunk in (n..2 * n).collect::<Vec<_>>().chunks(BATCH) {
+        let batch = chunk.iter().fold(Batch::new(), |b, &i| b.put(TABLE, key(i), VALUE));
+        store.write(batch).await?;
+    }
+    time("put (batches of 100)", n, start);
+
+    // A fixed stride through all keys: every key once, in no useful order.
+    let start = Instant::now();
+    for i in 0..n {
+        let found = store.get(TABLE, &key(i * 7919 % (2 * n))).await?;
+        debug_assert!(found.is_some());
+    }
+    time("get", n, start);
+
+    let scans = (n / SCAN).max(1);
+    for (operation, direction) in [("scan 100 forward", Direction::Forward), ("scan 100 backward", Direction::Backward)] {
+        let start = Instant::now();
+        for s in 0..scans {
+            let from = key(s * 2 * n / scans).to_vec();
+            let range = match direction {
+                Direction::Forward => KeyRange::new(std::ops::Bound::Included(from), std::ops::Bound::Unbounded),
+                Direction::Backward => KeyRange::new(std::ops::Bound::Unbounded, std::ops::Bound::Included(from)),
+            };
+            store.scan(TABLE, range, direction, SCAN).await?;
+        }
+        time(operation, scans, start);
+    }
+    Ok(figures)
+}
+
+/// The figures as rows of the Markdown table scripts/bench prints:
+/// backend, operation, count, total ms, per second.
+pub fn rows(backend: &str, figures: &[Figure]) -> String {
+    figures
+        .iter()
+        .map(|f| {
+            let per_second = f.count as f64 / f.seconds;
+            format!("| {backend} | {} | {} | {:.1} | {per_second:.0} |\n", f.operation, f.count, f.seconds * 1000.0)
+        })
+        .collect()
+}
+
+fn timed(operation: impl Into<String>, count: usize, start: Instant) -> Figure {
+    Figure { operation: operation.into(), count, seconds: start.elapsed().as_secs_f64() }
+}
+
+/// A node on `store` with a room created by `@bench` in `version`.
+async fn node_with_room(
+    store: Arc<dyn Store>,
+    version: RoomVersionId,
+) -> Result<(Homeserver, ruma::OwnedUserId, ruma::OwnedRoomId), RoomError> {
+    let hs = Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await?;
+    let creator = UserId::parse(format!("@bench:{}", hs.key().server_name())).map_err(RoomError::corrupt)?;
+    let options = CreateRoom { version: Some(version), preset: Preset::PublicChat, ..Default::default() };
+    let room_id = hs.rooms().create_room(&creator, options).await?;
+    Ok((hs, creator, room_id))
+}
+
+/// Messages created, hashed, signed, authorized and persisted, one after another.
+pub async fn send_messages(store: Arc<dyn Store>, n: usize) -> Result<Figure, RoomError> {
+    let (hs, sender, room_id) = node_with_room(store, DEFAULT_ROOM_VERSION).await?;
+    let start = Instant::now();
+    for i in 0..n {
+        let message = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": format!("message {i}") }));
+        hs.rooms().send(&room_id, &sender, &message).await?;
+    }
+    Ok(timed(format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION})"), n, start))
+}
+
+/// The checks on received PDUs that need only the PDU: format, content hash,
+/// signature (key from the server name) and event ID.
+pub fn verify_pdus(n: usize) -> Result<Figure, RoomError> {
+    let key = NodeKey::from_seed(&[42; 32]);
+    let rules = pdu::rules(&DEFAULT_ROOM_VERSION)?;
+    let sender = UserId::parse(format!("@remote:{}", key.server_name())).map_err(RoomError::corrupt)?;
+    let room_id = ruma::RoomId::parse("!Qx0CzpCq2VQrRxBYQAdqlFGUmCTAXDJkSRCz0u1bPH4").map_err(RoomError::corrupt)?;
+    let prev = [ruma::EventId::parse("$Vm8pYX9xVHWZ2HN6bJmKhc3vNXRRHI0C6hgGdUUtdqw").map_err(RoomError::corrupt)?];
+    let pdus = (0..n)
+        .map(|i| {
+            let message = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": format!("message {i}") }));
+            let placement = Placement {
+                room_id: Some(&room_id),
+                prev_events: &prev,
+                auth_events: &prev,
+                depth: UInt::from(i as u32 + 2),
+                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(UInt::from(i as u32)),
+            };
+            Ok(pdu::build(&key, &rules, &sender, &message, placement)?.json)
+        })
+        .collect::<Result<Vec<_>, RoomError>>()?;
+    let start = Instant::now();
+    for json in pdus {
+        Pdu::from_remote(json, &rules)?;
+    }
+    Ok(timed("received PDUs verified", n, start))
+}
+
+/// A public room with `members` joined, forked into two branches that each set
+/// the same `fork_len` state keys differently, then merged: the merge event's
+/// state is the resolution of the two branches.
+pub async fn resolve_forks(members: usize, fork_len: usize) -> Result<Figure, RoomError> {
+    let (hs, creator, room_id) = node_with_room(Arc::new(MemoryStore::new(NODE_SCHEMA)), DEFAULT_ROOM_VERSION).await?;
+    let rooms = hs.rooms();
+    for i in 0..members {
+        let user = UserId::parse(format!("@member{i}:{}", hs.key().server_name())).map_err(RoomError::corrupt)?;
+        let join = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": "join" }));
+        rooms.send(&room_id, &user, &join).await?;
+    }
+    let base = rooms.room(&room_id).await?.extremities[0].0.clone();
+    let mut tips = Vec::new();
+    for branch in ["left", "right"] {
+        let mut tip = base.clone();
+        for i in 0..fork_len {
+            let event = NewEvent::state("org.glia.bench".into(), format!("key{i}"), json!({ "branch": branch }));
+            tip = rooms.send_after(&room_id, &creator, &event, vec![tip]).await?.event_id.clone();
+        }
+        tips.push(tip);
+    }
+    let merge = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": "merge" }));
+    let start = Instant::now();
+    let merged = rooms.send_after(&room_id, &creator, &merge, tips).await?;
+    let figure = timed(format!("merge two forks of {fork_len} state events, {members} members"), 1, start);
+    debug_assert_eq!(merged.prev_events.len(), 2);
+    Ok(figure)
+}
