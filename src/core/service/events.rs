@@ -28,7 +28,7 @@ pub(crate) const AUTH_GRAPH: &str = "auth_graph";
 const CACHE_EVENTS: usize = 8192;
 
 /// What the node knows of one event.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventRecord {
     pub room_id: OwnedRoomId,
     pub version: RoomVersionId,

@@ -17,11 +17,17 @@
 use std::{collections::HashMap, fmt::Display, ops::Bound, sync::Arc};
 
 use ruma::{
-    canonical_json::CanonicalJsonObject,
-    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    canonical_json::{redact, CanonicalJsonObject, RedactedBecause},
+    events::{
+        room::{
+            member::MembershipState,
+            power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+        },
+        StateEventType, TimelineEventType,
+    },
     room_version_rules::RoomVersionRules,
     state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules},
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UInt,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt,
     UserId,
 };
 use serde::{Deserialize, Serialize};
@@ -425,6 +431,14 @@ impl Rooms {
                 .put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes())
                 .put(TOPOLOGY, room_key(&pdu.room_id, &topological_key((depth, stream))), pdu.event_id.as_bytes());
         }
+        let redacted = match (&pdu.redacts, visible) {
+            (Some(target), true) => self.redact(rules, &before.state, &pdu, target).await?,
+            _ => None,
+        };
+        if let Some(target) = &redacted {
+            let record = serde_json::to_vec(&target.record).map_err(RoomError::corrupt)?;
+            batch = batch.put(super::events::EVENTS, target.pdu.event_id.as_bytes(), record);
+        }
         let old_room = room.map(|r| serde_json::to_vec(&r)).transpose().map_err(RoomError::corrupt)?;
         let new_room_bytes = serde_json::to_vec(&new_room).map_err(RoomError::corrupt)?;
         batch = batch
@@ -438,6 +452,9 @@ impl Rooms {
 
         for group in pending {
             self.groups.committed(group);
+        }
+        if let Some(target) = redacted {
+            self.events.remember(Arc::new(target));
         }
         let stored = Arc::new(StoredEvent { pdu, record });
         self.events.remember(stored.clone());
@@ -496,6 +513,51 @@ impl Rooms {
         }
         let fetch = |kind: &StateEventType, key: &str| at_state.get(&(kind.clone(), key.to_owned())).map(|e| &*e.pdu);
         Ok(check_state_dependent_auth_rules(rules_auth, pdu, fetch).err())
+    }
+
+    /// The redacted form of `target`, if `redaction` (accepted, with `state` before
+    /// it) may redact it. The auth rules let every redaction through since room
+    /// version 3; whether one applies is for the server to decide, as here: the
+    /// same sender, or a sender with the power to redact the events of others.
+    /// A redaction whose target the node does not have yet is not applied.
+    async fn redact(
+        &self,
+        rules: &RoomVersionRules,
+        state: &State,
+        redaction: &Pdu,
+        target: &EventId,
+    ) -> Result<Option<StoredEvent>, RoomError> {
+        let Some(target) = self.events.get(self.store(), target).await? else { return Ok(None) };
+        if target.pdu.room_id != redaction.room_id || target.record.rejected.is_some() {
+            return Ok(None);
+        }
+        if target.pdu.sender != redaction.sender && !self.power_levels(rules, state).await?.user_can_redact_event_of_other(&redaction.sender) {
+            return Ok(None);
+        }
+        let because = RedactedBecause::from_json(redaction.json.clone());
+        let json = redact(target.record.pdu.clone(), &rules.redaction, Some(because)).map_err(RoomError::corrupt)?;
+        let record = EventRecord { pdu: json, ..target.record.clone() };
+        Ok(Some(StoredEvent::from_record(target.pdu.event_id.clone(), record)?))
+    }
+
+    /// The power levels in force in `state`, as the room version reads them.
+    async fn power_levels(&self, rules: &RoomVersionRules, state: &State) -> Result<RoomPowerLevels, RoomError> {
+        let create = self.state_entry(state, &StateEventType::RoomCreate, "").await?;
+        let levels = self.state_entry(state, &StateEventType::RoomPowerLevels, "").await?;
+        let source: RoomPowerLevelsSource =
+            levels.and_then(|e| serde_json::from_str::<RoomPowerLevelsEventContent>(e.pdu.content.get()).ok()).into();
+        #[derive(Deserialize)]
+        struct Creators {
+            #[serde(default)]
+            additional_creators: Vec<OwnedUserId>,
+        }
+        let creators: Vec<OwnedUserId> = create
+            .map(|e| {
+                let extra = serde_json::from_str::<Creators>(e.pdu.content.get()).map(|c| c.additional_creators).unwrap_or_default();
+                std::iter::once(e.pdu.sender.clone()).chain(extra).collect()
+            })
+            .unwrap_or_default();
+        Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
     }
 
     /// The state before an event whose `prev_events` are `prevs`: the state after
@@ -595,8 +657,12 @@ impl Rooms {
 
     pub async fn state_event(&self, room_id: &RoomId, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>, RoomError> {
         let state = self.current_state(room_id).await?;
+        Ok(self.state_entry(&state, kind, key).await?.map(|event| event.pdu.clone()))
+    }
+
+    async fn state_entry(&self, state: &State, kind: &StateEventType, key: &str) -> Result<Option<Arc<StoredEvent>>, RoomError> {
         match state.get(&(kind.clone(), key.to_owned())) {
-            Some(id) => Ok(Some(self.event_or_corrupt(id).await?.pdu.clone())),
+            Some(id) => Ok(Some(self.event_or_corrupt(id).await?)),
             None => Ok(None),
         }
     }
