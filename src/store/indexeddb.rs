@@ -2,23 +2,43 @@
 //! binary keys (IndexedDB orders `ArrayBuffer` keys bytewise, as the contract asks).
 //!
 //! A batch is one `readwrite` transaction over every table it touches; a
-//! precondition that fails aborts it, so nothing of the batch lands.
+//! precondition that fails aborts it, so nothing of the batch lands. Built on the
+//! `idb` crate (what `rexie` wraps), because writes need a transaction option
+//! rexie does not expose: see [`IndexedDbStore::transaction`].
 
 use async_trait::async_trait;
-use js_sys::Uint8Array;
-use rexie::{ObjectStore, Rexie, TransactionMode};
-use wasm_bindgen::JsValue;
+use idb::{
+    builder::{DatabaseBuilder, ObjectStoreBuilder},
+    CursorDirection, Query, Transaction, TransactionMode,
+};
+use js_sys::{Array, Uint8Array};
+use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
+use web_sys::{IdbDatabase, IdbTransaction};
 
 use super::{Batch, Direction, KeyRange, Op, Result, Schema, Store, StoreError};
 
-pub struct IndexedDbStore {
-    schema: Schema,
-    /// Always `Some` until `Drop` takes it to close the connection, which a later
-    /// schema upgrade of the same database would otherwise wait on forever.
-    db: Option<Rexie>,
+#[wasm_bindgen]
+extern "C" {
+    /// `IDBDatabase`, for its `transaction(names, mode, options)`, which web-sys
+    /// has only behind its unstable-API flag.
+    #[wasm_bindgen(js_name = IDBDatabase)]
+    type DatabaseWithOptions;
+
+    #[wasm_bindgen(catch, method, js_name = transaction)]
+    fn transaction(
+        this: &DatabaseWithOptions,
+        names: &Array,
+        mode: &str,
+        options: &JsValue,
+    ) -> std::result::Result<IdbTransaction, JsValue>;
 }
 
-fn backend(err: rexie::Error) -> StoreError {
+pub struct IndexedDbStore {
+    schema: Schema,
+    db: IdbDatabase,
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
@@ -30,46 +50,65 @@ fn js(bytes: &[u8]) -> JsValue {
     Uint8Array::from(bytes).into()
 }
 
-fn key_range(range: &KeyRange) -> Result<Option<rexie::KeyRange>> {
+fn key_query(range: &KeyRange) -> Result<Option<Query>> {
     use std::ops::Bound::*;
     let open = |bound: &std::ops::Bound<Vec<u8>>| Some(matches!(bound, Excluded(_)));
     let range = match (&range.start, &range.end) {
         (Unbounded, Unbounded) => return Ok(None),
-        (Included(s) | Excluded(s), Unbounded) => rexie::KeyRange::lower_bound(&js(s), open(&range.start)),
-        (Unbounded, Included(e) | Excluded(e)) => rexie::KeyRange::upper_bound(&js(e), open(&range.end)),
+        (Included(s) | Excluded(s), Unbounded) => idb::KeyRange::lower_bound(&js(s), open(&range.start)),
+        (Unbounded, Included(e) | Excluded(e)) => idb::KeyRange::upper_bound(&js(e), open(&range.end)),
         (Included(s) | Excluded(s), Included(e) | Excluded(e)) => {
-            rexie::KeyRange::bound(&js(s), &js(e), open(&range.start), open(&range.end))
+            idb::KeyRange::bound(&js(s), &js(e), open(&range.start), open(&range.end))
         }
     };
-    range.map(Some).map_err(|err| StoreError::Backend(err.to_string()))
+    range.map(|r| Some(Query::KeyRange(r))).map_err(backend)
 }
 
 impl IndexedDbStore {
-    /// Opens (or creates, or upgrades to `schema.version`) the database `name`.
+    /// Opens (or creates, or upgrades to `schema.version`) the database `name`:
+    /// an upgrade creates the tables that are new and drops those no longer listed.
     pub async fn open(name: &str, schema: Schema) -> Result<Self> {
         let builder = schema
             .tables
             .iter()
-            .fold(Rexie::builder(name).version(schema.version), |b, table| b.add_object_store(ObjectStore::new(table)));
+            .fold(DatabaseBuilder::new(name).version(schema.version), |b, table| {
+                b.add_object_store(ObjectStoreBuilder::new(table))
+            });
         let db = builder.build().await.map_err(backend)?;
-        Ok(Self { schema, db: Some(db) })
+        Ok(Self { schema, db: db.into() })
     }
 
-    fn db(&self) -> &Rexie {
-        self.db.as_ref().expect("the connection is only taken by Drop")
-    }
-
-    fn transaction(&self, tables: &[&str], mode: TransactionMode) -> Result<rexie::Transaction> {
+    /// A transaction over `tables`. Writes use `relaxed` durability: the commit
+    /// completes once the browser has handed the data to the OS, which survives
+    /// the worker or the browser being killed (the store's contract); `strict`
+    /// would also wait for the disk, guarding only against an OS crash, at about
+    /// twice the cost per commit in Chromium.
+    fn transaction(&self, tables: &[&str], mode: TransactionMode) -> Result<Transaction> {
         tables.iter().try_for_each(|table| self.schema.check_table(table))?;
-        self.db().transaction(tables, mode).map_err(backend)
+        let names: Array = tables.iter().map(|t| JsValue::from_str(t)).collect();
+        let options = js_sys::Object::new();
+        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into()).map_err(|e| backend(format!("{e:?}")))?;
+        let mode = match mode {
+            TransactionMode::ReadWrite => "readwrite",
+            _ => "readonly",
+        };
+        let db: &DatabaseWithOptions = self.db.unchecked_ref();
+        let txn = db.transaction(&names, mode, &options).map_err(|err| backend(format!("{err:?}")))?;
+        Ok(Transaction::from(txn))
+    }
+
+    #[cfg(test)]
+    fn table_names(&self) -> Vec<String> {
+        let names = self.db.object_store_names();
+        (0..names.length()).filter_map(|i| names.item(i)).collect()
     }
 }
 
 impl Drop for IndexedDbStore {
     fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            db.close();
-        }
+        // A later schema upgrade of the same database waits for every connection
+        // to close.
+        self.db.close();
     }
 }
 
@@ -77,7 +116,8 @@ impl Drop for IndexedDbStore {
 impl Store for IndexedDbStore {
     async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
-        let value = txn.store(table).map_err(backend)?.get(js(key)).await.map_err(backend)?;
+        let store = txn.object_store(table).map_err(backend)?;
+        let value = store.get(Query::Key(js(key))).map_err(backend)?.await.map_err(backend)?;
         Ok(value.as_ref().map(bytes))
     }
 
@@ -89,52 +129,73 @@ impl Store for IndexedDbStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
-        let store = txn.store(table).map_err(backend)?;
-        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let store = txn.object_store(table).map_err(backend)?;
+        let query = key_query(&range)?;
         if direction == Direction::Forward {
             // Two bulk requests over one transaction's snapshot, instead of a cursor
-            // round trip per entry (about three times the scans per second in Chromium).
-            let keys = store.get_all_keys(key_range(&range)?, Some(limit)).await.map_err(backend)?;
-            let values = store.get_all(key_range(&range)?, Some(limit)).await.map_err(backend)?;
+            // round trip per entry (about three times the scans per second).
+            let limit = Some(u32::try_from(limit).unwrap_or(u32::MAX));
+            let keys = store.get_all_keys(query.clone(), limit).map_err(backend)?;
+            let values = store.get_all(query, limit).map_err(backend)?;
+            let (keys, values) = (keys.await.map_err(backend)?, values.await.map_err(backend)?);
             return Ok(keys.iter().map(bytes).zip(values.iter().map(bytes)).collect());
         }
-        let entries = store
-            .scan(key_range(&range)?, Some(limit), None, Some(rexie::Direction::Prev))
-            .await
-            .map_err(backend)?;
-        Ok(entries.iter().map(|(k, v)| (bytes(k), bytes(v))).collect())
+        let cursor = store.open_cursor(query, Some(CursorDirection::Prev)).map_err(backend)?;
+        let Some(cursor) = cursor.await.map_err(backend)? else { return Ok(Vec::new()) };
+        let mut cursor = cursor.into_managed();
+        let mut entries = Vec::new();
+        while let (Some(key), Some(value)) = (cursor.key().map_err(backend)?, cursor.value().map_err(backend)?) {
+            entries.push((bytes(&key), bytes(&value)));
+            if entries.len() == limit {
+                break;
+            }
+            cursor.next(None).await.map_err(backend)?;
+        }
+        Ok(entries)
     }
 
     async fn write(&self, batch: Batch) -> Result<()> {
         let tables = batch.tables();
         let txn = self.transaction(&tables, TransactionMode::ReadWrite)?;
-        match apply(&txn, batch).await {
-            Ok(()) => txn.commit().await.map_err(backend),
-            Err(err) => {
-                // A failed request has usually aborted the transaction already.
-                let _ = txn.abort().await;
-                Err(err)
-            }
+        if let Err(err) = apply(&txn, &batch).await {
+            // A failed request has usually aborted the transaction already.
+            let _ = txn.abort();
+            return Err(err);
+        }
+        let result = txn.commit().map_err(backend)?.await.map_err(backend)?;
+        if result.is_committed() {
+            Ok(())
+        } else {
+            Err(StoreError::Backend("IndexedDB aborted the transaction".into()))
         }
     }
 }
 
-/// Every precondition first, then the writes in order, all in `txn`.
-async fn apply(txn: &rexie::Transaction, batch: Batch) -> Result<()> {
+/// Checks every precondition, then queues the writes in order; the caller's
+/// commit waits for them.
+async fn apply(txn: &Transaction, batch: &Batch) -> Result<()> {
+    let mut checks = Vec::new();
     for op in &batch.ops {
         if let Op::Expect { table, key, value } = op {
-            let current = txn.store(table).map_err(backend)?.get(js(key)).await.map_err(backend)?;
-            if current.as_ref().map(bytes) != *value {
-                return Err(StoreError::Conflict { table: table.to_string(), key: key.clone() });
-            }
+            let request = txn.object_store(table).map_err(backend)?.get(Query::Key(js(key))).map_err(backend)?;
+            checks.push((table, key, value, request));
         }
     }
+    for (table, key, expected, request) in checks {
+        let current = request.await.map_err(backend)?;
+        if current.as_ref().map(bytes) != *expected {
+            return Err(StoreError::Conflict { table: table.to_string(), key: key.clone() });
+        }
+    }
+    // A failing write aborts the transaction, which the commit then reports.
     for op in &batch.ops {
         match op {
             Op::Put { table, key, value } => {
-                txn.store(table).map_err(backend)?.put(&js(value), Some(&js(key))).await.map_err(backend)?;
+                txn.object_store(table).map_err(backend)?.put(&js(value), Some(&js(key))).map_err(backend)?;
             }
-            Op::Delete { table, key } => txn.store(table).map_err(backend)?.delete(js(key)).await.map_err(backend)?,
+            Op::Delete { table, key } => {
+                txn.object_store(table).map_err(backend)?.delete(Query::Key(js(key))).map_err(backend)?;
+            }
             Op::Expect { .. } => {}
         }
     }
@@ -176,7 +237,7 @@ mod tests {
         drop(v2);
 
         let v3 = IndexedDbStore::open(&name, Schema { version: 3, tables: &["two"] }).await.unwrap();
-        assert_eq!(v3.db().store_names(), vec!["two".to_owned()]);
+        assert_eq!(v3.table_names(), vec!["two".to_owned()]);
         assert!(matches!(v3.get("one", b"k").await, Err(StoreError::UnknownTable(_))));
         assert_eq!(v3.get("two", b"k").await.unwrap().as_deref(), Some(&b"w"[..]));
         drop(v3);

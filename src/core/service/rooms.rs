@@ -156,6 +156,18 @@ struct Counters {
     state_group: u64,
 }
 
+/// What the writer knows of the store between writes: read once, then kept
+/// current by each commit under the write lock, so appending an event reads
+/// nothing back. Cleared when a write fails, in case another writer moved on.
+#[derive(Default)]
+struct Written {
+    counters: Option<Counters>,
+    rooms: HashMap<OwnedRoomId, RoomRecord>,
+}
+
+/// Rooms whose records the writer keeps at most.
+const WRITTEN_ROOMS: usize = 256;
+
 pub struct Rooms {
     store: Arc<dyn Store>,
     key: Arc<NodeKey>,
@@ -165,6 +177,7 @@ pub struct Rooms {
     groups: StateGroups,
     /// One writer at a time: events are numbered and extremities replaced in order.
     write: async_lock::Mutex<()>,
+    written: std::sync::Mutex<Written>,
 }
 
 impl Rooms {
@@ -177,11 +190,37 @@ impl Rooms {
             events: Events::default(),
             groups: StateGroups::default(),
             write: async_lock::Mutex::new(()),
+            written: Default::default(),
         }
     }
 
     fn store(&self) -> &dyn Store {
         &*self.store
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room's record, for a writer holding the write lock.
+    async fn room_for_write(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, RoomError> {
+        if let Some(room) = self.written().rooms.get(room_id) {
+            return Ok(Some(room.clone()));
+        }
+        let room = self.store().get(ROOMS, room_id.as_bytes()).await?;
+        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
+        if let Some(room) = &room {
+            self.remember_room(room_id, room.clone());
+        }
+        Ok(room)
+    }
+
+    fn remember_room(&self, room_id: &RoomId, room: RoomRecord) {
+        let mut written = self.written();
+        if written.rooms.len() >= WRITTEN_ROOMS {
+            written.rooms.clear();
+        }
+        written.rooms.insert(room_id.to_owned(), room);
     }
 
     /// Creates a room with `creator` (a user of this node) joined and the preset's
@@ -245,7 +284,7 @@ impl Rooms {
         event: &NewEvent,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<Arc<Pdu>, RoomError> {
-        let room = self.room(room_id).await?;
+        let room = self.room_for_write(room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
         let rules = pdu::rules(&room.version)?;
         let prev_events = prev_events.unwrap_or_else(|| {
             let mut extremities = room.extremities.clone();
@@ -294,8 +333,7 @@ impl Rooms {
         room_id: &RoomId,
         json: &CanonicalJsonObject,
     ) -> Result<(Option<RoomRecord>, RoomVersionRules), RoomError> {
-        let room = self.store().get(ROOMS, room_id.as_bytes()).await?;
-        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
+        let room = self.room_for_write(room_id).await?;
         let version = match &room {
             Some(room) => room.version.clone(),
             None if json.get("type") == Some(&"m.room.create".into()) => create_event_version(json)?,
@@ -345,7 +383,9 @@ impl Rooms {
     ) -> Result<Arc<StoredEvent>, RoomError> {
         let store = self.store();
         let rejected = self.authorize(rules, &pdu, auths, &before.state, !local).await?;
-        if let (true, Some(reason)) = (local, &rejected) {
+        // A rejected local event is refused, not stored; so is a rejected create
+        // event, which must not claim the room for whatever version it names.
+        if let (true, Some(reason)) = (local || room.is_none(), &rejected) {
             return Err(RoomError::Forbidden(reason.clone()));
         }
         let current = match &room {
@@ -448,7 +488,12 @@ impl Rooms {
             .put(META, STREAM, next.stream.to_be_bytes())
             .expect(META, STATE_GROUP, Some(counters.state_group.to_be_bytes().to_vec()).filter(|_| counters.state_group > 0))
             .put(META, STATE_GROUP, next.state_group.to_be_bytes());
-        store.write(batch).await?;
+        if let Err(err) = store.write(batch).await {
+            *self.written() = Written::default();
+            return Err(err.into());
+        }
+        self.written().counters = Some(next);
+        self.remember_room(&pdu.room_id, new_room);
 
         for group in pending {
             self.groups.committed(group);
@@ -588,17 +633,23 @@ impl Rooms {
         Ok(Before { group, state: resolved, writes, pending })
     }
 
+    /// The stream and state group counters, for a writer holding the write lock.
     async fn counters(&self) -> Result<Counters, RoomError> {
+        if let Some(counters) = self.written().counters {
+            return Ok(counters);
+        }
         let read = |bytes: Option<Vec<u8>>| -> Result<u64, RoomError> {
             match bytes {
                 None => Ok(0),
                 Some(bytes) => Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| RoomError::corrupt("bad counter"))?)),
             }
         };
-        Ok(Counters {
+        let counters = Counters {
             stream: read(self.store().get(META, STREAM).await?)?,
             state_group: read(self.store().get(META, STATE_GROUP).await?)?,
-        })
+        };
+        self.written().counters = Some(counters);
+        Ok(counters)
     }
 
     async fn events_or_missing(&self, ids: &[OwnedEventId]) -> Result<HashMap<OwnedEventId, Arc<StoredEvent>>, RoomError> {
@@ -635,6 +686,9 @@ impl Rooms {
     // Reading rooms back.
 
     pub async fn room(&self, room_id: &RoomId) -> Result<RoomRecord, RoomError> {
+        if let Some(room) = self.written().rooms.get(room_id) {
+            return Ok(room.clone());
+        }
         let bytes = self.store().get(ROOMS, room_id.as_bytes()).await?;
         let bytes = bytes.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
         serde_json::from_slice(&bytes).map_err(RoomError::corrupt)
