@@ -5,7 +5,11 @@ use wasm_bindgen::prelude::*;
 
 use std::sync::Arc;
 
-use crate::{bench, core::SCHEMA, store::IndexedDbStore};
+use crate::{
+    bench,
+    core::SCHEMA,
+    store::{IndexedDbStore, MemoryStore},
+};
 
 /// Runs the store workload with `n` operations on a fresh IndexedDB database and
 /// returns the figures as Markdown table rows.
@@ -17,12 +21,14 @@ pub async fn bench_indexeddb(n: usize) -> Result<String, JsError> {
     Ok(bench::rows("IndexedDB (Chromium)", &figures))
 }
 
-/// Sends `n` messages through a node on a fresh IndexedDB store and returns the
-/// figure as a Markdown table row.
+/// Sends `n` messages through a node on a fresh IndexedDB store, and through one
+/// on a memory store (the engine's own cost in wasm), and returns the figures as
+/// Markdown table rows.
 #[wasm_bindgen]
 pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     let name = format!("glia-bench-events-{}", js_sys::Date::now());
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
-    let figure = bench::send_messages(Arc::new(store), n).await?;
-    Ok(bench::rows("IndexedDB (Chromium)", &[figure]))
+    let indexeddb = bench::send_messages(Arc::new(store), n).await?;
+    let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), n).await?;
+    Ok(bench::rows("IndexedDB (Chromium)", &[indexeddb]) + &bench::rows("memory (wasm, Chromium)", &[memory]))
 }
