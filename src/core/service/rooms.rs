@@ -12,7 +12,8 @@
 //! - `rooms`: room ID → [`RoomRecord`] as JSON
 //! - `timeline`: room ID, 0, stream position (u64 big-endian) → event ID
 //! - `topology`: room ID, 0, depth (u64 BE), stream position (u64 BE) → event ID
-//! - `meta`: `stream`, `state_group` → the last number handed out (u64 BE)
+//! - `meta`: `counters` → the last stream position and state group handed out
+//!   (two u64 BE), one key so one precondition guards both
 
 use std::{collections::HashMap, fmt::Display, ops::Bound, sync::Arc};
 
@@ -51,8 +52,7 @@ pub(crate) const ROOMS: &str = "rooms";
 pub(crate) const TIMELINE: &str = "timeline";
 pub(crate) const TOPOLOGY: &str = "topology";
 const META: &str = "meta";
-const STREAM: &[u8] = b"stream";
-const STATE_GROUP: &[u8] = b"state_group";
+const COUNTERS: &[u8] = b"counters";
 
 /// The spec caps `prev_events` at 20.
 const MAX_PREV_EVENTS: usize = 20;
@@ -154,6 +154,25 @@ impl Before {
 struct Counters {
     stream: u64,
     state_group: u64,
+    /// Whether the store holds them yet (a new node's do not exist).
+    stored: bool,
+}
+
+impl Counters {
+    fn encode(&self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.stream.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.state_group.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: Option<Vec<u8>>) -> Result<Self, RoomError> {
+        let Some(bytes) = bytes else { return Ok(Self { stream: 0, state_group: 0, stored: false }) };
+        let bytes: [u8; 16] = bytes.try_into().map_err(|_| RoomError::corrupt("the counters are not 16 bytes"))?;
+        let (stream, group) = bytes.split_at(8);
+        let number = |half: &[u8]| u64::from_be_bytes(half.try_into().unwrap_or_default());
+        Ok(Self { stream: number(stream), state_group: number(group), stored: true })
+    }
 }
 
 /// What the writer knows of the store between writes: read once, then kept
@@ -484,15 +503,13 @@ impl Rooms {
         batch = batch
             .expect(ROOMS, pdu.room_id.as_bytes(), old_room)
             .put(ROOMS, pdu.room_id.as_bytes(), new_room_bytes)
-            .expect(META, STREAM, Some(counters.stream.to_be_bytes().to_vec()).filter(|_| counters.stream > 0))
-            .put(META, STREAM, next.stream.to_be_bytes())
-            .expect(META, STATE_GROUP, Some(counters.state_group.to_be_bytes().to_vec()).filter(|_| counters.state_group > 0))
-            .put(META, STATE_GROUP, next.state_group.to_be_bytes());
+            .expect(META, COUNTERS, counters.stored.then(|| counters.encode().to_vec()))
+            .put(META, COUNTERS, next.encode());
         if let Err(err) = store.write(batch).await {
             *self.written() = Written::default();
             return Err(err.into());
         }
-        self.written().counters = Some(next);
+        self.written().counters = Some(Counters { stored: true, ..next });
         self.remember_room(&pdu.room_id, new_room);
 
         for group in pending {
@@ -638,16 +655,7 @@ impl Rooms {
         if let Some(counters) = self.written().counters {
             return Ok(counters);
         }
-        let read = |bytes: Option<Vec<u8>>| -> Result<u64, RoomError> {
-            match bytes {
-                None => Ok(0),
-                Some(bytes) => Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| RoomError::corrupt("bad counter"))?)),
-            }
-        };
-        let counters = Counters {
-            stream: read(self.store().get(META, STREAM).await?)?,
-            state_group: read(self.store().get(META, STATE_GROUP).await?)?,
-        };
+        let counters = Counters::decode(self.store().get(META, COUNTERS).await?)?;
         self.written().counters = Some(counters);
         Ok(counters)
     }
