@@ -33,23 +33,22 @@ use ruma::{
     room_version_rules::RoomVersionRules,
     serde::{base64::Standard, Base64},
     signatures::{sign_event, sign_json},
-    state_res::auth_types_for_event,
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt, UserId,
 };
 use serde_json::{json, Value};
 
-use super::{node, user};
+use super::{dump, node, user, Draft};
 use crate::{
     core::{
         identity::NodeKey,
-        pdu::{self, NewEvent, Pdu, PduError, Placement},
+        pdu::{self, NewEvent, Pdu, Placement},
         service::{
             rooms::{CreateRoom, Outcome, Preset, RoomError},
             state::State,
         },
         Homeserver, SCHEMA,
     },
-    store::{Direction, KeyRange},
+    store::Direction,
 };
 
 use Who::*;
@@ -819,57 +818,7 @@ async fn world(version: V, room: fn(&Ctx) -> CreateRoom) -> Ctx {
     c
 }
 
-/// A remote event about to be signed, placed as `Rooms::send_locked` places a
-/// local one, from what another server can read of `hs` (as after a
-/// `make_join`): after the forward extremities, one deeper than the deepest,
-/// with the auth events the spec selects from the current state.
-struct Draft {
-    room_id: OwnedRoomId,
-    sender: OwnedUserId,
-    event: NewEvent,
-    prev_events: Vec<OwnedEventId>,
-    auth_events: Vec<OwnedEventId>,
-    depth: UInt,
-    origin_server_ts: MilliSecondsSinceUnixEpoch,
-}
-
-impl Draft {
-    async fn new(c: &Ctx, sender: &UserId, event: NewEvent) -> Self {
-        let room = c.hs.rooms().room(c.room()).await.unwrap();
-        let prev_events = room.extremities.iter().map(|(id, _)| id.clone()).collect();
-        let depth = room.extremities.iter().map(|(_, depth)| *depth).max().unwrap().saturating_add(UInt::from(1u32));
-        let content = serde_json::value::to_raw_value(&event.content).unwrap();
-        // An event too malformed to select auth events for (no membership...)
-        // goes with none: it is the auth rules' job to reject it.
-        let auth_types = auth_types_for_event(&event.kind, sender, event.state_key.as_deref(), &content, &c.rules.authorization)
-            .unwrap_or_default();
-        let auth_events = auth_types.iter().filter_map(|key| c.state.get(key).cloned()).collect();
-        let origin_server_ts = MilliSecondsSinceUnixEpoch(UInt::new_saturating(c.remote.clock().now_millis()));
-        Self { room_id: c.room().to_owned(), sender: sender.to_owned(), event, prev_events, auth_events, depth, origin_server_ts }
-    }
-
-    fn sign(&self, key: &NodeKey, rules: &RoomVersionRules) -> Result<Pdu, PduError> {
-        let placement = Placement {
-            room_id: Some(&self.room_id),
-            prev_events: &self.prev_events,
-            auth_events: &self.auth_events,
-            depth: self.depth,
-            origin_server_ts: self.origin_server_ts,
-        };
-        pdu::build(key, rules, &self.sender, &self.event, placement)
-    }
-}
-
 type Dump = Vec<Vec<(Vec<u8>, Vec<u8>)>>;
-
-/// Every entry of every table of `hs`'s store.
-async fn dump(hs: &Homeserver) -> Dump {
-    let mut tables = Vec::new();
-    for table in SCHEMA.tables {
-        tables.push(hs.store().scan(table, KeyRange::all(), Direction::Forward, usize::MAX).await.unwrap());
-    }
-    tables
-}
 
 fn unchanged(before: &Dump, after: &Dump) -> Result<(), String> {
     for (table, (before, after)) in SCHEMA.tables.iter().zip(before.iter().zip(after)) {
@@ -958,11 +907,12 @@ impl Ctx {
     }
 
     async fn receive(&self, step: &Step, sender: &UserId, event: NewEvent) -> Result<Option<OwnedEventId>, String> {
-        let mut draft = Draft::new(self, sender, event).await;
+        let now = MilliSecondsSinceUnixEpoch(UInt::new_saturating(self.remote.clock().now_millis()));
+        let mut draft = Draft::new(&self.hs, self.room(), sender, event, now).await;
         if let Tweak::Draft(tweak) = step.tweak {
             tweak(self, &mut draft);
         }
-        let pdu = draft.sign(self.remote.key(), &self.rules).map_err(|e| format!("the remote could not build it: {e}"))?;
+        let pdu = draft.sign(self.remote.key()).map_err(|e| format!("the remote could not build it: {e}"))?;
         let mut json = pdu.json.clone();
         if let Tweak::Signed(tweak) = step.tweak {
             tweak(self, &mut json);

@@ -16,23 +16,27 @@ use ruma::{
     room_version_rules::RoomVersionRules,
     serde::{base64::Standard, Base64},
     signatures::hash_and_sign_event,
-    state_res::auth_types_for_event,
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt, UserId,
 };
 use serde_json::json;
 
-use super::{node, user};
+use super::{dump, node, user, Draft};
+
+/// Fixed, so a draft signed twice gives the same event.
+fn fixed_ts() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch(UInt::from(1_700_000_500u32))
+}
 use crate::{
     core::{
         identity::NodeKey,
-        pdu::{self, NewEvent, Pdu, PduError, Placement},
+        pdu::{self, NewEvent, PduError, Placement},
         service::{
             rooms::{CreateRoom, Outcome, Preset, RoomError},
             state::State,
         },
         Homeserver, SCHEMA,
     },
-    store::{Direction, KeyRange},
+    store::Direction,
 };
 
 /// A public room on `hs`, made by its local user `alice`, and `bob`, a user of `remote`.
@@ -59,59 +63,6 @@ fn join(user: &UserId) -> NewEvent {
 
 fn message(body: &str) -> NewEvent {
     NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }))
-}
-
-/// An event about to be signed, placed as `Rooms::send_locked` places a local
-/// one, from what another server can read of `hs`: after the room's forward
-/// extremities, one deeper than the deepest, with the auth events the spec
-/// selects from the current state. Tests bend the fields before signing.
-struct Draft {
-    rules: RoomVersionRules,
-    room_id: OwnedRoomId,
-    sender: OwnedUserId,
-    event: NewEvent,
-    prev_events: Vec<OwnedEventId>,
-    auth_events: Vec<OwnedEventId>,
-    depth: UInt,
-    origin_server_ts: MilliSecondsSinceUnixEpoch,
-}
-
-impl Draft {
-    async fn new(hs: &Homeserver, room_id: &RoomId, sender: &UserId, event: NewEvent) -> Self {
-        let room = hs.rooms().room(room_id).await.unwrap();
-        let rules = pdu::rules(&room.version).unwrap();
-        let prev_events = room.extremities.iter().map(|(id, _)| id.clone()).collect();
-        let depth = room.extremities.iter().map(|(_, depth)| *depth).max().unwrap().saturating_add(UInt::from(1u32));
-        let state = hs.rooms().current_state(room_id).await.unwrap();
-        let content = serde_json::value::to_raw_value(&event.content).unwrap();
-        let auth_types =
-            auth_types_for_event(&event.kind, sender, event.state_key.as_deref(), &content, &rules.authorization)
-                .unwrap();
-        let auth_events = auth_types.iter().filter_map(|key| state.get(key).cloned()).collect();
-        Self {
-            rules,
-            room_id: room_id.to_owned(),
-            sender: sender.to_owned(),
-            event,
-            prev_events,
-            auth_events,
-            depth,
-            // Fixed, so a draft signed twice gives the same event.
-            origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::from(1_700_000_500u32)),
-        }
-    }
-
-    /// The event hashed and signed by `key`, through the engine's own builder.
-    fn sign(&self, key: &NodeKey) -> Pdu {
-        let placement = Placement {
-            room_id: Some(&self.room_id),
-            prev_events: &self.prev_events,
-            auth_events: &self.auth_events,
-            depth: self.depth,
-            origin_server_ts: self.origin_server_ts,
-        };
-        pdu::build(key, &self.rules, &self.sender, &self.event, placement).unwrap()
-    }
 }
 
 /// `json`, bent by a test into a shape `pdu::build` refuses to make, hashed and
@@ -142,10 +93,7 @@ async fn snapshot(hs: &Homeserver, room_id: &RoomId) -> Snapshot {
     let extremities = rooms.room(room_id).await.unwrap().extremities;
     let state = (*rooms.current_state(room_id).await.unwrap()).clone();
     let timeline = rooms.timeline(room_id, None, Direction::Forward, usize::MAX).await.unwrap();
-    let mut store = Vec::new();
-    for table in SCHEMA.tables {
-        store.push(hs.store().scan(table, KeyRange::all(), Direction::Forward, usize::MAX).await.unwrap());
-    }
+    let store = dump(hs).await;
     Snapshot { extremities, state, timeline: timeline.into_iter().map(|(_, e)| e.event_id.clone()).collect(), store }
 }
 
@@ -168,7 +116,7 @@ fn assert_nothing_stored(
 
 impl World {
     async fn draft(&self, sender: &UserId, event: NewEvent) -> Draft {
-        Draft::new(&self.hs, &self.room_id, sender, event).await
+        Draft::new(&self.hs, &self.room_id, sender, event, fixed_ts()).await
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -200,7 +148,7 @@ impl World {
 
     /// Bob's join, signed by his server and accepted.
     async fn bob_joins(&self) -> OwnedEventId {
-        let pdu = self.draft(&self.bob, join(&self.bob)).await.sign(self.remote.key());
+        let pdu = self.draft(&self.bob, join(&self.bob)).await.sign(self.remote.key()).unwrap();
         assert_eq!(self.hs.rooms().receive(&self.room_id, pdu.json.clone()).await.unwrap(), Outcome::Accepted);
         pdu.event_id
     }
@@ -220,7 +168,7 @@ fn malformed(err: &RoomError) -> &str {
 async fn a_remote_join_into_a_public_room_is_accepted() {
     let w = world().await;
     let before = w.snapshot().await;
-    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap();
     assert_eq!(w.hs.rooms().receive(&w.room_id, pdu.json.clone()).await.unwrap(), Outcome::Accepted);
 
     let stored = w.hs.rooms().event(&pdu.event_id).await.unwrap().expect("the join is stored");
@@ -236,7 +184,7 @@ async fn a_remote_join_into_a_public_room_is_accepted() {
     assert_eq!(after.timeline.last(), Some(&pdu.event_id));
 
     // And the remote user may then talk.
-    let said = w.draft(&w.bob, message("hello")).await.sign(w.remote.key());
+    let said = w.draft(&w.bob, message("hello")).await.sign(w.remote.key()).unwrap();
     assert_eq!(w.hs.rooms().receive(&w.room_id, said.json.clone()).await.unwrap(), Outcome::Accepted);
 }
 
@@ -246,7 +194,7 @@ async fn a_remote_join_into_a_public_room_is_accepted() {
 #[tokio::test]
 async fn a_pdu_with_a_bad_signature_is_dropped() {
     let w = world().await;
-    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap();
     let server = w.remote.key().server_name().as_str();
     fn signatures<'a>(json: &'a mut CanonicalJsonObject, server: &str) -> &'a mut CanonicalJsonObject {
         let Some(CanonicalJsonValue::Object(signatures)) = json.get_mut("signatures") else { panic!("no signatures") };
@@ -286,7 +234,7 @@ async fn a_pdu_with_a_bad_signature_is_dropped() {
 async fn a_pdu_whose_content_changed_after_signing_is_redacted() {
     let w = world().await;
     w.bob_joins().await;
-    let pdu = w.draft(&w.bob, message("what bob said")).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, message("what bob said")).await.sign(w.remote.key()).unwrap();
     let mut tampered = pdu.json.clone();
     let Some(CanonicalJsonValue::Object(content)) = tampered.get_mut("content") else { panic!() };
     content.insert("body".into(), "what mallory says bob said".into());
@@ -310,7 +258,7 @@ async fn a_pdu_signed_by_a_server_other_than_the_senders_is_dropped() {
     let third = node().await;
     let carol = user(&third, "carol");
     for (sender, event) in [(&w.alice, message("alice never said this")), (&carol, join(&carol))] {
-        let pdu = w.draft(sender, event).await.sign(w.remote.key());
+        let pdu = w.draft(sender, event).await.sign(w.remote.key()).unwrap();
         let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
         assert!(matches!(err, RoomError::Pdu(PduError::Signature(_))), "{sender}: {err:?}");
     }
@@ -323,7 +271,7 @@ async fn a_pdu_signed_by_a_server_other_than_the_senders_is_dropped() {
 async fn a_pdu_from_a_server_with_no_glia_key_is_dropped() {
     let w = world().await;
     let mallory = UserId::parse("@x:example.org").unwrap();
-    let pdu = w.draft(&mallory, join(&mallory)).await.sign(w.remote.key());
+    let pdu = w.draft(&mallory, join(&mallory)).await.sign(w.remote.key()).unwrap();
     let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
     match err {
         RoomError::Pdu(PduError::UnknownServer(crate::core::identity::NotAGliaServer(name))) => {
@@ -345,7 +293,7 @@ async fn a_pdu_for_another_room_is_refused() {
             .create_room(&w.alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() })
             .await
             .unwrap();
-    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap();
 
     let before = w.snapshot().await;
     let err = w.refused_in(&other, &pdu.event_id, pdu.json.clone()).await;
@@ -368,13 +316,13 @@ async fn a_pdu_for_another_room_is_refused() {
 
     // Bob's join to the first room, hung after the other room's events, then
     // authorized by the other room's state.
-    let in_other = Draft::new(&w.hs, &other, &w.bob, join(&w.bob)).await;
+    let in_other = Draft::new(&w.hs, &other, &w.bob, join(&w.bob), fixed_ts()).await;
     let mut after_other = w.draft(&w.bob, join(&w.bob)).await;
     after_other.prev_events = in_other.prev_events.clone();
     let mut authorized_by_other = w.draft(&w.bob, join(&w.bob)).await;
     authorized_by_other.auth_events = in_other.auth_events.clone();
     for (case, draft) in [("prev events", after_other), ("auth events", authorized_by_other)] {
-        let pdu = draft.sign(w.remote.key());
+        let pdu = draft.sign(w.remote.key()).unwrap();
         let before_other = snapshot(&w.hs, &other).await;
         let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
         match err {
@@ -392,7 +340,7 @@ async fn a_pdu_for_another_room_is_refused() {
 async fn join_of_size(w: &World, size: usize) -> CanonicalJsonObject {
     let draft = w.draft(&w.bob, join(&w.bob)).await;
     let padded = |padding: usize| {
-        let mut json = draft.sign(w.remote.key()).json;
+        let mut json = draft.sign(w.remote.key()).unwrap().json;
         let Some(CanonicalJsonValue::Object(content)) = json.get_mut("content") else { panic!() };
         content.insert("padding".into(), "x".repeat(padding).into());
         resign(w.remote.key(), &draft.rules, json)
@@ -418,11 +366,11 @@ async fn a_pdu_past_the_size_limit_is_dropped() {
     let w = world().await;
     let one_over = join_of_size(&w, pdu::MAX_PDU_BYTES + 1).await;
 
-    let mut padded_after_signing = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).json;
+    let mut padded_after_signing = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap().json;
     let Some(CanonicalJsonValue::Object(content)) = padded_after_signing.get_mut("content") else { panic!() };
     content.insert("padding".into(), "x".repeat(70_000).into());
 
-    let mut big_signatures = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).json;
+    let mut big_signatures = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap().json;
     let Some(CanonicalJsonValue::Object(signatures)) = big_signatures.get_mut("signatures") else { panic!() };
     let junk = CanonicalJsonObject::from([("ed25519:x".to_owned(), "A".repeat(1 << 20).into())]);
     signatures.insert("example.org".into(), CanonicalJsonValue::Object(junk));
@@ -474,13 +422,13 @@ async fn a_pdu_after_unknown_events_is_refused_with_their_ids() {
 
     let mut draft = w.draft(&w.bob, join(&w.bob)).await;
     draft.prev_events.push(unknown.clone());
-    let pdu = draft.sign(w.remote.key());
+    let pdu = draft.sign(w.remote.key()).unwrap();
     let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
     assert!(matches!(&err, RoomError::MissingEvents(ids) if *ids == [unknown.clone()]), "{err:?}");
 
     let mut draft = w.draft(&w.bob, join(&w.bob)).await;
     draft.auth_events.push(unknown.clone());
-    let pdu = draft.sign(w.remote.key());
+    let pdu = draft.sign(w.remote.key()).unwrap();
     let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
     assert!(matches!(&err, RoomError::MissingEvents(ids) if *ids == [unknown.clone()]), "{err:?}");
 }
@@ -493,19 +441,19 @@ async fn a_pdu_with_repeated_or_no_prev_events_is_refused() {
 
     let mut draft = w.draft(&w.bob, join(&w.bob)).await;
     draft.prev_events.push(draft.prev_events[0].clone());
-    let pdu = draft.sign(w.remote.key());
+    let pdu = draft.sign(w.remote.key()).unwrap();
     let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
     assert!(matches!(err, RoomError::Invalid(_)), "repeated prev event: {err:?}");
 
     let mut draft = w.draft(&w.bob, join(&w.bob)).await;
     draft.auth_events.push(draft.auth_events[0].clone());
-    let pdu = draft.sign(w.remote.key());
+    let pdu = draft.sign(w.remote.key()).unwrap();
     let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
     assert!(matches!(err, RoomError::Invalid(_)), "repeated auth event: {err:?}");
 
     let mut draft = w.draft(&w.bob, join(&w.bob)).await;
     draft.prev_events.clear();
-    let pdu = draft.sign(w.remote.key());
+    let pdu = draft.sign(w.remote.key()).unwrap();
     let err = w.refused(&pdu.event_id, pdu.json.clone()).await;
     assert!(matches!(err, RoomError::Invalid(_)), "no prev events: {err:?}");
 }
@@ -515,7 +463,7 @@ async fn a_pdu_with_repeated_or_no_prev_events_is_refused() {
 #[tokio::test]
 async fn the_same_pdu_twice_is_a_duplicate() {
     let w = world().await;
-    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap();
     assert_eq!(w.hs.rooms().receive(&w.room_id, pdu.json.clone()).await.unwrap(), Outcome::Accepted);
 
     let before = w.snapshot().await;
@@ -538,7 +486,7 @@ async fn the_same_pdu_twice_is_a_duplicate() {
 async fn malformed_pdus_are_dropped() {
     let w = world().await;
     let draft = w.draft(&w.bob, join(&w.bob)).await;
-    let valid = draft.sign(w.remote.key());
+    let valid = draft.sign(w.remote.key()).unwrap();
     let bent = |change: &dyn Fn(&mut CanonicalJsonObject)| {
         let mut json = valid.json.clone();
         change(&mut json);
@@ -616,9 +564,9 @@ async fn malformed_pdus_are_dropped() {
 async fn a_pdu_cannot_name_itself_as_a_prev_event() {
     let w = world().await;
     let mut draft = w.draft(&w.bob, join(&w.bob)).await;
-    let first = draft.sign(w.remote.key());
+    let first = draft.sign(w.remote.key()).unwrap();
     draft.prev_events.push(first.event_id.clone());
-    let cyclic = draft.sign(w.remote.key());
+    let cyclic = draft.sign(w.remote.key()).unwrap();
     assert_ne!(cyclic.event_id, first.event_id, "naming an event changes the namer's ID");
     assert!(!cyclic.prev_events.contains(&cyclic.event_id));
 
@@ -640,7 +588,7 @@ async fn a_pdu_after_a_rejected_pdu_is_judged_on_its_own() {
     let alices_topic = w.hs.rooms().current_state(&w.room_id).await.unwrap()[&topic_key].clone();
 
     let topic = NewEvent::state(TimelineEventType::RoomTopic, "", json!({ "topic": "bob's now" }));
-    let topic = w.draft(&w.bob, topic).await.sign(w.remote.key());
+    let topic = w.draft(&w.bob, topic).await.sign(w.remote.key()).unwrap();
     let before = w.snapshot().await;
     let outcome = w.hs.rooms().receive(&w.room_id, topic.json.clone()).await.unwrap();
     assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
@@ -654,7 +602,7 @@ async fn a_pdu_after_a_rejected_pdu_is_judged_on_its_own() {
     let mut draft = w.draft(&w.bob, message("after the topic")).await;
     draft.prev_events = vec![topic.event_id.clone()];
     draft.depth = topic.depth.saturating_add(UInt::from(1u32));
-    let said = draft.sign(w.remote.key());
+    let said = draft.sign(w.remote.key()).unwrap();
     assert_eq!(w.hs.rooms().receive(&w.room_id, said.json.clone()).await.unwrap(), Outcome::Accepted);
     let state_at = w.hs.rooms().state_at(&said.event_id).await.unwrap().unwrap();
     assert_eq!(state_at[&topic_key], alices_topic);
@@ -683,7 +631,7 @@ async fn an_unsigned_third_party_invite_is_rejected() {
         },
     });
     let invite = NewEvent::state(TimelineEventType::RoomMember, victim.as_str(), content);
-    let pdu = w.draft(&w.alice, invite).await.sign(w.remote.key());
+    let pdu = w.draft(&w.alice, invite).await.sign(w.remote.key()).unwrap();
     let mut unsigned = pdu.json.clone();
     unsigned.insert("signatures".into(), CanonicalJsonValue::Object(Default::default()));
 
@@ -741,7 +689,7 @@ async fn a_forged_create_event_does_not_claim_the_room_id() {
 #[tokio::test]
 async fn unsigned_data_from_the_sender_is_not_kept() {
     let w = world().await;
-    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, join(&w.bob)).await.sign(w.remote.key()).unwrap();
     let mut json = pdu.json.clone();
     let unsigned = json!({ "age": 1, "redacted_because": { "type": "m.room.redaction", "sender": w.alice } });
     json.insert("unsigned".into(), ruma::canonical_json::to_canonical_value(unsigned).unwrap());
@@ -764,7 +712,7 @@ async fn a_remote_redaction_without_power_does_not_apply() {
         redacts: Some(said.event_id.clone()),
         ..NewEvent::message(TimelineEventType::RoomRedaction, json!({ "reason": "mine now" }))
     };
-    let pdu = w.draft(&w.bob, redaction).await.sign(w.remote.key());
+    let pdu = w.draft(&w.bob, redaction).await.sign(w.remote.key()).unwrap();
     assert_eq!(w.hs.rooms().receive(&w.room_id, pdu.json.clone()).await.unwrap(), Outcome::Accepted);
     let target = w.hs.rooms().event(&said.event_id).await.unwrap().unwrap();
     assert_eq!(target.record.pdu, said.json, "the target was changed");
