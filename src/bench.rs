@@ -53,6 +53,20 @@ pub async fn run(store: &dyn Store, n: usize) -> Result<Vec<Figure>> {
     }
     time("put (batches of 100)", n, start);
 
+    // The shape of one event's write: two compare-and-set preconditions and six
+    // puts, one transaction each.
+    let start = Instant::now();
+    for i in 0..n {
+        let mut batch = Batch::new()
+            .expect(TABLE, key(i).to_vec(), Some(VALUE.to_vec()))
+            .expect(TABLE, key(n + i).to_vec(), Some(VALUE.to_vec()));
+        for j in 0..6u8 {
+            batch = batch.put(TABLE, [&key(i)[..], &[j]].concat(), VALUE);
+        }
+        store.write(batch).await?;
+    }
+    time("batch of 2 preconditions + 6 puts", n, start);
+
     // A fixed stride through all keys: every key once, in no useful order.
     let start = Instant::now();
     for i in 0..n {

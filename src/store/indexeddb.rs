@@ -171,20 +171,18 @@ impl Store for IndexedDbStore {
     }
 }
 
-/// Checks every precondition, then queues the writes in order; the caller's
-/// commit waits for them.
+/// Queues a read for every precondition and then the writes, in one go, and
+/// only then waits for the reads: IndexedDB runs a transaction's requests in
+/// order, so the reads see the state before the batch, and a failed precondition
+/// aborts the transaction with the writes. Waiting for the reads before queuing
+/// the writes would cost a round trip to the browser's storage process, about
+/// half of an event's write time in Chromium.
 async fn apply(txn: &Transaction, batch: &Batch) -> Result<()> {
     let mut checks = Vec::new();
     for op in &batch.ops {
         if let Op::Expect { table, key, value } = op {
             let request = txn.object_store(table).map_err(backend)?.get(Query::Key(js(key))).map_err(backend)?;
             checks.push((table, key, value, request));
-        }
-    }
-    for (table, key, expected, request) in checks {
-        let current = request.await.map_err(backend)?;
-        if current.as_ref().map(bytes) != *expected {
-            return Err(StoreError::Conflict { table: table.to_string(), key: key.clone() });
         }
     }
     // A failing write aborts the transaction, which the commit then reports.
@@ -197,6 +195,12 @@ async fn apply(txn: &Transaction, batch: &Batch) -> Result<()> {
                 txn.object_store(table).map_err(backend)?.delete(Query::Key(js(key))).map_err(backend)?;
             }
             Op::Expect { .. } => {}
+        }
+    }
+    for (table, key, expected, request) in checks {
+        let current = request.await.map_err(backend)?;
+        if current.as_ref().map(bytes) != *expected {
+            return Err(StoreError::Conflict { table: table.to_string(), key: key.clone() });
         }
     }
     Ok(())
