@@ -6,6 +6,8 @@
 //! - `events`: event ID (UTF-8) → [`EventRecord`] as JSON
 //! - `auth_graph`: room ID, 0, event ID → the event's `auth_events` as a JSON array,
 //!   so state resolution loads a room's whole auth graph with one prefix scan.
+//!   Only state events are in it: auth events are always state events, so no
+//!   auth chain passes through a message, and a message's write is one put less.
 
 use std::{
     collections::HashMap,
@@ -110,16 +112,18 @@ impl Events {
 
     /// The writes that store `record` for `pdu`.
     pub fn write(batch: Batch, pdu: &Pdu, record: &EventRecord) -> Result<Batch, RoomError> {
+        let record = serde_json::to_vec(record).map_err(RoomError::corrupt)?;
+        let batch = batch.put(EVENTS, pdu.event_id.as_bytes(), record);
+        if !pdu.is_state() {
+            return Ok(batch);
+        }
         let auth: Vec<&str> = pdu.auth_events.iter().map(|id| id.as_str()).collect();
         let auth = serde_json::to_vec(&auth).map_err(RoomError::corrupt)?;
-        let record = serde_json::to_vec(record).map_err(RoomError::corrupt)?;
-        Ok(batch
-            .put(EVENTS, pdu.event_id.as_bytes(), record)
-            .put(AUTH_GRAPH, room_key(&pdu.room_id, pdu.event_id.as_bytes()), auth))
+        Ok(batch.put(AUTH_GRAPH, room_key(&pdu.room_id, pdu.event_id.as_bytes()), auth))
     }
 }
 
-/// A room's auth graph: every stored event's `auth_events`.
+/// A room's auth graph: every stored state event's `auth_events`.
 pub struct AuthGraph {
     pub edges: HashMap<OwnedEventId, Vec<OwnedEventId>>,
 }
