@@ -1,5 +1,6 @@
 //! The event engine natively: events created, signed, authorized and persisted
-//! per second (memory and disk stores), received PDUs verified per second, and
+//! per second (memory and disk stores), events received in federation
+//! transactions per second, received PDUs verified per second, and
 //! state resolution of two conflicting forks in rooms of 1,000 and 10,000 members.
 //! The IndexedDB figure comes from the browser bench page (scripts/bench).
 
@@ -20,6 +21,9 @@ async fn main() {
     let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), EVENTS).await.expect("memory");
     let disk_store = DiskStore::open(dir.path().join("events.redb"), SCHEMA).await.expect("open disk store");
     let disk = bench::send_messages(Arc::new(disk_store), EVENTS / 5).await.expect("disk");
+    let received = bench::receive_transactions(Arc::new(MemoryStore::new(SCHEMA)), EVENTS).await.expect("receive");
+    let disk_store = DiskStore::open(dir.path().join("received.redb"), SCHEMA).await.expect("open disk store");
+    let disk_received = bench::receive_transactions(Arc::new(disk_store), EVENTS).await.expect("receive on disk");
     let verify = bench::verify_pdus(EVENTS).expect("verify");
     let mut resolution = Vec::new();
     for members in [1_000, 10_000] {
@@ -27,8 +31,8 @@ async fn main() {
     }
     print!(
         "{}{}{}{}",
-        bench::rows("memory", &[memory]),
-        bench::rows("disk (redb)", &[disk]),
+        bench::rows("memory", &[memory, received]),
+        bench::rows("disk (redb)", &[disk, disk_received]),
         bench::rows("native", &[verify]),
         bench::rows("memory", &resolution),
     );

@@ -130,6 +130,58 @@ pub async fn send_messages(store: Arc<dyn Store>, n: usize) -> Result<Figure, Ro
     Ok(timed(format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION})"), n, start))
 }
 
+/// Messages from another server received as federation transactions do: 50 PDUs
+/// at a time, each checked and stored, one commit per transaction.
+pub async fn receive_transactions(store: Arc<dyn Store>, n: usize) -> Result<Figure, RoomError> {
+    const TRANSACTION: usize = 50;
+    let (hs, _, room_id) = node_with_room(store, DEFAULT_ROOM_VERSION).await?;
+    let remote = NodeKey::from_seed(&[7; 32]);
+    let rules = pdu::rules(&DEFAULT_ROOM_VERSION)?;
+    let bob = UserId::parse(format!("@bob:{}", remote.server_name())).map_err(RoomError::corrupt)?;
+    let mut state = (*hs.rooms().current_state(&room_id).await?).clone();
+    let room = hs.rooms().room(&room_id).await?;
+    let mut prev: Vec<_> = room.extremities.iter().map(|(id, _)| id.clone()).collect();
+    let mut depth = room.extremities.iter().map(|(_, d)| *d).max().unwrap_or_default();
+
+    let mut events = vec![NewEvent::state(TimelineEventType::RoomMember, bob.as_str(), json!({ "membership": "join" }))];
+    events.extend((0..n).map(|i| {
+        NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": format!("message {i}") }))
+    }));
+    let mut pdus = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let content = serde_json::value::to_raw_value(&event.content).map_err(RoomError::corrupt)?;
+        let keys = ruma::state_res::auth_types_for_event(&event.kind, &bob, event.state_key.as_deref(), &content, &rules.authorization)
+            .map_err(RoomError::Invalid)?;
+        let auth_events: Vec<_> = keys.iter().filter_map(|key| state.get(key).cloned()).collect();
+        depth = depth.saturating_add(UInt::from(1u32));
+        let placement = Placement {
+            room_id: Some(&room_id),
+            prev_events: &prev,
+            auth_events: &auth_events,
+            depth,
+            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(UInt::from(i as u32)),
+        };
+        let pdu = pdu::build(&remote, &rules, &bob, event, placement)?;
+        if let Some(key) = &pdu.state_key {
+            state.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
+        }
+        prev = vec![pdu.event_id.clone()];
+        pdus.push(pdu.json);
+    }
+    let join = pdus.remove(0);
+    hs.rooms().receive(&room_id, join).await?;
+
+    let start = Instant::now();
+    for transaction in pdus.chunks(TRANSACTION) {
+        for outcome in hs.rooms().receive_all(&room_id, transaction.to_vec()).await? {
+            if outcome? != crate::core::service::rooms::Outcome::Accepted {
+                return Err(RoomError::Invalid("a benchmark PDU was not accepted".into()));
+            }
+        }
+    }
+    Ok(timed(format!("events received+verified+persisted, transactions of {TRANSACTION}"), n, start))
+}
+
 /// The checks on received PDUs that need only the PDU: format, content hash,
 /// signature (key from the server name) and event ID.
 pub fn verify_pdus(n: usize) -> Result<Figure, RoomError> {

@@ -21,14 +21,17 @@ pub async fn bench_indexeddb(n: usize) -> Result<String, JsError> {
     Ok(bench::rows("IndexedDB (Chromium)", &figures))
 }
 
-/// Sends `n` messages through a node on a fresh IndexedDB store, and through one
-/// on a memory store (the engine's own cost in wasm), and returns the figures as
-/// Markdown table rows.
+/// Sends `n` messages through a node on a fresh IndexedDB store, receives `n`
+/// from another server in transactions, and sends `n` through a node on a memory
+/// store (the engine's own cost in wasm); returns the figures as table rows.
 #[wasm_bindgen]
 pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     let name = format!("glia-bench-events-{}", js_sys::Date::now());
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
-    let indexeddb = bench::send_messages(Arc::new(store), n).await?;
+    let sent = bench::send_messages(Arc::new(store), n).await?;
+    let name = format!("glia-bench-received-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, SCHEMA).await?;
+    let received = bench::receive_transactions(Arc::new(store), n).await?;
     let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), n).await?;
-    Ok(bench::rows("IndexedDB (Chromium)", &[indexeddb]) + &bench::rows("memory (wasm, Chromium)", &[memory]))
+    Ok(bench::rows("IndexedDB (Chromium)", &[sent, received]) + &bench::rows("memory (wasm, Chromium)", &[memory]))
 }

@@ -85,22 +85,6 @@ impl Events {
         Ok(Some(event))
     }
 
-    /// Every event of `ids`, or the IDs of those the node does not have.
-    pub async fn get_all(
-        &self,
-        store: &dyn Store,
-        ids: impl IntoIterator<Item = &EventId>,
-    ) -> Result<Result<HashMap<OwnedEventId, Arc<StoredEvent>>, Vec<OwnedEventId>>, RoomError> {
-        let (mut found, mut missing) = (HashMap::new(), Vec::new());
-        for id in ids {
-            match self.get(store, id).await? {
-                Some(event) => drop(found.insert(id.to_owned(), event)),
-                None => missing.push(id.to_owned()),
-            }
-        }
-        Ok(if missing.is_empty() { Ok(found) } else { Err(missing) })
-    }
-
     pub fn remember(&self, event: Arc<StoredEvent>) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_EVENTS {

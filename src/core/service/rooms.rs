@@ -83,6 +83,11 @@ impl RoomError {
     pub(crate) fn corrupt(err: impl Display) -> Self {
         Self::Corrupt(err.to_string())
     }
+
+    /// A failure of the node itself rather than a refusal of the input.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Self::Resolution(_) | Self::Corrupt(_) | Self::Store(_))
+    }
 }
 
 /// What became of a received PDU.
@@ -134,19 +139,39 @@ pub type StreamPosition = u64;
 /// A position in a room's topological order: (depth, stream position).
 pub type TopologicalPosition = (u64, u64);
 
-/// The state before an event, the group holding it, and the writes that store
-/// that group if it is new (a resolution of several prev states).
+/// The state before an event, and where it is (or will be) stored.
 struct Before {
-    group: u64,
     state: Arc<State>,
-    writes: Batch,
-    pending: Option<PendingGroup>,
+    group: BeforeGroup,
+}
+
+enum BeforeGroup {
+    /// The state after the single prev state group, or after several equal ones.
+    Stored(u64),
+    /// A resolution of several prev states, to be stored as a group derived from
+    /// `base` when the event is.
+    Resolved { base: u64 },
 }
 
 impl Before {
-    fn of_group(group: u64, state: Arc<State>) -> Self {
-        Self { group, state, writes: Batch::new(), pending: None }
+    fn empty() -> Self {
+        Self { state: Arc::new(State::new()), group: BeforeGroup::Stored(0) }
     }
+}
+
+/// The writes of one commit, gathered event by event, and what they change:
+/// later events of the same commit read it before the caches and the store, and
+/// none of it is seen by readers until the commit lands. Creating a room, or
+/// receiving a federation transaction, is one commit.
+#[derive(Default)]
+struct Commit {
+    batch: Batch,
+    /// The counters as read (for the precondition) and as advanced since.
+    counters: Option<(Counters, Counters)>,
+    /// Room records as read (their stored bytes, for the preconditions) and as changed.
+    rooms: HashMap<OwnedRoomId, (Option<Vec<u8>>, Option<RoomRecord>)>,
+    events: HashMap<OwnedEventId, Arc<StoredEvent>>,
+    groups: Vec<PendingGroup>,
 }
 
 /// Stream and state group numbers as read at the start of a write.
@@ -221,16 +246,21 @@ impl Rooms {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The room's record, for a writer holding the write lock.
-    async fn room_for_write(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, RoomError> {
-        if let Some(room) = self.written().rooms.get(room_id) {
-            return Ok(Some(room.clone()));
+    /// The room's record as `c` has it, for a writer holding the write lock.
+    async fn room_for_write(&self, c: &mut Commit, room_id: &RoomId) -> Result<Option<RoomRecord>, RoomError> {
+        if let Some((_, room)) = c.rooms.get(room_id) {
+            return Ok(room.clone());
         }
-        let room = self.store().get(ROOMS, room_id.as_bytes()).await?;
-        let room: Option<RoomRecord> = room.map(|r| serde_json::from_slice(&r)).transpose().map_err(RoomError::corrupt)?;
-        if let Some(room) = &room {
-            self.remember_room(room_id, room.clone());
-        }
+        let cached = self.written().rooms.get(room_id).cloned();
+        let room = match cached {
+            Some(room) => Some(room),
+            None => {
+                let bytes = self.store().get(ROOMS, room_id.as_bytes()).await?;
+                bytes.map(|r| serde_json::from_slice::<RoomRecord>(&r)).transpose().map_err(RoomError::corrupt)?
+            }
+        };
+        let stored = room.as_ref().map(serde_json::to_vec).transpose().map_err(RoomError::corrupt)?;
+        c.rooms.insert(room_id.to_owned(), (stored, room.clone()));
         Ok(room)
     }
 
@@ -242,13 +272,64 @@ impl Rooms {
         written.rooms.insert(room_id.to_owned(), room);
     }
 
+    /// The stream and state group counters as `c` has advanced them.
+    async fn counters(&self, c: &mut Commit) -> Result<Counters, RoomError> {
+        if let Some((_, counters)) = c.counters {
+            return Ok(counters);
+        }
+        let cached = self.written().counters;
+        let counters = match cached {
+            Some(counters) => counters,
+            None => Counters::decode(self.store().get(META, COUNTERS).await?)?,
+        };
+        c.counters = Some((counters, counters));
+        Ok(counters)
+    }
+
+    /// Writes `c` in one batch, guarded by preconditions on every room record and
+    /// on the counters it changed, then lets readers see it.
+    async fn commit(&self, c: Commit) -> Result<(), RoomError> {
+        let mut batch = c.batch;
+        let mut rooms = Vec::new();
+        for (room_id, (stored, room)) in c.rooms {
+            let Some(room) = room else { continue };
+            let bytes = serde_json::to_vec(&room).map_err(RoomError::corrupt)?;
+            if stored.as_ref() != Some(&bytes) {
+                batch = batch.expect(ROOMS, room_id.as_bytes(), stored).put(ROOMS, room_id.as_bytes(), bytes);
+                rooms.push((room_id, room));
+            }
+        }
+        let counters = c.counters.filter(|(read, now)| read.encode() != now.encode() || !read.stored);
+        if let Some((read, now)) = counters {
+            batch = batch.expect(META, COUNTERS, read.stored.then(|| read.encode().to_vec())).put(META, COUNTERS, now.encode());
+        }
+        if let Err(err) = self.store().write(batch).await {
+            *self.written() = Written::default();
+            return Err(err.into());
+        }
+        if let Some((_, now)) = counters {
+            self.written().counters = Some(Counters { stored: true, ..now });
+        }
+        for (room_id, room) in rooms {
+            self.remember_room(&room_id, room);
+        }
+        for group in c.groups {
+            self.groups.committed(group);
+        }
+        for event in c.events.into_values() {
+            self.events.remember(event);
+        }
+        Ok(())
+    }
+
     /// Creates a room with `creator` (a user of this node) joined and the preset's
-    /// state, and returns its ID.
+    /// state, and returns its ID. All of it lands in one commit, or none of it.
     pub async fn create_room(&self, creator: &UserId, options: CreateRoom) -> Result<OwnedRoomId, RoomError> {
         self.check_local(creator)?;
         let version = options.version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
         let rules = pdu::rules(&version)?;
         let _write = self.write.lock().await;
+        let mut c = Commit::default();
 
         let mut content = options.creation_content.clone();
         content.insert("room_version".into(), version.as_str().into());
@@ -266,20 +347,21 @@ impl Rooms {
         };
         let pdu = pdu::build(&self.key, &rules, creator, &create, placement)?;
         let room_id = pdu.room_id.clone();
-        let before = Before::of_group(0, Arc::new(State::new()));
-        self.insert(None, &rules, pdu, &HashMap::new(), before, true).await?;
+        if self.room_for_write(&mut c, &room_id).await?.is_some() {
+            return Err(RoomError::Invalid(format!("room {room_id} already exists")));
+        }
+        self.insert(&mut c, None, &rules, pdu, &HashMap::new(), Before::empty(), true).await?;
 
         for event in preset_events(creator, &rules, &options) {
-            self.send_locked(&room_id, creator, &event, None).await?;
+            self.send_in(&mut c, &room_id, creator, &event, None).await?;
         }
+        self.commit(c).await?;
         Ok(room_id)
     }
 
     /// Appends an event by a local user after the room's forward extremities.
     pub async fn send(&self, room_id: &RoomId, sender: &UserId, event: &NewEvent) -> Result<Arc<Pdu>, RoomError> {
-        self.check_local(sender)?;
-        let _write = self.write.lock().await;
-        self.send_locked(room_id, sender, event, None).await
+        self.send_after_or_latest(room_id, sender, event, None).await
     }
 
     /// Appends an event by a local user after exactly `prev_events`, forking the
@@ -291,28 +373,42 @@ impl Rooms {
         event: &NewEvent,
         prev_events: Vec<OwnedEventId>,
     ) -> Result<Arc<Pdu>, RoomError> {
-        self.check_local(sender)?;
-        let _write = self.write.lock().await;
-        self.send_locked(room_id, sender, event, Some(prev_events)).await
+        self.send_after_or_latest(room_id, sender, event, Some(prev_events)).await
     }
 
-    async fn send_locked(
+    async fn send_after_or_latest(
         &self,
         room_id: &RoomId,
         sender: &UserId,
         event: &NewEvent,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<Arc<Pdu>, RoomError> {
-        let room = self.room_for_write(room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
+        self.check_local(sender)?;
+        let _write = self.write.lock().await;
+        let mut c = Commit::default();
+        let pdu = self.send_in(&mut c, room_id, sender, event, prev_events).await?;
+        self.commit(c).await?;
+        Ok(pdu)
+    }
+
+    async fn send_in(
+        &self,
+        c: &mut Commit,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<Arc<Pdu>, RoomError> {
+        let room = self.room_for_write(c, room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
         let rules = pdu::rules(&room.version)?;
         let prev_events = prev_events.unwrap_or_else(|| {
             let mut extremities = room.extremities.clone();
             extremities.sort_by(|a, b| b.1.cmp(&a.1));
             extremities.into_iter().take(MAX_PREV_EVENTS).map(|(id, _)| id).collect()
         });
-        let prevs = self.events_or_missing(&prev_events).await?;
+        let prevs = self.events_or_missing(c, &prev_events).await?;
         let depth = prevs.values().map(|e| e.pdu.depth).max().unwrap_or_default().saturating_add(UInt::from(1u32));
-        let before = self.state_before(&rules, room_id, &prevs).await?;
+        let before = self.state_before(c, &rules, room_id, &prevs).await?;
 
         let auth_types =
             auth_types_for_event(&event.kind, sender, event.state_key.as_deref(), &to_raw(&event.content)?, &rules.authorization)
@@ -327,8 +423,8 @@ impl Rooms {
             origin_server_ts: self.now(),
         };
         let pdu = pdu::build(&self.key, &rules, sender, event, placement)?;
-        let auths = self.events_or_missing(&auth_events).await?;
-        let stored = self.insert(Some(room), &rules, pdu, &auths, before, true).await?;
+        let auths = self.events_or_missing(c, &auth_events).await?;
+        let stored = self.insert(c, Some(room), &rules, pdu, &auths, before, true).await?;
         Ok(stored.pdu.clone())
     }
 
@@ -336,23 +432,54 @@ impl Rooms {
     /// accepted, soft-failed or rejected. A PDU that fails the checks which need
     /// nothing but itself (format, hashes, signatures) is dropped with an error.
     pub async fn receive(&self, room_id: &RoomId, json: CanonicalJsonObject) -> Result<Outcome, RoomError> {
+        let mut outcomes = self.receive_all(room_id, vec![json]).await?;
+        outcomes.pop().unwrap_or_else(|| Err(RoomError::Invalid("no PDU".into())))
+    }
+
+    /// [`Rooms::receive`] for the PDUs of a federation transaction or a backfill,
+    /// in order, in one commit: each PDU gets its own outcome (an error only
+    /// drops that PDU), and the outer error means none was stored.
+    pub async fn receive_all(
+        &self,
+        room_id: &RoomId,
+        pdus: Vec<CanonicalJsonObject>,
+    ) -> Result<Vec<Result<Outcome, RoomError>>, RoomError> {
         let _write = self.write.lock().await;
-        let (room, rules) = self.room_and_rules(room_id, &json).await?;
-        let pdu = Pdu::from_remote(json, &rules)?;
-        if pdu.room_id != room_id {
-            return Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id });
+        let mut c = Commit::default();
+        let mut outcomes = Vec::with_capacity(pdus.len());
+        for json in pdus {
+            let outcome = match self.room_and_rules(&mut c, room_id, &json).await {
+                Ok((room, rules)) => match Pdu::from_remote(json, &rules) {
+                    Ok(pdu) if pdu.room_id != room_id => {
+                        Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id })
+                    }
+                    Ok(pdu) => self.insert_remote(&mut c, room, &rules, pdu).await,
+                    Err(err) => Err(err.into()),
+                },
+                Err(err) => Err(err),
+            };
+            // Refusals happen before anything is gathered; other failures (the
+            // store, corrupt data) leave the commit unusable.
+            if let Err(err) = &outcome {
+                if err.is_internal() {
+                    return Err(outcome.unwrap_err());
+                }
+            }
+            outcomes.push(outcome);
         }
-        self.insert_remote(room, &rules, pdu).await
+        self.commit(c).await?;
+        Ok(outcomes)
     }
 
     /// The room's record, if the node has the room, and its version's rules. A
     /// room the node does not have yet can only start with its create event.
     async fn room_and_rules(
         &self,
+        c: &mut Commit,
         room_id: &RoomId,
         json: &CanonicalJsonObject,
     ) -> Result<(Option<RoomRecord>, RoomVersionRules), RoomError> {
-        let room = self.room_for_write(room_id).await?;
+        let room = self.room_for_write(c, room_id).await?;
         let version = match &room {
             Some(room) => room.version.clone(),
             None if json.get("type") == Some(&"m.room.create".into()) => create_event_version(json)?,
@@ -363,8 +490,14 @@ impl Rooms {
 
     /// The checks of [`Rooms::receive`] that need the room, for a PDU whose hashes
     /// and signatures are already verified.
-    async fn insert_remote(&self, room: Option<RoomRecord>, rules: &RoomVersionRules, pdu: Pdu) -> Result<Outcome, RoomError> {
-        if self.events.get(self.store(), &pdu.event_id).await?.is_some() {
+    async fn insert_remote(
+        &self,
+        c: &mut Commit,
+        room: Option<RoomRecord>,
+        rules: &RoomVersionRules,
+        pdu: Pdu,
+    ) -> Result<Outcome, RoomError> {
+        if self.event_in(c, &pdu.event_id).await?.is_some() {
             return Ok(Outcome::Duplicate);
         }
         for ids in [&pdu.prev_events, &pdu.auth_events] {
@@ -372,16 +505,16 @@ impl Rooms {
                 return Err(RoomError::Invalid("prev_events and auth_events must not repeat an event".into()));
             }
         }
-        let prevs = self.events_or_missing(&pdu.prev_events).await?;
-        let auths = self.events_or_missing(&pdu.auth_events).await?;
+        let prevs = self.events_or_missing(c, &pdu.prev_events).await?;
+        let auths = self.events_or_missing(c, &pdu.auth_events).await?;
         if let Some(other) = prevs.values().chain(auths.values()).find(|e| e.pdu.room_id != pdu.room_id) {
             return Err(RoomError::WrongRoom { expected: pdu.room_id.clone(), found: other.pdu.room_id.clone() });
         }
         let before = match &room {
-            Some(_) => self.state_before(rules, &pdu.room_id, &prevs).await?,
-            None => Before::of_group(0, Arc::new(State::new())),
+            Some(_) => self.state_before(c, rules, &pdu.room_id, &prevs).await?,
+            None => Before::empty(),
         };
-        let stored = self.insert(room, rules, pdu, &auths, before, false).await?;
+        let stored = self.insert(c, room, rules, pdu, &auths, before, false).await?;
         Ok(match (&stored.record.rejected, &stored.record.soft_failed) {
             (Some(reason), _) => Outcome::Rejected(reason.clone()),
             (None, Some(reason)) => Outcome::SoftFailed(reason.clone()),
@@ -389,10 +522,13 @@ impl Rooms {
         })
     }
 
-    /// Checks `pdu` against the auth rules and stores it with everything derived
-    /// from it, in one batch. Local events that fail are refused, not stored.
+    /// Checks `pdu` against the auth rules and gathers into `c` everything stored
+    /// for it. Local events that fail are refused, not stored. Nothing is
+    /// gathered before the checks pass, so a refusal leaves `c` as it was.
+    #[allow(clippy::too_many_arguments)]
     async fn insert(
         &self,
+        c: &mut Commit,
         room: Option<RoomRecord>,
         rules: &RoomVersionRules,
         mut pdu: Pdu,
@@ -400,56 +536,56 @@ impl Rooms {
         before: Before,
         local: bool,
     ) -> Result<Arc<StoredEvent>, RoomError> {
-        let store = self.store();
-        let rejected = self.authorize(rules, &pdu, auths, &before.state, !local).await?;
+        let rejected = self.authorize(c, rules, &pdu, auths, &before.state, !local).await?;
         // A rejected local event is refused, not stored; so is a rejected create
         // event, which must not claim the room for whatever version it names.
         if let (true, Some(reason)) = (local || room.is_none(), &rejected) {
             return Err(RoomError::Forbidden(reason.clone()));
         }
+        let before_stored = match before.group {
+            BeforeGroup::Stored(group) => Some(group),
+            BeforeGroup::Resolved { .. } => None,
+        };
         let current = match &room {
-            Some(room) if room.state != before.group => Some(self.groups.load(store, room.state).await?),
+            Some(room) if Some(room.state) != before_stored => Some(self.load_group(c, room.state).await?),
             _ => None,
         };
         let soft_failed = match (&rejected, current) {
-            (None, Some(current)) if !local => self.authorize(rules, &pdu, auths, &current, false).await?,
+            (None, Some(current)) if !local => self.authorize(c, rules, &pdu, auths, &current, false).await?,
             _ => None,
         };
         pdu.rejected = rejected.is_some();
         let pdu = Arc::new(pdu);
         let visible = rejected.is_none() && soft_failed.is_none();
 
-        let counters = self.counters().await?;
-        let mut next = counters;
-        if let Some(group) = &before.pending {
-            next.state_group = group.id;
-        }
-        let mut batch = before.writes;
-        let mut pending: Vec<PendingGroup> = before.pending.into_iter().collect();
-
+        // From here on `c` changes: a failure now is internal and drops the commit.
+        let before_group = match before.group {
+            BeforeGroup::Stored(group) => group,
+            BeforeGroup::Resolved { base } => self.save_group(c, base, before.state.clone()).await?,
+        };
         // The state after: the state before, plus the event if it is accepted state.
         let (after_group, after_state) = match (&pdu.state_key, &rejected) {
             (Some(state_key), None) => {
                 let mut after = (*before.state).clone();
                 after.insert((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone());
                 let after = Arc::new(after);
-                let (b, group, new) = self.groups.save(store, batch, before.group, &pending, after.clone(), &mut next.state_group).await?;
-                batch = b;
-                pending.extend(new);
-                (group, after)
+                (self.save_group(c, before_group, after.clone()).await?, after)
             }
-            _ => (before.group, before.state.clone()),
+            _ => (before_group, before.state.clone()),
         };
 
         let mut new_room = match &room {
             Some(room) => room.clone(),
             None => RoomRecord { version: create_event_version(&pdu.json)?, state: 0, extremities: vec![] },
         };
-        let stream = visible.then(|| {
-            next.stream += 1;
-            next.stream
-        });
+        let mut stream = None;
         if visible {
+            let mut counters = self.counters(c).await?;
+            counters.stream += 1;
+            stream = Some(counters.stream);
+            if let Some((_, now)) = &mut c.counters {
+                now.stream = counters.stream;
+            }
             new_room.extremities.retain(|(id, _)| !pdu.prev_events.contains(id));
             new_room.extremities.push((pdu.event_id.clone(), pdu.depth));
             new_room.state = if new_room.extremities.len() == 1 {
@@ -460,16 +596,12 @@ impl Rooms {
                     forks.push(if *id == pdu.event_id {
                         after_state.clone()
                     } else {
-                        let group = self.event_or_corrupt(id).await?.record.state_after;
-                        self.groups.load(store, group).await?
+                        let group = self.event_or_corrupt(c, id).await?.record.state_after;
+                        self.load_group(c, group).await?
                     });
                 }
-                let resolved =
-                    Arc::new(state::resolve(store, &self.events, rules, &pdu.room_id, &forks, Some(&pdu)).await?);
-                let (b, group, new) = self.groups.save(store, batch, after_group, &pending, resolved, &mut next.state_group).await?;
-                batch = b;
-                pending.extend(new);
-                group
+                let resolved = self.resolve(c, rules, &pdu.room_id, &forks, Some(&pdu)).await?;
+                self.save_group(c, after_group, Arc::new(resolved)).await?
             };
         }
 
@@ -479,47 +611,28 @@ impl Rooms {
             pdu: pdu.json.clone(),
             rejected,
             soft_failed,
-            state_before: before.group,
+            state_before: before_group,
             state_after: after_group,
             stream,
         };
-        batch = Events::write(batch, &pdu, &record)?;
+        let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
         if let Some(stream) = stream {
             let depth = u64::from(pdu.depth);
             batch = batch
                 .put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes())
                 .put(TOPOLOGY, room_key(&pdu.room_id, &topological_key((depth, stream))), pdu.event_id.as_bytes());
         }
-        let redacted = match (&pdu.redacts, visible) {
-            (Some(target), true) => self.redact(rules, &before.state, &pdu, target).await?,
-            _ => None,
-        };
-        if let Some(target) = &redacted {
-            let record = serde_json::to_vec(&target.record).map_err(RoomError::corrupt)?;
-            batch = batch.put(super::events::EVENTS, target.pdu.event_id.as_bytes(), record);
+        c.batch = batch;
+        if let (Some(target), true) = (&pdu.redacts, visible) {
+            if let Some(target) = self.redact(c, rules, &before.state, &pdu, target).await? {
+                let record = serde_json::to_vec(&target.record).map_err(RoomError::corrupt)?;
+                c.batch = std::mem::take(&mut c.batch).put(super::events::EVENTS, target.pdu.event_id.as_bytes(), record);
+                c.events.insert(target.pdu.event_id.clone(), Arc::new(target));
+            }
         }
-        let old_room = room.map(|r| serde_json::to_vec(&r)).transpose().map_err(RoomError::corrupt)?;
-        let new_room_bytes = serde_json::to_vec(&new_room).map_err(RoomError::corrupt)?;
-        batch = batch
-            .expect(ROOMS, pdu.room_id.as_bytes(), old_room)
-            .put(ROOMS, pdu.room_id.as_bytes(), new_room_bytes)
-            .expect(META, COUNTERS, counters.stored.then(|| counters.encode().to_vec()))
-            .put(META, COUNTERS, next.encode());
-        if let Err(err) = store.write(batch).await {
-            *self.written() = Written::default();
-            return Err(err.into());
-        }
-        self.written().counters = Some(Counters { stored: true, ..next });
-        self.remember_room(&pdu.room_id, new_room);
-
-        for group in pending {
-            self.groups.committed(group);
-        }
-        if let Some(target) = redacted {
-            self.events.remember(Arc::new(target));
-        }
+        c.rooms.entry(pdu.room_id.clone()).or_insert((None, None)).1 = Some(new_room);
         let stored = Arc::new(StoredEvent { pdu, record });
-        self.events.remember(stored.clone());
+        c.events.insert(stored.pdu.event_id.clone(), stored.clone());
         Ok(stored)
     }
 
@@ -528,6 +641,7 @@ impl Rooms {
     /// events come from `state` itself), then the rules at `state`.
     async fn authorize(
         &self,
+        c: &Commit,
         rules: &RoomVersionRules,
         pdu: &Pdu,
         auths: &HashMap<OwnedEventId, Arc<StoredEvent>>,
@@ -538,7 +652,7 @@ impl Rooms {
         if check_auth_events {
             // Since v12 the create event is not among the auth events, but the rules read it.
             let create = match EventId::parse(format!("${}", pdu.room_id.strip_sigil())) {
-                Ok(id) if rules_auth.room_create_event_id_as_room_id => self.events.get(self.store(), &id).await?,
+                Ok(id) if rules_auth.room_create_event_id_as_room_id => self.event_in(c, &id).await?,
                 _ => None,
             };
             let fetch = |id: &EventId| {
@@ -570,7 +684,7 @@ impl Rooms {
         let mut at_state = HashMap::new();
         for key in keys.iter().chain([&(StateEventType::RoomCreate, String::new())]) {
             if let Some(id) = state.get(key) {
-                at_state.insert(key.clone(), self.event_or_corrupt(id).await?);
+                at_state.insert(key.clone(), self.event_or_corrupt(c, id).await?);
             }
         }
         let fetch = |kind: &StateEventType, key: &str| at_state.get(&(kind.clone(), key.to_owned())).map(|e| &*e.pdu);
@@ -584,16 +698,19 @@ impl Rooms {
     /// A redaction whose target the node does not have yet is not applied.
     async fn redact(
         &self,
+        c: &Commit,
         rules: &RoomVersionRules,
         state: &State,
         redaction: &Pdu,
         target: &EventId,
     ) -> Result<Option<StoredEvent>, RoomError> {
-        let Some(target) = self.events.get(self.store(), target).await? else { return Ok(None) };
+        let Some(target) = self.event_in(c, target).await? else { return Ok(None) };
         if target.pdu.room_id != redaction.room_id || target.record.rejected.is_some() {
             return Ok(None);
         }
-        if target.pdu.sender != redaction.sender && !self.power_levels(rules, state).await?.user_can_redact_event_of_other(&redaction.sender) {
+        if target.pdu.sender != redaction.sender
+            && !self.power_levels(c, rules, state).await?.user_can_redact_event_of_other(&redaction.sender)
+        {
             return Ok(None);
         }
         let because = RedactedBecause::from_json(redaction.json.clone());
@@ -603,9 +720,9 @@ impl Rooms {
     }
 
     /// The power levels in force in `state`, as the room version reads them.
-    async fn power_levels(&self, rules: &RoomVersionRules, state: &State) -> Result<RoomPowerLevels, RoomError> {
-        let create = self.state_entry(state, &StateEventType::RoomCreate, "").await?;
-        let levels = self.state_entry(state, &StateEventType::RoomPowerLevels, "").await?;
+    async fn power_levels(&self, c: &Commit, rules: &RoomVersionRules, state: &State) -> Result<RoomPowerLevels, RoomError> {
+        let create = self.state_entry(c, state, &StateEventType::RoomCreate, "").await?;
+        let levels = self.state_entry(c, state, &StateEventType::RoomPowerLevels, "").await?;
         let source: RoomPowerLevelsSource =
             levels.and_then(|e| serde_json::from_str::<RoomPowerLevelsEventContent>(e.pdu.content.get()).ok()).into();
         #[derive(Deserialize)]
@@ -626,6 +743,7 @@ impl Rooms {
     /// each, resolved when they differ.
     async fn state_before(
         &self,
+        c: &Commit,
         rules: &RoomVersionRules,
         room_id: &RoomId,
         prevs: &HashMap<OwnedEventId, Arc<StoredEvent>>,
@@ -637,38 +755,72 @@ impl Rooms {
             return Err(RoomError::Invalid("only a create event may have no prev_events".into()));
         };
         if groups.len() == 1 {
-            return Ok(Before::of_group(first, self.groups.load(self.store(), first).await?));
+            return Ok(Before { state: self.load_group(c, first).await?, group: BeforeGroup::Stored(first) });
         }
         let mut forks = Vec::new();
         for group in &groups {
-            forks.push(self.groups.load(self.store(), *group).await?);
+            forks.push(self.load_group(c, *group).await?);
         }
-        let resolved = Arc::new(state::resolve(self.store(), &self.events, rules, room_id, &forks, None).await?);
-        let mut counter = self.counters().await?.state_group;
-        let (writes, group, pending) =
-            self.groups.save(self.store(), Batch::new(), first, &[], resolved.clone(), &mut counter).await?;
-        Ok(Before { group, state: resolved, writes, pending })
+        let resolved = Arc::new(self.resolve(c, rules, room_id, &forks, None).await?);
+        Ok(Before { state: resolved, group: BeforeGroup::Resolved { base: first } })
     }
 
-    /// The stream and state group counters, for a writer holding the write lock.
-    async fn counters(&self) -> Result<Counters, RoomError> {
-        if let Some(counters) = self.written().counters {
-            return Ok(counters);
+    /// State resolution, seeing the events `c` gathered and `new`, which is not
+    /// even in `c` yet.
+    async fn resolve(
+        &self,
+        c: &Commit,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        forks: &[Arc<State>],
+        new: Option<&Arc<Pdu>>,
+    ) -> Result<State, RoomError> {
+        let gathered: Vec<Arc<Pdu>> = c.events.values().map(|e| e.pdu.clone()).chain(new.cloned()).collect();
+        state::resolve(self.store(), &self.events, rules, room_id, forks, &gathered).await
+    }
+
+    async fn load_group(&self, c: &Commit, group: u64) -> Result<Arc<State>, RoomError> {
+        match c.groups.iter().find(|g| g.id == group) {
+            Some(pending) => Ok(pending.state.clone()),
+            None => self.groups.load(self.store(), group).await,
         }
-        let counters = Counters::decode(self.store().get(META, COUNTERS).await?)?;
-        self.written().counters = Some(counters);
-        Ok(counters)
     }
 
-    async fn events_or_missing(&self, ids: &[OwnedEventId]) -> Result<HashMap<OwnedEventId, Arc<StoredEvent>>, RoomError> {
-        self.events.get_all(self.store(), ids.iter().map(|id| &**id)).await?.map_err(RoomError::MissingEvents)
+    /// Gathers `state` into `c` as a group derived from `base`, and returns the
+    /// group that holds it (`base` itself if nothing changed).
+    async fn save_group(&self, c: &mut Commit, base: u64, state: Arc<State>) -> Result<u64, RoomError> {
+        let mut counters = self.counters(c).await?;
+        let batch = std::mem::take(&mut c.batch);
+        let (batch, group, pending) =
+            self.groups.save(self.store(), batch, base, &c.groups, state, &mut counters.state_group).await?;
+        c.batch = batch;
+        c.groups.extend(pending);
+        if let Some((_, now)) = &mut c.counters {
+            now.state_group = counters.state_group;
+        }
+        Ok(group)
     }
 
-    async fn event_or_corrupt(&self, id: &EventId) -> Result<Arc<StoredEvent>, RoomError> {
-        self.events
-            .get(self.store(), id)
-            .await?
-            .ok_or_else(|| RoomError::Corrupt(format!("{id} is referenced but not stored")))
+    async fn event_in(&self, c: &Commit, id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {
+        match c.events.get(id) {
+            Some(event) => Ok(Some(event.clone())),
+            None => self.events.get(self.store(), id).await,
+        }
+    }
+
+    async fn events_or_missing(&self, c: &Commit, ids: &[OwnedEventId]) -> Result<HashMap<OwnedEventId, Arc<StoredEvent>>, RoomError> {
+        let (mut found, mut missing) = (HashMap::new(), Vec::new());
+        for id in ids {
+            match self.event_in(c, id).await? {
+                Some(event) => drop(found.insert(id.clone(), event)),
+                None => missing.push(id.clone()),
+            }
+        }
+        if missing.is_empty() { Ok(found) } else { Err(RoomError::MissingEvents(missing)) }
+    }
+
+    async fn event_or_corrupt(&self, c: &Commit, id: &EventId) -> Result<Arc<StoredEvent>, RoomError> {
+        self.event_in(c, id).await?.ok_or_else(|| RoomError::Corrupt(format!("{id} is referenced but not stored")))
     }
 
     fn check_local(&self, user: &UserId) -> Result<(), RoomError> {
@@ -719,12 +871,18 @@ impl Rooms {
 
     pub async fn state_event(&self, room_id: &RoomId, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>, RoomError> {
         let state = self.current_state(room_id).await?;
-        Ok(self.state_entry(&state, kind, key).await?.map(|event| event.pdu.clone()))
+        Ok(self.state_entry(&Commit::default(), &state, kind, key).await?.map(|event| event.pdu.clone()))
     }
 
-    async fn state_entry(&self, state: &State, kind: &StateEventType, key: &str) -> Result<Option<Arc<StoredEvent>>, RoomError> {
+    async fn state_entry(
+        &self,
+        c: &Commit,
+        state: &State,
+        kind: &StateEventType,
+        key: &str,
+    ) -> Result<Option<Arc<StoredEvent>>, RoomError> {
         match state.get(&(kind.clone(), key.to_owned())) {
-            Some(id) => Ok(Some(self.event_or_corrupt(id).await?)),
+            Some(id) => Ok(Some(self.event_or_corrupt(c, id).await?)),
             None => Ok(None),
         }
     }
@@ -754,7 +912,7 @@ impl Rooms {
         let mut page = Vec::with_capacity(entries.len());
         for (key, id) in entries {
             let position = u64::from_be_bytes(key.try_into().map_err(|_| RoomError::corrupt("bad timeline key"))?);
-            page.push((position, self.event_or_corrupt(&id).await?.pdu.clone()));
+            page.push((position, self.event_or_corrupt(&Commit::default(), &id).await?.pdu.clone()));
         }
         Ok(page)
     }
@@ -772,7 +930,7 @@ impl Rooms {
         for (key, id) in entries {
             let key: [u8; 16] = key.try_into().map_err(|_| RoomError::corrupt("bad topology key"))?;
             let position = (u64::from_be_bytes(key[..8].try_into().unwrap_or_default()), u64::from_be_bytes(key[8..].try_into().unwrap_or_default()));
-            page.push((position, self.event_or_corrupt(&id).await?.pdu.clone()));
+            page.push((position, self.event_or_corrupt(&Commit::default(), &id).await?.pdu.clone()));
         }
         Ok(page)
     }
@@ -890,7 +1048,10 @@ impl Rooms {
     #[cfg(test)]
     pub(crate) async fn insert_verified(&self, pdu: Pdu) -> Result<Outcome, RoomError> {
         let _write = self.write.lock().await;
-        let (room, rules) = self.room_and_rules(&pdu.room_id, &pdu.json).await?;
-        self.insert_remote(room, &rules, pdu).await
+        let mut c = Commit::default();
+        let (room, rules) = self.room_and_rules(&mut c, &pdu.room_id, &pdu.json).await?;
+        let outcome = self.insert_remote(&mut c, room, &rules, pdu).await?;
+        self.commit(c).await?;
+        Ok(outcome)
     }
 }

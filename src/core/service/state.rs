@@ -51,7 +51,7 @@ struct GroupRecord {
 pub struct PendingGroup {
     pub id: u64,
     chain: u32,
-    state: Arc<State>,
+    pub state: Arc<State>,
 }
 
 #[derive(Default)]
@@ -155,7 +155,8 @@ fn sorted<'a>(
 }
 
 /// Resolves `forks` (states of one room) with state resolution v2 as the room
-/// version defines it. `new` is an event the forks may hold that is not stored yet.
+/// version defines it. `unstored` are events the forks may hold that are not
+/// stored yet (gathered for a commit still being built).
 ///
 /// ruma's resolution reads events through a synchronous closure, so the events it
 /// will need are loaded from the store first; any it asks for beyond those are
@@ -166,7 +167,7 @@ pub async fn resolve(
     rules: &RoomVersionRules,
     room_id: &RoomId,
     forks: &[Arc<State>],
-    new: Option<&Arc<Pdu>>,
+    unstored: &[Arc<Pdu>],
 ) -> Result<State, RoomError> {
     let Some(first) = forks.first() else { return Ok(State::new()) };
     if forks.iter().all(|fork| fork == first) {
@@ -177,8 +178,8 @@ pub async fn resolve(
     };
 
     let mut graph = AuthGraph::load(store, room_id).await?;
-    if let Some(new) = new {
-        graph.edges.insert(new.event_id.clone(), new.auth_events.clone());
+    for pdu in unstored.iter().filter(|pdu| pdu.room_id == room_id && pdu.is_state()) {
+        graph.edges.insert(pdu.event_id.clone(), pdu.auth_events.clone());
     }
     let auth_chains: Vec<EventIdSet<OwnedEventId>> = forks.iter().map(|fork| graph.ancestors(fork.values())).collect();
 
@@ -197,7 +198,7 @@ pub async fn resolve(
     let mut wanted: Vec<OwnedEventId> = conflicted.into_iter().cloned().chain(difference.cloned()).collect();
 
     let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> =
-        new.map(|pdu| (pdu.event_id.clone(), pdu.clone())).into_iter().collect();
+        unstored.iter().map(|pdu| (pdu.event_id.clone(), pdu.clone())).collect();
     loop {
         for id in wanted.drain(..) {
             if loaded.contains_key(&id) {

@@ -137,7 +137,7 @@ impl Replay {
     async fn resolve(&self, forks: &[Arc<State>]) -> Resolved {
         // `Events` is only a cache over the store the node writes to, so a fresh
         // one reads the same events as the node's own.
-        let state = state::resolve(self.hs.store(), &Events::default(), &self.rules, &self.room_id, forks, None)
+        let state = state::resolve(self.hs.store(), &Events::default(), &self.rules, &self.room_id, forks, &[])
             .await
             .unwrap_or_else(|err| panic!("state resolution failed: {err}\noutcomes: {:#?}", self.outcomes));
         resolved(&state)

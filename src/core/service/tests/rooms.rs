@@ -184,3 +184,70 @@ async fn rooms_persist_on_disk_across_restarts() {
     hs.rooms().send(&room_id, &alice, &message("after restart")).await.unwrap();
     assert_eq!(hs.rooms().room(&room_id).await.unwrap().extremities.len(), 1);
 }
+
+#[tokio::test]
+async fn a_room_is_created_whole_or_not_at_all() {
+    let hs = node().await;
+    let alice = user(&hs, "alice");
+    let before = super::dump(&hs).await;
+    // The last initial state event needs power alice gives away earlier.
+    let options = CreateRoom {
+        // Version 11: since 12 the creator's power has no limit.
+        version: Some(RoomVersionId::V11),
+        power_levels_override: json!({ "state_default": 101 }).as_object().unwrap().clone(),
+        initial_state: vec![NewEvent::state("m.room.topic".into(), "", json!({ "topic": "too late" }))],
+        ..Default::default()
+    };
+    let err = hs.rooms().create_room(&alice, options).await.unwrap_err();
+    assert!(matches!(err, RoomError::Forbidden(_)), "{err}");
+    assert!(super::dump(&hs).await == before, "a refused createRoom left data behind");
+    // The node goes on working after the refused commit.
+    hs.rooms().create_room(&alice, CreateRoom::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_federation_transaction_lands_in_one_commit_with_an_outcome_per_pdu() {
+    use ruma::{MilliSecondsSinceUnixEpoch, UInt};
+
+    use super::Draft;
+    use crate::core::service::rooms::Outcome;
+
+    let (hs, remote) = (node().await, node().await);
+    let (alice, bob) = (user(&hs, "alice"), user(&remote, "bob"));
+    let room_id = hs.rooms().create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
+
+    // Bob's join, then two messages, each after the previous: the second and third
+    // PDUs build on events only the same commit holds.
+    let ts = |i: u32| MilliSecondsSinceUnixEpoch(UInt::from(1_700_000_000u32 + i));
+    let join = NewEvent::state("m.room.member".into(), bob.as_str(), json!({ "membership": "join" }));
+    let join = Draft::new(&hs, &room_id, &bob, join, ts(0)).await.sign(remote.key()).unwrap();
+    let mut pdus = vec![join.json.clone()];
+    let mut sent = vec![join.event_id.clone()];
+    let mut prev = join.clone();
+    for i in 1..3 {
+        let mut draft = Draft::new(&hs, &room_id, &bob, message(&format!("m{i}")), ts(i)).await;
+        draft.prev_events = vec![prev.event_id.clone()];
+        draft.depth = prev.depth.saturating_add(UInt::from(1u32));
+        draft.auth_events.push(join.event_id.clone());
+        prev = draft.sign(remote.key()).unwrap();
+        pdus.push(prev.json.clone());
+        sent.push(prev.event_id.clone());
+    }
+    let mut forged = pdus[1].clone();
+    forged.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(ruma::int!(5)));
+    pdus.insert(2, forged);
+
+    let outcomes = hs.rooms().receive_all(&room_id, pdus).await.unwrap();
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(outcomes[0].as_ref().unwrap(), &Outcome::Accepted);
+    assert_eq!(outcomes[1].as_ref().unwrap(), &Outcome::Accepted);
+    assert!(matches!(outcomes[2], Err(RoomError::Pdu(_))), "{:?}", outcomes[2]);
+    assert_eq!(outcomes[3].as_ref().unwrap(), &Outcome::Accepted);
+
+    let rooms = hs.rooms();
+    assert_eq!(rooms.room(&room_id).await.unwrap().extremities, vec![(prev.event_id.clone(), prev.depth)]);
+    let latest = rooms.timeline(&room_id, None, Direction::Backward, 3).await.unwrap();
+    assert_eq!(latest.iter().map(|(_, e)| e.event_id.clone()).rev().collect::<Vec<_>>(), sent);
+    assert_eq!(rooms.membership(&room_id, &bob).await.unwrap(), Some(ruma::events::room::member::MembershipState::Join));
+}
+
