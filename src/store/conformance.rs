@@ -26,7 +26,7 @@ macro_rules! store_conformance {
     };
     ($open:path) => {
         store_conformance!(@tests $open;
-            get_put_delete, tables_are_separate, binary_key_order, scans_with_bounds_and_limits,
+            get_put_delete, get_many_reads_in_order, tables_are_separate, binary_key_order, scans_with_bounds_and_limits,
             empty_scans, failing_batch_writes_nothing, batch_spans_tables, unknown_table_is_an_error,
             large_values);
     };
@@ -62,6 +62,15 @@ pub async fn get_put_delete(store: &impl Store) {
     store.delete("one", b"k").await.unwrap();
     assert_eq!(store.get("one", b"k").await.unwrap(), None);
     store.delete("one", b"never-there").await.unwrap();
+}
+
+pub async fn get_many_reads_in_order(store: &impl Store) {
+    store.put("one", b"a", b"1").await.unwrap();
+    store.put("one", b"c", b"3").await.unwrap();
+    let values = store.get_many("one", &[b"c", b"b", b"a", b"c"]).await.unwrap();
+    assert_eq!(values, vec![Some(b"3".to_vec()), None, Some(b"1".to_vec()), Some(b"3".to_vec())]);
+    assert_eq!(store.get_many("one", &[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
+    assert!(matches!(store.get_many("nope", &[b"a"]).await, Err(StoreError::UnknownTable(_))));
 }
 
 pub async fn tables_are_separate(store: &impl Store) {

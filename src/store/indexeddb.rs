@@ -121,6 +121,18 @@ impl Store for IndexedDbStore {
         Ok(value.as_ref().map(bytes))
     }
 
+    async fn get_many(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
+        let store = txn.object_store(table).map_err(backend)?;
+        let requests =
+            keys.iter().map(|key| store.get(Query::Key(js(key))).map_err(backend)).collect::<Result<Vec<_>>>()?;
+        let mut values = Vec::with_capacity(requests.len());
+        for request in requests {
+            values.push(request.await.map_err(backend)?.as_ref().map(bytes));
+        }
+        Ok(values)
+    }
+
     async fn scan_nonempty(
         &self,
         table: &str,

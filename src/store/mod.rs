@@ -227,6 +227,16 @@ pub(crate) trait SyncTxn {
 pub trait Store: SendSync {
     async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// The values of `keys`, in order. Backends where each read is a round trip
+    /// (IndexedDB) read them all at once.
+    async fn get_many(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(table, key).await?);
+        }
+        Ok(values)
+    }
+
     /// Up to `limit` entries in `range`, in key order or its reverse.
     async fn scan(
         &self,

@@ -85,6 +85,23 @@ impl Events {
         Ok(Some(event))
     }
 
+    /// Reads the events of `ids` into the cache in one go, and returns those the
+    /// store does not have.
+    pub async fn prefetch(&self, store: &dyn Store, ids: &[&EventId]) -> Result<Vec<OwnedEventId>, RoomError> {
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
+        let mut absent = Vec::new();
+        for (id, value) in ids.iter().zip(store.get_many(EVENTS, &keys).await?) {
+            match value {
+                Some(bytes) => {
+                    let record: EventRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+                    self.remember(Arc::new(StoredEvent::from_record((*id).to_owned(), record)?));
+                }
+                None => absent.push((*id).to_owned()),
+            }
+        }
+        Ok(absent)
+    }
+
     pub fn remember(&self, event: Arc<StoredEvent>) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_EVENTS {

@@ -171,6 +171,8 @@ struct Commit {
     /// Room records as read (their stored bytes, for the preconditions) and as changed.
     rooms: HashMap<OwnedRoomId, (Option<Vec<u8>>, Option<RoomRecord>)>,
     events: HashMap<OwnedEventId, Arc<StoredEvent>>,
+    /// Events the store was seen not to have when the commit began.
+    absent: std::collections::HashSet<OwnedEventId>,
     groups: Vec<PendingGroup>,
 }
 
@@ -446,17 +448,31 @@ impl Rooms {
     ) -> Result<Vec<Result<Outcome, RoomError>>, RoomError> {
         let _write = self.write.lock().await;
         let mut c = Commit::default();
-        let mut outcomes = Vec::with_capacity(pdus.len());
-        for json in pdus {
-            let outcome = match self.room_and_rules(&mut c, room_id, &json).await {
-                Ok((room, rules)) => match Pdu::from_remote(json, &rules) {
-                    Ok(pdu) if pdu.room_id != room_id => {
-                        Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id })
-                    }
-                    Ok(pdu) => self.insert_remote(&mut c, room, &rules, pdu).await,
-                    Err(err) => Err(err.into()),
+        let rules = self.room_rules(&mut c, room_id, &pdus).await?;
+        let checked: Vec<Result<Pdu, RoomError>> = pdus
+            .into_iter()
+            .map(|json| {
+                let rules = rules.as_ref().ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
+                let pdu = Pdu::from_remote(json, rules)?;
+                match pdu.room_id == room_id {
+                    true => Ok(pdu),
+                    false => Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id }),
+                }
+            })
+            .collect();
+        // Whether each PDU is new, read in one go rather than one read per PDU.
+        let ids: Vec<&EventId> = checked.iter().filter_map(|pdu| Some(&*pdu.as_ref().ok()?.event_id)).collect();
+        c.absent = self.events.prefetch(self.store(), &ids).await?.into_iter().collect();
+
+        let mut outcomes = Vec::with_capacity(checked.len());
+        for pdu in checked {
+            let outcome = match (pdu, &rules) {
+                (Ok(pdu), Some(rules)) => match self.room_for_write(&mut c, room_id).await? {
+                    None if !is_create(&pdu.json) => Err(RoomError::UnknownRoom(room_id.to_owned())),
+                    room => self.insert_remote(&mut c, room, rules, pdu).await,
                 },
-                Err(err) => Err(err),
+                (Ok(_), None) => Err(RoomError::UnknownRoom(room_id.to_owned())),
+                (Err(err), _) => Err(err),
             };
             // Refusals happen before anything is gathered; other failures (the
             // store, corrupt data) leave the commit unusable.
@@ -471,21 +487,20 @@ impl Rooms {
         Ok(outcomes)
     }
 
-    /// The room's record, if the node has the room, and its version's rules. A
-    /// room the node does not have yet can only start with its create event.
-    async fn room_and_rules(
+    /// The rules of the room: its own version's if the node has the room, else
+    /// those of the version the create event among `pdus` names, which may start
+    /// it here. `None` when neither is known.
+    async fn room_rules(
         &self,
         c: &mut Commit,
         room_id: &RoomId,
-        json: &CanonicalJsonObject,
-    ) -> Result<(Option<RoomRecord>, RoomVersionRules), RoomError> {
-        let room = self.room_for_write(c, room_id).await?;
-        let version = match &room {
-            Some(room) => room.version.clone(),
-            None if json.get("type") == Some(&"m.room.create".into()) => create_event_version(json)?,
-            None => return Err(RoomError::UnknownRoom(room_id.to_owned())),
+        pdus: &[CanonicalJsonObject],
+    ) -> Result<Option<RoomVersionRules>, RoomError> {
+        let version = match self.room_for_write(c, room_id).await? {
+            Some(room) => Some(room.version),
+            None => pdus.iter().find(|json| is_create(json)).map(create_event_version).transpose()?,
         };
-        Ok((room, pdu::rules(&version)?))
+        Ok(version.as_ref().map(pdu::rules).transpose()?)
     }
 
     /// The checks of [`Rooms::receive`] that need the room, for a PDU whose hashes
@@ -804,6 +819,7 @@ impl Rooms {
     async fn event_in(&self, c: &Commit, id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {
         match c.events.get(id) {
             Some(event) => Ok(Some(event.clone())),
+            None if c.absent.contains(id) => Ok(None),
             None => self.events.get(self.store(), id).await,
         }
     }
@@ -974,6 +990,10 @@ fn to_raw(content: &serde_json::Value) -> Result<Box<serde_json::value::RawValue
     serde_json::value::to_raw_value(content).map_err(|err| RoomError::Invalid(err.to_string()))
 }
 
+fn is_create(json: &CanonicalJsonObject) -> bool {
+    json.get("type") == Some(&"m.room.create".into())
+}
+
 /// The version of a room from the create event that starts it.
 fn create_event_version(json: &CanonicalJsonObject) -> Result<RoomVersionId, RoomError> {
     let version = json
@@ -1049,7 +1069,9 @@ impl Rooms {
     pub(crate) async fn insert_verified(&self, pdu: Pdu) -> Result<Outcome, RoomError> {
         let _write = self.write.lock().await;
         let mut c = Commit::default();
-        let (room, rules) = self.room_and_rules(&mut c, &pdu.room_id, &pdu.json).await?;
+        let rules = self.room_rules(&mut c, &pdu.room_id, std::slice::from_ref(&pdu.json)).await?;
+        let rules = rules.ok_or_else(|| RoomError::UnknownRoom(pdu.room_id.clone()))?;
+        let room = self.room_for_write(&mut c, &pdu.room_id).await?;
         let outcome = self.insert_remote(&mut c, room, &rules, pdu).await?;
         self.commit(c).await?;
         Ok(outcome)
