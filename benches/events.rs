@@ -21,6 +21,8 @@ async fn main() {
     let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), EVENTS).await.expect("memory");
     let disk_store = DiskStore::open(dir.path().join("events.redb"), SCHEMA).await.expect("open disk store");
     let disk = bench::send_messages(Arc::new(disk_store), EVENTS / 5).await.expect("disk");
+    let disk_store = DiskStore::open(dir.path().join("concurrent.redb"), SCHEMA).await.expect("open disk store");
+    let concurrent = bench::send_messages_concurrently(Arc::new(disk_store), EVENTS / 5, 8).await.expect("concurrent");
     let received = bench::receive_transactions(Arc::new(MemoryStore::new(SCHEMA)), EVENTS).await.expect("receive");
     let disk_store = DiskStore::open(dir.path().join("received.redb"), SCHEMA).await.expect("open disk store");
     let disk_received = bench::receive_transactions(Arc::new(disk_store), EVENTS).await.expect("receive on disk");
@@ -32,7 +34,7 @@ async fn main() {
     print!(
         "{}{}{}{}",
         bench::rows("memory", &[memory, received]),
-        bench::rows("disk (redb)", &[disk, disk_received]),
+        bench::rows("disk (redb)", &[disk, concurrent, disk_received]),
         bench::rows("native", &[verify]),
         bench::rows("memory", &resolution),
     );

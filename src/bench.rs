@@ -130,6 +130,29 @@ pub async fn send_messages(store: Arc<dyn Store>, n: usize) -> Result<Figure, Ro
     Ok(timed(format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION})"), n, start))
 }
 
+/// Messages sent by `senders` clients at once, each waiting for its event to be
+/// stored before sending the next: what a node serving several clients sees.
+pub async fn send_messages_concurrently(store: Arc<dyn Store>, n: usize, senders: usize) -> Result<Figure, RoomError> {
+    let (hs, sender, room_id) = node_with_room(store, DEFAULT_ROOM_VERSION).await?;
+    let per_sender = n / senders;
+    let client = |c: usize| {
+        let (hs, sender, room_id) = (&hs, &sender, &room_id);
+        async move {
+            for i in 0..per_sender {
+                let body = format!("client {c} message {i}");
+                let message = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }));
+                hs.rooms().send(room_id, sender, &message).await?;
+            }
+            Ok::<_, RoomError>(())
+        }
+    };
+    let start = Instant::now();
+    for result in futures_util::future::join_all((0..senders).map(client)).await {
+        result?;
+    }
+    Ok(timed(format!("events created+signed+persisted, {senders} clients at once"), per_sender * senders, start))
+}
+
 /// Messages from another server received as federation transactions do: 50 PDUs
 /// at a time, each checked and stored, one commit per transaction.
 pub async fn receive_transactions(store: Arc<dyn Store>, n: usize) -> Result<Figure, RoomError> {

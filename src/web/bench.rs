@@ -29,9 +29,12 @@ pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     let name = format!("glia-bench-events-{}", js_sys::Date::now());
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
     let sent = bench::send_messages(Arc::new(store), n).await?;
+    let name = format!("glia-bench-concurrent-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, SCHEMA).await?;
+    let concurrent = bench::send_messages_concurrently(Arc::new(store), n, 8).await?;
     let name = format!("glia-bench-received-{}", js_sys::Date::now());
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
     let received = bench::receive_transactions(Arc::new(store), n).await?;
     let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), n).await?;
-    Ok(bench::rows("IndexedDB (Chromium)", &[sent, received]) + &bench::rows("memory (wasm, Chromium)", &[memory]))
+    Ok(bench::rows("IndexedDB (Chromium)", &[sent, concurrent, received]) + &bench::rows("memory (wasm, Chromium)", &[memory]))
 }

@@ -31,6 +31,7 @@ use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt,
     UserId,
 };
+use futures_util::future::Either;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -211,6 +212,28 @@ struct Written {
     rooms: HashMap<OwnedRoomId, RoomRecord>,
 }
 
+/// A local event waiting for the writer, and where its result goes.
+struct Queued {
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    event: NewEvent,
+    prev_events: Option<Vec<OwnedEventId>>,
+    result: futures_channel::oneshot::Sender<Result<Arc<Pdu>, RoomError>>,
+}
+
+/// Gives every queued sender the failure of their shared commit.
+fn fail_all(queued: Vec<Queued>, err: RoomError) {
+    for q in queued {
+        // A sender that stopped waiting has nobody to tell.
+        let _ = q.result.send(Err(RoomError::Store(StoreError::Backend(format!("the commit failed: {err}")))));
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; recover the data if it did.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Rooms whose records the writer keeps at most.
 const WRITTEN_ROOMS: usize = 256;
 
@@ -224,6 +247,7 @@ pub struct Rooms {
     /// One writer at a time: events are numbered and extremities replaced in order.
     write: async_lock::Mutex<()>,
     written: std::sync::Mutex<Written>,
+    queue: std::sync::Mutex<Vec<Queued>>,
 }
 
 impl Rooms {
@@ -237,6 +261,7 @@ impl Rooms {
             groups: StateGroups::default(),
             write: async_lock::Mutex::new(()),
             written: Default::default(),
+            queue: Default::default(),
         }
     }
 
@@ -245,7 +270,7 @@ impl Rooms {
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, Written> {
-        self.written.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.written)
     }
 
     /// The room's record as `c` has it, for a writer holding the write lock.
@@ -378,6 +403,9 @@ impl Rooms {
         self.send_after_or_latest(room_id, sender, event, Some(prev_events)).await
     }
 
+    /// Queues the event for the writer. Whoever holds the write lock sends every
+    /// event queued by then in one commit, so senders who arrive while a commit is
+    /// being written share the next one instead of waiting for one each.
     async fn send_after_or_latest(
         &self,
         room_id: &RoomId,
@@ -386,11 +414,49 @@ impl Rooms {
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<Arc<Pdu>, RoomError> {
         self.check_local(sender)?;
-        let _write = self.write.lock().await;
+        let (result, mut sent) = futures_channel::oneshot::channel();
+        let queued = Queued {
+            room_id: room_id.to_owned(),
+            sender: sender.to_owned(),
+            event: event.clone(),
+            prev_events,
+            result,
+        };
+        lock(&self.queue).push(queued);
+        loop {
+            // Whichever comes first: another writer sent this event, or the lock
+            // is free to send everything queued, this event included.
+            let write = self.write.lock();
+            futures_util::pin_mut!(write);
+            match futures_util::future::select(&mut sent, write).await {
+                Either::Left((result, _)) => {
+                    return result.unwrap_or_else(|_| Err(RoomError::Corrupt("a queued event was dropped".into())));
+                }
+                Either::Right((_write, _)) => {
+                    let queued = std::mem::take(&mut *lock(&self.queue));
+                    if !queued.is_empty() {
+                        self.send_queued(queued).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_queued(&self, queued: Vec<Queued>) {
         let mut c = Commit::default();
-        let pdu = self.send_in(&mut c, room_id, sender, event, prev_events).await?;
-        self.commit(c).await?;
-        Ok(pdu)
+        let mut results = Vec::with_capacity(queued.len());
+        for q in &queued {
+            let result = self.send_in(&mut c, &q.room_id, &q.sender, &q.event, q.prev_events.clone()).await;
+            match result {
+                // A refusal gathers nothing: the others still go out.
+                Err(err) if err.is_internal() => return fail_all(queued, err),
+                result => results.push(result),
+            }
+        }
+        match self.commit(c).await {
+            Ok(()) => queued.into_iter().zip(results).for_each(|(q, result)| drop(q.result.send(result))),
+            Err(err) => fail_all(queued, err),
+        }
     }
 
     async fn send_in(

@@ -251,3 +251,32 @@ async fn a_federation_transaction_lands_in_one_commit_with_an_outcome_per_pdu() 
     assert_eq!(rooms.membership(&room_id, &bob).await.unwrap(), Some(ruma::events::room::member::MembershipState::Join));
 }
 
+
+#[tokio::test]
+async fn concurrent_senders_share_commits_and_all_land_in_order() {
+    // On disk, where a commit yields while it is written, so senders pile up
+    // behind it and share the next one.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::DiskStore::open(dir.path().join("node.redb"), crate::core::SCHEMA).await.unwrap();
+    let hs = super::node_on(std::sync::Arc::new(store)).await;
+    let (alice, bob) = (user(&hs, "alice"), user(&hs, "bob"));
+    let rooms = hs.rooms();
+    let room_id = rooms.create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
+    // Bob is not in the room: his event is refused without holding up the others.
+    let sends = (0..20).map(|i| {
+        let (rooms, room_id) = (rooms, &room_id);
+        let sender = if i == 7 { bob.clone() } else { alice.clone() };
+        async move { rooms.send(room_id, &sender, &message(&format!("m{i}"))).await }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    assert!(matches!(results[7], Err(RoomError::Forbidden(_))), "{:?}", results[7]);
+    let sent: Vec<_> = results.into_iter().filter_map(Result::ok).map(|pdu| pdu.event_id.clone()).collect();
+    assert_eq!(sent.len(), 19);
+
+    let timeline = rooms.timeline(&room_id, None, Direction::Backward, 19).await.unwrap();
+    let mut stored: Vec<_> = timeline.into_iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
+    stored.reverse();
+    assert_eq!(stored, sent, "the timeline holds every event, in the order they were sent");
+    let room = rooms.room(&room_id).await.unwrap();
+    assert_eq!(room.extremities.len(), 1, "each event builds on the one before");
+}
