@@ -57,9 +57,11 @@ pub async fn run(store: &dyn Store, n: usize) -> Result<Vec<Figure>> {
     // puts, one transaction each.
     let start = Instant::now();
     for i in 0..n {
-        let mut batch = Batch::new()
-            .expect(TABLE, key(i).to_vec(), Some(VALUE.to_vec()))
-            .expect(TABLE, key(n + i).to_vec(), Some(VALUE.to_vec()));
+        let mut batch = Batch::new().expect(TABLE, key(i).to_vec(), Some(VALUE.to_vec())).expect(
+            TABLE,
+            key(n + i).to_vec(),
+            Some(VALUE.to_vec()),
+        );
         for j in 0..6u8 {
             batch = batch.put(TABLE, [&key(i)[..], &[j]].concat(), VALUE);
         }
@@ -76,7 +78,8 @@ pub async fn run(store: &dyn Store, n: usize) -> Result<Vec<Figure>> {
     time("get", n, start);
 
     let scans = (n / SCAN).max(1);
-    for (operation, direction) in [("scan 100 forward", Direction::Forward), ("scan 100 backward", Direction::Backward)] {
+    for (operation, direction) in [("scan 100 forward", Direction::Forward), ("scan 100 backward", Direction::Backward)]
+    {
         let start = Instant::now();
         for s in 0..scans {
             let from = key(s * 2 * n / scans).to_vec();
@@ -124,7 +127,10 @@ pub async fn send_messages(store: Arc<dyn Store>, n: usize) -> Result<Figure, Ro
     let (hs, sender, room_id) = node_with_room(store, DEFAULT_ROOM_VERSION).await?;
     let start = Instant::now();
     for i in 0..n {
-        let message = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": format!("message {i}") }));
+        let message = NewEvent::message(
+            TimelineEventType::RoomMessage,
+            json!({ "msgtype": "m.text", "body": format!("message {i}") }),
+        );
         hs.rooms().send(&room_id, &sender, &message).await?;
     }
     Ok(timed(format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION})"), n, start))
@@ -140,7 +146,8 @@ pub async fn send_messages_concurrently(store: Arc<dyn Store>, n: usize, senders
         async move {
             for i in 0..per_sender {
                 let body = format!("client {c} message {i}");
-                let message = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }));
+                let message =
+                    NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }));
                 hs.rooms().send(room_id, sender, &message).await?;
             }
             Ok::<_, RoomError>(())
@@ -166,15 +173,25 @@ pub async fn receive_transactions(store: Arc<dyn Store>, n: usize) -> Result<Fig
     let mut prev: Vec<_> = room.extremities.iter().map(|(id, _)| id.clone()).collect();
     let mut depth = room.extremities.iter().map(|(_, d)| *d).max().unwrap_or_default();
 
-    let mut events = vec![NewEvent::state(TimelineEventType::RoomMember, bob.as_str(), json!({ "membership": "join" }))];
+    let mut events =
+        vec![NewEvent::state(TimelineEventType::RoomMember, bob.as_str(), json!({ "membership": "join" }))];
     events.extend((0..n).map(|i| {
-        NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": format!("message {i}") }))
+        NewEvent::message(
+            TimelineEventType::RoomMessage,
+            json!({ "msgtype": "m.text", "body": format!("message {i}") }),
+        )
     }));
     let mut pdus = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let content = serde_json::value::to_raw_value(&event.content).map_err(RoomError::corrupt)?;
-        let keys = ruma::state_res::auth_types_for_event(&event.kind, &bob, event.state_key.as_deref(), &content, &rules.authorization)
-            .map_err(RoomError::Invalid)?;
+        let keys = ruma::state_res::auth_types_for_event(
+            &event.kind,
+            &bob,
+            event.state_key.as_deref(),
+            &content,
+            &rules.authorization,
+        )
+        .map_err(RoomError::Invalid)?;
         let auth_events: Vec<_> = keys.iter().filter_map(|key| state.get(key).cloned()).collect();
         depth = depth.saturating_add(UInt::from(1u32));
         let placement = Placement {
@@ -215,7 +232,10 @@ pub fn verify_pdus(n: usize) -> Result<Figure, RoomError> {
     let prev = [ruma::EventId::parse("$Vm8pYX9xVHWZ2HN6bJmKhc3vNXRRHI0C6hgGdUUtdqw").map_err(RoomError::corrupt)?];
     let pdus = (0..n)
         .map(|i| {
-            let message = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": format!("message {i}") }));
+            let message = NewEvent::message(
+                TimelineEventType::RoomMessage,
+                json!({ "msgtype": "m.text", "body": format!("message {i}") }),
+            );
             let placement = Placement {
                 room_id: Some(&room_id),
                 prev_events: &prev,

@@ -7,10 +7,10 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod core;
-pub mod p2p;
-pub mod store;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod p2p;
+pub mod store;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -20,7 +20,10 @@ fn bad_arguments_get_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "glia {args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         // clap names the mistake and points at `--help` (or prints the usage).
-        assert!(stderr.contains("Usage: glia") || stderr.contains("error: ") && stderr.contains("--help"), "glia {args:?}: {stderr}");
+        assert!(
+            stderr.contains("Usage: glia") || stderr.contains("error: ") && stderr.contains("--help"),
+            "glia {args:?}: {stderr}"
+        );
     }
 }
 

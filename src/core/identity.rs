@@ -33,9 +33,8 @@ impl NodeKey {
     pub async fn load_or_create(store: &dyn Store, random: &dyn Random) -> Result<Self, StoreError> {
         loop {
             if let Some(seed) = store.get("meta", SEED_KEY).await? {
-                let seed: [u8; 32] = seed
-                    .try_into()
-                    .map_err(|_| StoreError::Backend("the stored node key is not 32 bytes".into()))?;
+                let seed: [u8; 32] =
+                    seed.try_into().map_err(|_| StoreError::Backend("the stored node key is not 32 bytes".into()))?;
                 return Ok(Self::from_seed(&seed));
             }
             let mut seed = [0u8; 32];

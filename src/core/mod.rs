@@ -51,7 +51,11 @@ pub struct Homeserver {
 
 impl Homeserver {
     /// Opens the node over `store`, making its key on first start.
-    pub async fn open(store: Arc<dyn Store>, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> Result<Self, StoreError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Random>,
+    ) -> Result<Self, StoreError> {
         let key = Arc::new(NodeKey::load_or_create(&*store, &*random).await?);
         let rooms = Rooms::new(store.clone(), key.clone(), clock.clone(), random);
         Ok(Self { store, clock, key, rooms })

@@ -9,8 +9,7 @@ use ruma::{
         hash_and_sign_event, reference_hash, required_server_signatures_to_verify_event, verify_event, Verified,
     },
     state_res::check_pdu_format,
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt,
-    UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt, UserId,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue as RawJsonValue;
@@ -295,6 +294,10 @@ pub fn build(
 fn check_format(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<(), PduError> {
     check_pdu_format(json, &rules.event_format).map_err(|err| {
         // ruma reports the size limit only in its message.
-        if err.starts_with("PDU is larger") { PduError::TooLarge } else { PduError::Malformed(err) }
+        if err.starts_with("PDU is larger") {
+            PduError::TooLarge
+        } else {
+            PduError::Malformed(err)
+        }
     })
 }

@@ -170,7 +170,8 @@ pub async fn failing_batch_writes_nothing(store: &impl Store) {
     let err = store.write(stale).await.unwrap_err();
     assert!(matches!(&err, StoreError::Conflict { table, key } if table == "one" && key == b"guard"), "{err}");
 
-    let to_unknown_table = Batch::new().put("one", b"a".to_vec(), b"1".to_vec()).put("nope", b"b".to_vec(), b"2".to_vec());
+    let to_unknown_table =
+        Batch::new().put("one", b"a".to_vec(), b"1".to_vec()).put("nope", b"b".to_vec(), b"2".to_vec());
     let err = store.write(to_unknown_table).await.unwrap_err();
     assert!(matches!(&err, StoreError::UnknownTable(t) if t == "nope"), "{err}");
 
@@ -201,9 +202,11 @@ pub async fn batch_spans_tables(store: &impl Store) {
     // The same precondition now fails: compare-and-set, not blind overwrite.
     let again = Batch::new().expect("one", b"counter".to_vec(), None).put("one", b"counter".to_vec(), b"2".to_vec());
     assert!(matches!(store.write(again).await, Err(StoreError::Conflict { .. })));
-    let next = Batch::new()
-        .expect("one", b"counter".to_vec(), Some(b"1".to_vec()))
-        .put("one", b"counter".to_vec(), b"2".to_vec());
+    let next = Batch::new().expect("one", b"counter".to_vec(), Some(b"1".to_vec())).put(
+        "one",
+        b"counter".to_vec(),
+        b"2".to_vec(),
+    );
     store.write(next).await.unwrap();
     assert_eq!(store.get("one", b"counter").await.unwrap().as_deref(), Some(&b"2"[..]));
 }
@@ -222,10 +225,11 @@ pub async fn large_values(store: &impl Store) {
 }
 
 pub async fn write_for_reopen(store: &impl Store) {
-    let batch = Batch::new()
-        .put("one", vec![1], b"kept".to_vec())
-        .put("two", vec![2], b"also kept".to_vec())
-        .put("one", vec![3], b"deleted later".to_vec());
+    let batch = Batch::new().put("one", vec![1], b"kept".to_vec()).put("two", vec![2], b"also kept".to_vec()).put(
+        "one",
+        vec![3],
+        b"deleted later".to_vec(),
+    );
     store.write(batch).await.unwrap();
     store.delete("one", &[3]).await.unwrap();
 }

@@ -92,7 +92,7 @@ impl Store for DiskStore {
         blocking(move || {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(definition(&table)).map_err(backend)?;
-                        let entries = table.range::<&[u8]>(range.bounds()).map_err(backend)?;
+            let entries = table.range::<&[u8]>(range.bounds()).map_err(backend)?;
             type Entry = (redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>);
             let owned = |entry: Result<Entry, redb::StorageError>| {
                 let (k, v) = entry.map_err(backend)?;

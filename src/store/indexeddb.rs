@@ -68,12 +68,9 @@ impl IndexedDbStore {
     /// Opens (or creates, or upgrades to `schema.version`) the database `name`:
     /// an upgrade creates the tables that are new and drops those no longer listed.
     pub async fn open(name: &str, schema: Schema) -> Result<Self> {
-        let builder = schema
-            .tables
-            .iter()
-            .fold(DatabaseBuilder::new(name).version(schema.version), |b, table| {
-                b.add_object_store(ObjectStoreBuilder::new(table))
-            });
+        let builder = schema.tables.iter().fold(DatabaseBuilder::new(name).version(schema.version), |b, table| {
+            b.add_object_store(ObjectStoreBuilder::new(table))
+        });
         let db = builder.build().await.map_err(backend)?;
         Ok(Self { schema, db: db.into() })
     }
@@ -87,7 +84,8 @@ impl IndexedDbStore {
         tables.iter().try_for_each(|table| self.schema.check_table(table))?;
         let names: Array = tables.iter().map(|t| JsValue::from_str(t)).collect();
         let options = js_sys::Object::new();
-        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into()).map_err(|e| backend(format!("{e:?}")))?;
+        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into())
+            .map_err(|e| backend(format!("{e:?}")))?;
         let mode = match mode {
             TransactionMode::ReadWrite => "readwrite",
             _ => "readonly",

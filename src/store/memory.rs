@@ -69,7 +69,7 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let tables = self.lock();
-                let entries = self.table(&tables, table)?.range::<[u8], _>(range.bounds());
+        let entries = self.table(&tables, table)?.range::<[u8], _>(range.bounds());
         let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
         Ok(match direction {
             Direction::Forward => entries.take(limit).map(clone).collect(),

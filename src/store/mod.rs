@@ -140,10 +140,21 @@ impl KeyRange {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { table: &'static str, key: Vec<u8>, value: Vec<u8> },
-    Delete { table: &'static str, key: Vec<u8> },
+    Put {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: &'static str,
+        key: Vec<u8>,
+    },
     /// Precondition: the key holds `value` (`None`: is absent) when the batch applies.
-    Expect { table: &'static str, key: Vec<u8>, value: Option<Vec<u8>> },
+    Expect {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// Writes applied all together or not at all.

@@ -36,5 +36,6 @@ pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
     let received = bench::receive_transactions(Arc::new(store), n).await?;
     let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), n).await?;
-    Ok(bench::rows("IndexedDB (Chromium)", &[sent, concurrent, received]) + &bench::rows("memory (wasm, Chromium)", &[memory]))
+    Ok(bench::rows("IndexedDB (Chromium)", &[sent, concurrent, received])
+        + &bench::rows("memory (wasm, Chromium)", &[memory]))
 }

@@ -47,9 +47,8 @@ impl WorkerNode {
 
 async fn to_http(request: Request) -> Result<http::Request<Bytes>, JsValue> {
     let url = Url::new(&request.url())?;
-    let mut builder = http::Request::builder()
-        .method(request.method().as_str())
-        .uri(format!("{}{}", url.pathname(), url.search()));
+    let mut builder =
+        http::Request::builder().method(request.method().as_str()).uri(format!("{}{}", url.pathname(), url.search()));
     for entry in js_sys::try_iter(&request.headers())?.into_iter().flatten() {
         let pair: Array = entry?.unchecked_into();
         if let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string()) {

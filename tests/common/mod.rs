@@ -68,11 +68,8 @@ pub struct Glia {
 impl Glia {
     /// Starts `glia args...` and waits for the line announcing its address.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_glia"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn glia");
+        let mut child =
+            Command::new(env!("CARGO_BIN_EXE_glia")).args(args).stdout(Stdio::piped()).spawn().expect("spawn glia");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line

@@ -38,7 +38,8 @@ async fn rooms_survive_closing_the_node() {
     rooms.send_after(&room_id, &alice, &topic("right"), vec![base]).await.unwrap();
     let message = NewEvent::message("m.room.message".into(), json!({ "msgtype": "m.text", "body": "merged" }));
     let merged = rooms.send(&room_id, &alice, &message).await.unwrap();
-    let topic_before = rooms.current_state(&room_id).await.unwrap()[&(StateEventType::RoomTopic, String::new())].clone();
+    let topic_before =
+        rooms.current_state(&room_id).await.unwrap()[&(StateEventType::RoomTopic, String::new())].clone();
     drop(hs);
 
     let hs = open(&name).await;

@@ -147,7 +147,10 @@ impl AuthGraph {
 
     /// Every event reachable from `from` along auth edges, `from` excluded unless
     /// reached again.
-    pub fn ancestors<'a>(&'a self, from: impl IntoIterator<Item = &'a OwnedEventId>) -> ruma::state_res::utils::event_id_set::EventIdSet<OwnedEventId> {
+    pub fn ancestors<'a>(
+        &'a self,
+        from: impl IntoIterator<Item = &'a OwnedEventId>,
+    ) -> ruma::state_res::utils::event_id_set::EventIdSet<OwnedEventId> {
         let mut seen = ruma::state_res::utils::event_id_set::EventIdSet::new();
         let mut stack: Vec<&OwnedEventId> = from.into_iter().flat_map(|id| self.parents(id)).collect();
         while let Some(id) = stack.pop() {

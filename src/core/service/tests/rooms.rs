@@ -140,9 +140,15 @@ async fn timelines_page_in_stream_and_topological_order() {
         sent.push(rooms.send(&room_id, &alice, &message(&format!("m{i}"))).await.unwrap().event_id.clone());
     }
     let latest = rooms.timeline(&room_id, None, Direction::Backward, 2).await.unwrap();
-    assert_eq!(latest.iter().map(|(_, e)| e.event_id.clone()).collect::<Vec<_>>(), vec![sent[4].clone(), sent[3].clone()]);
+    assert_eq!(
+        latest.iter().map(|(_, e)| e.event_id.clone()).collect::<Vec<_>>(),
+        vec![sent[4].clone(), sent[3].clone()]
+    );
     let older = rooms.timeline(&room_id, Some(latest[1].0), Direction::Backward, 2).await.unwrap();
-    assert_eq!(older.iter().map(|(_, e)| e.event_id.clone()).collect::<Vec<_>>(), vec![sent[2].clone(), sent[1].clone()]);
+    assert_eq!(
+        older.iter().map(|(_, e)| e.event_id.clone()).collect::<Vec<_>>(),
+        vec![sent[2].clone(), sent[1].clone()]
+    );
     let newer = rooms.timeline(&room_id, Some(older[1].0), Direction::Forward, 10).await.unwrap();
     assert_eq!(newer.len(), 3);
 
@@ -214,7 +220,8 @@ async fn a_federation_transaction_lands_in_one_commit_with_an_outcome_per_pdu() 
 
     let (hs, remote) = (node().await, node().await);
     let (alice, bob) = (user(&hs, "alice"), user(&remote, "bob"));
-    let room_id = hs.rooms().create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
+    let room_id =
+        hs.rooms().create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
 
     // Bob's join, then two messages, each after the previous: the second and third
     // PDUs build on events only the same commit holds.
@@ -248,9 +255,11 @@ async fn a_federation_transaction_lands_in_one_commit_with_an_outcome_per_pdu() 
     assert_eq!(rooms.room(&room_id).await.unwrap().extremities, vec![(prev.event_id.clone(), prev.depth)]);
     let latest = rooms.timeline(&room_id, None, Direction::Backward, 3).await.unwrap();
     assert_eq!(latest.iter().map(|(_, e)| e.event_id.clone()).rev().collect::<Vec<_>>(), sent);
-    assert_eq!(rooms.membership(&room_id, &bob).await.unwrap(), Some(ruma::events::room::member::MembershipState::Join));
+    assert_eq!(
+        rooms.membership(&room_id, &bob).await.unwrap(),
+        Some(ruma::events::room::member::MembershipState::Join)
+    );
 }
-
 
 #[tokio::test]
 async fn concurrent_senders_share_commits_and_all_land_in_order() {
@@ -261,7 +270,8 @@ async fn concurrent_senders_share_commits_and_all_land_in_order() {
     let hs = super::node_on(std::sync::Arc::new(store)).await;
     let (alice, bob) = (user(&hs, "alice"), user(&hs, "bob"));
     let rooms = hs.rooms();
-    let room_id = rooms.create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
+    let room_id =
+        rooms.create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
     // Bob is not in the room: his event is refused without holding up the others.
     let sends = (0..20).map(|i| {
         let (rooms, room_id) = (rooms, &room_id);
