@@ -89,7 +89,7 @@ fn accepts(endpoint: Method, received: &Method) -> bool {
 
 /// The raw (still percent-encoded) path arguments if `path` matches one of the
 /// endpoint's templates, whose variable segments are written `{name}`.
-fn match_path<'p>(templates: impl Iterator<Item = &'static str>, path: &'p str) -> Option<Vec<&'p str>> {
+fn match_path(templates: impl Iterator<Item = &'static str>, path: &str) -> Option<Vec<&str>> {
     templates.into_iter().find_map(|template| {
         let mut args = Vec::new();
         let mut segments = path.split('/');

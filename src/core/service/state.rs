@@ -205,7 +205,7 @@ pub async fn resolve(
                 continue;
             }
             let event = events
-                .get(store, &*id)
+                .get(store, &id)
                 .await?
                 .ok_or_else(|| RoomError::Corrupt(format!("state resolution needs {id}, which is not stored")))?;
             loaded.insert(id, event.pdu.clone());

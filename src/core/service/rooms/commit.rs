@@ -249,7 +249,7 @@ impl Rooms {
         let rules = pdu::rules(&room.version)?;
         let prev_events = prev_events.unwrap_or_else(|| {
             let mut extremities = room.extremities.clone();
-            extremities.sort_by(|a, b| b.1.cmp(&a.1));
+            extremities.sort_by_key(|e| std::cmp::Reverse(e.1));
             extremities.into_iter().take(MAX_PREV_EVENTS).map(|(id, _)| id).collect()
         });
         let prevs = self.events_or_missing(c, &prev_events).await?;
