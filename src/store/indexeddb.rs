@@ -12,7 +12,10 @@ use idb::{
     CursorDirection, Query, Transaction, TransactionMode,
 };
 use js_sys::{Array, Uint8Array};
-use wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
+use wasm_bindgen::{
+    prelude::{wasm_bindgen, Closure},
+    JsCast, JsValue,
+};
 use web_sys::{IdbDatabase, IdbTransaction};
 
 use super::{Batch, Direction, KeyRange, Op, Result, Schema, Store, StoreError};
@@ -36,6 +39,10 @@ extern "C" {
 pub struct IndexedDbStore {
     schema: Schema,
     db: IdbDatabase,
+    /// Closes this connection when another asks to upgrade the database (a new
+    /// Service Worker with a newer schema), which would otherwise wait on it
+    /// forever; this store's later calls then fail with a clear error.
+    _on_version_change: Closure<dyn FnMut()>,
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
@@ -72,7 +79,11 @@ impl IndexedDbStore {
             b.add_object_store(ObjectStoreBuilder::new(table))
         });
         let db = builder.build().await.map_err(backend)?;
-        Ok(Self { schema, db: db.into() })
+        let db: IdbDatabase = db.into();
+        let closing = db.clone();
+        let on_version_change = Closure::<dyn FnMut()>::new(move || closing.close());
+        db.set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
+        Ok(Self { schema, db, _on_version_change: on_version_change })
     }
 
     /// A transaction over `tables`. Writes use `relaxed` durability: the commit
@@ -106,6 +117,7 @@ impl Drop for IndexedDbStore {
     fn drop(&mut self) {
         // A later schema upgrade of the same database waits for every connection
         // to close.
+        self.db.set_onversionchange(None);
         self.db.close();
     }
 }
@@ -255,6 +267,13 @@ mod tests {
         assert!(matches!(v3.get("one", b"k").await, Err(StoreError::UnknownTable(_))));
         assert_eq!(v3.get("two", b"k").await.unwrap().as_deref(), Some(&b"w"[..]));
         drop(v3);
+
+        // A connection still open does not hold up an upgrade: it closes itself.
+        let old = IndexedDbStore::open(&name, Schema { version: 3, tables: &["two"] }).await.unwrap();
+        let new = IndexedDbStore::open(&name, Schema { version: 4, tables: &["two"] }).await.unwrap();
+        assert_eq!(new.get("two", b"k").await.unwrap().as_deref(), Some(&b"w"[..]));
+        assert!(matches!(old.get("two", b"k").await, Err(StoreError::Backend(_))));
+        drop((old, new));
 
         let downgrade = IndexedDbStore::open(&name, Schema { version: 1, tables: &["one"] }).await;
         assert!(matches!(downgrade, Err(StoreError::Backend(_))));
