@@ -76,6 +76,8 @@ async function main() {
     return res;
   });
   const body = await response.json();
+  const keys = await fetch('/_matrix/key/v2/server').then((res) => res.json());
+  document.getElementById('server-name').textContent = keys.server_name;
   document.getElementById('server').textContent = response.headers.get('Server') ?? '(unknown)';
   document.getElementById('versions').textContent =
     body.versions.length ? body.versions.join(', ') : 'none yet: the Client-Server API is still being built';

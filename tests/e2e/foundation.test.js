@@ -86,6 +86,28 @@ test('the worker keeps its IndexedDB store and answers again after being stopped
   assert.equal((await fetchFromPage('/_matrix/client/versions')).status, 200);
 });
 
+test('the node key is made once in the worker and kept across restarts', async () => {
+  const serverName = async () => {
+    const res = await fetchFromPage('/_matrix/key/v2/server');
+    assert.equal(res.status, 200);
+    assert.ok(res.fromServiceWorker);
+    const body = JSON.parse(res.text);
+    assert.ok(body.signatures[body.server_name]['ed25519:glia']);
+    return body.server_name;
+  };
+  const first = await serverName();
+  assert.match(first, /^[0-9a-f]{64}$/);
+  assert.equal(await page.textContent('#server-name'), first, 'the shell page shows it');
+
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('ServiceWorker.enable');
+  await cdp.send('ServiceWorker.stopAllWorkers');
+  assert.equal(await serverName(), first);
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.state === 'ready');
+  assert.equal(await serverName(), first);
+});
+
 test('requests outside /_matrix pass through to the network', async () => {
   const res = await fetchFromPage('/shell.css');
   assert.equal(res.status, 200);
