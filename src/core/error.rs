@@ -33,7 +33,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn internal(err: impl std::fmt::Display) -> Self {
+    pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::Internal(err.to_string())
     }
 

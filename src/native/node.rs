@@ -29,7 +29,14 @@ pub fn router(homeserver: Arc<Homeserver>) -> axum::Router {
 async fn handle(State(homeserver): State<Arc<Homeserver>>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let response = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(body) => homeserver.handle(http::Request::from_parts(parts, body)).await,
+        // On a task of its own: a client hanging up must not cancel a write half
+        // done, which may be carrying other clients' events in the same commit.
+        Ok(body) => {
+            let request = http::Request::from_parts(parts, body);
+            tokio::spawn(async move { homeserver.handle(request).await })
+                .await
+                .unwrap_or_else(|err| error_response(Error::internal(format!("request handler failed: {err}"))))
+        }
         // The only way reading a body in memory fails short of a dropped connection.
         Err(_) => error_response(Error::TooLarge { limit: MAX_BODY_BYTES }),
     };

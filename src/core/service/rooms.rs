@@ -226,7 +226,10 @@ impl Rooms {
 
     /// Queues the event for the writer. Whoever holds the write lock sends every
     /// event queued by then in one commit, so senders who arrive while a commit is
-    /// being written share the next one instead of waiting for one each.
+    /// being written share the next one instead of waiting for one each. Callers
+    /// must drive the future to its end: the task holding the lock carries other
+    /// senders' events (the native node runs each request on a task of its own; a
+    /// Service Worker's `respondWith` never cancels).
     async fn send_after_or_latest(
         &self,
         room_id: &RoomId,
