@@ -26,7 +26,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 2,
+    version: 3,
     tables: &[
         "meta",
         service::events::EVENTS,
@@ -35,6 +35,7 @@ pub const SCHEMA: Schema = Schema {
         service::rooms::ROOMS,
         service::rooms::TIMELINE,
         service::rooms::TOPOLOGY,
+        service::rooms::HELD_REDACTIONS,
     ],
 };
 

@@ -14,6 +14,8 @@
 //! - `rooms`: room ID → [`RoomRecord`] as JSON
 //! - `timeline`: room ID, 0, stream position (u64 big-endian) → event ID
 //! - `topology`: room ID, 0, depth (u64 BE), stream position (u64 BE) → event ID
+//! - `held_redactions`: room ID, 0, target event ID, 0, redaction event ID → empty:
+//!   redactions that arrived before their target, applied when it does
 //! - `meta`: `counters` → the last stream position and state group handed out
 //!   (two u64 BE), one key so one precondition guards both
 
@@ -50,6 +52,7 @@ use self::commit::{lock, Before, Commit, Queued, Written};
 pub(crate) const ROOMS: &str = "rooms";
 pub(crate) const TIMELINE: &str = "timeline";
 pub(crate) const TOPOLOGY: &str = "topology";
+pub(crate) const HELD_REDACTIONS: &str = "held_redactions";
 const META: &str = "meta";
 const COUNTERS: &[u8] = b"counters";
 
@@ -149,6 +152,8 @@ pub struct Rooms {
     write: async_lock::Mutex<()>,
     written: std::sync::Mutex<Written>,
     queue: std::sync::Mutex<Vec<Queued>>,
+    /// Events with redactions held for them; `None` until first read.
+    held: std::sync::Mutex<Option<std::collections::HashSet<OwnedEventId>>>,
 }
 
 impl Rooms {
@@ -163,6 +168,7 @@ impl Rooms {
             write: async_lock::Mutex::new(()),
             written: Default::default(),
             queue: Default::default(),
+            held: Default::default(),
         }
     }
 

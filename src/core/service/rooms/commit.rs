@@ -20,18 +20,18 @@ use serde::Deserialize;
 
 use super::{
     create_event_version, is_create, to_raw, topological_key, Outcome, RoomError, RoomRecord, Rooms, COUNTERS,
-    MAX_PREV_EVENTS, META, ROOMS, TIMELINE, TOPOLOGY,
+    HELD_REDACTIONS, MAX_PREV_EVENTS, META, ROOMS, TIMELINE, TOPOLOGY,
 };
 use crate::{
     core::{
         pdu::{self, NewEvent, Pdu, Placement},
         service::{
-            events::{EventRecord, Events, StoredEvent},
+            events::{EventRecord, Events, StoredEvent, EVENTS},
             room_key,
             state::{self, PendingGroup, State},
         },
     },
-    store::{Batch, StoreError},
+    store::{Batch, Direction, KeyRange, StoreError},
 };
 
 /// The state before an event, and where it is (or will be) stored.
@@ -69,6 +69,9 @@ pub(super) struct Commit {
     /// Events the store was seen not to have when the commit began.
     pub(super) absent: std::collections::HashSet<OwnedEventId>,
     pub(super) groups: Vec<PendingGroup>,
+    /// Targets whose redactions this commit holds, and releases.
+    pub(super) held: Vec<OwnedEventId>,
+    pub(super) released: Vec<OwnedEventId>,
 }
 
 /// Stream and state group numbers as read at the start of a write.
@@ -213,6 +216,12 @@ impl Rooms {
         }
         for group in c.groups {
             self.groups.committed(group);
+        }
+        if let Some(targets) = lock(&self.held).as_mut() {
+            targets.extend(c.held);
+            for target in &c.released {
+                targets.remove(target);
+            }
         }
         for event in c.events.into_values() {
             self.events.remember(event);
@@ -412,7 +421,7 @@ impl Rooms {
             };
         }
 
-        let record = EventRecord {
+        let mut record = EventRecord {
             room_id: pdu.room_id.clone(),
             version: new_room.version.clone(),
             pdu: pdu.json.clone(),
@@ -421,6 +430,22 @@ impl Rooms {
             state_before: before_group,
             state_after: after_group,
             stream,
+        };
+        // Redactions that came before this event apply to it now.
+        if record.rejected.is_none() {
+            for held in self.held_redactions(c, &pdu).await? {
+                let redaction = self.event_or_corrupt(c, &held).await?;
+                let state = self.load_group(c, redaction.record.state_before).await?;
+                if self.may_redact(c, rules, &state, &redaction.pdu, &pdu).await? {
+                    record.pdu = redacted(rules, &redaction.pdu, record.pdu)?;
+                }
+                let key = room_key(&pdu.room_id, &[pdu.event_id.as_bytes(), b"\0", held.as_bytes()].concat());
+                c.batch = std::mem::take(&mut c.batch).delete(HELD_REDACTIONS, key);
+            }
+        }
+        let pdu = match record.pdu == pdu.json {
+            true => pdu,
+            false => StoredEvent::from_record(pdu.event_id.clone(), record.clone())?.pdu,
         };
         let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
         if let Some(stream) = stream {
@@ -433,14 +458,26 @@ impl Rooms {
         }
         c.batch = batch;
         if let (Some(target), true) = (&pdu.redacts, visible) {
-            if let Some(target) = self.redact(c, rules, &before.state, &pdu, target).await? {
-                let record = serde_json::to_vec(&target.record).map_err(RoomError::corrupt)?;
-                c.batch = std::mem::take(&mut c.batch).put(
-                    crate::core::service::events::EVENTS,
-                    target.pdu.event_id.as_bytes(),
-                    record,
-                );
-                c.events.insert(target.pdu.event_id.clone(), Arc::new(target));
+            match self.event_in(c, target).await? {
+                Some(target) if target.pdu.room_id == pdu.room_id && target.record.rejected.is_none() => {
+                    if self.may_redact(c, rules, &before.state, &pdu, &target.pdu).await? {
+                        let record = EventRecord {
+                            pdu: redacted(rules, &pdu, target.record.pdu.clone())?,
+                            ..target.record.clone()
+                        };
+                        let target = StoredEvent::from_record(target.pdu.event_id.clone(), record)?;
+                        let bytes = serde_json::to_vec(&target.record).map_err(RoomError::corrupt)?;
+                        c.batch = std::mem::take(&mut c.batch).put(EVENTS, target.pdu.event_id.as_bytes(), bytes);
+                        c.events.insert(target.pdu.event_id.clone(), Arc::new(target));
+                    }
+                }
+                Some(_) => {}
+                // Held until the target arrives, as the spec asks.
+                None => {
+                    let key = room_key(&pdu.room_id, &[target.as_bytes(), b"\0", pdu.event_id.as_bytes()].concat());
+                    c.batch = std::mem::take(&mut c.batch).put(HELD_REDACTIONS, key, Vec::new());
+                    c.held.push(target.clone());
+                }
             }
         }
         c.rooms.entry(pdu.room_id.clone()).or_insert((None, None)).1 = Some(new_room);
@@ -504,32 +541,55 @@ impl Rooms {
         Ok(check_state_dependent_auth_rules(rules_auth, pdu, fetch).err())
     }
 
-    /// The redacted form of `target`, if `redaction` (accepted, with `state` before
-    /// it) may redact it. The auth rules let every redaction through since room
-    /// version 3; whether one applies is for the server to decide, as here: the
-    /// same sender, or a sender with the power to redact the events of others.
-    /// A redaction whose target the node does not have yet is not applied.
-    pub(super) async fn redact(
+    /// Whether `redaction` (accepted, with `state` before it) may redact `target`.
+    /// The auth rules let every redaction through since room version 3; whether
+    /// one applies is for the server to decide, as here: the same sender, or a
+    /// sender with the power to redact the events of others.
+    pub(super) async fn may_redact(
         &self,
         c: &Commit,
         rules: &RoomVersionRules,
         state: &State,
         redaction: &Pdu,
-        target: &EventId,
-    ) -> Result<Option<StoredEvent>, RoomError> {
-        let Some(target) = self.event_in(c, target).await? else { return Ok(None) };
-        if target.pdu.room_id != redaction.room_id || target.record.rejected.is_some() {
-            return Ok(None);
+        target: &Pdu,
+    ) -> Result<bool, RoomError> {
+        Ok(target.room_id == redaction.room_id
+            && (target.sender == redaction.sender
+                || self.power_levels(c, rules, state).await?.user_can_redact_event_of_other(&redaction.sender)))
+    }
+
+    /// The redactions held for `target`, which arrived before it. The targets
+    /// with held redactions are kept in memory, so the common case reads nothing.
+    pub(super) async fn held_redactions(&self, c: &mut Commit, target: &Pdu) -> Result<Vec<OwnedEventId>, RoomError> {
+        if lock(&self.held).is_none() {
+            let entries = self.store().scan(HELD_REDACTIONS, KeyRange::all(), Direction::Forward, usize::MAX).await?;
+            let targets =
+                entries.iter().filter_map(|(key, _)| held_key_parts(key).map(|(_, target, _)| target)).collect();
+            *lock(&self.held) = Some(targets);
         }
-        if target.pdu.sender != redaction.sender
-            && !self.power_levels(c, rules, state).await?.user_can_redact_event_of_other(&redaction.sender)
-        {
-            return Ok(None);
+        let stored = lock(&self.held).as_ref().is_some_and(|targets| targets.contains(&target.event_id));
+        let mut held = Vec::new();
+        if stored {
+            let prefix = room_key(&target.room_id, &[target.event_id.as_bytes(), b"\0"].concat());
+            let entries =
+                self.store().scan(HELD_REDACTIONS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+            for (key, _) in entries {
+                held.extend(held_key_parts(&key).map(|(_, _, redaction)| redaction));
+            }
         }
-        let because = RedactedBecause::from_json(redaction.json.clone());
-        let json = redact(target.record.pdu.clone(), &rules.redaction, Some(because)).map_err(RoomError::corrupt)?;
-        let record = EventRecord { pdu: json, ..target.record.clone() };
-        Ok(Some(StoredEvent::from_record(target.pdu.event_id.clone(), record)?))
+        // Held in this same commit, not yet in the store.
+        let in_commit = c.events.values().filter(|e| {
+            e.pdu.redacts.as_ref() == Some(&target.event_id)
+                && e.record.rejected.is_none()
+                && e.record.soft_failed.is_none()
+        });
+        held.extend(in_commit.map(|e| e.pdu.event_id.clone()));
+        if !held.is_empty() {
+            c.released.push(target.event_id.clone());
+        }
+        held.sort();
+        held.dedup();
+        Ok(held)
     }
 
     /// The power levels in force in `state`, as the room version reads them.
@@ -651,4 +711,23 @@ impl Rooms {
     pub(super) async fn event_or_corrupt(&self, c: &Commit, id: &EventId) -> Result<Arc<StoredEvent>, RoomError> {
         self.event_in(c, id).await?.ok_or_else(|| RoomError::Corrupt(format!("{id} is referenced but not stored")))
     }
+}
+
+/// `json` redacted by `redaction`, as the room version says, keeping the
+/// redaction as `redacted_because`.
+fn redacted(
+    rules: &RoomVersionRules,
+    redaction: &Pdu,
+    json: CanonicalJsonObject,
+) -> Result<CanonicalJsonObject, RoomError> {
+    let because = RedactedBecause::from_json(redaction.json.clone());
+    redact(json, &rules.redaction, Some(because)).map_err(RoomError::corrupt)
+}
+
+/// Room ID, target and redaction from a `held_redactions` key.
+fn held_key_parts(key: &[u8]) -> Option<(&str, OwnedEventId, OwnedEventId)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let mut parts = text.split('\0');
+    let (room, target, redaction) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((room, EventId::parse(target).ok()?, EventId::parse(redaction).ok()?))
 }

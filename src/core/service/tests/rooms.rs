@@ -290,3 +290,58 @@ async fn concurrent_senders_share_commits_and_all_land_in_order() {
     let room = rooms.room(&room_id).await.unwrap();
     assert_eq!(room.extremities.len(), 1, "each event builds on the one before");
 }
+
+#[tokio::test]
+async fn a_redaction_that_comes_before_its_event_applies_when_the_event_arrives() {
+    use ruma::{MilliSecondsSinceUnixEpoch, UInt};
+
+    use super::Draft;
+    use crate::core::service::rooms::{Outcome, HELD_REDACTIONS};
+
+    let (hs, remote) = (node().await, node().await);
+    let (alice, bob) = (user(&hs, "alice"), user(&remote, "bob"));
+    let rooms = hs.rooms();
+    let room_id =
+        rooms.create_room(&alice, CreateRoom { preset: Preset::PublicChat, ..Default::default() }).await.unwrap();
+    let ts = |i: u32| MilliSecondsSinceUnixEpoch(UInt::from(1_700_000_000u32 + i));
+    let join = NewEvent::state("m.room.member".into(), bob.as_str(), json!({ "membership": "join" }));
+    let join = Draft::new(&hs, &room_id, &bob, join, ts(0)).await.sign(remote.key()).unwrap();
+    assert_eq!(rooms.receive(&room_id, join.json.clone()).await.unwrap(), Outcome::Accepted);
+
+    let held = || async {
+        let index = crate::core::SCHEMA.tables.iter().position(|t| *t == HELD_REDACTIONS).unwrap();
+        super::dump(&hs).await.swap_remove(index).len()
+    };
+    let redaction = |target: &ruma::EventId, i| {
+        let event =
+            NewEvent { redacts: Some(target.to_owned()), ..NewEvent::message("m.room.redaction".into(), json!({})) };
+        Draft::new(&hs, &room_id, &bob, event, ts(i))
+    };
+
+    // Bob redacts his own message before it reaches this node.
+    let first = Draft::new(&hs, &room_id, &bob, message("first"), ts(1)).await.sign(remote.key()).unwrap();
+    let of_first = redaction(&first.event_id, 2).await.sign(remote.key()).unwrap();
+    assert_eq!(rooms.receive(&room_id, of_first.json.clone()).await.unwrap(), Outcome::Accepted);
+    assert_eq!(held().await, 1, "the redaction is held");
+    assert_eq!(rooms.receive(&room_id, first.json.clone()).await.unwrap(), Outcome::Accepted);
+    assert_eq!(body(&hs, &first.event_id).await, None, "the message arrives redacted");
+    let stored = rooms.event(&first.event_id).await.unwrap().unwrap();
+    assert!(stored.record.pdu.contains_key("unsigned"), "with redacted_because");
+    assert_eq!(held().await, 0, "and the hold is released");
+
+    // The same within one transaction, the redaction first.
+    let second = Draft::new(&hs, &room_id, &bob, message("second"), ts(3)).await.sign(remote.key()).unwrap();
+    let of_second = redaction(&second.event_id, 4).await.sign(remote.key()).unwrap();
+    let outcomes = rooms.receive_all(&room_id, vec![of_second.json.clone(), second.json.clone()]).await.unwrap();
+    assert!(outcomes.iter().all(|o| o.as_ref().unwrap() == &Outcome::Accepted), "{outcomes:?}");
+    assert_eq!(body(&hs, &second.event_id).await, None);
+    assert_eq!(held().await, 0);
+
+    // Held for alice's message, bob's redaction does not apply: he lacks the power.
+    let alices = Draft::new(&hs, &room_id, &alice, message("alice's"), ts(5)).await.sign(hs.key()).unwrap();
+    let of_alices = redaction(&alices.event_id, 6).await.sign(remote.key()).unwrap();
+    assert_eq!(rooms.receive(&room_id, of_alices.json.clone()).await.unwrap(), Outcome::Accepted);
+    assert_eq!(rooms.receive(&room_id, alices.json.clone()).await.unwrap(), Outcome::Accepted);
+    assert_eq!(body(&hs, &alices.event_id).await, Some(json!("alice's")));
+    assert_eq!(held().await, 0);
+}
