@@ -76,13 +76,18 @@ impl Events {
         if let Some(event) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(event_id) {
             return Ok(Some(event.clone()));
         }
-        let Some(bytes) = store.get(EVENTS, event_id.as_bytes()).await? else {
-            return Ok(None);
-        };
-        let record: EventRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+        match store.get(EVENTS, event_id.as_bytes()).await? {
+            Some(bytes) => Ok(Some(self.read(event_id, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Parses a stored record and caches it.
+    fn read(&self, event_id: &EventId, bytes: &[u8]) -> Result<Arc<StoredEvent>, RoomError> {
+        let record: EventRecord = serde_json::from_slice(bytes).map_err(RoomError::corrupt)?;
         let event = Arc::new(StoredEvent::from_record(event_id.to_owned(), record)?);
         self.remember(event.clone());
-        Ok(Some(event))
+        Ok(event)
     }
 
     /// Reads the events of `ids` into the cache in one go, and returns those the
@@ -92,10 +97,7 @@ impl Events {
         let mut absent = Vec::new();
         for (id, value) in ids.iter().zip(store.get_many(EVENTS, &keys).await?) {
             match value {
-                Some(bytes) => {
-                    let record: EventRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
-                    self.remember(Arc::new(StoredEvent::from_record((*id).to_owned(), record)?));
-                }
+                Some(bytes) => drop(self.read(id, &bytes)?),
                 None => absent.push((*id).to_owned()),
             }
         }

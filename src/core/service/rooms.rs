@@ -352,12 +352,16 @@ impl Rooms {
     // Reading rooms back.
 
     pub async fn room(&self, room_id: &RoomId) -> Result<RoomRecord, RoomError> {
+        self.committed_room(room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))
+    }
+
+    /// The room's committed record: the writer's copy, or the store's.
+    async fn committed_room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, RoomError> {
         if let Some(room) = self.written().rooms.get(room_id) {
-            return Ok(room.clone());
+            return Ok(Some(room.clone()));
         }
         let bytes = self.store().get(ROOMS, room_id.as_bytes()).await?;
-        let bytes = bytes.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
-        serde_json::from_slice(&bytes).map_err(RoomError::corrupt)
+        bytes.map(|bytes| serde_json::from_slice(&bytes)).transpose().map_err(RoomError::corrupt)
     }
 
     pub async fn event(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {

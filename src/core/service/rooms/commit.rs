@@ -148,14 +148,7 @@ impl Rooms {
         if let Some((_, room)) = c.rooms.get(room_id) {
             return Ok(room.clone());
         }
-        let cached = self.written().rooms.get(room_id).cloned();
-        let room = match cached {
-            Some(room) => Some(room),
-            None => {
-                let bytes = self.store().get(ROOMS, room_id.as_bytes()).await?;
-                bytes.map(|r| serde_json::from_slice::<RoomRecord>(&r)).transpose().map_err(RoomError::corrupt)?
-            }
-        };
+        let room = self.committed_room(room_id).await?;
         let stored = room.as_ref().map(serde_json::to_vec).transpose().map_err(RoomError::corrupt)?;
         c.rooms.insert(room_id.to_owned(), (stored, room.clone()));
         Ok(room)
@@ -432,20 +425,22 @@ impl Rooms {
             stream,
         };
         // Redactions that came before this event apply to it now.
+        let mut redacted_now = false;
         if record.rejected.is_none() {
             for held in self.held_redactions(c, &pdu).await? {
                 let redaction = self.event_or_corrupt(c, &held).await?;
                 let state = self.load_group(c, redaction.record.state_before).await?;
                 if self.may_redact(c, rules, &state, &redaction.pdu, &pdu).await? {
                     record.pdu = redacted(rules, &redaction.pdu, record.pdu)?;
+                    redacted_now = true;
                 }
-                let key = room_key(&pdu.room_id, &[pdu.event_id.as_bytes(), b"\0", held.as_bytes()].concat());
+                let key = held_key(&pdu.room_id, &pdu.event_id, Some(&held));
                 c.batch = std::mem::take(&mut c.batch).delete(HELD_REDACTIONS, key);
             }
         }
-        let pdu = match record.pdu == pdu.json {
-            true => pdu,
-            false => StoredEvent::from_record(pdu.event_id.clone(), record.clone())?.pdu,
+        let pdu = match redacted_now {
+            false => pdu,
+            true => StoredEvent::from_record(pdu.event_id.clone(), record.clone())?.pdu,
         };
         let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
         if let Some(stream) = stream {
@@ -474,7 +469,7 @@ impl Rooms {
                 Some(_) => {}
                 // Held until the target arrives, as the spec asks.
                 None => {
-                    let key = room_key(&pdu.room_id, &[target.as_bytes(), b"\0", pdu.event_id.as_bytes()].concat());
+                    let key = held_key(&pdu.room_id, target, Some(&pdu.event_id));
                     c.batch = std::mem::take(&mut c.batch).put(HELD_REDACTIONS, key, Vec::new());
                     c.held.push(target.clone());
                 }
@@ -570,7 +565,7 @@ impl Rooms {
         let stored = lock(&self.held).as_ref().is_some_and(|targets| targets.contains(&target.event_id));
         let mut held = Vec::new();
         if stored {
-            let prefix = room_key(&target.room_id, &[target.event_id.as_bytes(), b"\0"].concat());
+            let prefix = held_key(&target.room_id, &target.event_id, None);
             let entries =
                 self.store().scan(HELD_REDACTIONS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
             for (key, _) in entries {
@@ -722,6 +717,12 @@ fn redacted(
 ) -> Result<CanonicalJsonObject, RoomError> {
     let because = RedactedBecause::from_json(redaction.json.clone());
     redact(json, &rules.redaction, Some(because)).map_err(RoomError::corrupt)
+}
+
+/// A `held_redactions` key, or without `redaction` the prefix of a target's keys.
+fn held_key(room_id: &RoomId, target: &EventId, redaction: Option<&EventId>) -> Vec<u8> {
+    let suffix = [target.as_bytes(), b"\0", redaction.map_or(&b""[..], |r| r.as_bytes())].concat();
+    room_key(room_id, &suffix)
 }
 
 /// Room ID, target and redaction from a `held_redactions` key.
