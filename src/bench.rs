@@ -106,6 +106,11 @@ pub fn rows(backend: &str, figures: &[Figure]) -> String {
         .collect()
 }
 
+/// A plain text message.
+fn text(body: String) -> NewEvent {
+    NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }))
+}
+
 fn timed(operation: impl Into<String>, count: usize, start: Instant) -> Figure {
     Figure { operation: operation.into(), count, seconds: start.elapsed().as_secs_f64() }
 }
@@ -127,10 +132,7 @@ pub async fn send_messages(store: Arc<dyn Store>, n: usize) -> Result<Figure, Ro
     let (hs, sender, room_id) = node_with_room(store, DEFAULT_ROOM_VERSION).await?;
     let start = Instant::now();
     for i in 0..n {
-        let message = NewEvent::message(
-            TimelineEventType::RoomMessage,
-            json!({ "msgtype": "m.text", "body": format!("message {i}") }),
-        );
+        let message = text(format!("message {i}"));
         hs.rooms().send(&room_id, &sender, &message).await?;
     }
     Ok(timed(format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION})"), n, start))
@@ -145,10 +147,7 @@ pub async fn send_messages_concurrently(store: Arc<dyn Store>, n: usize, senders
         let (hs, sender, room_id) = (&hs, &sender, &room_id);
         async move {
             for i in 0..per_sender {
-                let body = format!("client {c} message {i}");
-                let message =
-                    NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }));
-                hs.rooms().send(room_id, sender, &message).await?;
+                hs.rooms().send(room_id, sender, &text(format!("client {c} message {i}"))).await?;
             }
             Ok::<_, RoomError>(())
         }
@@ -175,12 +174,7 @@ pub async fn receive_transactions(store: Arc<dyn Store>, n: usize) -> Result<Fig
 
     let mut events =
         vec![NewEvent::state(TimelineEventType::RoomMember, bob.as_str(), json!({ "membership": "join" }))];
-    events.extend((0..n).map(|i| {
-        NewEvent::message(
-            TimelineEventType::RoomMessage,
-            json!({ "msgtype": "m.text", "body": format!("message {i}") }),
-        )
-    }));
+    events.extend((0..n).map(|i| text(format!("message {i}"))));
     let mut pdus = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let content = serde_json::value::to_raw_value(&event.content).map_err(RoomError::corrupt)?;
@@ -232,10 +226,7 @@ pub fn verify_pdus(n: usize) -> Result<Figure, RoomError> {
     let prev = [ruma::EventId::parse("$Vm8pYX9xVHWZ2HN6bJmKhc3vNXRRHI0C6hgGdUUtdqw").map_err(RoomError::corrupt)?];
     let pdus = (0..n)
         .map(|i| {
-            let message = NewEvent::message(
-                TimelineEventType::RoomMessage,
-                json!({ "msgtype": "m.text", "body": format!("message {i}") }),
-            );
+            let message = text(format!("message {i}"));
             let placement = Placement {
                 room_id: Some(&room_id),
                 prev_events: &prev,
@@ -274,7 +265,7 @@ pub async fn resolve_forks(members: usize, fork_len: usize) -> Result<Figure, Ro
         }
         tips.push(tip);
     }
-    let merge = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": "merge" }));
+    let merge = text("merge".into());
     let start = Instant::now();
     let merged = rooms.send_after(&room_id, &creator, &merge, tips).await?;
     let figure = timed(format!("merge two forks of {fork_len} state events, {members} members"), 1, start);
