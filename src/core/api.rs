@@ -2,9 +2,108 @@
 //! with `METHOD /path` as its doc header.
 
 pub(crate) mod client {
+    pub(crate) mod account;
+    pub(crate) mod account_data;
+    pub(crate) mod device;
     pub(crate) mod discovery;
+    pub(crate) mod ephemeral;
+    pub(crate) mod filter;
+    pub(crate) mod format;
+    pub(crate) mod membership;
+    pub(crate) mod message;
+    pub(crate) mod profile;
+    pub(crate) mod push;
+    pub(crate) mod room;
+    pub(crate) mod state;
+    pub(crate) mod sync;
+    pub(crate) mod tokens;
 }
 
 pub(crate) mod federation {
     pub(crate) mod keys;
 }
+
+/// Every endpoint the node answers: its ruma request type and handler. The
+/// router matches each against the request's path (ruma's templates, every
+/// version prefix the endpoint ever had, `r0` included) and method.
+macro_rules! endpoints {
+    ($dispatch:ident) => {{
+        use ruma::api::{client as c, federation as f};
+        use $crate::core::api::{client, federation};
+        $dispatch! {
+            c::discovery::get_supported_versions::Request => client::discovery::versions,
+            c::discovery::get_capabilities::v3::Request => client::discovery::capabilities,
+            c::voip::get_turn_server_info::v3::Request => client::discovery::turn_server,
+            c::thirdparty::get_protocols::v3::Request => client::discovery::protocols,
+            c::authenticated_media::get_media_config::v1::Request => client::discovery::media_config,
+            client::discovery::LegacyMediaConfig => client::discovery::legacy_media_config,
+            c::account::register::v3::Request => client::account::register,
+            c::account::get_username_availability::v3::Request => client::account::available,
+            c::session::get_login_types::v3::Request => client::account::login_types,
+            c::session::login::v3::Request => client::account::login,
+            c::session::logout::v3::Request => client::account::logout,
+            c::session::logout_all::v3::Request => client::account::logout_all,
+            c::account::whoami::v3::Request => client::account::whoami,
+            c::account::change_password::v3::Request => client::account::change_password,
+            c::account::deactivate::v3::Request => client::account::deactivate,
+            c::device::get_devices::v3::Request => client::device::list,
+            c::device::get_device::v3::Request => client::device::get,
+            c::device::update_device::v3::Request => client::device::update,
+            c::device::delete_device::v3::Request => client::device::delete,
+            c::device::delete_devices::v3::Request => client::device::delete_many,
+            c::profile::get_profile::v3::Request => client::profile::get,
+            c::profile::get_display_name::v3::Request => client::profile::get_displayname,
+            c::profile::set_display_name::v3::Request => client::profile::set_displayname,
+            c::profile::get_avatar_url::v3::Request => client::profile::get_avatar,
+            c::profile::set_avatar_url::v3::Request => client::profile::set_avatar,
+            c::membership::join_room_by_id::v3::Request => client::membership::join_by_id,
+            c::membership::join_room_by_id_or_alias::v3::Request => client::membership::join_by_id_or_alias,
+            c::membership::leave_room::v3::Request => client::membership::leave,
+            c::membership::forget_room::v3::Request => client::membership::forget,
+            c::membership::invite_user::v3::Request => client::membership::invite,
+            c::membership::kick_user::v3::Request => client::membership::kick,
+            c::membership::ban_user::v3::Request => client::membership::ban,
+            c::membership::unban_user::v3::Request => client::membership::unban,
+            c::membership::joined_rooms::v3::Request => client::membership::joined,
+            c::membership::get_member_events::v3::Request => client::membership::members,
+            c::membership::joined_members::v3::Request => client::membership::joined_members,
+            c::room::create_room::v3::Request => client::room::create,
+            c::room::get_room_event::v3::Request => client::room::event,
+            c::room::aliases::v3::Request => client::room::room_aliases,
+            c::alias::create_alias::v3::Request => client::room::create_alias,
+            c::alias::get_alias::v3::Request => client::room::get_alias,
+            c::alias::delete_alias::v3::Request => client::room::delete_alias,
+            c::message::send_message_event::v3::Request => client::message::send,
+            c::redact::redact_event::v3::Request => client::message::redact,
+            c::message::get_message_events::v3::Request => client::message::messages,
+            c::context::get_context::v3::Request => client::message::context,
+            c::state::send_state_event::v3::Request => client::state::send,
+            c::state::get_state_event_for_key::v3::Request => client::state::get,
+            c::state::get_state_events::v3::Request => client::state::all,
+            c::filter::create_filter::v3::Request => client::filter::create,
+            c::filter::get_filter::v3::Request => client::filter::get,
+            c::sync::sync_events::v3::Request => client::sync::sync,
+            c::typing::create_typing_event::v3::Request => client::ephemeral::typing,
+            c::receipt::create_receipt::v3::Request => client::ephemeral::receipt,
+            c::read_marker::set_read_marker::v3::Request => client::ephemeral::read_markers,
+            c::presence::set_presence::v3::Request => client::ephemeral::set_status,
+            c::presence::get_presence::v3::Request => client::ephemeral::get_status,
+            c::config::set_global_account_data::v3::Request => client::account_data::set_global,
+            c::config::get_global_account_data::v3::Request => client::account_data::get_global,
+            c::config::set_room_account_data::v3::Request => client::account_data::set_room,
+            c::config::get_room_account_data::v3::Request => client::account_data::get_room,
+            c::push::get_pushrules_all::v3::Request => client::push::all,
+            c::push::get_pushrules_global_scope::v3::Request => client::push::global,
+            c::push::get_pushrule::v3::Request => client::push::get,
+            c::push::set_pushrule::v3::Request => client::push::set,
+            c::push::delete_pushrule::v3::Request => client::push::delete,
+            c::push::get_pushrule_enabled::v3::Request => client::push::get_enabled,
+            c::push::set_pushrule_enabled::v3::Request => client::push::set_enabled,
+            c::push::get_pushrule_actions::v3::Request => client::push::get_actions,
+            c::push::set_pushrule_actions::v3::Request => client::push::set_actions,
+            f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
+        }
+    }};
+}
+
+pub(crate) use endpoints;

@@ -7,6 +7,7 @@ use ruma::api::{
     OutgoingResponseExt,
 };
 
+use super::service::{accounts::AccountError, rooms::RoomError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,34 @@ pub enum Error {
     BadJson(String),
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
+    #[error("{0}")]
+    Unknown(String),
+    #[error("this endpoint needs an access token")]
+    MissingToken,
+    #[error("unknown or expired access token")]
+    UnknownToken,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("guest access is not enabled on this node")]
+    GuestAccessForbidden,
+    #[error("too many requests; try again in {retry_after_ms} ms")]
+    LimitExceeded { retry_after_ms: u64 },
+    /// User-interactive authentication: the stages still to complete, answered
+    /// as the spec's 401 body rather than a standard error.
+    #[error("additional authentication is required")]
+    Uiaa(Box<ruma::api::client::uiaa::UiaaInfo>),
+    #[error("the room alias {0} is taken")]
+    AliasInUse(String),
+    #[error("the room alias {0} is taken")]
+    RoomInUse(String),
+    #[error("unsupported room version: {0}")]
+    UnsupportedRoomVersion(String),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    Room(#[from] RoomError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("could not build the response: {0}")]
@@ -62,6 +91,49 @@ impl Error {
             Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+            Self::Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
+            Self::MissingToken => (StatusCode::UNAUTHORIZED, ErrorKind::MissingToken),
+            Self::UnknownToken => (StatusCode::UNAUTHORIZED, ErrorKind::UnknownToken(Default::default())),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+            Self::GuestAccessForbidden => (StatusCode::FORBIDDEN, ErrorKind::GuestAccessForbidden),
+            Self::LimitExceeded { retry_after_ms } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorKind::LimitExceeded({
+                    let mut data = ruma::api::error::LimitExceededErrorData::new();
+                    data.retry_after = Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(
+                        *retry_after_ms,
+                    )));
+                    data
+                }),
+            ),
+            Self::Uiaa(_) => (StatusCode::UNAUTHORIZED, ErrorKind::Forbidden),
+            Self::AliasInUse(_) => (StatusCode::CONFLICT, ErrorKind::Unknown),
+            Self::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorKind::RoomInUse),
+            Self::UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion),
+            Self::Account(err) => match err {
+                AccountError::UserInUse(_) => (StatusCode::BAD_REQUEST, ErrorKind::UserInUse),
+                AccountError::InvalidUsername(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidUsername),
+                AccountError::WrongPassword => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+                AccountError::UnknownDevice(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+                AccountError::Corrupt(_) | AccountError::Store(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+                }
+            },
+            Self::Room(err) => match err {
+                RoomError::UnknownRoom(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+                RoomError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+                RoomError::Pdu(crate::core::pdu::PduError::TooLarge { .. }) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge)
+                }
+                RoomError::Pdu(_) | RoomError::Invalid(_) | RoomError::WrongRoom { .. } => {
+                    (StatusCode::BAD_REQUEST, ErrorKind::BadJson)
+                }
+                RoomError::MissingEvents(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+                RoomError::Resolution(_) | RoomError::Corrupt(_) | RoomError::Store(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
+                }
+            },
             Self::Store(_) | Self::Response(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
             }
@@ -70,6 +142,16 @@ impl Error {
 
     /// The spec's standard error response: `{"errcode": ..., "error": ...}`.
     pub(crate) fn into_response(self) -> http::Response<Vec<u8>> {
+        if let Self::Uiaa(info) = &self {
+            if let Ok(body) = serde_json::to_vec(info) {
+                let mut response = http::Response::new(body);
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                return response;
+            }
+        }
         let (status, kind) = self.status_and_kind();
         let body = ErrorBody::Standard(StandardErrorBody::new(kind, self.to_string()));
         ruma::api::error::Error::new(status, body).try_into_http_response().unwrap_or_else(|_| {

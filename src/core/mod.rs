@@ -7,6 +7,7 @@
 mod api;
 mod error;
 pub mod identity;
+mod limits;
 pub mod pdu;
 mod platform;
 mod router;
@@ -18,16 +19,33 @@ use bytes::Bytes;
 
 pub use self::{
     error::Error,
-    platform::{Clock, OsRandom, Random, SystemClock},
+    platform::{Clock, OsRandom, Random, Sleep, SystemClock},
     router::{error_response, MAX_BODY_BYTES},
 };
-use self::{identity::NodeKey, service::rooms::Rooms};
+use self::{
+    api::client::{account::Uiaa, push::UnreadCounts},
+    identity::NodeKey,
+    limits::RateLimit,
+    service::{
+        accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, notifier::Notifier, rooms::Rooms,
+        transactions::Transactions, user_data::UserData,
+    },
+};
 use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 3,
+    version: 4,
     tables: &[
+        service::accounts::USERS,
+        service::accounts::DEVICES,
+        service::accounts::TOKENS,
+        service::aliases::ALIASES,
+        service::user_data::ACCOUNT_DATA,
+        service::user_data::RECEIPTS,
+        service::user_data::FILTERS,
+        service::rooms::MEMBERSHIPS,
+        service::transactions::TRANSACTIONS,
         "meta",
         service::events::EVENTS,
         service::events::AUTH_GRAPH,
@@ -47,7 +65,24 @@ pub struct Homeserver {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     key: Arc<NodeKey>,
+    notifier: Arc<Notifier>,
+    accounts: Accounts,
     rooms: Rooms,
+    user_data: UserData,
+    ephemeral: Ephemeral,
+    aliases: Aliases,
+    transactions: Transactions,
+    limits: Limits,
+    uiaa: Uiaa,
+    unread_counts: UnreadCounts,
+}
+
+/// The node's rate limits, per key.
+pub(crate) struct Limits {
+    /// Registrations (and availability checks) on this node: a burst, then one every 2 s.
+    pub register: RateLimit,
+    /// Login attempts per user ID: a burst, then one a second.
+    pub login: RateLimit,
 }
 
 impl Homeserver {
@@ -58,8 +93,23 @@ impl Homeserver {
         random: Arc<dyn Random>,
     ) -> Result<Self, StoreError> {
         let key = Arc::new(NodeKey::load_or_create(&*store, &*random).await?);
-        let rooms = Rooms::new(store.clone(), key.clone(), clock.clone(), random);
-        Ok(Self { store, clock, key, rooms })
+        let notifier = Arc::new(Notifier::default());
+        let server_name = key.server_name().to_owned();
+        Ok(Self {
+            accounts: Accounts::new(store.clone(), clock.clone(), random.clone(), server_name),
+            rooms: Rooms::new(store.clone(), key.clone(), clock.clone(), random, notifier.clone()),
+            user_data: UserData::new(store.clone(), clock.clone(), notifier.clone()),
+            ephemeral: Ephemeral::new(clock.clone(), notifier.clone()),
+            aliases: Aliases::new(store.clone()),
+            transactions: Transactions::new(store.clone()),
+            limits: Limits { register: RateLimit::new(50, 0.5), login: RateLimit::new(10, 1.0) },
+            uiaa: Uiaa::default(),
+            unread_counts: UnreadCounts::default(),
+            store,
+            clock,
+            key,
+            notifier,
+        })
     }
 
     /// Answers one Client-Server, Federation or media request. Never fails: every
@@ -83,5 +133,41 @@ impl Homeserver {
 
     pub fn rooms(&self) -> &Rooms {
         &self.rooms
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    pub fn user_data(&self) -> &UserData {
+        &self.user_data
+    }
+
+    pub fn ephemeral(&self) -> &Ephemeral {
+        &self.ephemeral
+    }
+
+    pub fn aliases(&self) -> &Aliases {
+        &self.aliases
+    }
+
+    pub fn transactions(&self) -> &Transactions {
+        &self.transactions
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn uiaa(&self) -> &Uiaa {
+        &self.uiaa
+    }
+
+    pub(crate) fn unread_counts(&self) -> &UnreadCounts {
+        &self.unread_counts
     }
 }

@@ -1,10 +1,22 @@
-//! What the core asks of its platform besides storage: the time and randomness.
+//! What the core asks of its platform besides storage: the time, timers and
+//! randomness.
+
+use std::{future::Future, pin::Pin};
 
 use crate::store::SendSync;
+
+/// A timer's future: `Send` natively, where requests run on a thread pool.
+#[cfg(not(target_arch = "wasm32"))]
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+#[cfg(target_arch = "wasm32")]
+pub type Sleep = Pin<Box<dyn Future<Output = ()>>>;
 
 pub trait Clock: SendSync {
     /// Milliseconds since the Unix epoch, as Matrix timestamps count them.
     fn now_millis(&self) -> u64;
+
+    /// Resolves after `millis` milliseconds: long-polls and typing notices end on it.
+    fn sleep(&self, millis: u64) -> Sleep;
 }
 
 pub trait Random: SendSync {
@@ -19,6 +31,34 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_millis(&self) -> u64 {
         web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn sleep(&self, millis: u64) -> Sleep {
+        Box::pin(tokio::time::sleep(std::time::Duration::from_millis(millis)))
+    }
+
+    /// `setTimeout` of whatever global scope runs the wasm: a Service Worker's, a
+    /// page's, or a test runner's.
+    #[cfg(target_arch = "wasm32")]
+    fn sleep(&self, millis: u64) -> Sleep {
+        use wasm_bindgen::{JsCast, JsValue};
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            let global = js_sys::global();
+            let set_timeout = js_sys::Reflect::get(&global, &JsValue::from_str("setTimeout"))
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            let millis = JsValue::from_f64(millis.min(i32::MAX as u64) as f64);
+            match set_timeout {
+                Some(set_timeout) => drop(set_timeout.call2(&global, &resolve, &millis)),
+                // No timers in this scope: resolve at once rather than never.
+                None => drop(resolve.call0(&JsValue::UNDEFINED)),
+            }
+        });
+        let future = wasm_bindgen_futures::JsFuture::from(promise);
+        Box::pin(async move {
+            let _ = future.await;
+        })
     }
 }
 

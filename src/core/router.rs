@@ -8,14 +8,12 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method};
 use percent_encoding::percent_decode_str;
 use ruma::api::{
-    client::discovery::get_supported_versions, federation::discovery::get_server_keys, path_builder::PathBuilder,
+    auth_scheme::{AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication},
+    path_builder::PathBuilder,
     IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt,
 };
 
-use super::{
-    api::{client, federation},
-    Error, Homeserver, SERVER,
-};
+use super::{api::endpoints, service::accounts::Session, Error, Homeserver, SERVER};
 
 /// The largest request body the core accepts. JSON requests are far smaller;
 /// media uploads will get a limit of their own.
@@ -59,10 +57,13 @@ async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::R
         return Err(Error::TooLarge { limit: MAX_BODY_BYTES });
     }
     let path = request.uri().path().to_owned();
+    if path == "/.well-known/matrix/client" && matches!(*request.method(), Method::GET | Method::HEAD) {
+        return super::api::client::discovery::well_known(&request);
+    }
     // Set when an endpoint has this path but not this method: 405 rather than 404.
     let mut path_known = false;
 
-    macro_rules! endpoints {
+    macro_rules! dispatch {
         ($($request:ty => $handler:path,)*) => {$(
             if let Some(args) = match_path(<$request as Metadata>::PATH_BUILDER.all_paths(), &path) {
                 if accepts(<$request as Metadata>::METHOD, request.method()) {
@@ -73,10 +74,7 @@ async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::R
         )*};
     }
 
-    endpoints! {
-        get_supported_versions::Request => client::discovery::versions,
-        get_server_keys::v2::Request => federation::keys::server_keys,
-    }
+    endpoints!(dispatch);
 
     let method = request.method().clone();
     Err(if path_known { Error::MethodNotAllowed { method, path } } else { Error::Unrecognized { method, path } })
@@ -105,6 +103,78 @@ fn match_path(templates: impl Iterator<Item = &'static str>, path: &str) -> Opti
     })
 }
 
+/// What a handler learns of who is asking, by the endpoint's authentication
+/// scheme: a [`Session`] where an access token is required, maybe one where it
+/// is optional, nothing where none is read.
+pub(crate) trait Identify: AuthScheme {
+    type Identity;
+    fn token(output: Self::Output) -> Option<String>;
+    fn identify(session: Option<Session>) -> Result<Self::Identity, Error>;
+}
+
+impl Identify for AccessToken {
+    type Identity = Session;
+    fn token(output: String) -> Option<String> {
+        Some(output)
+    }
+    fn identify(session: Option<Session>) -> Result<Session, Error> {
+        session.ok_or(Error::MissingToken)
+    }
+}
+
+impl Identify for AccessTokenOptional {
+    type Identity = Option<Session>;
+    fn token(output: Option<String>) -> Option<String> {
+        output
+    }
+    fn identify(session: Option<Session>) -> Result<Option<Session>, Error> {
+        Ok(session)
+    }
+}
+
+impl Identify for NoAuthentication {
+    type Identity = ();
+    fn token(_: ()) -> Option<String> {
+        None
+    }
+    fn identify(_: Option<Session>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Registration takes an application service's token; glia hosts none, so
+/// registration is open to all alike.
+impl Identify for AppserviceTokenOptional {
+    type Identity = ();
+    fn token(_: Option<String>) -> Option<String> {
+        None
+    }
+    fn identify(_: Option<Session>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Identify for NoAccessToken {
+    type Identity = ();
+    fn token(_: ()) -> Option<String> {
+        None
+    }
+    fn identify(_: Option<Session>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// The session of the request's access token, if it carries one; a token that
+/// is not live is refused even where none is needed, as the spec says.
+async fn authenticate<A: Identify>(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<A::Identity, Error> {
+    let output = A::extract_authentication(request).map_err(|_| Error::MissingToken)?;
+    let session = match A::token(output) {
+        Some(token) => Some(hs.accounts().session(&token).await?.ok_or(Error::UnknownToken)?),
+        None => None,
+    };
+    A::identify(session)
+}
+
 async fn call<'hs, R, F, Fut>(
     hs: &'hs Homeserver,
     request: http::Request<Bytes>,
@@ -113,9 +183,11 @@ async fn call<'hs, R, F, Fut>(
 ) -> Result<http::Response<Vec<u8>>, Error>
 where
     R: IncomingRequest,
-    F: FnOnce(&'hs Homeserver, R) -> Fut,
+    R::Authentication: Identify,
+    F: FnOnce(&'hs Homeserver, <R::Authentication as Identify>::Identity, R) -> Fut,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
 {
+    let identity = authenticate::<R::Authentication>(hs, &request).await?;
     let args = raw_args
         .iter()
         .map(|arg| percent_decode_str(arg).decode_utf8())
@@ -125,7 +197,7 @@ where
     let (parts, body) = request.into_parts();
     let typed = R::try_from_http_request(http::Request::from_parts(parts, body.as_ref()), &args)
         .map_err(|err| Error::from_request(err, &body))?;
-    Ok(handler(hs, typed).await?.try_into_http_response()?)
+    Ok(handler(hs, identity, typed).await?.try_into_http_response()?)
 }
 
 #[cfg(test)]

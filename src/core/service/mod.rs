@@ -1,8 +1,14 @@
 //! The homeserver's services over the store, one module per area.
 
+pub mod accounts;
+pub mod aliases;
+pub mod ephemeral;
 pub mod events;
+pub mod notifier;
 pub mod rooms;
 pub mod state;
+pub mod transactions;
+pub mod user_data;
 
 /// `room_id`, a 0 byte, then `suffix`: the key layout of every per-room table.
 /// Room IDs never contain a 0 byte, so one room's keys are one prefix range.

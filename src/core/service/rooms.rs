@@ -16,6 +16,8 @@
 //! - `topology`: room ID, 0, depth (u64 BE), stream position (u64 BE) → event ID
 //! - `held_redactions`: room ID, 0, target event ID, 0, redaction event ID → empty:
 //!   redactions that arrived before their target, applied when it does
+//! - `memberships`: user ID, 0, room ID → [`UserMembership`] as JSON, for users
+//!   of this node: the rooms a user is in, was invited to, or left
 //! - `meta`: `counters` → the last stream position and state group handed out
 //!   (two u64 BE), one key so one precondition guards both
 
@@ -33,6 +35,7 @@ use serde_json::json;
 
 use super::{
     events::{Events, StoredEvent},
+    notifier::Notifier,
     room_key,
     state::{State, StateGroups},
 };
@@ -53,6 +56,7 @@ pub(crate) const ROOMS: &str = "rooms";
 pub(crate) const TIMELINE: &str = "timeline";
 pub(crate) const TOPOLOGY: &str = "topology";
 pub(crate) const HELD_REDACTIONS: &str = "held_redactions";
+pub(crate) const MEMBERSHIPS: &str = "memberships";
 const META: &str = "meta";
 const COUNTERS: &[u8] = b"counters";
 
@@ -112,6 +116,18 @@ pub struct RoomRecord {
     pub state: u64,
     /// Forward extremities with their depths.
     pub extremities: Vec<(OwnedEventId, UInt)>,
+    /// The stream position of the room's latest event clients see.
+    #[serde(default)]
+    pub stream: StreamPosition,
+}
+
+/// A local user's membership of a room, as its current state has it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserMembership {
+    pub membership: MembershipState,
+    /// Where the member event is in the stream.
+    pub stream: StreamPosition,
+    pub event_id: OwnedEventId,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,11 +170,19 @@ pub struct Rooms {
     queue: std::sync::Mutex<Vec<Queued>>,
     /// Events with redactions held for them; `None` until first read.
     held: std::sync::Mutex<Option<std::collections::HashSet<OwnedEventId>>>,
+    notifier: Arc<Notifier>,
 }
 
 impl Rooms {
-    pub fn new(store: Arc<dyn Store>, key: Arc<NodeKey>, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: Arc<NodeKey>,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Random>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
         Self {
+            notifier,
             store,
             key,
             clock,
@@ -389,6 +413,52 @@ impl Rooms {
         Ok(self.state_entry(&Commit::default(), &state, kind, key).await?.map(|event| event.pdu.clone()))
     }
 
+    /// The last position of the node's event stream.
+    pub async fn position(&self) -> Result<StreamPosition, RoomError> {
+        if let Some(counters) = self.written().counters {
+            return Ok(counters.stream);
+        }
+        Ok(commit::Counters::decode(self.store().get(META, COUNTERS).await?)?.stream)
+    }
+
+    pub async fn state_group(&self, group: u64) -> Result<Arc<State>, RoomError> {
+        self.groups.load(self.store(), group).await
+    }
+
+    /// The power levels in force in the room now.
+    pub async fn power_levels_of(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<ruma::events::room::power_levels::RoomPowerLevels, RoomError> {
+        let room = self.room(room_id).await?;
+        let rules = pdu::rules(&room.version)?;
+        let state = self.groups.load(self.store(), room.state).await?;
+        self.power_levels(&Commit::default(), &rules, &state).await
+    }
+
+    /// The event at `(kind, key)` in `state`.
+    pub async fn state_event_in(
+        &self,
+        state: &State,
+        kind: &StateEventType,
+        key: &str,
+    ) -> Result<Option<Arc<Pdu>>, RoomError> {
+        Ok(self.state_entry(&Commit::default(), state, kind, key).await?.map(|event| event.pdu.clone()))
+    }
+
+    /// Whether the room's power levels let `user` send an event like `event`
+    /// now (without sending it).
+    pub async fn may_send(&self, room_id: &RoomId, user: &UserId, event: &NewEvent) -> Result<bool, RoomError> {
+        let room = self.room(room_id).await?;
+        let rules = pdu::rules(&room.version)?;
+        let state = self.groups.load(self.store(), room.state).await?;
+        let levels = self.power_levels(&Commit::default(), &rules, &state).await?;
+        Ok(match &event.state_key {
+            Some(_) => levels.user_can_send_state(user, event.kind.to_string().into()),
+            None => levels.user_can_send_message(user, event.kind.to_string().into()),
+        })
+    }
+
     async fn state_entry(
         &self,
         c: &Commit,
@@ -400,6 +470,26 @@ impl Rooms {
             Some(id) => Ok(Some(self.event_or_corrupt(c, id).await?)),
             None => Ok(None),
         }
+    }
+
+    /// The rooms a local user is in, was invited to, or left (with the stream
+    /// position of that change).
+    pub async fn rooms_of(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, UserMembership)>, RoomError> {
+        let prefix = room_key_for_user(user, None);
+        let entries = self.store().scan(MEMBERSHIPS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let room_id = std::str::from_utf8(&key[prefix.len()..]).map_err(RoomError::corrupt)?;
+                let room_id = RoomId::parse(room_id).map_err(RoomError::corrupt)?;
+                Ok((room_id, serde_json::from_slice(&value).map_err(RoomError::corrupt)?))
+            })
+            .collect()
+    }
+
+    /// Forgets a room the user has left: it no longer shows in their sync.
+    pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<(), RoomError> {
+        Ok(self.store().delete(MEMBERSHIPS, &room_key_for_user(user, Some(room_id))).await?)
     }
 
     pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<MembershipState>, RoomError> {
@@ -479,6 +569,11 @@ impl Rooms {
             })
             .collect()
     }
+}
+
+/// A `memberships` key, or without `room_id` the prefix of a user's keys.
+pub(crate) fn room_key_for_user(user: &UserId, room_id: Option<&RoomId>) -> Vec<u8> {
+    [user.as_bytes(), b"\0", room_id.map_or(&b""[..], |r| r.as_bytes())].concat()
 }
 
 fn topological_key((depth, stream): TopologicalPosition) -> [u8; 16] {

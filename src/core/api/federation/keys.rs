@@ -17,7 +17,7 @@ use crate::core::{identity::KEY_ID, Error, Homeserver};
 const VALIDITY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// `GET /_matrix/key/v2/server`
-pub(crate) async fn server_keys(hs: &Homeserver, _request: v2::Request) -> Result<v2::Response, Error> {
+pub(crate) async fn server_keys(hs: &Homeserver, _: (), _request: v2::Request) -> Result<v2::Response, Error> {
     let key = hs.key();
     let document = json!({
         "server_name": key.server_name(),

@@ -9,6 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 use ruma::{
     canonical_json::{redact, CanonicalJsonObject, RedactedBecause},
     events::{
+        room::member::MembershipState,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
         StateEventType, TimelineEventType,
     },
@@ -19,8 +20,8 @@ use ruma::{
 use serde::Deserialize;
 
 use super::{
-    create_event_version, is_create, to_raw, topological_key, Outcome, RoomError, RoomRecord, Rooms, COUNTERS,
-    HELD_REDACTIONS, MAX_PREV_EVENTS, META, ROOMS, TIMELINE, TOPOLOGY,
+    create_event_version, is_create, room_key_for_user, to_raw, topological_key, Outcome, RoomError, RoomRecord,
+    Rooms, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, ROOMS, TIMELINE, TOPOLOGY,
 };
 use crate::{
     core::{
@@ -219,6 +220,7 @@ impl Rooms {
         for event in c.events.into_values() {
             self.events.remember(event);
         }
+        self.notifier.notify();
         Ok(())
     }
 
@@ -385,13 +387,14 @@ impl Rooms {
 
         let mut new_room = match &room {
             Some(room) => room.clone(),
-            None => RoomRecord { version: create_event_version(&pdu.json)?, state: 0, extremities: vec![] },
+            None => RoomRecord { version: create_event_version(&pdu.json)?, state: 0, extremities: vec![], stream: 0 },
         };
         let mut stream = None;
         if visible {
             let mut counters = self.counters(c).await?;
             counters.stream += 1;
             stream = Some(counters.stream);
+            new_room.stream = counters.stream;
             if let Some((_, now)) = &mut c.counters {
                 now.stream = counters.stream;
             }
@@ -451,6 +454,11 @@ impl Rooms {
                 pdu.event_id.as_bytes(),
             );
         }
+        if let (Some(stream), Some(member), None) = (stream, self.local_member(&pdu), &record.rejected) {
+            let membership = UserMembership { membership: member.1, stream, event_id: pdu.event_id.clone() };
+            let value = serde_json::to_vec(&membership).map_err(RoomError::corrupt)?;
+            batch = batch.put(MEMBERSHIPS, room_key_for_user(&member.0, Some(&pdu.room_id)), value);
+        }
         c.batch = batch;
         if let (Some(target), true) = (&pdu.redacts, visible) {
             match self.event_in(c, target).await? {
@@ -479,6 +487,23 @@ impl Rooms {
         let stored = Arc::new(StoredEvent { pdu, record });
         c.events.insert(stored.pdu.event_id.clone(), stored.clone());
         Ok(stored)
+    }
+
+    /// The user and membership of a member event about a user of this node.
+    fn local_member(&self, pdu: &Pdu) -> Option<(OwnedUserId, MembershipState)> {
+        if pdu.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        let user = UserId::parse(pdu.state_key.as_deref()?).ok()?;
+        if user.server_name() != self.key.server_name() {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Content {
+            membership: MembershipState,
+        }
+        let content: Content = serde_json::from_str(pdu.content.get()).ok()?;
+        Some((user, content.membership))
     }
 
     /// The reason `pdu` is not authorized, if it is not: the state-independent

@@ -29,6 +29,10 @@ impl Clock for FixedClock {
     fn now_millis(&self) -> u64 {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
+
+    fn sleep(&self, millis: u64) -> crate::core::Sleep {
+        crate::core::SystemClock.sleep(millis)
+    }
 }
 
 pub async fn node_on(store: Arc<dyn Store>) -> Homeserver {

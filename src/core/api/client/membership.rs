@@ -1,0 +1,285 @@
+//! Joining, leaving, inviting, kicking and banning, and who is in a room. Every
+//! change is a member event through the event engine, whose auth rules decide.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    api::client::membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+        joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    OwnedEventId, RoomId, UserId,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::format;
+use crate::core::{pdu::NewEvent, service::accounts::Session, Error, Homeserver};
+
+/// Sends `sender`'s member event making `target`'s membership `membership`,
+/// with the target's profile on joins and invites of local users.
+pub(crate) async fn change(
+    hs: &Homeserver,
+    sender: &UserId,
+    room_id: &RoomId,
+    target: &UserId,
+    membership: MembershipState,
+    reason: Option<String>,
+) -> Result<OwnedEventId, Error> {
+    change_with(hs, sender, room_id, target, membership, reason, Map::new()).await
+}
+
+pub(crate) async fn change_with(
+    hs: &Homeserver,
+    sender: &UserId,
+    room_id: &RoomId,
+    target: &UserId,
+    membership: MembershipState,
+    reason: Option<String>,
+    extra: Map<String, Value>,
+) -> Result<OwnedEventId, Error> {
+    let mut content = extra;
+    content.insert("membership".into(), membership.as_str().into());
+    if let Some(reason) = reason {
+        content.insert("reason".into(), reason.into());
+    }
+    if matches!(membership, MembershipState::Join | MembershipState::Invite) {
+        if let Some(profile) = hs.accounts().user(target).await? {
+            if let Some(name) = profile.displayname {
+                content.insert("displayname".into(), name.into());
+            }
+            if let Some(url) = profile.avatar_url {
+                content.insert("avatar_url".into(), url.into());
+            }
+        }
+    }
+    let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content));
+    Ok(hs.rooms().send(room_id, sender, &event).await?.event_id.clone())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`
+pub(crate) async fn join_by_id(
+    hs: &Homeserver,
+    session: Session,
+    request: join_room_by_id::v3::Request,
+) -> Result<join_room_by_id::v3::Response, Error> {
+    join(hs, &session.user_id, &request.room_id, request.reason).await?;
+    Ok(join_room_by_id::v3::Response::new(request.room_id))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
+pub(crate) async fn join_by_id_or_alias(
+    hs: &Homeserver,
+    session: Session,
+    request: join_room_by_id_or_alias::v3::Request,
+) -> Result<join_room_by_id_or_alias::v3::Response, Error> {
+    let room_id = match <&RoomId>::try_from(&*request.room_id_or_alias) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(alias) => hs
+            .aliases()
+            .get(&alias)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no room has the alias {alias}")))?
+            .room_id,
+    };
+    join(hs, &session.user_id, &room_id, request.reason).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+async fn join(hs: &Homeserver, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
+    // Joining a room one is in succeeds without a new event, as the spec allows.
+    if hs.rooms().membership(room_id, user).await? == Some(MembershipState::Join) {
+        return Ok(());
+    }
+    change(hs, user, room_id, user, MembershipState::Join, reason).await?;
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave`
+pub(crate) async fn leave(
+    hs: &Homeserver,
+    session: Session,
+    request: leave_room::v3::Request,
+) -> Result<leave_room::v3::Response, Error> {
+    let user = &session.user_id;
+    match hs.rooms().membership(&request.room_id, user).await? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
+            change(hs, user, &request.room_id, user, MembershipState::Leave, request.reason).await?;
+            Ok(leave_room::v3::Response::new())
+        }
+        Some(MembershipState::Leave | MembershipState::Ban) => Ok(leave_room::v3::Response::new()),
+        _ => Err(Error::Forbidden(format!("{user} is not in {}", request.room_id))),
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+pub(crate) async fn forget(
+    hs: &Homeserver,
+    session: Session,
+    request: forget_room::v3::Request,
+) -> Result<forget_room::v3::Response, Error> {
+    match hs.rooms().membership(&request.room_id, &session.user_id).await {
+        Ok(Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)) => {
+            Err(Error::Unknown("leave the room before forgetting it".into()))
+        }
+        Ok(_) | Err(crate::core::service::rooms::RoomError::UnknownRoom(_)) => {
+            hs.rooms().forget(&session.user_id, &request.room_id).await?;
+            Ok(forget_room::v3::Response::new())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+pub(crate) async fn invite(
+    hs: &Homeserver,
+    session: Session,
+    request: invite_user::v3::Request,
+) -> Result<invite_user::v3::Response, Error> {
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = request.recipient else {
+        return Err(Error::Unknown("third-party invites are not supported".into()));
+    };
+    let current = hs.rooms().membership(&request.room_id, &recipient.user_id).await?;
+    match current {
+        Some(MembershipState::Join) => Err(Error::Forbidden(format!("{} is already in the room", recipient.user_id))),
+        Some(MembershipState::Ban) => Err(Error::Forbidden(format!("{} is banned from the room", recipient.user_id))),
+        _ => {
+            let (room, invitee) = (&request.room_id, &recipient.user_id);
+            change(hs, &session.user_id, room, invitee, MembershipState::Invite, recipient.reason).await?;
+            Ok(invite_user::v3::Response::new())
+        }
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+pub(crate) async fn kick(
+    hs: &Homeserver,
+    session: Session,
+    request: kick_user::v3::Request,
+) -> Result<kick_user::v3::Response, Error> {
+    match hs.rooms().membership(&request.room_id, &request.user_id).await? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
+            let (room, target) = (&request.room_id, &request.user_id);
+            change(hs, &session.user_id, room, target, MembershipState::Leave, request.reason).await?;
+            Ok(kick_user::v3::Response::new())
+        }
+        _ => Err(Error::Forbidden(format!("{} is not in the room", request.user_id))),
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`
+pub(crate) async fn ban(
+    hs: &Homeserver,
+    session: Session,
+    request: ban_user::v3::Request,
+) -> Result<ban_user::v3::Response, Error> {
+    let (room, target) = (&request.room_id, &request.user_id);
+    change(hs, &session.user_id, room, target, MembershipState::Ban, request.reason).await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+pub(crate) async fn unban(
+    hs: &Homeserver,
+    session: Session,
+    request: unban_user::v3::Request,
+) -> Result<unban_user::v3::Response, Error> {
+    if hs.rooms().membership(&request.room_id, &request.user_id).await? != Some(MembershipState::Ban) {
+        return Err(Error::Forbidden(format!("{} is not banned", request.user_id)));
+    }
+    let (room, target) = (&request.room_id, &request.user_id);
+    change(hs, &session.user_id, room, target, MembershipState::Leave, request.reason).await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`
+pub(crate) async fn joined(
+    hs: &Homeserver,
+    session: Session,
+    _: joined_rooms::v3::Request,
+) -> Result<joined_rooms::v3::Response, Error> {
+    let rooms = hs.rooms().rooms_of(&session.user_id).await?;
+    let joined = rooms.into_iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id).collect();
+    Ok(joined_rooms::v3::Response::new(joined))
+}
+
+/// Refuses users who are not in the room: only members read its state.
+pub(crate) async fn require_joined(hs: &Homeserver, room_id: &RoomId, user: &UserId) -> Result<(), Error> {
+    match hs.rooms().membership(room_id, user).await {
+        Ok(Some(MembershipState::Join)) => Ok(()),
+        Ok(_) | Err(crate::core::service::rooms::RoomError::UnknownRoom(_)) => {
+            Err(Error::Forbidden(format!("{user} is not in the room {room_id}")))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`
+pub(crate) async fn members(
+    hs: &Homeserver,
+    session: Session,
+    request: get_member_events::v3::Request,
+) -> Result<get_member_events::v3::Response, Error> {
+    require_joined(hs, &request.room_id, &session.user_id).await?;
+    let state = hs.rooms().current_state(&request.room_id).await?;
+    let mut chunk = Vec::new();
+    for ((kind, _), id) in state.iter() {
+        if *kind != StateEventType::RoomMember {
+            continue;
+        }
+        let Some(event) = hs.rooms().event(id).await? else { continue };
+        let membership = member_content(&event.pdu.content).membership;
+        if request.membership.as_ref().is_some_and(|m| *m != membership)
+            || request.not_membership.as_ref().is_some_and(|m| *m == membership)
+        {
+            continue;
+        }
+        chunk.push(format::raw_event(hs, &event.pdu, Some(&session)).await?);
+    }
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+pub(crate) async fn joined_members(
+    hs: &Homeserver,
+    session: Session,
+    request: joined_members::v3::Request,
+) -> Result<joined_members::v3::Response, Error> {
+    require_joined(hs, &request.room_id, &session.user_id).await?;
+    let state = hs.rooms().current_state(&request.room_id).await?;
+    let mut joined = BTreeMap::new();
+    for ((kind, key), id) in state.iter() {
+        if *kind != StateEventType::RoomMember {
+            continue;
+        }
+        let Some(event) = hs.rooms().event(id).await? else { continue };
+        let content = member_content(&event.pdu.content);
+        if content.membership != MembershipState::Join {
+            continue;
+        }
+        let Ok(user) = UserId::parse(key.as_str()) else { continue };
+        let member = json!({ "display_name": content.displayname, "avatar_url": content.avatar_url });
+        joined.insert(user, serde_json::from_value(member).map_err(Error::internal)?);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct MemberContent {
+    pub membership: MembershipState,
+    #[serde(default)]
+    pub displayname: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+}
+
+/// A member event's content; one the auth rules accepted always parses, but a
+/// redacted one may lack the profile.
+pub(crate) fn member_content(content: &serde_json::value::RawValue) -> MemberContent {
+    serde_json::from_str(content.get()).unwrap_or(MemberContent {
+        membership: MembershipState::Leave,
+        displayname: None,
+        avatar_url: None,
+    })
+}

@@ -1,0 +1,259 @@
+//! Sending and redacting events, and reading a room's history: `/messages` and
+//! `/context`.
+
+use std::collections::BTreeSet;
+
+use ruma::{
+    api::{
+        client::{
+            context::get_context,
+            filter::RoomEventFilter,
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+        },
+        Direction as ApiDirection,
+    },
+    events::{room::member::MembershipState, AnyStateEvent, StateEventType, TimelineEventType},
+    serde::Raw,
+    OwnedUserId, RoomId,
+};
+use serde_json::{json, Value};
+
+use super::{filter, format, room::may_see, tokens};
+use crate::{
+    core::{
+        pdu::{NewEvent, Pdu},
+        service::{accounts::Session, rooms::TopologicalPosition},
+        Error, Homeserver,
+    },
+    store::Direction,
+};
+
+/// The most events one `/messages` or `/context` request returns.
+const MAX_LIMIT: usize = 1000;
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+pub(crate) async fn send(
+    hs: &Homeserver,
+    session: Session,
+    request: send_message_event::v3::Request,
+) -> Result<send_message_event::v3::Response, Error> {
+    let content: Value = serde_json::from_str(request.body.json().get()).map_err(|e| Error::BadJson(e.to_string()))?;
+    let event = NewEvent::message(request.event_type.to_string().into(), content);
+    let event_id = hs
+        .transactions()
+        .once(&session.user_id, &session.device_id, &request.txn_id, || async {
+            Ok::<_, Error>(hs.rooms().send(&request.room_id, &session.user_id, &event).await?.event_id.clone())
+        })
+        .await?;
+    Ok(send_message_event::v3::Response::new(event_id))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
+pub(crate) async fn redact(
+    hs: &Homeserver,
+    session: Session,
+    request: redact_event::v3::Request,
+) -> Result<redact_event::v3::Response, Error> {
+    let mut content = json!({ "redacts": request.event_id });
+    if let Some(reason) = &request.reason {
+        content["reason"] = reason.as_str().into();
+    }
+    let event = NewEvent {
+        kind: TimelineEventType::RoomRedaction,
+        state_key: None,
+        content,
+        redacts: Some(request.event_id.clone()),
+    };
+    let event_id = hs
+        .transactions()
+        .once(&session.user_id, &session.device_id, &request.txn_id, || async {
+            Ok::<_, Error>(hs.rooms().send(&request.room_id, &session.user_id, &event).await?.event_id.clone())
+        })
+        .await?;
+    Ok(redact_event::v3::Response::new(event_id))
+}
+
+/// A page of a room's history in topological order, as the viewer may see it.
+struct Page {
+    events: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
+    /// Where the next page starts, if there may be more.
+    next: Option<TopologicalPosition>,
+}
+
+/// Up to `limit` events matching `filter` from the gap `from`, stopping at the
+/// gap `to`.
+async fn page(
+    hs: &Homeserver,
+    viewer: &OwnedUserId,
+    room_id: &RoomId,
+    from: Option<TopologicalPosition>,
+    to: Option<TopologicalPosition>,
+    direction: Direction,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Page, Error> {
+    let mut events = Vec::new();
+    // The exclusive bound of the next scan.
+    let mut cursor = from.map(|(depth, stream)| match direction {
+        Direction::Backward => (depth, stream),
+        Direction::Forward => (depth, stream.saturating_sub(1)),
+    });
+    loop {
+        let batch = hs.rooms().topological(room_id, cursor, direction, limit.max(20)).await?;
+        let exhausted = batch.len() < limit.max(20);
+        for (position, pdu) in batch {
+            let past_to = to.is_some_and(|to| match direction {
+                Direction::Backward => position < to,
+                Direction::Forward => position >= to,
+            });
+            if past_to {
+                return Ok(Page { events, next: None });
+            }
+            cursor = Some(position);
+            if filter::room_event_matches(filter, &pdu) && may_see(hs, viewer, &pdu).await? {
+                events.push((position, pdu));
+                if events.len() == limit {
+                    let next = match direction {
+                        Direction::Backward => position,
+                        Direction::Forward => (position.0, position.1 + 1),
+                    };
+                    return Ok(Page { events, next: Some(next) });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page { events, next: None });
+        }
+    }
+}
+
+/// Members of `room_id` must have been in it to read its history.
+async fn require_member(hs: &Homeserver, room_id: &RoomId, user: &OwnedUserId) -> Result<(), Error> {
+    match hs.rooms().membership(room_id, user).await? {
+        Some(MembershipState::Join | MembershipState::Leave | MembershipState::Ban | MembershipState::Invite) => Ok(()),
+        _ => Err(Error::Forbidden(format!("{user} is not in the room {room_id}"))),
+    }
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+pub(crate) async fn messages(
+    hs: &Homeserver,
+    session: Session,
+    request: get_message_events::v3::Request,
+) -> Result<get_message_events::v3::Response, Error> {
+    let room_id = &request.room_id;
+    hs.rooms().room(room_id).await?;
+    require_member(hs, room_id, &session.user_id).await?;
+    let direction = match request.dir {
+        ApiDirection::Backward => Direction::Backward,
+        ApiDirection::Forward => Direction::Forward,
+    };
+    let from = match &request.from {
+        Some(token) => tokens::room_position(hs, room_id, token).await?,
+        None => None,
+    };
+    // A sync token from before the room existed: nothing lies behind it.
+    if let (Some(token), None, Direction::Backward) = (&request.from, from, direction) {
+        let mut response = get_message_events::v3::Response::new();
+        response.start = token.clone();
+        return Ok(response);
+    }
+    let to = match &request.to {
+        Some(token) => tokens::room_position(hs, room_id, token).await?,
+        None => None,
+    };
+    let limit = usize::try_from(request.limit).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
+    let page = page(hs, &session.user_id, room_id, from, to, direction, limit, &request.filter).await?;
+
+    let start = match (&request.from, page.events.first()) {
+        (Some(token), _) => token.clone(),
+        (None, Some((position, _))) if direction == Direction::Backward => tokens::after(*position),
+        (None, Some((position, _))) => tokens::before(*position),
+        (None, None) => tokens::before((0, 0)),
+    };
+    let mut response = get_message_events::v3::Response::new();
+    response.start = start;
+    response.end = page.next.map(tokens::before);
+    let senders: BTreeSet<OwnedUserId> = page.events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
+    for (_, pdu) in &page.events {
+        response.chunk.push(format::raw_event(hs, pdu, Some(&session)).await?);
+    }
+    if !request.filter.lazy_load_options.is_disabled() {
+        response.state = member_events(hs, room_id, &senders, &session).await?;
+    }
+    Ok(response)
+}
+
+/// The current member events of `users`, for lazy-loading clients.
+pub(crate) async fn member_events(
+    hs: &Homeserver,
+    room_id: &RoomId,
+    users: &BTreeSet<OwnedUserId>,
+    session: &Session,
+) -> Result<Vec<Raw<AnyStateEvent>>, Error> {
+    let state = hs.rooms().current_state(room_id).await?;
+    let mut events = Vec::new();
+    for user in users {
+        if let Some(pdu) = hs.rooms().state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            events.push(format::raw_event(hs, &pdu, Some(session)).await?);
+        }
+    }
+    Ok(events)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+pub(crate) async fn context(
+    hs: &Homeserver,
+    session: Session,
+    request: get_context::v3::Request,
+) -> Result<get_context::v3::Response, Error> {
+    let room_id = &request.room_id;
+    let not_found = || Error::NotFound(format!("no event {} in {room_id}", request.event_id));
+    let event = hs.rooms().event(&request.event_id).await?.ok_or_else(not_found)?;
+    let stream = event.record.stream.ok_or_else(not_found)?;
+    if event.pdu.room_id != *room_id || !may_see(hs, &session.user_id, &event.pdu).await? {
+        return Err(not_found());
+    }
+    let position = (u64::from(event.pdu.depth), stream);
+    let limit = usize::try_from(request.limit).unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
+    let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
+    let viewer = &session.user_id;
+    let filter = &request.filter;
+    let mut before = Page { events: Vec::new(), next: Some(position) };
+    if before_limit > 0 {
+        before = page(hs, viewer, room_id, Some(position), None, Direction::Backward, before_limit, filter).await?;
+    }
+    let after_from = (position.0, position.1 + 1);
+    let mut after = Page { events: Vec::new(), next: Some(after_from) };
+    if after_limit > 0 {
+        after = page(hs, viewer, room_id, Some(after_from), None, Direction::Forward, after_limit, filter).await?;
+    }
+    let mut response = get_context::v3::Response::new();
+    response.start = Some(tokens::before(before.events.last().map_or(position, |(p, _)| *p)));
+    response.end = Some(tokens::after(after.events.last().map_or(position, |(p, _)| *p)));
+    let mut senders = BTreeSet::from([event.pdu.sender.clone()]);
+    for (_, pdu) in &before.events {
+        senders.insert(pdu.sender.clone());
+        response.events_before.push(format::raw_event(hs, pdu, Some(&session)).await?);
+    }
+    response.event = Some(format::raw_event(hs, &event.pdu, Some(&session)).await?);
+    for (_, pdu) in &after.events {
+        senders.insert(pdu.sender.clone());
+        response.events_after.push(format::raw_event(hs, pdu, Some(&session)).await?);
+    }
+    response.state = match filter.lazy_load_options.is_disabled() {
+        false => member_events(hs, room_id, &senders, &session).await?,
+        true => {
+            let state = hs.rooms().current_state(room_id).await?;
+            let mut events = Vec::new();
+            for id in state.values() {
+                if let Some(event) = hs.rooms().event(id).await? {
+                    events.push(format::raw_event(hs, &event.pdu, Some(&session)).await?);
+                }
+            }
+            events
+        }
+    };
+    Ok(response)
+}

@@ -1,0 +1,275 @@
+//! Push rules, kept as the user's `m.push_rules` account data (where clients
+//! also read them from `/sync`), and the unread notification counts they give.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+};
+
+use ruma::{
+    api::client::push::{
+        delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+        get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    },
+    events::{room::member::MembershipState, StateEventType},
+    push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    serde::Raw,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde_json::{json, Value};
+
+use super::membership::member_content;
+use crate::{
+    core::{
+        service::{accounts::Session, rooms::StreamPosition},
+        Error, Homeserver,
+    },
+    store::Direction,
+};
+
+/// The account data type holding a user's push rules.
+pub(crate) const PUSH_RULES: &str = "m.push_rules";
+
+/// Unread events counted per room at most; clients show "99+" long before.
+const MAX_COUNTED: usize = 1000;
+
+async fn ruleset(hs: &Homeserver, user: &UserId) -> Result<Ruleset, Error> {
+    match hs.user_data().account_data(user, None, PUSH_RULES).await? {
+        Some(entry) => {
+            #[derive(serde::Deserialize)]
+            struct Content {
+                global: Ruleset,
+            }
+            let content: Content = serde_json::from_str(entry.content.get()).map_err(Error::internal)?;
+            Ok(content.global)
+        }
+        None => Ok(Ruleset::server_default(user)),
+    }
+}
+
+async fn save(hs: &Homeserver, user: &UserId, rules: &Ruleset) -> Result<(), Error> {
+    let content = serde_json::value::to_raw_value(&json!({ "global": rules })).map_err(Error::internal)?;
+    hs.user_data().set_account_data(user, None, PUSH_RULES, content).await?;
+    Ok(())
+}
+
+/// The `m.push_rules` account data event of a user who never changed theirs.
+pub(crate) fn default_rules_event(user: &UserId) -> Result<Value, Error> {
+    Ok(json!({ "type": PUSH_RULES, "content": { "global": Ruleset::server_default(user) } }))
+}
+
+fn not_found(rule_id: &str) -> Error {
+    Error::NotFound(format!("no push rule {rule_id}"))
+}
+
+/// `GET /_matrix/client/v3/pushrules/`
+pub(crate) async fn all(
+    hs: &Homeserver,
+    session: Session,
+    _: get_pushrules_all::v3::Request,
+) -> Result<get_pushrules_all::v3::Response, Error> {
+    Ok(get_pushrules_all::v3::Response::new(ruleset(hs, &session.user_id).await?))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/`
+pub(crate) async fn global(
+    hs: &Homeserver,
+    session: Session,
+    _: get_pushrules_global_scope::v3::Request,
+) -> Result<get_pushrules_global_scope::v3::Response, Error> {
+    Ok(get_pushrules_global_scope::v3::Response::new(ruleset(hs, &session.user_id).await?))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub(crate) async fn get(
+    hs: &Homeserver,
+    session: Session,
+    request: get_pushrule::v3::Request,
+) -> Result<get_pushrule::v3::Response, Error> {
+    let rules = ruleset(hs, &session.user_id).await?;
+    let rule = rules.get(request.kind, &request.rule_id).ok_or_else(|| not_found(&request.rule_id))?;
+    Ok(get_pushrule::v3::Response::new(rule.to_owned().into()))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub(crate) async fn set(
+    hs: &Homeserver,
+    session: Session,
+    request: set_pushrule::v3::Request,
+) -> Result<set_pushrule::v3::Response, Error> {
+    let mut rules = ruleset(hs, &session.user_id).await?;
+    rules
+        .insert(request.rule, request.after.as_deref(), request.before.as_deref())
+        .map_err(|err| match err {
+            ruma::push::InsertPushRuleError::UnknownRuleId => Error::NotFound(err.to_string()),
+            _ => Error::InvalidParam(err.to_string()),
+        })?;
+    save(hs, &session.user_id, &rules).await?;
+    Ok(set_pushrule::v3::Response::new())
+}
+
+/// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub(crate) async fn delete(
+    hs: &Homeserver,
+    session: Session,
+    request: delete_pushrule::v3::Request,
+) -> Result<delete_pushrule::v3::Response, Error> {
+    let mut rules = ruleset(hs, &session.user_id).await?;
+    rules.remove(request.kind, &request.rule_id).map_err(|err| match err {
+        ruma::push::RemovePushRuleError::NotFound => not_found(&request.rule_id),
+        _ => Error::Forbidden(err.to_string()),
+    })?;
+    save(hs, &session.user_id, &rules).await?;
+    Ok(delete_pushrule::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
+pub(crate) async fn get_enabled(
+    hs: &Homeserver,
+    session: Session,
+    request: get_pushrule_enabled::v3::Request,
+) -> Result<get_pushrule_enabled::v3::Response, Error> {
+    let rules = ruleset(hs, &session.user_id).await?;
+    let rule = rules.get(request.kind, &request.rule_id).ok_or_else(|| not_found(&request.rule_id))?;
+    Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
+pub(crate) async fn set_enabled(
+    hs: &Homeserver,
+    session: Session,
+    request: set_pushrule_enabled::v3::Request,
+) -> Result<set_pushrule_enabled::v3::Response, Error> {
+    let mut rules = ruleset(hs, &session.user_id).await?;
+    rules.set_enabled(request.kind, &request.rule_id, request.enabled).map_err(|_| not_found(&request.rule_id))?;
+    save(hs, &session.user_id, &rules).await?;
+    Ok(set_pushrule_enabled::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
+pub(crate) async fn get_actions(
+    hs: &Homeserver,
+    session: Session,
+    request: get_pushrule_actions::v3::Request,
+) -> Result<get_pushrule_actions::v3::Response, Error> {
+    let rules = ruleset(hs, &session.user_id).await?;
+    let rule = rules.get(request.kind, &request.rule_id).ok_or_else(|| not_found(&request.rule_id))?;
+    Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
+pub(crate) async fn set_actions(
+    hs: &Homeserver,
+    session: Session,
+    request: set_pushrule_actions::v3::Request,
+) -> Result<set_pushrule_actions::v3::Response, Error> {
+    let mut rules = ruleset(hs, &session.user_id).await?;
+    rules.set_actions(request.kind, &request.rule_id, request.actions).map_err(|_| not_found(&request.rule_id))?;
+    save(hs, &session.user_id, &rules).await?;
+    Ok(set_pushrule_actions::v3::Response::new())
+}
+
+/// Unread counts as last computed for a user and room, so a sync counts only
+/// what arrived since.
+#[derive(Clone, Copy)]
+struct Counted {
+    read_upto: StreamPosition,
+    counted_to: StreamPosition,
+    notify: u32,
+    highlight: u32,
+}
+
+#[derive(Default)]
+pub struct UnreadCounts {
+    counted: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Counted>>,
+}
+
+/// Rooms whose counts are remembered before starting over.
+const REMEMBERED: usize = 16_384;
+
+/// The events in `room_id` after the user's read receipt (or their own latest
+/// event) that the push rules say notify them, and how many of those highlight.
+pub(crate) async fn unread(
+    hs: &Homeserver,
+    user: &UserId,
+    room_id: &RoomId,
+    now: StreamPosition,
+) -> Result<(u32, u32), Error> {
+    let read_upto = read_upto(hs, user, room_id).await?;
+    let key = (user.to_owned(), room_id.to_owned());
+    let cached = hs.unread_counts().counted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+    let mut counted = match cached {
+        Some(c) if c.read_upto == read_upto && c.counted_to <= now => c,
+        _ => Counted { read_upto, counted_to: read_upto, notify: 0, highlight: 0 },
+    };
+    if counted.counted_to < now {
+        let events = hs.rooms().timeline(room_id, Some(counted.counted_to), Direction::Forward, MAX_COUNTED).await?;
+        let events: Vec<_> = events.into_iter().filter(|(position, _)| *position <= now).collect();
+        if !events.is_empty() {
+            let rules = ruleset(hs, user).await?;
+            let context = push_context(hs, user, room_id).await?;
+            for (position, pdu) in events {
+                counted.counted_to = position;
+                if pdu.sender == user {
+                    // Posting in a room reads it.
+                    counted.notify = 0;
+                    counted.highlight = 0;
+                    continue;
+                }
+                let event = super::format::client_event(hs, &pdu, None).await?;
+                let raw: Raw<Value> = super::format::to_raw(&event)?;
+                let actions = rules.get_actions(&raw, &context).await;
+                if actions.iter().any(|a| a.should_notify()) {
+                    counted.notify += 1;
+                    if actions.iter().any(|a| a.is_highlight()) {
+                        counted.highlight += 1;
+                    }
+                }
+            }
+        }
+        counted.counted_to = counted.counted_to.max(now.min(hs.rooms().room(room_id).await?.stream));
+    }
+    let mut all = hs.unread_counts().counted.lock().unwrap_or_else(|p| p.into_inner());
+    if all.len() >= REMEMBERED {
+        all.clear();
+    }
+    all.insert(key, counted);
+    Ok((counted.notify, counted.highlight))
+}
+
+/// The stream position of the latest event the user's read receipts point at.
+async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<StreamPosition, Error> {
+    let mut upto = 0;
+    for receipt in hs.user_data().receipts_of(room_id, user).await? {
+        if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private") || receipt.thread.is_some_and(|t| t != "main") {
+            continue;
+        }
+        if let Some(event) = hs.rooms().event(&receipt.receipt.event_id).await? {
+            upto = upto.max(event.record.stream.unwrap_or(0));
+        }
+    }
+    Ok(upto)
+}
+
+async fn push_context(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<PushConditionRoomCtx, Error> {
+    let state = hs.rooms().current_state(room_id).await?;
+    let mut members = 0u32;
+    let mut display_name = user.localpart().to_owned();
+    for ((kind, key), id) in state.iter() {
+        if *kind != StateEventType::RoomMember {
+            continue;
+        }
+        let Some(event) = hs.rooms().event(id).await? else { continue };
+        let content = member_content(&event.pdu.content);
+        if content.membership == MembershipState::Join {
+            members += 1;
+        }
+        if key == user.as_str() {
+            display_name = content.displayname.unwrap_or(display_name);
+        }
+    }
+    let mut context = PushConditionRoomCtx::new(room_id.to_owned(), UInt::from(members), user.to_owned(), display_name);
+    let levels = hs.rooms().power_levels_of(room_id).await?;
+    context.power_levels = Some(PushConditionPowerLevelsCtx::from(levels));
+    Ok(context)
+}

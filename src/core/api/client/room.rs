@@ -1,0 +1,214 @@
+//! Creating rooms, reading single events, and room aliases.
+
+use ruma::{
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        room::{aliases, create_room, get_room_event, Visibility},
+    },
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    OwnedUserId,
+};
+use serde_json::{json, Map, Value};
+
+use super::{format, membership};
+use crate::core::{
+    pdu::{self, NewEvent, DEFAULT_ROOM_VERSION},
+    service::{
+        accounts::Session,
+        aliases::Alias,
+        rooms::{CreateRoom, Preset},
+    },
+    Error, Homeserver,
+};
+
+/// `POST /_matrix/client/v3/createRoom`
+pub(crate) async fn create(
+    hs: &Homeserver,
+    session: Session,
+    request: create_room::v3::Request,
+) -> Result<create_room::v3::Response, Error> {
+    let user = &session.user_id;
+    let version = request.room_version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
+    let rules = pdu::rules(&version).map_err(|err| Error::UnsupportedRoomVersion(err.to_string()))?;
+    let preset = match &request.preset {
+        Some(create_room::v3::RoomPreset::PublicChat) => Preset::PublicChat,
+        Some(create_room::v3::RoomPreset::TrustedPrivateChat) => Preset::TrustedPrivateChat,
+        Some(create_room::v3::RoomPreset::PrivateChat) => Preset::PrivateChat,
+        None if request.visibility == Visibility::Public => Preset::PublicChat,
+        _ => Preset::PrivateChat,
+    };
+    let object = |raw: Option<&str>, what: &str| -> Result<Map<String, Value>, Error> {
+        match raw.map(serde_json::from_str::<Value>) {
+            None => Ok(Map::new()),
+            Some(Ok(Value::Object(map))) => Ok(map),
+            _ => Err(Error::BadJson(format!("{what} must be a JSON object"))),
+        }
+    };
+    let creation_content = object(request.creation_content.as_ref().map(|r| r.json().get()), "creation_content")?;
+    let mut power_levels_override = object(
+        request.power_level_content_override.as_ref().map(|r| r.json().get()),
+        "power_level_content_override",
+    )?;
+    // The trusted preset makes every invitee an admin like the creator.
+    if preset == Preset::TrustedPrivateChat && !power_levels_override.contains_key("users") {
+        let mut users = Map::new();
+        if !rules.authorization.explicitly_privilege_room_creators {
+            users.insert(user.to_string(), 100.into());
+        }
+        for invitee in &request.invite {
+            users.insert(invitee.to_string(), 100.into());
+        }
+        power_levels_override.insert("users".into(), Value::Object(users));
+    }
+
+    let alias = match &request.room_alias_name {
+        Some(name) => {
+            let alias = ruma::RoomAliasId::parse(format!("#{name}:{}", hs.key().server_name()))
+                .map_err(|err| Error::InvalidParam(format!("room_alias_name: {err}")))?;
+            if hs.aliases().get(&alias).await?.is_some() {
+                return Err(Error::RoomInUse(alias.to_string()));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    let mut initial_state = Vec::new();
+    if let Some(alias) = &alias {
+        let content = json!({ "alias": alias });
+        initial_state.push(NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", content));
+    }
+    for raw in &request.initial_state {
+        let event: Value = serde_json::from_str(raw.json().get()).map_err(|err| Error::BadJson(err.to_string()))?;
+        let kind = event["type"].as_str().ok_or_else(|| Error::BadJson("initial_state: event without type".into()))?;
+        let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
+        let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
+        initial_state.push(NewEvent::state(kind.into(), state_key, content));
+    }
+    let options = CreateRoom {
+        version: Some(version),
+        preset,
+        name: request.name.clone(),
+        topic: request.topic.clone(),
+        creation_content,
+        power_levels_override,
+        initial_state,
+    };
+    let room_id = hs.rooms().create_room(user, options).await?;
+    if let Some(alias) = alias {
+        hs.aliases().create(&alias, &Alias { room_id: room_id.clone(), creator: user.clone() }).await?;
+    }
+    for invitee in &request.invite {
+        let mut extra = Map::new();
+        if request.is_direct {
+            extra.insert("is_direct".into(), true.into());
+        }
+        membership::change_with(hs, user, &room_id, invitee, MembershipState::Invite, None, extra).await?;
+    }
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub(crate) async fn event(
+    hs: &Homeserver,
+    session: Session,
+    request: get_room_event::v3::Request,
+) -> Result<get_room_event::v3::Response, Error> {
+    let not_found = || Error::NotFound(format!("no event {} in {}", request.event_id, request.room_id));
+    let event = hs.rooms().event(&request.event_id).await?.ok_or_else(not_found)?;
+    let hidden = event.record.rejected.is_some() || event.record.soft_failed.is_some();
+    if event.pdu.room_id != request.room_id || hidden {
+        return Err(not_found());
+    }
+    if !may_see(hs, &session.user_id, &event.pdu).await? {
+        return Err(not_found());
+    }
+    Ok(get_room_event::v3::Response::new(format::raw_event(hs, &event.pdu, Some(&session)).await?))
+}
+
+/// Whether `user` may see `pdu` under the room's history visibility: members
+/// see what was sent while they were in the room (or invited, or the history is
+/// shared with members and they are one now), and anybody sees world-readable
+/// history.
+pub(crate) async fn may_see(hs: &Homeserver, user: &OwnedUserId, pdu: &pdu::Pdu) -> Result<bool, Error> {
+    let Some(state) = hs.rooms().state_at(&pdu.event_id).await? else { return Ok(false) };
+    let rooms = hs.rooms();
+    let visibility = rooms.state_event_in(&state, &StateEventType::RoomHistoryVisibility, "").await?;
+    let visibility = visibility
+        .and_then(|e| serde_json::from_str::<Value>(e.content.get()).ok())
+        .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "shared".into());
+    if visibility == "world_readable" {
+        return Ok(true);
+    }
+    let then = rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?;
+    let then = then.map(|e| membership::member_content(&e.content).membership);
+    // The event that made the user a member is theirs to see.
+    if pdu.state_key.as_deref() == Some(user.as_str()) {
+        return Ok(true);
+    }
+    Ok(match (visibility.as_str(), then) {
+        (_, Some(MembershipState::Join)) => true,
+        ("invited", Some(MembershipState::Invite)) => true,
+        ("shared", _) => hs.rooms().membership(&pdu.room_id, user).await? == Some(MembershipState::Join),
+        _ => false,
+    })
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+pub(crate) async fn room_aliases(
+    hs: &Homeserver,
+    session: Session,
+    request: aliases::v3::Request,
+) -> Result<aliases::v3::Response, Error> {
+    membership::require_joined(hs, &request.room_id, &session.user_id).await?;
+    Ok(aliases::v3::Response::new(hs.aliases().of_room(&request.room_id).await?))
+}
+
+/// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
+pub(crate) async fn create_alias(
+    hs: &Homeserver,
+    session: Session,
+    request: create_alias::v3::Request,
+) -> Result<create_alias::v3::Response, Error> {
+    if request.room_alias.server_name() != hs.key().server_name() {
+        return Err(Error::InvalidParam("aliases of other servers cannot be made here".into()));
+    }
+    hs.rooms().room(&request.room_id).await?;
+    membership::require_joined(hs, &request.room_id, &session.user_id).await?;
+    let alias = Alias { room_id: request.room_id, creator: session.user_id };
+    if !hs.aliases().create(&request.room_alias, &alias).await? {
+        return Err(Error::AliasInUse(request.room_alias.to_string()));
+    }
+    Ok(create_alias::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+pub(crate) async fn get_alias(
+    hs: &Homeserver,
+    _: (),
+    request: get_alias::v3::Request,
+) -> Result<get_alias::v3::Response, Error> {
+    let alias = hs.aliases().get(&request.room_alias).await?;
+    let alias = alias.ok_or_else(|| Error::NotFound(format!("no room has the alias {}", request.room_alias)))?;
+    Ok(get_alias::v3::Response::new(alias.room_id, vec![hs.key().server_name().to_owned()]))
+}
+
+/// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+pub(crate) async fn delete_alias(
+    hs: &Homeserver,
+    session: Session,
+    request: delete_alias::v3::Request,
+) -> Result<delete_alias::v3::Response, Error> {
+    let alias = hs.aliases().get(&request.room_alias).await?;
+    let alias = alias.ok_or_else(|| Error::NotFound(format!("no room has the alias {}", request.room_alias)))?;
+    // The alias's creator may remove it, and so may whoever may change the
+    // room's canonical alias.
+    if alias.creator != session.user_id {
+        let event = NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", json!({}));
+        if !hs.rooms().may_send(&alias.room_id, &session.user_id, &event).await? {
+            return Err(Error::Forbidden("only the alias's creator or a room moderator may remove it".into()));
+        }
+    }
+    hs.aliases().delete(&request.room_alias).await?;
+    Ok(delete_alias::v3::Response::new())
+}

@@ -1,0 +1,477 @@
+//! `GET /sync`: what changed for a user since a position in the node's streams,
+//! waiting on the notifier until something does or the timeout runs out.
+//!
+//! A room shows up with its timeline after `since` (the latest `limit` events,
+//! `limited` with a `prev_batch` if there were more), the state between `since`
+//! and the start of that timeline, its ephemeral events (typing, receipts) and
+//! account data. Rooms the user joined since, and every room on an initial sync,
+//! come with their whole state at the start of the timeline.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use futures_util::future::{select, Either};
+use ruma::{
+    api::client::{
+        filter::{FilterDefinition, RoomEventFilter},
+        sync::sync_events::{
+            v3::{self, Filter as SyncFilter, InvitedRoom, JoinedRoom, LeftRoom, State, StateEvents},
+            UnreadNotificationsCount,
+        },
+    },
+    events::{room::member::MembershipState, StateEventType},
+    presence::PresenceState,
+    OwnedRoomId, OwnedUserId, RoomId, UInt,
+};
+use serde_json::{json, Value};
+
+use super::{
+    filter, format, push,
+    tokens::{self, SyncToken},
+};
+use crate::{
+    core::{
+        pdu::Pdu,
+        service::{
+            accounts::Session,
+            rooms::{StreamPosition, UserMembership},
+            state::State as RoomState,
+        },
+        Error, Homeserver,
+    },
+    store::Direction,
+};
+
+/// The longest a long-poll waits: under a Service Worker's fetch lifetime, and
+/// what clients ask for anyway.
+const MAX_TIMEOUT_MS: u64 = 30_000;
+
+/// Timeline events per room when the filter names no limit.
+const DEFAULT_LIMIT: usize = 10;
+
+/// The most timeline events per room a filter may ask for.
+const MAX_LIMIT: usize = 100;
+
+/// The state types a client gets in an invite, to show the room before joining.
+const INVITE_STATE: &[&str] =
+    &["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption"];
+
+/// `GET /_matrix/client/v3/sync`
+pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request) -> Result<v3::Response, Error> {
+    let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+    let filter = match &request.filter {
+        None => FilterDefinition::default(),
+        Some(SyncFilter::FilterDefinition(filter)) => filter.clone(),
+        Some(SyncFilter::FilterId(id)) => {
+            let bytes = hs.user_data().filter(&session.user_id, id).await?;
+            let bytes = bytes.ok_or_else(|| Error::InvalidParam(format!("no filter {id}")))?;
+            serde_json::from_slice(&bytes).map_err(Error::internal)?
+        }
+        Some(_) => FilterDefinition::default(),
+    };
+    match request.set_presence {
+        PresenceState::Offline => {}
+        state => hs.ephemeral().set_presence(&session.user_id, state, None),
+    }
+    let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(MAX_TIMEOUT_MS);
+    let deadline = hs.clock().now_millis() + timeout;
+    let sync = Sync { hs, session: &session, since, filter: &filter, full_state: request.full_state };
+    loop {
+        // Listen before reading, so a change made while this request reads is
+        // not missed by its wait.
+        let listener = hs.notifier().listen();
+        let now = SyncToken {
+            events: hs.rooms().position().await?,
+            user: hs.user_data().position().await?,
+            ephemeral: hs.ephemeral().position(),
+        };
+        let response = sync.build(now).await?;
+        let remaining = deadline.saturating_sub(hs.clock().now_millis());
+        if since.is_none() || request.full_state || remaining == 0 || has_news(&response) {
+            return Ok(response);
+        }
+        // Typing notices end on a timer, not a write: wake up for the next one.
+        let wake = match hs.ephemeral().next_typing_expiry() {
+            Some(at) => remaining.min(at.saturating_sub(hs.clock().now_millis()) + 1),
+            None => remaining,
+        };
+        let sleep = hs.clock().sleep(wake);
+        futures_util::pin_mut!(listener);
+        match select(listener, sleep).await {
+            Either::Left(_) | Either::Right(_) => {}
+        }
+    }
+}
+
+fn has_news(response: &v3::Response) -> bool {
+    !response.rooms.is_empty() || !response.presence.is_empty() || !response.account_data.is_empty()
+}
+
+struct Sync<'a> {
+    hs: &'a Homeserver,
+    session: &'a Session,
+    since: Option<SyncToken>,
+    filter: &'a FilterDefinition,
+    full_state: bool,
+}
+
+impl Sync<'_> {
+    async fn build(&self, now: SyncToken) -> Result<v3::Response, Error> {
+        let hs = self.hs;
+        let user = &self.session.user_id;
+        let mut response = v3::Response::new(now.to_string());
+        response.device_unused_fallback_key_types = Some(Vec::new());
+        let room_filter = &self.filter.room;
+        let since_user = self.since.map_or(0, |s| s.user);
+
+        // Account data of the user and of each room, changed since `since`.
+        let mut room_account_data: HashMap<OwnedRoomId, Vec<Value>> = HashMap::new();
+        for (room, kind, entry) in hs.user_data().account_data_since(user, since_user).await? {
+            if entry.stream > now.user {
+                continue;
+            }
+            let content: Value = serde_json::from_str(entry.content.get()).map_err(Error::internal)?;
+            let event = json!({ "type": kind, "content": content });
+            match room {
+                Some(room) => room_account_data.entry(room).or_default().push(event),
+                None if filter::type_allowed(&self.filter.account_data, &kind) => {
+                    response.account_data.events.push(format::to_raw(&event)?);
+                }
+                None => {}
+            }
+        }
+        // Push rules are account data clients read from sync; a new account has the defaults.
+        if self.since.is_none() && hs.user_data().account_data(user, None, push::PUSH_RULES).await?.is_none() {
+            response.account_data.events.push(format::to_raw(&push::default_rules_event(user)?)?);
+        }
+
+        let mut members_seen = BTreeSet::new();
+        for (room_id, membership) in hs.rooms().rooms_of(user).await? {
+            if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, &room_id) {
+                continue;
+            }
+            let since_events = self.since.map(|s| s.events);
+            let changed_since = |since: Option<u64>| since.is_none_or(|since| membership.stream > since);
+            match membership.membership {
+                MembershipState::Join => {
+                    let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                    if let Some(joined) = self.joined(&room_id, &membership, now, account_data).await? {
+                        response.rooms.join.insert(room_id.clone(), joined);
+                    }
+                    members_seen.insert(room_id);
+                }
+                MembershipState::Invite if changed_since(since_events) && membership.stream <= now.events => {
+                    response.rooms.invite.insert(room_id.clone(), self.invited(&room_id, &membership).await?);
+                }
+                MembershipState::Leave | MembershipState::Ban
+                    if membership.stream <= now.events
+                        && (since_events.is_some_and(|s| membership.stream > s) || room_filter.include_leave) =>
+                {
+                    let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                    response.rooms.leave.insert(room_id.clone(), self.left(&room_id, &membership, account_data).await?);
+                }
+                _ => {}
+            }
+        }
+        self.presence(&mut response, &members_seen, now).await?;
+        Ok(response)
+    }
+
+    fn timeline_filter(&self) -> &RoomEventFilter {
+        &self.filter.room.timeline
+    }
+
+    fn limit(&self) -> usize {
+        self.timeline_filter().limit.map_or(DEFAULT_LIMIT, |l| usize::try_from(l).unwrap_or(MAX_LIMIT)).clamp(1, MAX_LIMIT)
+    }
+
+    /// The room's visible events in the stream after `from` up to `to`, the
+    /// latest `limit` of them, and whether there were more.
+    async fn timeline(
+        &self,
+        room_id: &RoomId,
+        from: Option<StreamPosition>,
+        to: StreamPosition,
+    ) -> Result<(Vec<(StreamPosition, Arc<Pdu>)>, bool), Error> {
+        let limit = self.limit();
+        let filter = self.timeline_filter();
+        let mut events = Vec::new();
+        let mut cursor = Some(to + 1);
+        loop {
+            let batch = self.hs.rooms().timeline(room_id, cursor, Direction::Backward, limit + 1).await?;
+            let exhausted = batch.len() < limit + 1;
+            for (position, pdu) in batch {
+                if from.is_some_and(|from| position <= from) {
+                    events.reverse();
+                    return Ok((events, false));
+                }
+                cursor = Some(position);
+                if filter::room_event_matches(filter, &pdu) {
+                    if events.len() == limit {
+                        events.reverse();
+                        return Ok((events, true));
+                    }
+                    events.push((position, pdu));
+                }
+            }
+            if exhausted {
+                events.reverse();
+                return Ok((events, false));
+            }
+        }
+    }
+
+    async fn joined(
+        &self,
+        room_id: &RoomId,
+        membership: &UserMembership,
+        now: SyncToken,
+        account_data: Vec<Value>,
+    ) -> Result<Option<JoinedRoom>, Error> {
+        let hs = self.hs;
+        let room = hs.rooms().room(room_id).await?;
+        let since = self.since.filter(|s| !self.full_state && membership.stream <= s.events);
+        let since_events = since.map(|s| s.events);
+        let new_events = since_events.is_none_or(|s| room.stream > s);
+        let mut joined = JoinedRoom::new();
+
+        if new_events {
+            let (events, limited) = self.timeline(room_id, since_events, now.events).await?;
+            joined.timeline.limited = limited;
+            if let Some((_, first)) = events.first() {
+                joined.timeline.prev_batch = Some(tokens::before((u64::from(first.depth), events[0].0)));
+            } else {
+                joined.timeline.prev_batch = Some(now.to_string());
+            }
+            // The state between `since` and the start of the timeline: all of
+            // it when there is no `since`, only what changed when there is.
+            let start = match events.first() {
+                Some((_, first)) => hs.rooms().state_at(&first.event_id).await?,
+                None => Some(hs.rooms().current_state(room_id).await?),
+            };
+            let start = start.unwrap_or_default();
+            let before = match since_events {
+                Some(since) if limited => Some(self.state_after_position(room_id, since).await?),
+                Some(_) => Some(start.clone()),
+                None => None,
+            };
+            let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
+            joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders).await?);
+            for (_, pdu) in &events {
+                let event = format::client_event(hs, pdu, Some(self.session)).await?;
+                joined.timeline.events.push(format::to_raw(&sync_format(event))?);
+            }
+            joined.unread_notifications = self.unread(room_id, now.events).await?;
+            if since_events.is_none() || membership.stream > since_events.unwrap_or(0) || limited {
+                joined.summary = self.summary(room_id).await?;
+            }
+        }
+
+        // Typing and receipts.
+        let since_ephemeral = since.map_or(0, |s| s.ephemeral);
+        if let Some(typing) = hs.ephemeral().typing_since(room_id, since_ephemeral) {
+            if !(since.is_none() && typing.is_empty()) {
+                let event = json!({ "type": "m.typing", "content": { "user_ids": typing } });
+                joined.ephemeral.events.push(format::to_raw(&event)?);
+            }
+        }
+        let receipts = hs.user_data().receipts_since(room_id, since.map_or(0, |s| s.user)).await?;
+        let receipts: Vec<_> = receipts.into_iter().filter(|r| r.receipt.stream <= now.user).collect();
+        if !receipts.is_empty() {
+            let mut content: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>> = BTreeMap::new();
+            for r in receipts {
+                // Private read receipts are for their owner only.
+                if r.kind == "m.read.private" && r.user_id != self.session.user_id {
+                    continue;
+                }
+                let mut receipt = json!({ "ts": r.receipt.ts });
+                if let Some(thread) = &r.thread {
+                    receipt["thread_id"] = thread.as_str().into();
+                }
+                content
+                    .entry(r.receipt.event_id.to_string())
+                    .or_default()
+                    .entry(r.kind)
+                    .or_default()
+                    .insert(r.user_id.to_string(), receipt);
+            }
+            if !content.is_empty() {
+                joined.ephemeral.events.push(format::to_raw(&json!({ "type": "m.receipt", "content": content }))?);
+            }
+        }
+        for event in account_data {
+            joined.account_data.events.push(format::to_raw(&event)?);
+        }
+        let empty = !new_events && joined.ephemeral.events.is_empty() && joined.account_data.events.is_empty();
+        Ok((since.is_none() || !empty).then_some(joined))
+    }
+
+    /// The room's state after its last event at or before stream position `position`.
+    async fn state_after_position(&self, room_id: &RoomId, position: StreamPosition) -> Result<Arc<RoomState>, Error> {
+        let last = self.hs.rooms().timeline(room_id, Some(position + 1), Direction::Backward, 1).await?;
+        let Some((_, pdu)) = last.first() else { return Ok(Arc::default()) };
+        let event = self.hs.rooms().event(&pdu.event_id).await?;
+        let group = event.map(|e| e.record.state_after);
+        match group {
+            Some(group) => Ok(self.hs.rooms().state_group(group).await?),
+            None => Ok(Arc::default()),
+        }
+    }
+
+    /// The entries of `state` not in `before` (all of them without `before`),
+    /// with lazy loading: members only for the timeline's senders and the user.
+    async fn state_events(
+        &self,
+        state: &RoomState,
+        before: Option<&RoomState>,
+        senders: &BTreeSet<OwnedUserId>,
+    ) -> Result<StateEvents, Error> {
+        let filter = &self.filter.room.state;
+        let lazy = !filter.lazy_load_options.is_disabled() || !self.timeline_filter().lazy_load_options.is_disabled();
+        let mut events = StateEvents::new();
+        for (key, id) in state.iter() {
+            if before.is_some_and(|before| before.get(key) == Some(id)) {
+                continue;
+            }
+            if lazy && key.0 == StateEventType::RoomMember && self.since.is_none() {
+                let member = key.1.as_str();
+                if member != self.session.user_id.as_str() && !senders.iter().any(|s| s.as_str() == member) {
+                    continue;
+                }
+            }
+            let Some(event) = self.hs.rooms().event(id).await? else { continue };
+            if !filter::room_event_matches(filter, &event.pdu) {
+                continue;
+            }
+            let event = format::client_event(self.hs, &event.pdu, Some(self.session)).await?;
+            events.events.push(format::to_raw(&sync_format(event))?);
+        }
+        Ok(events)
+    }
+
+    async fn summary(&self, room_id: &RoomId) -> Result<v3::RoomSummary, Error> {
+        let state = self.hs.rooms().current_state(room_id).await?;
+        let (mut joined, mut invited, mut heroes) = (0u32, 0u32, Vec::new());
+        for ((kind, key), id) in state.iter() {
+            if *kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Some(event) = self.hs.rooms().event(id).await? else { continue };
+            let membership = super::membership::member_content(&event.pdu.content).membership;
+            match membership {
+                MembershipState::Join => joined += 1,
+                MembershipState::Invite => invited += 1,
+                _ => continue,
+            }
+            if key != self.session.user_id.as_str() {
+                if let Ok(user) = ruma::UserId::parse(key.as_str()) {
+                    heroes.push(user);
+                }
+            }
+        }
+        heroes.sort();
+        heroes.truncate(5);
+        let mut summary = v3::RoomSummary::new();
+        summary.heroes = heroes;
+        summary.joined_member_count = Some(joined.into());
+        summary.invited_member_count = Some(invited.into());
+        Ok(summary)
+    }
+
+    async fn unread(&self, room_id: &RoomId, now: StreamPosition) -> Result<UnreadNotificationsCount, Error> {
+        let (notify, highlight) = push::unread(self.hs, &self.session.user_id, room_id, now).await?;
+        let mut counts = UnreadNotificationsCount::new();
+        counts.notification_count = Some(UInt::from(notify));
+        counts.highlight_count = Some(UInt::from(highlight));
+        Ok(counts)
+    }
+
+    async fn invited(&self, room_id: &RoomId, membership: &UserMembership) -> Result<InvitedRoom, Error> {
+        let hs = self.hs;
+        let mut room = InvitedRoom::new();
+        let state = hs.rooms().current_state(room_id).await?;
+        let mut ids: Vec<_> = INVITE_STATE.iter().filter_map(|kind| state.get(&((*kind).into(), String::new()))).collect();
+        ids.push(&membership.event_id);
+        for id in ids {
+            let Some(event) = hs.rooms().event(id).await? else { continue };
+            let pdu = &event.pdu;
+            let content: Value = serde_json::from_str(pdu.content.get()).map_err(Error::internal)?;
+            let stripped = json!({
+                "type": pdu.kind.to_string(),
+                "state_key": pdu.state_key,
+                "content": content,
+                "sender": pdu.sender,
+            });
+            room.invite_state.events.push(format::to_raw(&stripped)?);
+        }
+        Ok(room)
+    }
+
+    /// A room the user left or was removed from: its timeline up to that event.
+    async fn left(
+        &self,
+        room_id: &RoomId,
+        membership: &UserMembership,
+        account_data: Vec<Value>,
+    ) -> Result<LeftRoom, Error> {
+        let since = self.since.map(|s| s.events);
+        let (events, limited) = self.timeline(room_id, since, membership.stream).await?;
+        let mut room = LeftRoom::new();
+        room.timeline.limited = limited;
+        room.timeline.prev_batch = events.first().map(|(s, pdu)| tokens::before((u64::from(pdu.depth), *s)));
+        for (_, pdu) in &events {
+            let event = format::client_event(self.hs, pdu, Some(self.session)).await?;
+            room.timeline.events.push(format::to_raw(&sync_format(event))?);
+        }
+        for event in account_data {
+            room.account_data.events.push(format::to_raw(&event)?);
+        }
+        Ok(room)
+    }
+
+    /// Presence of the users sharing the rooms in `rooms` (and the user's own).
+    async fn presence(
+        &self,
+        response: &mut v3::Response,
+        rooms: &BTreeSet<OwnedRoomId>,
+        now: SyncToken,
+    ) -> Result<(), Error> {
+        let since = self.since.map_or(0, |s| s.ephemeral);
+        if rooms.is_empty() || now.ephemeral <= since {
+            return Ok(());
+        }
+        let mut users = BTreeSet::from([self.session.user_id.clone()]);
+        for room_id in rooms {
+            let state = self.hs.rooms().current_state(room_id).await?;
+            users.extend(state.keys().filter(|(kind, _)| *kind == StateEventType::RoomMember).filter_map(|(_, key)| ruma::UserId::parse(key.as_str()).ok()));
+        }
+        let users: Vec<_> = users.into_iter().collect();
+        let clock = self.hs.clock().now_millis();
+        for (user, presence) in self.hs.ephemeral().presence_since(&users, since) {
+            if !filter::type_allowed(&self.filter.presence, "m.presence") {
+                break;
+            }
+            let mut content = json!({
+                "presence": presence.state.as_str(),
+                "last_active_ago": clock.saturating_sub(presence.last_active),
+                "currently_active": presence.state == PresenceState::Online,
+            });
+            if let Some(msg) = presence.status_msg {
+                content["status_msg"] = msg.into();
+            }
+            let event = json!({ "type": "m.presence", "sender": user, "content": content });
+            response.presence.events.push(format::to_raw(&event)?);
+        }
+        Ok(())
+    }
+}
+
+/// Events in sync responses leave out their room ID: the room is their key.
+fn sync_format(mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        object.remove("room_id");
+    }
+    event
+}

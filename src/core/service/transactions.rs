@@ -1,0 +1,88 @@
+//! Client transaction IDs: a `PUT` retried with the same transaction ID by the
+//! same device gets the event it already sent, not a second one.
+//!
+//! Key encodings, in one table `transactions`:
+//! - `t`, user ID, 0, device ID, 0, transaction ID → event ID
+//! - `e`, event ID, 0, device ID → transaction ID, for the sender's `unsigned`
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{DeviceId, EventId, OwnedEventId, OwnedTransactionId, TransactionId, UserId};
+
+use super::rooms::RoomError;
+use crate::store::{Batch, Store};
+
+pub(crate) const TRANSACTIONS: &str = "transactions";
+
+type InFlight = HashMap<Vec<u8>, Arc<async_lock::Mutex<()>>>;
+
+pub struct Transactions {
+    store: Arc<dyn Store>,
+    in_flight: Mutex<InFlight>,
+}
+
+impl Transactions {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, in_flight: Default::default() }
+    }
+
+    /// Runs `send` once per (user, device, transaction ID): a retry, even one
+    /// racing the first attempt, gets the first attempt's event.
+    pub async fn once<F, Fut, E>(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        txn: &TransactionId,
+        send: F,
+    ) -> Result<OwnedEventId, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
+        E: From<RoomError>,
+    {
+        let key = [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", txn.as_bytes()].concat();
+        let lock = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
+        let guard = lock.lock().await;
+        let result = self.once_locked(&key, device, txn, send).await;
+        drop(guard);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // The last one out removes the entry (the map holds one reference).
+        if Arc::strong_count(&lock) == 2 {
+            in_flight.remove(&key);
+        }
+        result
+    }
+
+    async fn once_locked<F, Fut, E>(
+        &self,
+        key: &[u8],
+        device: &DeviceId,
+        txn: &TransactionId,
+        send: F,
+    ) -> Result<OwnedEventId, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
+        E: From<RoomError>,
+    {
+        if let Some(bytes) = self.store.get(TRANSACTIONS, key).await.map_err(RoomError::from)? {
+            let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
+            return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
+        }
+        let event_id = send().await?;
+        let reverse = [b"e", event_id.as_bytes(), b"\0", device.as_bytes()].concat();
+        let batch = Batch::new().put(TRANSACTIONS, key, event_id.as_bytes()).put(TRANSACTIONS, reverse, txn.as_bytes());
+        self.store.write(batch).await.map_err(RoomError::from)?;
+        Ok(event_id)
+    }
+
+    /// The transaction ID `device` sent `event_id` with, if it did.
+    pub async fn txn_of(&self, event_id: &EventId, device: &DeviceId) -> Result<Option<OwnedTransactionId>, RoomError> {
+        let key = [b"e", event_id.as_bytes(), b"\0", device.as_bytes()].concat();
+        let bytes = self.store.get(TRANSACTIONS, &key).await?;
+        bytes.map(|b| String::from_utf8(b).map(Into::into).map_err(RoomError::corrupt)).transpose()
+    }
+}
