@@ -55,6 +55,10 @@ async fn to_http(request: Request) -> Result<http::Request<Bytes>, JsValue> {
             builder = builder.header(name, value);
         }
     }
+    // The core sees only paths; this tells it the origin it answers for
+    // (`/.well-known/matrix/client` points clients back at it).
+    let scheme = url.protocol();
+    builder = builder.header("forwarded", format!("host=\"{}\";proto={}", url.host(), scheme.trim_end_matches(':')));
     let body = JsFuture::from(request.array_buffer()?).await?;
     builder.body(Bytes::from(Uint8Array::new(&body).to_vec())).map_err(|err| JsError::new(&err.to_string()).into())
 }

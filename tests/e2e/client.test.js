@@ -1,0 +1,93 @@
+// A user's homeserver in the browser: register, create a room, send, and read the
+// message back from /sync, all answered by the Service Worker; then the worker is
+// stopped and the page reloaded, and the history comes back from IndexedDB.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { launchBrowser, openShell, startGlia } from './browser.js';
+
+let glia;
+let browser;
+let page;
+
+before(async () => {
+  glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
+  browser = await launchBrowser();
+  page = await openShell(browser.context, glia.url);
+});
+
+after(async () => {
+  await browser?.close();
+  glia?.stop();
+});
+
+/// A JSON request made by the page (so through its Service Worker).
+async function call(method, path, body, token) {
+  return page.evaluate(
+    async ([method, path, body, token]) => {
+      const headers = { 'Content-Type': 'application/json' };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      return { status: res.status, server: res.headers.get('server'), json: await res.json() };
+    },
+    [method, path, body, token],
+  );
+}
+
+/// Messages of `roomId` in a sync response's timeline.
+function bodies(sync, roomId) {
+  const events = sync.rooms?.join?.[roomId]?.timeline?.events ?? [];
+  return events.filter((e) => e.type === 'm.room.message').map((e) => e.content.body);
+}
+
+test('register, create a room, send, and sync it back through the worker; history survives a restart', async () => {
+  const v3 = '/_matrix/client/v3';
+  const versions = await call('GET', '/_matrix/client/versions');
+  assert.ok(versions.json.versions.includes('v1.1'), 'advertises what stock clients need');
+
+  const challenge = await call('POST', `${v3}/register`, { username: 'alice', password: 'correct horse' });
+  assert.equal(challenge.status, 401);
+  assert.deepEqual(challenge.json.flows, [{ stages: ['m.login.dummy'] }]);
+  const registered = await call('POST', `${v3}/register`, {
+    username: 'alice',
+    password: 'correct horse',
+    auth: { type: 'm.login.dummy', session: challenge.json.session },
+  });
+  assert.equal(registered.status, 200, JSON.stringify(registered.json));
+  assert.match(registered.server, /^glia\//);
+  const token = registered.json.access_token;
+
+  const created = await call('POST', `${v3}/createRoom`, { name: 'In the browser' }, token);
+  assert.equal(created.status, 200, JSON.stringify(created.json));
+  const roomId = created.json.room_id;
+  const sent = await call('PUT', `${v3}/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t1`,
+    { msgtype: 'm.text', body: 'hello from the worker' }, token);
+  assert.equal(sent.status, 200, JSON.stringify(sent.json));
+
+  const first = await call('GET', `${v3}/sync`, undefined, token);
+  assert.equal(first.status, 200);
+  assert.deepEqual(bodies(first.json, roomId), ['hello from the worker']);
+
+  // A long-poll returns as soon as the next message lands.
+  const since = encodeURIComponent(first.json.next_batch);
+  const [next] = await Promise.all([
+    call('GET', `${v3}/sync?since=${since}&timeout=20000`, undefined, token),
+    call('PUT', `${v3}/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t2`,
+      { msgtype: 'm.text', body: 'second' }, token),
+  ]);
+  assert.deepEqual(bodies(next.json, roomId), ['second']);
+
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('ServiceWorker.enable');
+  await cdp.send('ServiceWorker.stopAllWorkers');
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.state === 'ready');
+
+  const afterRestart = await call('GET', `${v3}/sync`, undefined, token);
+  assert.equal(afterRestart.status, 200, 'the access token is still valid');
+  assert.deepEqual(bodies(afterRestart.json, roomId), ['hello from the worker', 'second']);
+  const login = await call('POST', `${v3}/login`, {
+    type: 'm.login.password', identifier: { type: 'm.id.user', user: 'alice' }, password: 'correct horse',
+  });
+  assert.equal(login.status, 200, 'the account is still there');
+});
