@@ -17,6 +17,7 @@ pub(crate) mod client {
     pub(crate) mod state;
     pub(crate) mod sync;
     pub(crate) mod tokens;
+    pub(crate) mod visibility;
 }
 
 pub(crate) mod federation {

@@ -46,6 +46,8 @@ pub enum Error {
     AliasInUse(String),
     #[error("the room alias {0} is taken")]
     RoomInUse(String),
+    #[error("{0} is managed by the server: use its own endpoint")]
+    ServerManaged(String),
     #[error("unsupported room version: {0}")]
     UnsupportedRoomVersion(String),
     #[error(transparent)]
@@ -109,6 +111,7 @@ impl Error {
             ),
             Self::Uiaa(_) => (StatusCode::UNAUTHORIZED, ErrorKind::Forbidden),
             Self::AliasInUse(_) => (StatusCode::CONFLICT, ErrorKind::Unknown),
+            Self::ServerManaged(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::BadJson),
             Self::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorKind::RoomInUse),
             Self::UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion),
             Self::Account(err) => match err {

@@ -92,7 +92,13 @@ fn match_path(templates: impl Iterator<Item = &'static str>, path: &str) -> Opti
         let mut args = Vec::new();
         let mut segments = path.split('/');
         for expected in template.split('/') {
-            let segment = segments.next()?;
+            let segment = match segments.next() {
+                Some(segment) => segment,
+                // "When an empty string, the trailing slash on this endpoint is
+                // optional": an empty state key may be left off the end.
+                None if expected == "{state_key}" => "",
+                None => return None,
+            };
             if expected.starts_with('{') {
                 args.push(segment);
             } else if expected != segment {
@@ -214,5 +220,10 @@ mod tests {
         assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/send/y"), None);
         assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/send/y/z/extra"), None);
         assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/state/y/z"), None);
+
+        let state = || ["/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}"].into_iter();
+        assert_eq!(match_path(state(), "/_matrix/client/v3/rooms/r/state/m.room.topic"), Some(vec!["r", "m.room.topic", ""]));
+        assert_eq!(match_path(state(), "/_matrix/client/v3/rooms/r/state/m.room.topic/"), Some(vec!["r", "m.room.topic", ""]));
+        assert_eq!(match_path(state(), "/_matrix/client/v3/rooms/r/state"), None);
     }
 }

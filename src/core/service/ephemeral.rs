@@ -132,6 +132,13 @@ impl Ephemeral {
         self.notifier.notify();
     }
 
+    /// Notes that the user is active, without changing their presence.
+    pub fn touch(&self, user: &UserId) {
+        if let Some(presence) = lock(&self.presence).get_mut(user) {
+            presence.last_active = self.clock.now_millis();
+        }
+    }
+
     pub fn presence(&self, user: &UserId) -> Option<Presence> {
         lock(&self.presence).get(user).cloned()
     }

@@ -487,6 +487,12 @@ impl Rooms {
             .collect()
     }
 
+    /// A local user's membership of one room, as [`Rooms::rooms_of`] lists it.
+    pub async fn user_membership(&self, user: &UserId, room_id: &RoomId) -> Result<Option<UserMembership>, RoomError> {
+        let bytes = self.store().get(MEMBERSHIPS, &room_key_for_user(user, Some(room_id))).await?;
+        bytes.map(|b| serde_json::from_slice(&b)).transpose().map_err(RoomError::corrupt)
+    }
+
     /// Forgets a room the user has left: it no longer shows in their sync.
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<(), RoomError> {
         Ok(self.store().delete(MEMBERSHIPS, &room_key_for_user(user, Some(room_id))).await?)

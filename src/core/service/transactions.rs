@@ -1,8 +1,9 @@
 //! Client transaction IDs: a `PUT` retried with the same transaction ID by the
-//! same device gets the event it already sent, not a second one.
+//! same device on the same path gets the event it already sent, not a second one.
 //!
 //! Key encodings, in one table `transactions`:
-//! - `t`, user ID, 0, device ID, 0, transaction ID → event ID
+//! - `t`, user ID, 0, device ID, 0, scope (the request path's variable part), 0,
+//!   transaction ID → event ID
 //! - `e`, event ID, 0, device ID → transaction ID, for the sender's `unsigned`
 
 use std::{
@@ -29,12 +30,14 @@ impl Transactions {
         Self { store, in_flight: Default::default() }
     }
 
-    /// Runs `send` once per (user, device, transaction ID): a retry, even one
-    /// racing the first attempt, gets the first attempt's event.
+    /// Runs `send` once per (user, device, scope, transaction ID), where the
+    /// scope names the endpoint and its path arguments: a retry, even one racing
+    /// the first attempt, gets the first attempt's event.
     pub async fn once<F, Fut, E>(
         &self,
         user: &UserId,
         device: &DeviceId,
+        scope: &str,
         txn: &TransactionId,
         send: F,
     ) -> Result<OwnedEventId, E>
@@ -43,7 +46,8 @@ impl Transactions {
         Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
         E: From<RoomError>,
     {
-        let key = [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", txn.as_bytes()].concat();
+        let key =
+            [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", scope.as_bytes(), b"\0", txn.as_bytes()].concat();
         let lock = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
         let guard = lock.lock().await;
         let result = self.once_locked(&key, device, txn, send).await;

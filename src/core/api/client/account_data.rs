@@ -13,7 +13,7 @@ const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
 
 fn settable(kind: &str) -> Result<(), Error> {
     match SERVER_MANAGED.contains(&kind) {
-        true => Err(Error::BadJson(format!("{kind} is managed by the server: use its own endpoint"))),
+        true => Err(Error::ServerManaged(kind.to_owned())),
         false => Ok(()),
     }
 }

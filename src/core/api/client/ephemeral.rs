@@ -13,7 +13,7 @@ use ruma::{
 };
 use serde_json::json;
 
-use super::{filter::own, membership::require_joined};
+use super::{filter::own, visibility::require_joined};
 use crate::core::{service::accounts::Session, Error, Homeserver};
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
@@ -66,10 +66,11 @@ pub(crate) async fn receipt(
             }
             fully_read(hs, &session.user_id, room_id, &event_id).await?;
         }
-        kind => {
+        kind @ (ReceiptType::Read | ReceiptType::ReadPrivate) => {
             let kind = kind.to_string();
             hs.user_data().set_receipt(room_id, &session.user_id, &kind, thread, event_id).await?;
         }
+        kind => return Err(Error::InvalidParam(format!("unknown receipt type {kind}"))),
     }
     Ok(create_receipt::v3::Response::new())
 }
@@ -102,6 +103,9 @@ pub(crate) async fn set_status(
     request: set_presence::v3::Request,
 ) -> Result<set_presence::v3::Response, Error> {
     own(&session, &request.user_id)?;
+    if !matches!(request.presence, PresenceState::Online | PresenceState::Offline | PresenceState::Unavailable) {
+        return Err(Error::InvalidParam(format!("unknown presence {}", request.presence)));
+    }
     hs.ephemeral().set_presence(&session.user_id, request.presence, Some(request.status_msg));
     Ok(set_presence::v3::Response::new())
 }

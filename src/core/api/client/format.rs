@@ -8,16 +8,23 @@ use crate::core::{pdu::Pdu, service::accounts::Session, Error, Homeserver};
 
 /// The keys of a PDU a client sees; the rest (hashes, signatures, DAG links)
 /// are the federation's business.
-const CLIENT_KEYS: &[&str] = &["content", "event_id", "origin_server_ts", "redacts", "room_id", "sender", "state_key", "type"];
+const CLIENT_KEYS: &[&str] =
+    &["content", "event_id", "origin_server_ts", "redacts", "room_id", "sender", "state_key", "type"];
 
-/// The event in the client format, `unsigned` filled in for `viewer`.
-pub(crate) async fn client_event(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result<Value, Error> {
+/// The client-visible keys of a PDU's JSON.
+fn client_keys(json: &ruma::CanonicalJsonObject) -> Map<String, Value> {
     let mut event = Map::new();
     for key in CLIENT_KEYS {
-        if let Some(value) = pdu.json.get(*key) {
+        if let Some(value) = json.get(*key) {
             event.insert((*key).to_owned(), canonical(value));
         }
     }
+    event
+}
+
+/// The event in the client format, `unsigned` filled in for `viewer`.
+pub(crate) async fn client_event(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result<Value, Error> {
+    let mut event = client_keys(&pdu.json);
     // Room versions 1-10 keep `redacts` in the content, later ones at the top.
     if let (Some(redacts), false) = (&pdu.redacts, event.contains_key("redacts")) {
         event.insert("redacts".into(), redacts.as_str().into());
@@ -28,8 +35,8 @@ pub(crate) async fn client_event(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Ses
     unsigned.insert("age".into(), age.into());
     if let Some(CanonicalJsonValue::Object(stored)) = pdu.json.get("unsigned") {
         // Set by redaction: the redaction that emptied this event.
-        if let Some(because) = stored.get("redacted_because") {
-            unsigned.insert("redacted_because".into(), canonical(because));
+        if let Some(CanonicalJsonValue::Object(because)) = stored.get("redacted_because") {
+            unsigned.insert("redacted_because".into(), Value::Object(client_keys(because)));
         }
     }
     if pdu.state_key.is_some() {

@@ -14,7 +14,7 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::format;
+use super::{format, visibility::visible_state};
 use crate::core::{pdu::NewEvent, service::accounts::Session, Error, Homeserver};
 
 /// Sends `sender`'s member event making `target`'s membership `membership`,
@@ -204,25 +204,13 @@ pub(crate) async fn joined(
     Ok(joined_rooms::v3::Response::new(joined))
 }
 
-/// Refuses users who are not in the room: only members read its state.
-pub(crate) async fn require_joined(hs: &Homeserver, room_id: &RoomId, user: &UserId) -> Result<(), Error> {
-    match hs.rooms().membership(room_id, user).await {
-        Ok(Some(MembershipState::Join)) => Ok(()),
-        Ok(_) | Err(crate::core::service::rooms::RoomError::UnknownRoom(_)) => {
-            Err(Error::Forbidden(format!("{user} is not in the room {room_id}")))
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`
 pub(crate) async fn members(
     hs: &Homeserver,
     session: Session,
     request: get_member_events::v3::Request,
 ) -> Result<get_member_events::v3::Response, Error> {
-    require_joined(hs, &request.room_id, &session.user_id).await?;
-    let state = hs.rooms().current_state(&request.room_id).await?;
+    let state = visible_state(hs, &request.room_id, &session.user_id).await?;
     let mut chunk = Vec::new();
     for ((kind, _), id) in state.iter() {
         if *kind != StateEventType::RoomMember {
@@ -246,8 +234,7 @@ pub(crate) async fn joined_members(
     session: Session,
     request: joined_members::v3::Request,
 ) -> Result<joined_members::v3::Response, Error> {
-    require_joined(hs, &request.room_id, &session.user_id).await?;
-    let state = hs.rooms().current_state(&request.room_id).await?;
+    let state = visible_state(hs, &request.room_id, &session.user_id).await?;
     let mut joined = BTreeMap::new();
     for ((kind, key), id) in state.iter() {
         if *kind != StateEventType::RoomMember {

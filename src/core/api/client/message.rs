@@ -19,7 +19,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{filter, format, room::may_see, tokens};
+use super::{filter, format, tokens, visibility::may_see};
 use crate::{
     core::{
         pdu::{NewEvent, Pdu},
@@ -40,9 +40,10 @@ pub(crate) async fn send(
 ) -> Result<send_message_event::v3::Response, Error> {
     let content: Value = serde_json::from_str(request.body.json().get()).map_err(|e| Error::BadJson(e.to_string()))?;
     let event = NewEvent::message(request.event_type.to_string().into(), content);
+    let scope = format!("send/{}/{}", request.room_id, request.event_type);
     let event_id = hs
         .transactions()
-        .once(&session.user_id, &session.device_id, &request.txn_id, || async {
+        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, || async {
             Ok::<_, Error>(hs.rooms().send(&request.room_id, &session.user_id, &event).await?.event_id.clone())
         })
         .await?;
@@ -55,6 +56,15 @@ pub(crate) async fn redact(
     session: Session,
     request: redact_event::v3::Request,
 ) -> Result<redact_event::v3::Response, Error> {
+    match hs.rooms().event(&request.event_id).await? {
+        Some(target) if target.pdu.room_id == request.room_id => {
+            let others = target.pdu.sender != session.user_id;
+            if others && !hs.rooms().power_levels_of(&request.room_id).await?.user_can_redact_event_of_other(&session.user_id) {
+                return Err(Error::Forbidden("redacting the events of others needs the redact power level".into()));
+            }
+        }
+        _ => return Err(Error::NotFound(format!("no event {} in {}", request.event_id, request.room_id))),
+    }
     let mut content = json!({ "redacts": request.event_id });
     if let Some(reason) = &request.reason {
         content["reason"] = reason.as_str().into();
@@ -65,9 +75,10 @@ pub(crate) async fn redact(
         content,
         redacts: Some(request.event_id.clone()),
     };
+    let scope = format!("redact/{}/{}", request.room_id, request.event_id);
     let event_id = hs
         .transactions()
-        .once(&session.user_id, &session.device_id, &request.txn_id, || async {
+        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, || async {
             Ok::<_, Error>(hs.rooms().send(&request.room_id, &session.user_id, &event).await?.event_id.clone())
         })
         .await?;

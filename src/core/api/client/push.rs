@@ -43,8 +43,58 @@ async fn ruleset(hs: &Homeserver, user: &UserId) -> Result<Ruleset, Error> {
             let content: Content = serde_json::from_str(entry.content.get()).map_err(Error::internal)?;
             Ok(content.global)
         }
-        None => Ok(Ruleset::server_default(user)),
+        None => default_ruleset(user),
     }
+}
+
+/// The spec's server-default rules. ruma's follow the latest spec, which
+/// dropped the rules matching display names, user names and "@room" (v1.17) in
+/// favour of `m.mentions`; the clients of the versions glia serves (up to v1.3)
+/// send no `m.mentions`, so those rules are put back where v1.3 has them.
+pub(crate) fn default_ruleset(user: &UserId) -> Result<Ruleset, Error> {
+    let highlight = json!(["notify", { "set_tweak": "sound", "value": "default" }, { "set_tweak": "highlight" }]);
+    let mut rules = serde_json::to_value(Ruleset::server_default(user)).map_err(Error::internal)?;
+    let insert_after = |list: &mut Value, after: &str, rule: Value| {
+        // An empty kind is left out when serialized.
+        if !list.is_array() {
+            *list = Value::Array(Vec::new());
+        }
+        if let Some(list) = list.as_array_mut() {
+            let at = list.iter().position(|r| r["rule_id"] == after).map_or(list.len(), |i| i + 1);
+            list.insert(at, rule);
+        }
+    };
+    insert_after(
+        &mut rules["override"],
+        ".m.rule.member_event",
+        json!({
+            "rule_id": ".m.rule.contains_display_name", "default": true, "enabled": true,
+            "conditions": [{ "kind": "contains_display_name" }],
+            "actions": highlight,
+        }),
+    );
+    insert_after(
+        &mut rules["override"],
+        ".m.rule.is_room_mention",
+        json!({
+            "rule_id": ".m.rule.roomnotif", "default": true, "enabled": true,
+            "conditions": [
+                { "kind": "event_match", "key": "content.body", "pattern": "@room" },
+                { "kind": "sender_notification_permission", "key": "room" },
+            ],
+            "actions": ["notify", { "set_tweak": "highlight" }],
+        }),
+    );
+    insert_after(
+        &mut rules["content"],
+        "",
+        json!({
+            "rule_id": ".m.rule.contains_user_name", "default": true, "enabled": true,
+            "pattern": user.localpart(),
+            "actions": highlight,
+        }),
+    );
+    serde_json::from_value(rules).map_err(Error::internal)
 }
 
 async fn save(hs: &Homeserver, user: &UserId, rules: &Ruleset) -> Result<(), Error> {
@@ -55,7 +105,7 @@ async fn save(hs: &Homeserver, user: &UserId, rules: &Ruleset) -> Result<(), Err
 
 /// The `m.push_rules` account data event of a user who never changed theirs.
 pub(crate) fn default_rules_event(user: &UserId) -> Result<Value, Error> {
-    Ok(json!({ "type": PUSH_RULES, "content": { "global": Ruleset::server_default(user) } }))
+    Ok(json!({ "type": PUSH_RULES, "content": { "global": default_ruleset(user)? } }))
 }
 
 fn not_found(rule_id: &str) -> Error {

@@ -5,12 +5,14 @@ use ruma::{
         alias::{create_alias, delete_alias, get_alias},
         room::{aliases, create_room, get_room_event, Visibility},
     },
-    events::{room::member::MembershipState, StateEventType, TimelineEventType},
-    OwnedUserId,
+    events::{room::member::MembershipState, TimelineEventType},
 };
 use serde_json::{json, Map, Value};
 
-use super::{format, membership};
+use super::{
+    format, membership,
+    visibility::{self, may_see},
+};
 use crate::core::{
     pdu::{self, NewEvent, DEFAULT_ROOM_VERSION},
     service::{
@@ -125,42 +127,13 @@ pub(crate) async fn event(
     Ok(get_room_event::v3::Response::new(format::raw_event(hs, &event.pdu, Some(&session)).await?))
 }
 
-/// Whether `user` may see `pdu` under the room's history visibility: members
-/// see what was sent while they were in the room (or invited, or the history is
-/// shared with members and they are one now), and anybody sees world-readable
-/// history.
-pub(crate) async fn may_see(hs: &Homeserver, user: &OwnedUserId, pdu: &pdu::Pdu) -> Result<bool, Error> {
-    let Some(state) = hs.rooms().state_at(&pdu.event_id).await? else { return Ok(false) };
-    let rooms = hs.rooms();
-    let visibility = rooms.state_event_in(&state, &StateEventType::RoomHistoryVisibility, "").await?;
-    let visibility = visibility
-        .and_then(|e| serde_json::from_str::<Value>(e.content.get()).ok())
-        .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "shared".into());
-    if visibility == "world_readable" {
-        return Ok(true);
-    }
-    let then = rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?;
-    let then = then.map(|e| membership::member_content(&e.content).membership);
-    // The event that made the user a member is theirs to see.
-    if pdu.state_key.as_deref() == Some(user.as_str()) {
-        return Ok(true);
-    }
-    Ok(match (visibility.as_str(), then) {
-        (_, Some(MembershipState::Join)) => true,
-        ("invited", Some(MembershipState::Invite)) => true,
-        ("shared", _) => hs.rooms().membership(&pdu.room_id, user).await? == Some(MembershipState::Join),
-        _ => false,
-    })
-}
-
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
 pub(crate) async fn room_aliases(
     hs: &Homeserver,
     session: Session,
     request: aliases::v3::Request,
 ) -> Result<aliases::v3::Response, Error> {
-    membership::require_joined(hs, &request.room_id, &session.user_id).await?;
+    visibility::require_joined(hs, &request.room_id, &session.user_id).await?;
     Ok(aliases::v3::Response::new(hs.aliases().of_room(&request.room_id).await?))
 }
 
@@ -174,7 +147,7 @@ pub(crate) async fn create_alias(
         return Err(Error::InvalidParam("aliases of other servers cannot be made here".into()));
     }
     hs.rooms().room(&request.room_id).await?;
-    membership::require_joined(hs, &request.room_id, &session.user_id).await?;
+    visibility::require_joined(hs, &request.room_id, &session.user_id).await?;
     let alias = Alias { room_id: request.room_id, creator: session.user_id };
     if !hs.aliases().create(&request.room_alias, &alias).await? {
         return Err(Error::AliasInUse(request.room_alias.to_string()));

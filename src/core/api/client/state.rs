@@ -3,7 +3,7 @@
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use serde_json::Value;
 
-use super::{format, membership::require_joined};
+use super::{format, visibility::visible_state};
 use crate::core::{pdu::NewEvent, service::accounts::Session, Error, Homeserver};
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
@@ -27,8 +27,8 @@ pub(crate) async fn get(
     session: Session,
     request: get_state_event_for_key::v3::Request,
 ) -> Result<get_state_event_for_key::v3::Response, Error> {
-    require_joined(hs, &request.room_id, &session.user_id).await?;
-    let pdu = hs.rooms().state_event(&request.room_id, &request.event_type, &request.state_key).await?;
+    let state = visible_state(hs, &request.room_id, &session.user_id).await?;
+    let pdu = hs.rooms().state_event_in(&state, &request.event_type, &request.state_key).await?;
     let pdu = pdu.ok_or_else(|| {
         Error::NotFound(format!("no {} state with key {:?} in the room", request.event_type, request.state_key))
     })?;
@@ -48,8 +48,7 @@ pub(crate) async fn all(
     session: Session,
     request: get_state_events::v3::Request,
 ) -> Result<get_state_events::v3::Response, Error> {
-    require_joined(hs, &request.room_id, &session.user_id).await?;
-    let state = hs.rooms().current_state(&request.room_id).await?;
+    let state = visible_state(hs, &request.room_id, &session.user_id).await?;
     let mut events = Vec::with_capacity(state.len());
     for id in state.values() {
         if let Some(event) = hs.rooms().event(id).await? {

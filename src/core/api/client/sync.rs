@@ -23,13 +23,14 @@ use ruma::{
     },
     events::{room::member::MembershipState, StateEventType},
     presence::PresenceState,
-    OwnedRoomId, OwnedUserId, RoomId, UInt,
+    OneTimeKeyAlgorithm, OwnedRoomId, OwnedUserId, RoomId, UInt,
 };
 use serde_json::{json, Value};
 
 use super::{
     filter, format, push,
     tokens::{self, SyncToken},
+    visibility,
 };
 use crate::{
     core::{
@@ -71,9 +72,15 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
         }
         Some(_) => FilterDefinition::default(),
     };
+    // Syncing marks an offline user online, but leaves a status the user set
+    // (unavailable, say) alone, as Synapse does.
+    let current = hs.ephemeral().presence(&session.user_id).map(|p| p.state);
     match request.set_presence {
-        PresenceState::Offline => {}
-        state => hs.ephemeral().set_presence(&session.user_id, state, None),
+        PresenceState::Online if matches!(current, None | Some(PresenceState::Offline)) => {
+            hs.ephemeral().set_presence(&session.user_id, PresenceState::Online, None)
+        }
+        PresenceState::Unavailable => hs.ephemeral().set_presence(&session.user_id, PresenceState::Unavailable, None),
+        _ => hs.ephemeral().touch(&session.user_id),
     }
     let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(MAX_TIMEOUT_MS);
     let deadline = hs.clock().now_millis() + timeout;
@@ -122,7 +129,10 @@ impl Sync<'_> {
         let hs = self.hs;
         let user = &self.session.user_id;
         let mut response = v3::Response::new(now.to_string());
+        // No key upload endpoints yet (end-to-end encryption comes later): the
+        // honest counts are none, which also tells clients the fields exist.
         response.device_unused_fallback_key_types = Some(Vec::new());
+        response.device_one_time_keys_count.insert(OneTimeKeyAlgorithm::SignedCurve25519, UInt::MIN);
         let room_filter = &self.filter.room;
         let since_user = self.since.map_or(0, |s| s.user);
 
@@ -187,13 +197,15 @@ impl Sync<'_> {
         self.timeline_filter().limit.map_or(DEFAULT_LIMIT, |l| usize::try_from(l).unwrap_or(MAX_LIMIT)).clamp(1, MAX_LIMIT)
     }
 
-    /// The room's visible events in the stream after `from` up to `to`, the
-    /// latest `limit` of them, and whether there were more.
+    /// The room's events in the stream after `from` up to `to` that the user
+    /// may see (those from `member_since` on are: the user has been joined
+    /// since), the latest `limit` of them, and whether there were more.
     async fn timeline(
         &self,
         room_id: &RoomId,
         from: Option<StreamPosition>,
         to: StreamPosition,
+        member_since: Option<StreamPosition>,
     ) -> Result<(Vec<(StreamPosition, Arc<Pdu>)>, bool), Error> {
         let limit = self.limit();
         let filter = self.timeline_filter();
@@ -208,7 +220,9 @@ impl Sync<'_> {
                     return Ok((events, false));
                 }
                 cursor = Some(position);
-                if filter::room_event_matches(filter, &pdu) {
+                let visible = member_since.is_some_and(|since| position >= since)
+                    || visibility::may_see(self.hs, &self.session.user_id, &pdu).await?;
+                if visible && filter::room_event_matches(filter, &pdu) {
                     if events.len() == limit {
                         events.reverse();
                         return Ok((events, true));
@@ -232,39 +246,39 @@ impl Sync<'_> {
     ) -> Result<Option<JoinedRoom>, Error> {
         let hs = self.hs;
         let room = hs.rooms().room(room_id).await?;
-        let since = self.since.filter(|s| !self.full_state && membership.stream <= s.events);
+        // A room joined since `since` comes whole, like on an initial sync.
+        let since = self.since.filter(|s| membership.stream <= s.events);
         let since_events = since.map(|s| s.events);
-        let new_events = since_events.is_none_or(|s| room.stream > s);
+        let full = since.is_none() || self.full_state;
+        let new_events = full || since_events.is_some_and(|s| room.stream > s);
         let mut joined = JoinedRoom::new();
 
         if new_events {
-            let (events, limited) = self.timeline(room_id, since_events, now.events).await?;
+            let (events, limited) = self.timeline(room_id, since_events, now.events, Some(membership.stream)).await?;
             joined.timeline.limited = limited;
-            if let Some((_, first)) = events.first() {
-                joined.timeline.prev_batch = Some(tokens::before((u64::from(first.depth), events[0].0)));
-            } else {
-                joined.timeline.prev_batch = Some(now.to_string());
-            }
-            // The state between `since` and the start of the timeline: all of
-            // it when there is no `since`, only what changed when there is.
+            joined.timeline.prev_batch = Some(match events.first() {
+                Some((position, first)) => tokens::before((u64::from(first.depth), *position)),
+                None => now.to_string(),
+            });
+            // The state at the start of the timeline: all of it for a full
+            // sync; what changed since `since` when the timeline skipped some
+            // events; nothing otherwise, as the timeline itself holds the changes.
             let start = match events.first() {
-                Some((_, first)) => hs.rooms().state_at(&first.event_id).await?,
-                None => Some(hs.rooms().current_state(room_id).await?),
+                Some((_, first)) => hs.rooms().state_at(&first.event_id).await?.unwrap_or_default(),
+                None => hs.rooms().current_state(room_id).await?,
             };
-            let start = start.unwrap_or_default();
             let before = match since_events {
+                _ if full => None,
                 Some(since) if limited => Some(self.state_after_position(room_id, since).await?),
-                Some(_) => Some(start.clone()),
-                None => None,
+                _ => Some(start.clone()),
             };
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
-            joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders).await?);
+            joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders, full).await?);
             for (_, pdu) in &events {
                 let event = format::client_event(hs, pdu, Some(self.session)).await?;
                 joined.timeline.events.push(format::to_raw(&sync_format(event))?);
             }
-            joined.unread_notifications = self.unread(room_id, now.events).await?;
-            if since_events.is_none() || membership.stream > since_events.unwrap_or(0) || limited {
+            if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember) {
                 joined.summary = self.summary(room_id).await?;
             }
         }
@@ -305,7 +319,12 @@ impl Sync<'_> {
             joined.account_data.events.push(format::to_raw(&event)?);
         }
         let empty = !new_events && joined.ephemeral.events.is_empty() && joined.account_data.events.is_empty();
-        Ok((since.is_none() || !empty).then_some(joined))
+        if since.is_some() && empty {
+            return Ok(None);
+        }
+        // Counts change with new events and with the user's own receipts.
+        joined.unread_notifications = self.unread(room_id, now.events).await?;
+        Ok(Some(joined))
     }
 
     /// The room's state after its last event at or before stream position `position`.
@@ -327,6 +346,7 @@ impl Sync<'_> {
         state: &RoomState,
         before: Option<&RoomState>,
         senders: &BTreeSet<OwnedUserId>,
+        full: bool,
     ) -> Result<StateEvents, Error> {
         let filter = &self.filter.room.state;
         let lazy = !filter.lazy_load_options.is_disabled() || !self.timeline_filter().lazy_load_options.is_disabled();
@@ -335,7 +355,7 @@ impl Sync<'_> {
             if before.is_some_and(|before| before.get(key) == Some(id)) {
                 continue;
             }
-            if lazy && key.0 == StateEventType::RoomMember && self.since.is_none() {
+            if lazy && full && key.0 == StateEventType::RoomMember {
                 let member = key.1.as_str();
                 if member != self.session.user_id.as_str() && !senders.iter().any(|s| s.as_str() == member) {
                     continue;
@@ -417,7 +437,7 @@ impl Sync<'_> {
         account_data: Vec<Value>,
     ) -> Result<LeftRoom, Error> {
         let since = self.since.map(|s| s.events);
-        let (events, limited) = self.timeline(room_id, since, membership.stream).await?;
+        let (events, limited) = self.timeline(room_id, since, membership.stream, None).await?;
         let mut room = LeftRoom::new();
         room.timeline.limited = limited;
         room.timeline.prev_batch = events.first().map(|(s, pdu)| tokens::before((u64::from(pdu.depth), *s)));

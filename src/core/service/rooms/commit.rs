@@ -740,7 +740,11 @@ fn redacted(
     redaction: &Pdu,
     json: CanonicalJsonObject,
 ) -> Result<CanonicalJsonObject, RoomError> {
-    let because = RedactedBecause::from_json(redaction.json.clone());
+    // Clients see `redacted_because` as an event, which needs its ID; the
+    // federation format leaves it out.
+    let mut because = redaction.json.clone();
+    because.insert("event_id".into(), redaction.event_id.as_str().into());
+    let because = RedactedBecause::from_json(because);
     redact(json, &rules.redaction, Some(because)).map_err(RoomError::corrupt)
 }
 

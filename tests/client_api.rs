@@ -1,0 +1,1489 @@
+//! The Client-Server API of `glia node` over real HTTP on loopback: every
+//! endpoint the node lists under `client`, with the status codes, `errcode`s
+//! and bodies the Matrix spec asks for. One node per area; the checks inside an
+//! area run in order and build on each other.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use common::{enc, request, request_with, Client, Glia, Response};
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn start(data: &Path) -> Glia {
+    Glia::start(&["node", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()])
+}
+
+/// A fresh node on a data directory of its own (kept as long as the guard).
+fn node() -> (Glia, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (start(dir.path()), dir)
+}
+
+// --- Accounts -------------------------------------------------------------------
+
+/// `POST /register` through its one user-interactive stage: the 401 with a
+/// session, then the same body with `m.login.dummy` and that session.
+#[track_caller]
+fn register_with(addr: &str, mut body: Value) -> Response {
+    let anon = Client::anonymous(addr);
+    let challenge = anon.post("register", body.clone());
+    assert_eq!(challenge.status, 401, "registration starts with a UIA challenge: {}", challenge.text());
+    let session = challenge.json()["session"].as_str().expect("UIA session").to_owned();
+    body["auth"] = json!({ "type": "m.login.dummy", "session": session });
+    anon.post("register", body)
+}
+
+#[track_caller]
+fn register(addr: &str, name: &str) -> Client {
+    Client::from_login(addr, &register_with(addr, json!({ "username": name, "password": PASSWORD })).ok())
+}
+
+fn login(addr: &str, user: &str, password: &str) -> Response {
+    let body = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": user },
+        "password": password,
+    });
+    Client::anonymous(addr).post("login", body)
+}
+
+#[track_caller]
+fn login_client(addr: &str, user: &str) -> Client {
+    Client::from_login(addr, &login(addr, user, PASSWORD).ok())
+}
+
+fn password_auth(client: &Client, password: &str, session: &str) -> Value {
+    json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": client.user_id },
+        "password": password,
+        "session": session,
+    })
+}
+
+/// The 401 a request behind `m.login.password` answers first: its flows and session.
+#[track_caller]
+fn password_challenge(response: &Response) -> String {
+    assert_eq!(response.status, 401, "expected a UIA challenge: {}", response.text());
+    let body = response.json();
+    assert_eq!(body["flows"], json!([{ "stages": ["m.login.password"] }]), "{body}");
+    body["session"].as_str().expect("UIA session").to_owned()
+}
+
+/// `request` behind `m.login.password`: the challenge, then the body with `auth`.
+#[track_caller]
+fn with_password(client: &Client, method: &str, path: &str, mut body: Value) -> Response {
+    let session = password_challenge(&client.request(method, path, Some(&body)));
+    body["auth"] = password_auth(client, PASSWORD, &session);
+    client.request(method, path, Some(&body))
+}
+
+fn server_name(client: &Client) -> String {
+    client.user_id.split_once(':').unwrap().1.to_owned()
+}
+
+// --- Rooms and events -----------------------------------------------------------
+
+static TXN: AtomicU64 = AtomicU64::new(0);
+
+fn txn() -> String {
+    format!("txn{}", TXN.fetch_add(1, Ordering::Relaxed))
+}
+
+#[track_caller]
+fn create_room(client: &Client, body: Value) -> String {
+    client.post("createRoom", body).ok()["room_id"].as_str().unwrap().to_owned()
+}
+
+fn send_event(client: &Client, room: &str, kind: &str, content: Value) -> Response {
+    client.put(&format!("rooms/{}/send/{kind}/{}", enc(room), txn()), content)
+}
+
+/// Sends an `m.text` message and returns its event ID.
+#[track_caller]
+fn say(client: &Client, room: &str, body: &str) -> String {
+    let content = json!({ "msgtype": "m.text", "body": body });
+    send_event(client, room, "m.room.message", content).ok()["event_id"].as_str().unwrap().to_owned()
+}
+
+fn state(client: &Client, room: &str, kind: &str, key: &str) -> Response {
+    client.get(&format!("rooms/{}/state/{kind}/{}", enc(room), enc(key)))
+}
+
+fn event(client: &Client, room: &str, event_id: &str) -> Response {
+    client.get(&format!("rooms/{}/event/{}", enc(room), enc(event_id)))
+}
+
+#[track_caller]
+fn join(client: &Client, room: &str) {
+    client.post(&format!("rooms/{}/join", enc(room)), json!({})).ok();
+}
+
+#[track_caller]
+fn membership(client: &Client, room: &str, user: &str) -> String {
+    state(client, room, "m.room.member", user).ok()["membership"].as_str().unwrap().to_owned()
+}
+
+/// The `body` of each `m.room.message` in a list of events.
+fn bodies(events: &Value) -> Vec<String> {
+    let events = events.as_array().map(Vec::as_slice).unwrap_or_default();
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn types(events: &Value) -> Vec<String> {
+    let events = events.as_array().map(Vec::as_slice).unwrap_or_default();
+    events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+fn event_ids(events: &Value) -> Vec<String> {
+    let events = events.as_array().map(Vec::as_slice).unwrap_or_default();
+    events.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
+}
+
+fn joined_user_ids(client: &Client, room: &str) -> Vec<String> {
+    let joined = client.get(&format!("rooms/{}/joined_members", enc(room))).ok();
+    let mut users: Vec<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
+    users.sort();
+    users
+}
+
+#[track_caller]
+fn messages(client: &Client, room: &str, query: &str) -> Value {
+    client.get(&format!("rooms/{}/messages?{query}", enc(room))).ok()
+}
+
+#[track_caller]
+fn sync(client: &Client, query: &str) -> Value {
+    client.get(&format!("sync?{query}")).ok()
+}
+
+/// The rooms of one `rooms` section of a sync response (none if it is absent).
+fn section(sync: &Value, name: &str) -> serde_json::Map<String, Value> {
+    sync["rooms"][name].as_object().cloned().unwrap_or_default()
+}
+
+fn filter(value: Value) -> String {
+    enc(&value.to_string())
+}
+
+// --- The tests ------------------------------------------------------------------
+
+#[test]
+fn discovery_and_request_handling() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let anon = Client::anonymous(addr);
+
+    // Versions: v1.1 to v1.3 and nothing later, without a token.
+    let versions = request(addr, "GET", "/_matrix/client/versions", b"").ok();
+    let versions: Vec<&str> = versions["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for version in ["v1.1", "v1.2", "v1.3"] {
+        assert!(versions.contains(&version), "{versions:?}");
+    }
+    for version in ["v1.4", "v1.5", "v1.11"] {
+        assert!(!versions.contains(&version), "{versions:?}");
+    }
+
+    // Well-known: this origin, from the Host header.
+    let well_known = request(addr, "GET", "/.well-known/matrix/client", b"").ok();
+    assert_eq!(well_known["m.homeserver"]["base_url"], format!("http://{addr}"));
+    let host = [("Host", "matrix.example.org:8448")];
+    let well_known = request_with(addr, "GET", "/.well-known/matrix/client", &host, b"").ok();
+    assert_eq!(well_known["m.homeserver"]["base_url"], "http://matrix.example.org:8448");
+
+    // Endpoints behind a token refuse requests without one, or with a dead one.
+    let bogus = Client { token: Some("glia_not_a_token".into()), ..anon.clone() };
+    for path in [
+        "account/whoami",
+        "capabilities",
+        "voip/turnServer",
+        "thirdparty/protocols",
+        "/_matrix/client/v1/media/config",
+        "/_matrix/media/v3/config",
+        "joined_rooms",
+        "sync",
+        "devices",
+        "pushrules/",
+    ] {
+        anon.get(path).err(401, "M_MISSING_TOKEN");
+        bogus.get(path).err(401, "M_UNKNOWN_TOKEN");
+    }
+    anon.post("createRoom", json!({})).err(401, "M_MISSING_TOKEN");
+
+    let alice = register(addr, "alice");
+    let token = alice.token.clone().unwrap();
+
+    // The access token in the query string works like the header.
+    let whoami = request(addr, "GET", &format!("/_matrix/client/v3/account/whoami?access_token={token}"), b"").ok();
+    assert_eq!(whoami["user_id"], alice.user_id.as_str());
+
+    let capabilities = alice.get("capabilities").ok()["capabilities"].clone();
+    // Absent means enabled, for both.
+    assert_ne!(capabilities["m.change_password"]["enabled"], false);
+    assert_ne!(capabilities["m.set_displayname"]["enabled"], false);
+    assert_eq!(capabilities["m.room_versions"]["default"], "12");
+    for version in ["10", "11", "12"] {
+        assert_eq!(capabilities["m.room_versions"]["available"][version], "stable", "{capabilities}");
+    }
+    assert_eq!(capabilities["m.room_versions"]["available"].as_object().unwrap().len(), 3);
+
+    let turn = alice.get("voip/turnServer").ok();
+    assert_eq!(turn["uris"], json!([]), "no TURN server here: {turn}");
+    assert_eq!(alice.get("thirdparty/protocols").ok(), json!({}));
+    let limit = glia::core::MAX_BODY_BYTES as u64;
+    assert_eq!(alice.get("/_matrix/client/v1/media/config").ok()["m.upload.size"], limit);
+    assert_eq!(alice.get("/_matrix/media/v3/config").ok()["m.upload.size"], limit);
+
+    // r0 paths answer as v3 does.
+    let r0_login = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "alice" },
+        "password": PASSWORD,
+    });
+    let r0 = Client::from_login(addr, &anon.post("/_matrix/client/r0/login", r0_login).ok());
+    assert_eq!(r0.get("/_matrix/client/r0/account/whoami").ok()["user_id"], alice.user_id.as_str());
+    let room = create_room(&alice, json!({}));
+    let path = format!("/_matrix/client/r0/rooms/{}/send/m.room.message/r0txn", enc(&room));
+    let sent = r0.put(&path, json!({ "msgtype": "m.text", "body": "over r0" })).ok();
+    let event_id = sent["event_id"].as_str().unwrap();
+    assert_eq!(event(&alice, &room, event_id).ok()["content"]["body"], "over r0");
+    let r0_sync = r0.get("/_matrix/client/r0/sync").ok();
+    assert!(r0_sync["next_batch"].is_string());
+    assert_eq!(bodies(&r0_sync["rooms"]["join"][&room]["timeline"]["events"]), ["over r0"]);
+
+    // Bodies that are not JSON at all, and JSON of the wrong shape.
+    anon.raw("POST", "login", br#"{"type": "m.login.password", "#).err(400, "M_NOT_JSON");
+    alice.raw("POST", "createRoom", b"not json").err(400, "M_NOT_JSON");
+    alice.raw("PUT", &format!("rooms/{}/send/m.room.message/{}", enc(&room), txn()), b"{").err(400, "M_NOT_JSON");
+    let account_data = format!("user/{}/account_data/org.example.x", enc(&alice.user_id));
+    alice.raw("PUT", &account_data, b"[1,").err(400, "M_NOT_JSON");
+    anon.post("login", json!({ "type": "m.login.password", "identifier": 5, "password": 5 })).err(400, "M_BAD_JSON");
+    alice.post("createRoom", json!({ "preset": 5 })).err(400, "M_BAD_JSON");
+}
+
+#[test]
+fn registration_login_and_logout() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let anon = Client::anonymous(addr);
+
+    // The first request gets the flows and a session, and no error.
+    let challenge = anon.post("register", json!({}));
+    assert_eq!(challenge.status, 401, "{}", challenge.text());
+    let body = challenge.json();
+    assert_eq!(body["flows"], json!([{ "stages": ["m.login.dummy"] }]));
+    let session = body["session"].as_str().unwrap();
+    assert!(!session.is_empty());
+    assert!(body.get("errcode").is_none(), "{body}");
+
+    let registered = anon
+        .post(
+            "register",
+            json!({
+                "username": "alice",
+                "password": PASSWORD,
+                "initial_device_display_name": "Alice's laptop",
+                "auth": { "type": "m.login.dummy", "session": session },
+            }),
+        )
+        .ok();
+    let alice = Client::from_login(addr, &registered);
+    assert!(alice.user_id.starts_with("@alice:"), "{registered}");
+    let server = server_name(&alice);
+    assert!(!alice.device_id.is_empty() && !alice.token.as_ref().unwrap().is_empty());
+    let whoami = alice.get("account/whoami").ok();
+    assert_eq!(whoami["user_id"], alice.user_id.as_str());
+    assert_eq!(whoami["device_id"], alice.device_id.as_str());
+    assert_ne!(whoami["is_guest"], true);
+    let device = alice.get(&format!("devices/{}", alice.device_id)).ok();
+    assert_eq!(device["display_name"], "Alice's laptop");
+
+    // A session is good for one registration.
+    let reused = anon.post(
+        "register",
+        json!({ "username": "mallory", "password": PASSWORD, "auth": { "type": "m.login.dummy", "session": session } }),
+    );
+    assert_eq!(reused.status, 401, "{}", reused.text());
+    assert!(reused.json()["flows"].is_array());
+
+    // A device ID of the client's choosing.
+    let bob = register_with(addr, json!({ "username": "bob", "password": PASSWORD, "device_id": "BOBPHONE" })).ok();
+    assert_eq!(bob["device_id"], "BOBPHONE");
+    assert_eq!(bob["user_id"], format!("@bob:{server}"));
+    // No username: the server picks one. inhibit_login: no session.
+    let picked = register_with(addr, json!({ "password": PASSWORD })).ok();
+    assert!(picked["user_id"].as_str().unwrap().starts_with('@') && picked["access_token"].is_string(), "{picked}");
+    let quiet = register_with(addr, json!({ "username": "quiet", "password": PASSWORD, "inhibit_login": true })).ok();
+    assert_eq!(quiet["user_id"], format!("@quiet:{server}"));
+    assert!(quiet.get("access_token").is_none(), "{quiet}");
+    login(addr, "quiet", PASSWORD).ok();
+
+    // Taken, invalid and guest registrations.
+    anon.post("register", json!({ "username": "alice", "password": PASSWORD })).err(400, "M_USER_IN_USE");
+    let full_id = format!("@alice:{server}");
+    anon.post("register", json!({ "username": full_id, "password": PASSWORD })).err(400, "M_USER_IN_USE");
+    for name in ["not a name", "ünïcode", "@alice:elsewhere.example", "a\"b"] {
+        anon.post("register", json!({ "username": name, "password": PASSWORD })).err(400, "M_INVALID_USERNAME");
+    }
+    anon.post("register?kind=guest", json!({})).err(403, "M_GUEST_ACCESS_FORBIDDEN");
+
+    anon.get("register/available?username=alice").err(400, "M_USER_IN_USE");
+    assert_eq!(anon.get("register/available?username=carol").ok(), json!({ "available": true }));
+    anon.get("register/available?username=not%20a%20name").err(400, "M_INVALID_USERNAME");
+
+    // Login: by localpart, by full user ID, by the legacy `user` field.
+    let flows = anon.get("login").ok()["flows"].clone();
+    assert!(flows.as_array().unwrap().iter().any(|f| f["type"] == "m.login.password"), "{flows}");
+    let by_localpart = Client::from_login(addr, &login(addr, "alice", PASSWORD).ok());
+    let by_user_id = Client::from_login(addr, &login(addr, &alice.user_id, PASSWORD).ok());
+    let legacy = anon.post("login", json!({ "type": "m.login.password", "user": "alice", "password": PASSWORD }));
+    let legacy = Client::from_login(addr, &legacy.ok());
+    for session in [&by_localpart, &by_user_id, &legacy] {
+        assert_eq!(session.user_id, alice.user_id);
+        assert_ne!(session.token, alice.token);
+        assert_ne!(session.device_id, alice.device_id);
+        assert_eq!(session.get("account/whoami").ok()["device_id"], session.device_id.as_str());
+    }
+    let known_device = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "alice" },
+        "password": PASSWORD,
+        "device_id": "DESKTOP",
+        "initial_device_display_name": "Desktop",
+    });
+    let desktop = Client::from_login(addr, &anon.post("login", known_device).ok());
+    assert_eq!(desktop.device_id, "DESKTOP");
+    login(addr, "alice", "wrong password").err(403, "M_FORBIDDEN");
+    login(addr, "nobody", PASSWORD).err(403, "M_FORBIDDEN");
+    anon.post("login", json!({ "type": "m.login.token", "token": "abc" })).err(400, "M_UNKNOWN");
+
+    let devices = alice.get("devices").ok()["devices"].clone();
+    let mut ids: Vec<&str> = devices.as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut expected = vec![
+        alice.device_id.as_str(),
+        by_localpart.device_id.as_str(),
+        by_user_id.device_id.as_str(),
+        legacy.device_id.as_str(),
+        "DESKTOP",
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // Logout ends one session, and its device.
+    assert_eq!(by_localpart.post("logout", json!({})).ok(), json!({}));
+    by_localpart.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    alice.get(&format!("devices/{}", by_localpart.device_id)).err(404, "M_NOT_FOUND");
+    by_user_id.get("account/whoami").ok();
+
+    // Logout from all devices ends every session of the user, the caller's too.
+    assert_eq!(legacy.post("logout/all", json!({})).ok(), json!({}));
+    for session in [&alice, &by_user_id, &legacy, &desktop] {
+        session.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    }
+    let bob = Client::from_login(addr, &bob);
+    bob.get("account/whoami").ok();
+    let again = login_client(addr, "alice");
+    assert_eq!(again.get("devices").ok()["devices"].as_array().unwrap().len(), 1);
+
+    // Failed logins for one user run into the rate limit; other users do not.
+    register(addr, "carol");
+    let mut limited = None;
+    for attempt in 0..200 {
+        let response = login(addr, "carol", "guess");
+        match response.status {
+            403 => assert_eq!(response.json()["errcode"], "M_FORBIDDEN"),
+            429 => {
+                limited = Some((attempt, response));
+                break;
+            }
+            _ => panic!("unexpected answer to a failed login: {} {}", response.status, response.text()),
+        }
+    }
+    let (attempt, response) = limited.expect("no rate limit after 200 failed logins");
+    assert!(attempt >= 3, "limited after only {attempt} attempts");
+    let body = response.err(429, "M_LIMIT_EXCEEDED");
+    assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{body}");
+    login(addr, "bob", PASSWORD).ok();
+
+    // Without a login, no device and no token. (ruma's response type writes the
+    // absent `device_id` as null rather than leaving it out.)
+    assert!(quiet.get("device_id").is_none_or(|d| d.is_null()), "{quiet}");
+    assert!(quiet.get("access_token").is_none(), "{quiet}");
+}
+
+#[test]
+fn passwords_devices_and_deactivation() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let phone = login_client(addr, "alice");
+    let tablet = login_client(addr, "alice");
+
+    // Devices: list, get, rename.
+    let devices = alice.get("devices").ok()["devices"].clone();
+    let mut ids: Vec<&str> = devices.as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut expected = vec![alice.device_id.as_str(), phone.device_id.as_str(), tablet.device_id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(alice.get(&format!("devices/{}", phone.device_id)).ok()["device_id"], phone.device_id.as_str());
+    alice.get("devices/NOSUCHDEVICE").err(404, "M_NOT_FOUND");
+    // Devices are per user.
+    bob.get(&format!("devices/{}", phone.device_id)).err(404, "M_NOT_FOUND");
+    assert_eq!(alice.put(&format!("devices/{}", phone.device_id), json!({ "display_name": "Phone" })).ok(), json!({}));
+    assert_eq!(alice.get(&format!("devices/{}", phone.device_id)).ok()["display_name"], "Phone");
+    alice.put("devices/NOSUCHDEVICE", json!({ "display_name": "x" })).err(404, "M_NOT_FOUND");
+
+    // Deleting a device takes the password, and logs it out.
+    let path = format!("devices/{}", phone.device_id);
+    let session = password_challenge(&alice.request("DELETE", &path, Some(&json!({}))));
+    let wrong = alice.request("DELETE", &path, Some(&json!({ "auth": password_auth(&alice, "wrong", &session) })));
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    let wrong = wrong.json();
+    assert_eq!(wrong["errcode"], "M_FORBIDDEN", "{wrong}");
+    assert_eq!(wrong["flows"], json!([{ "stages": ["m.login.password"] }]));
+    phone.get("account/whoami").ok();
+    let deleted = alice.request("DELETE", &path, Some(&json!({ "auth": password_auth(&alice, PASSWORD, &session) })));
+    assert_eq!(deleted.ok(), json!({}));
+    phone.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    alice.get(&path).err(404, "M_NOT_FOUND");
+    alice.request("DELETE", "devices/NOSUCHDEVICE", Some(&json!({}))).err(404, "M_NOT_FOUND");
+    // Another user's password does not pass.
+    let session = password_challenge(&alice.request("DELETE", &format!("devices/{}", tablet.device_id), None));
+    let auth = password_auth(&bob, PASSWORD, &session);
+    let refused = alice.request("DELETE", &format!("devices/{}", tablet.device_id), Some(&json!({ "auth": auth })));
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    tablet.get("account/whoami").ok();
+
+    // Deleting several devices at once; unknown ones are skipped.
+    let laptop = login_client(addr, "alice");
+    let watch = login_client(addr, "alice");
+    let body = json!({ "devices": [laptop.device_id, watch.device_id, "NOSUCHDEVICE"] });
+    assert_eq!(with_password(&alice, "POST", "delete_devices", body).ok(), json!({}));
+    laptop.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    watch.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    let devices = alice.get("devices").ok()["devices"].as_array().unwrap().len();
+    assert_eq!(devices, 2);
+
+    // Changing the password: the old one stops working, other devices are logged out.
+    let session = password_challenge(&alice.post("account/password", json!({ "new_password": "new secret" })));
+    let body = json!({ "new_password": "new secret", "auth": password_auth(&alice, "wrong", &session) });
+    assert_eq!(alice.post("account/password", body).status, 401);
+    let body = json!({ "new_password": "new secret", "auth": password_auth(&alice, PASSWORD, &session) });
+    assert_eq!(alice.post("account/password", body).ok(), json!({}));
+    alice.get("account/whoami").ok();
+    tablet.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    login(addr, "alice", PASSWORD).err(403, "M_FORBIDDEN");
+    let kept = Client::from_login(addr, &login(addr, "alice", "new secret").ok());
+    // With `logout_devices: false` the other devices stay.
+    let session = password_challenge(&alice.post("account/password", json!({ "new_password": PASSWORD })));
+    let body = json!({
+        "new_password": PASSWORD,
+        "logout_devices": false,
+        "auth": password_auth(&alice, "new secret", &session),
+    });
+    alice.post("account/password", body).ok();
+    kept.get("account/whoami").ok();
+
+    // Deactivation: leaves the rooms, ends every session, keeps the name taken.
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &room);
+    assert_eq!(
+        with_password(&alice, "POST", "account/deactivate", json!({})).ok()["id_server_unbind_result"],
+        "no-support"
+    );
+    alice.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    kept.get("account/whoami").err(401, "M_UNKNOWN_TOKEN");
+    login(addr, "alice", PASSWORD).err(403, "M_FORBIDDEN");
+    assert_eq!(membership(&bob, &room, &alice.user_id), "leave");
+    let anon = Client::anonymous(addr);
+    anon.post("register", json!({ "username": "alice", "password": PASSWORD })).err(400, "M_USER_IN_USE");
+    anon.get("register/available?username=alice").err(400, "M_USER_IN_USE");
+    bob.get(&format!("profile/{}", enc(&alice.user_id))).err(404, "M_NOT_FOUND");
+}
+
+#[test]
+fn profiles_room_creation_and_aliases() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let server = server_name(&alice);
+    let me = enc(&alice.user_id);
+
+    // Profiles: a new user's display name is their localpart.
+    assert_eq!(bob.get(&format!("profile/{me}")).ok(), json!({ "displayname": "alice" }));
+    let room = create_room(&alice, json!({ "name": "Profiles" }));
+    assert_eq!(
+        alice.put(&format!("profile/{me}/displayname"), json!({ "displayname": "Alice Liddell" })).ok(),
+        json!({})
+    );
+    assert_eq!(bob.get(&format!("profile/{me}/displayname")).ok(), json!({ "displayname": "Alice Liddell" }));
+    let avatar = "mxc://example.org/alice";
+    alice.put(&format!("profile/{me}/avatar_url"), json!({ "avatar_url": avatar })).ok();
+    assert_eq!(bob.get(&format!("profile/{me}/avatar_url")).ok(), json!({ "avatar_url": avatar }));
+    assert_eq!(bob.get(&format!("profile/{me}")).ok(), json!({ "displayname": "Alice Liddell", "avatar_url": avatar }));
+    // The member events of the rooms she is in follow.
+    let member = state(&alice, &room, "m.room.member", &alice.user_id).ok();
+    assert_eq!(member["membership"], "join");
+    assert_eq!(member["displayname"], "Alice Liddell");
+    assert_eq!(member["avatar_url"], avatar);
+    bob.put(&format!("profile/{me}/displayname"), json!({ "displayname": "Mallory" })).err(403, "M_FORBIDDEN");
+    let nobody = enc(&format!("@nobody:{server}"));
+    bob.get(&format!("profile/{nobody}")).err(404, "M_NOT_FOUND");
+    bob.get(&format!("profile/{nobody}/displayname")).err(404, "M_NOT_FOUND");
+
+    // Room versions.
+    for version in ["10", "11", "12"] {
+        let room = create_room(&alice, json!({ "room_version": version }));
+        let create = state(&alice, &room, "m.room.create", "").ok();
+        assert_eq!(create["room_version"], version);
+        let levels = state(&alice, &room, "m.room.power_levels", "").ok();
+        match version {
+            "10" => {
+                assert_eq!(create["creator"], alice.user_id.as_str());
+                assert_eq!(levels["users"][&alice.user_id], 100);
+            }
+            "11" => {
+                assert!(create.get("creator").is_none(), "{create}");
+                assert_eq!(levels["users"][&alice.user_id], 100);
+            }
+            _ => {
+                // Creators are implicitly privileged, and the room ID is the create event's.
+                assert!(levels["users"].get(&alice.user_id).is_none(), "{levels}");
+                let path = format!("rooms/{}/state/m.room.create/?format=event", enc(&room));
+                let create = alice.get(&path).ok();
+                assert_eq!(room[1..], create["event_id"].as_str().unwrap()[1..]);
+                assert!(!room.contains(':'));
+            }
+        }
+    }
+    let default = create_room(&alice, json!({}));
+    assert_eq!(state(&alice, &default, "m.room.create", "").ok()["room_version"], "12");
+    alice.post("createRoom", json!({ "room_version": "9" })).err(400, "M_UNSUPPORTED_ROOM_VERSION");
+    alice.post("createRoom", json!({ "room_version": "no.such.version" })).err(400, "M_UNSUPPORTED_ROOM_VERSION");
+
+    // Presets.
+    let public = create_room(&alice, json!({ "preset": "public_chat", "name": "Public", "topic": "Everyone welcome" }));
+    assert_eq!(state(&alice, &public, "m.room.join_rules", "").ok()["join_rule"], "public");
+    assert_eq!(state(&alice, &public, "m.room.history_visibility", "").ok()["history_visibility"], "shared");
+    assert_eq!(state(&alice, &public, "m.room.guest_access", "").ok()["guest_access"], "forbidden");
+    assert_eq!(state(&alice, &public, "m.room.name", "").ok(), json!({ "name": "Public" }));
+    assert_eq!(state(&alice, &public, "m.room.topic", "").ok(), json!({ "topic": "Everyone welcome" }));
+    let private = create_room(&alice, json!({ "preset": "private_chat" }));
+    assert_eq!(state(&alice, &private, "m.room.join_rules", "").ok()["join_rule"], "invite");
+    assert_eq!(state(&alice, &private, "m.room.guest_access", "").ok()["guest_access"], "can_join");
+    let visible = create_room(&alice, json!({ "visibility": "public" }));
+    assert_eq!(state(&alice, &visible, "m.room.join_rules", "").ok()["join_rule"], "public");
+    let hidden = create_room(&alice, json!({}));
+    assert_eq!(state(&alice, &hidden, "m.room.join_rules", "").ok()["join_rule"], "invite");
+
+    // Trusted private chat with an invite, as a direct chat.
+    let direct = create_room(
+        &alice,
+        json!({ "preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true, "room_version": "11" }),
+    );
+    let invite = state(&alice, &direct, "m.room.member", &bob.user_id).ok();
+    assert_eq!(invite["membership"], "invite");
+    assert_eq!(invite["is_direct"], true);
+    let levels = state(&alice, &direct, "m.room.power_levels", "").ok();
+    assert_eq!(levels["users"][&bob.user_id], 100);
+    assert_eq!(levels["users"][&alice.user_id], 100);
+    assert_eq!(state(&alice, &direct, "m.room.join_rules", "").ok()["join_rule"], "invite");
+    // Without is_direct, invites are plain.
+    let group = create_room(&alice, json!({ "invite": [bob.user_id] }));
+    let invite = state(&alice, &group, "m.room.member", &bob.user_id).ok();
+    assert_eq!(invite["membership"], "invite");
+    assert!(invite.get("is_direct").is_none(), "{invite}");
+
+    // initial_state (overriding the preset), power levels override, creation content.
+    let custom = create_room(
+        &alice,
+        json!({
+            "preset": "public_chat",
+            "initial_state": [
+                { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } },
+                { "type": "org.example.custom", "state_key": "key", "content": { "value": 1 } },
+            ],
+            "power_level_content_override": { "events_default": 50, "invite": 50 },
+            "creation_content": { "m.federate": false },
+        }),
+    );
+    assert_eq!(state(&alice, &custom, "m.room.history_visibility", "").ok()["history_visibility"], "joined");
+    assert_eq!(state(&alice, &custom, "org.example.custom", "key").ok(), json!({ "value": 1 }));
+    assert_eq!(state(&alice, &custom, "m.room.create", "").ok()["m.federate"], false);
+    let levels = state(&alice, &custom, "m.room.power_levels", "").ok();
+    assert_eq!(
+        (levels["events_default"].clone(), levels["invite"].clone(), levels["ban"].clone()),
+        (json!(50), json!(50), json!(50))
+    );
+    join(&bob, &custom);
+    send_event(&bob, &custom, "m.room.message", json!({ "msgtype": "m.text", "body": "hi" })).err(403, "M_FORBIDDEN");
+    let carol = register(addr, "carol");
+    bob.post(&format!("rooms/{}/invite", enc(&custom)), json!({ "user_id": carol.user_id })).err(403, "M_FORBIDDEN");
+    say(&alice, &custom, "only those with power speak");
+
+    // room_alias_name: the alias and the canonical alias event.
+    let lobby = create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": "lobby" }));
+    let alias = format!("#lobby:{server}");
+    assert_eq!(state(&alice, &lobby, "m.room.canonical_alias", "").ok()["alias"], alias.as_str());
+    let resolved = bob.get(&format!("directory/room/{}", enc(&alias))).ok();
+    assert_eq!(resolved["room_id"], lobby.as_str());
+    assert_eq!(resolved["servers"], json!([server]));
+    alice.post("createRoom", json!({ "room_alias_name": "lobby" })).err(400, "M_ROOM_IN_USE");
+
+    // The directory: create, resolve, list, delete.
+    let extra = format!("#extra:{server}");
+    let path = format!("directory/room/{}", enc(&extra));
+    assert_eq!(alice.put(&path, json!({ "room_id": lobby })).ok(), json!({}));
+    assert_eq!(alice.put(&path, json!({ "room_id": public })).status, 409);
+    assert_eq!(bob.get(&path).ok()["room_id"], lobby.as_str());
+    let mut aliases: Vec<String> =
+        serde_json::from_value(alice.get(&format!("rooms/{}/aliases", enc(&lobby))).ok()["aliases"].clone()).unwrap();
+    aliases.sort();
+    assert_eq!(aliases, [extra.clone(), alias.clone()]);
+    // Only members list a room's aliases, and bob may not remove alice's.
+    bob.get(&format!("rooms/{}/aliases", enc(&lobby))).err(403, "M_FORBIDDEN");
+    bob.delete(&path).err(403, "M_FORBIDDEN");
+    join(&bob, &lobby);
+    bob.delete(&path).err(403, "M_FORBIDDEN");
+    assert_eq!(alice.delete(&path).ok(), json!({}));
+    bob.get(&path).err(404, "M_NOT_FOUND");
+    alice.delete(&path).err(404, "M_NOT_FOUND");
+    bob.get(&format!("directory/room/{}", enc(&format!("#nothing:{server}")))).err(404, "M_NOT_FOUND");
+    bob.get("directory/room/no-hash-sign").err(400, "M_INVALID_PARAM");
+    let foreign = format!("directory/room/{}", enc("#x:elsewhere.example"));
+    assert_eq!(alice.put(&foreign, json!({ "room_id": lobby })).status, 400);
+    // A member's own alias is theirs to delete.
+    let bobs = format!("directory/room/{}", enc(&format!("#bobs:{server}")));
+    bob.put(&bobs, json!({ "room_id": lobby })).ok();
+    assert_eq!(bob.delete(&bobs).ok(), json!({}));
+}
+
+#[test]
+fn membership_changes() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let dave = register(addr, "dave");
+    let server = server_name(&alice);
+
+    let town = create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": "town", "name": "Town" }));
+    say(&alice, &town, "before bob");
+    // Join by ID and by alias; joining again changes nothing.
+    assert_eq!(bob.post(&format!("rooms/{}/join", enc(&town)), json!({})).ok()["room_id"], town.as_str());
+    let by_alias = carol.post(&format!("join/{}", enc(&format!("#town:{server}"))), json!({})).ok();
+    assert_eq!(by_alias["room_id"], town.as_str());
+    assert_eq!(carol.post(&format!("join/{}", enc(&town)), json!({})).ok()["room_id"], town.as_str());
+    let member_event = |user: &str| {
+        let path = format!("rooms/{}/state/m.room.member/{}?format=event", enc(&town), enc(user));
+        alice.get(&path).ok()["event_id"].clone()
+    };
+    let before = member_event(&bob.user_id);
+    join(&bob, &town);
+    assert_eq!(member_event(&bob.user_id), before);
+    carol.post(&format!("join/{}", enc(&format!("#nowhere:{server}"))), json!({})).err(404, "M_NOT_FOUND");
+    assert_eq!(bob.get("joined_rooms").ok(), json!({ "joined_rooms": [town] }));
+    let mut everyone = vec![alice.user_id.clone(), bob.user_id.clone(), carol.user_id.clone()];
+    everyone.sort();
+    assert_eq!(joined_user_ids(&bob, &town), everyone);
+    let joined = bob.get(&format!("rooms/{}/joined_members", enc(&town))).ok();
+    assert_eq!(joined["joined"][&bob.user_id]["display_name"], "bob");
+    let members = bob.get(&format!("rooms/{}/members", enc(&town))).ok()["chunk"].clone();
+    assert_eq!(members.as_array().unwrap().len(), 3);
+    assert!(members
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["type"] == "m.room.member" && m["content"]["membership"] == "join"));
+
+    // An invite-only room: no way in without an invite.
+    let secret = create_room(&alice, json!({ "preset": "private_chat", "name": "Secret" }));
+    dave.post(&format!("rooms/{}/join", enc(&secret)), json!({})).err(403, "M_FORBIDDEN");
+    send_event(&dave, &secret, "m.room.message", json!({ "msgtype": "m.text", "body": "let me in" }))
+        .err(403, "M_FORBIDDEN");
+    for path in ["members", "joined_members", "state", "state/m.room.name/"] {
+        dave.get(&format!("rooms/{}/{path}", enc(&secret))).err(403, "M_FORBIDDEN");
+    }
+    assert_eq!(
+        alice.post(&format!("rooms/{}/invite", enc(&secret)), json!({ "user_id": dave.user_id })).ok(),
+        json!({})
+    );
+    assert_eq!(membership(&alice, &secret, &dave.user_id), "invite");
+    let invited = alice.get(&format!("rooms/{}/members?membership=invite", enc(&secret))).ok()["chunk"].clone();
+    assert_eq!(
+        invited.as_array().unwrap().iter().map(|m| m["state_key"].clone()).collect::<Vec<_>>(),
+        [json!(dave.user_id)]
+    );
+    let not_invited = alice.get(&format!("rooms/{}/members?not_membership=invite", enc(&secret))).ok()["chunk"].clone();
+    assert_eq!(
+        not_invited.as_array().unwrap().iter().map(|m| m["state_key"].clone()).collect::<Vec<_>>(),
+        [json!(alice.user_id)]
+    );
+    join(&dave, &secret);
+    assert_eq!(dave.get("joined_rooms").ok(), json!({ "joined_rooms": [secret] }));
+    alice.post(&format!("rooms/{}/invite", enc(&secret)), json!({ "user_id": dave.user_id })).err(403, "M_FORBIDDEN");
+    // Only members invite.
+    bob.post(&format!("rooms/{}/invite", enc(&secret)), json!({ "user_id": carol.user_id })).err(403, "M_FORBIDDEN");
+    // An invite can be turned down by leaving.
+    let declined = create_room(&alice, json!({ "invite": [carol.user_id] }));
+    assert_eq!(membership(&alice, &declined, &carol.user_id), "invite");
+    carol.post(&format!("rooms/{}/leave", enc(&declined)), json!({})).ok();
+    assert_eq!(membership(&alice, &declined, &carol.user_id), "leave");
+
+    // Kick: not without power; then by alice, with a reason.
+    let kick = |by: &Client, user: &str| {
+        by.post(&format!("rooms/{}/kick", enc(&town)), json!({ "user_id": user, "reason": "out" }))
+    };
+    kick(&bob, &carol.user_id).err(403, "M_FORBIDDEN");
+    assert_eq!(kick(&alice, &carol.user_id).ok(), json!({}));
+    let member = state(&alice, &town, "m.room.member", &carol.user_id).ok();
+    assert_eq!((member["membership"].as_str(), member["reason"].as_str()), (Some("leave"), Some("out")));
+    assert_eq!(carol.get("joined_rooms").ok(), json!({ "joined_rooms": [] }));
+    let left = alice.get(&format!("rooms/{}/members?membership=leave", enc(&town))).ok()["chunk"].clone();
+    assert_eq!(
+        left.as_array().unwrap().iter().map(|m| m["state_key"].clone()).collect::<Vec<_>>(),
+        [json!(carol.user_id)]
+    );
+    send_event(&carol, &town, "m.room.message", json!({ "msgtype": "m.text", "body": "still here?" }))
+        .err(403, "M_FORBIDDEN");
+
+    // Ban and unban.
+    let ban = |by: &Client, user: &str| {
+        by.post(&format!("rooms/{}/ban", enc(&town)), json!({ "user_id": user, "reason": "spam" }))
+    };
+    ban(&bob, &carol.user_id).err(403, "M_FORBIDDEN");
+    assert_eq!(ban(&alice, &bob.user_id).ok(), json!({}));
+    let member = state(&alice, &town, "m.room.member", &bob.user_id).ok();
+    assert_eq!((member["membership"].as_str(), member["reason"].as_str()), (Some("ban"), Some("spam")));
+    bob.post(&format!("rooms/{}/join", enc(&town)), json!({})).err(403, "M_FORBIDDEN");
+    send_event(&bob, &town, "m.room.message", json!({ "msgtype": "m.text", "body": "hello?" })).err(403, "M_FORBIDDEN");
+    alice.post(&format!("rooms/{}/invite", enc(&town)), json!({ "user_id": bob.user_id })).err(403, "M_FORBIDDEN");
+    let unban = |by: &Client, user: &str| by.post(&format!("rooms/{}/unban", enc(&town)), json!({ "user_id": user }));
+    carol.post(&format!("rooms/{}/join", enc(&town)), json!({})).ok();
+    unban(&carol, &bob.user_id).err(403, "M_FORBIDDEN");
+    assert_eq!(unban(&alice, &bob.user_id).ok(), json!({}));
+    assert_eq!(membership(&alice, &town, &bob.user_id), "leave");
+    join(&bob, &town);
+    assert_eq!(joined_user_ids(&alice, &town), everyone);
+
+    // Leave, then forget.
+    assert_eq!(carol.post(&format!("rooms/{}/leave", enc(&town)), json!({})).ok(), json!({}));
+    assert_eq!(membership(&alice, &town, &carol.user_id), "leave");
+    assert_eq!(carol.get("joined_rooms").ok(), json!({ "joined_rooms": [] }));
+    let include_leave = format!("filter={}", filter(json!({ "room": { "include_leave": true } })));
+    assert!(section(&sync(&carol, &include_leave), "leave").contains_key(&town));
+    dave.post(&format!("rooms/{}/forget", enc(&secret)), json!({})).err(400, "M_UNKNOWN");
+    assert_eq!(carol.post(&format!("rooms/{}/forget", enc(&town)), json!({})).ok(), json!({}));
+    assert!(!section(&sync(&carol, &include_leave), "leave").contains_key(&town));
+
+    // Someone who left reads the history up to their leave, not after it.
+    say(&alice, &town, "while bob is here");
+    bob.post(&format!("rooms/{}/leave", enc(&town)), json!({})).ok();
+    alice.put(&format!("rooms/{}/state/m.room.name/", enc(&town)), json!({ "name": "City" })).ok();
+    let after = say(&alice, &town, "after bob left");
+    let history = messages(&bob, &town, "dir=b&limit=50");
+    assert_eq!(bodies(&history["chunk"]).first().map(String::as_str), Some("while bob is here"));
+    event(&bob, &town, &after).err(404, "M_NOT_FOUND");
+
+    // ... and the state as it was when they left (spec: GET /rooms/{roomId}/state
+    // and /members).
+    assert_eq!(state(&bob, &town, "m.room.name", "").ok(), json!({ "name": "Town" }));
+    let members = bob.get(&format!("rooms/{}/members", enc(&town))).ok()["chunk"].clone();
+    assert!(members.as_array().unwrap().iter().any(|m| m["state_key"] == bob.user_id.as_str()));
+    let all = bob.get(&format!("rooms/{}/state", enc(&town))).ok();
+    let name = all.as_array().unwrap().iter().find(|e| e["type"] == "m.room.name").unwrap().clone();
+    assert_eq!(name["content"]["name"], "Town");
+
+    // In a `shared` room, what was sent before one joined stays visible after
+    // one leaves (spec, history visibility: "If history_visibility was set to
+    // shared, and the user joined the room at any point after the event was
+    // sent, allow").
+    assert_eq!(bodies(&history["chunk"]).last().map(String::as_str), Some("before bob"));
+}
+
+#[test]
+fn messages_state_and_history() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &room);
+    let r = enc(&room);
+
+    // Sending is idempotent per device and transaction ID.
+    let content = json!({ "msgtype": "m.text", "body": "one" });
+    let first = alice.put(&format!("rooms/{r}/send/m.room.message/same-txn"), content.clone()).ok()["event_id"].clone();
+    let again = alice.put(&format!("rooms/{r}/send/m.room.message/same-txn"), content.clone()).ok()["event_id"].clone();
+    assert_eq!(first, again);
+    let other_device = login_client(addr, "alice");
+    let other =
+        other_device.put(&format!("rooms/{r}/send/m.room.message/same-txn"), content.clone()).ok()["event_id"].clone();
+    assert_ne!(first, other);
+    let first = first.as_str().unwrap();
+    let fetched = event(&alice, &room, first).ok();
+    assert_eq!(fetched["content"], content);
+    assert_eq!(
+        (fetched["type"].as_str(), fetched["sender"].as_str()),
+        (Some("m.room.message"), Some(alice.user_id.as_str()))
+    );
+    assert_eq!((fetched["room_id"].as_str(), fetched["event_id"].as_str()), (Some(room.as_str()), Some(first)));
+    assert_eq!(fetched["unsigned"]["transaction_id"], "same-txn");
+    assert!(fetched["origin_server_ts"].is_u64());
+    assert!(event(&other_device, &room, first).ok()["unsigned"].get("transaction_id").is_none());
+    assert!(event(&bob, &room, first).ok()["unsigned"].get("transaction_id").is_none());
+    let history =
+        messages(&alice, &room, &format!("dir=b&limit=10&filter={}", filter(json!({ "types": ["m.room.message"] }))));
+    assert_eq!(bodies(&history["chunk"]), ["one", "one"]);
+
+    // Non-members neither send nor read.
+    send_event(&carol, &room, "m.room.message", json!({ "msgtype": "m.text", "body": "hi" })).err(403, "M_FORBIDDEN");
+    event(&carol, &room, first).err(404, "M_NOT_FOUND");
+    carol.get(&format!("rooms/{r}/messages?dir=b")).err(403, "M_FORBIDDEN");
+    event(&alice, &room, "$doesnotexist").err(404, "M_NOT_FOUND");
+    let elsewhere = create_room(&alice, json!({}));
+    event(&alice, &elsewhere, first).err(404, "M_NOT_FOUND");
+
+    // State: set, read as content and as an event, list, replace.
+    let set = alice.put(&format!("rooms/{r}/state/org.example.state/key1"), json!({ "a": 1 })).ok()["event_id"].clone();
+    assert_eq!(state(&bob, &room, "org.example.state", "key1").ok(), json!({ "a": 1 }));
+    let full = bob.get(&format!("rooms/{r}/state/org.example.state/key1?format=event")).ok();
+    assert_eq!((full["type"].as_str(), full["state_key"].as_str()), (Some("org.example.state"), Some("key1")));
+    assert_eq!((full["event_id"].clone(), full["content"].clone()), (set.clone(), json!({ "a": 1 })));
+    assert_eq!(full["sender"], alice.user_id.as_str());
+    let all = bob.get(&format!("rooms/{r}/state")).ok();
+    let all = all.as_array().unwrap();
+    assert!(all.iter().any(|e| e["type"] == "org.example.state" && e["state_key"] == "key1" && e["event_id"] == set));
+    for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules"] {
+        assert!(all.iter().any(|e| e["type"] == kind), "{kind} missing from the state");
+    }
+    let replaced =
+        alice.put(&format!("rooms/{r}/state/org.example.state/key1"), json!({ "a": 2 })).ok()["event_id"].clone();
+    let full = bob.get(&format!("rooms/{r}/state/org.example.state/key1?format=event")).ok();
+    assert_eq!(full["event_id"], replaced);
+    assert_eq!(full["unsigned"]["prev_content"], json!({ "a": 1 }));
+    state(&bob, &room, "org.example.state", "nokey").err(404, "M_NOT_FOUND");
+    state(&bob, &room, "m.room.topic", "").err(404, "M_NOT_FOUND");
+    bob.put(&format!("rooms/{r}/state/m.room.name/"), json!({ "name": "Bob's" })).err(403, "M_FORBIDDEN");
+    alice.put(&format!("rooms/{r}/state/org.example.state/key2"), json!(5)).err(400, "M_BAD_JSON");
+    // The empty state key, with its trailing slash.
+    alice.put(&format!("rooms/{r}/state/m.room.topic/"), json!({ "topic": "Topical" })).ok();
+    assert_eq!(bob.get(&format!("rooms/{r}/state/m.room.topic/")).ok(), json!({ "topic": "Topical" }));
+
+    // Redaction empties the target's content.
+    let secret = say(&bob, &room, "my password is hunter2");
+    let redaction = bob.put(&format!("rooms/{r}/redact/{}/{}", enc(&secret), txn()), json!({ "reason": "oops" })).ok();
+    let redaction = redaction["event_id"].as_str().unwrap();
+    let redacted = event(&alice, &room, &secret).ok();
+    assert_eq!(redacted["content"], json!({}));
+    let fetched = event(&alice, &room, redaction).ok();
+    assert_eq!(fetched["type"], "m.room.redaction");
+    assert_eq!(fetched["content"]["reason"], "oops");
+    assert!(fetched["redacts"] == secret.as_str() || fetched["content"]["redacts"] == secret.as_str(), "{fetched}");
+    // Moderators redact others' events.
+    let rude = say(&bob, &room, "rude");
+    alice.put(&format!("rooms/{r}/redact/{}/{}", enc(&rude), txn()), json!({})).ok();
+    assert_eq!(event(&bob, &room, &rude).ok()["content"], json!({}));
+
+    // /messages over a fresh room: m1 m2 m3 o1 m4 m5.
+    let history_room = create_room(&alice, json!({ "preset": "public_chat" }));
+    let h = &history_room;
+    let ids: Vec<String> = ["m1", "m2", "m3"].iter().map(|b| say(&alice, h, b)).collect();
+    let other =
+        send_event(&alice, h, "org.example.other", json!({ "n": 1 })).ok()["event_id"].as_str().unwrap().to_owned();
+    let ids: Vec<String> = ids.into_iter().chain(["m4", "m5"].iter().map(|b| say(&alice, h, b))).collect();
+    let only_messages = filter(json!({ "types": ["m.room.message"] }));
+
+    // Backwards in pages of two until there is no `end`.
+    let (mut seen, mut from, mut pages) = (Vec::new(), None::<String>, Vec::new());
+    for _ in 0..10 {
+        let from_query = from.as_ref().map(|f| format!("&from={}", enc(f))).unwrap_or_default();
+        let page = messages(&alice, h, &format!("dir=b&limit=2&filter={only_messages}{from_query}"));
+        let chunk = bodies(&page["chunk"]);
+        assert!(chunk.len() <= 2);
+        assert!(page["start"].is_string());
+        seen.extend(chunk.clone());
+        pages.push((chunk, page["end"].as_str().map(str::to_owned)));
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["m5", "m4", "m3", "m2", "m1"], "{pages:?}");
+    assert!(pages.last().unwrap().1.is_none(), "never ran out: {pages:?}");
+    let (e1, e2) = (pages[0].1.clone().unwrap(), pages[1].1.clone().unwrap());
+    // Forwards between two of those tokens: the events between them, in order.
+    let between = messages(&alice, h, &format!("dir=f&from={}&to={}&filter={only_messages}", enc(&e2), enc(&e1)));
+    assert_eq!(bodies(&between["chunk"]), ["m2", "m3"]);
+    // Forwards from the room's start.
+    let forwards = messages(&alice, h, &format!("dir=f&limit=10&filter={only_messages}"));
+    assert_eq!(bodies(&forwards["chunk"]), ["m1", "m2", "m3", "m4", "m5"]);
+    let unfiltered = messages(&alice, h, "dir=f&limit=100");
+    assert_eq!(types(&unfiltered["chunk"])[0], "m.room.create");
+    assert!(unfiltered["chunk"].as_array().unwrap().iter().any(|e| e["event_id"] == other.as_str()));
+    let not_messages =
+        messages(&alice, h, &format!("dir=b&limit=100&filter={}", filter(json!({ "not_types": ["m.room.message"] }))));
+    let kinds = types(&not_messages["chunk"]);
+    assert!(
+        !kinds.iter().any(|k| k == "m.room.message") && kinds.contains(&"org.example.other".to_owned()),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().unwrap(), "m.room.create");
+    // Sync tokens work as `from`: prev_batch and next_batch.
+    let synced = sync(&alice, &format!("filter={}", filter(json!({ "room": { "timeline": { "limit": 1 } } }))));
+    let timeline = &synced["rooms"]["join"][h]["timeline"];
+    assert_eq!(bodies(&timeline["events"]), ["m5"]);
+    let prev_batch = timeline["prev_batch"].as_str().unwrap();
+    assert_eq!(bodies(&messages(&alice, h, &format!("dir=b&limit=1&from={}", enc(prev_batch)))["chunk"]), ["m4"]);
+    let next_batch = synced["next_batch"].as_str().unwrap();
+    assert_eq!(bodies(&messages(&alice, h, &format!("dir=b&limit=1&from={}", enc(next_batch)))["chunk"]), ["m5"]);
+
+    // /context around m2: one event each side, and tokens to go on from.
+    let context = alice.get(&format!("rooms/{}/context/{}?limit=2", enc(h), enc(&ids[1]))).ok();
+    assert_eq!(context["event"]["event_id"], ids[1].as_str());
+    assert_eq!(event_ids(&context["events_before"]), [ids[0].clone()]);
+    assert_eq!(event_ids(&context["events_after"]), [ids[2].clone()]);
+    assert!(context["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str()));
+    let start = context["start"].as_str().unwrap();
+    let end = context["end"].as_str().unwrap();
+    let before = messages(&alice, h, &format!("dir=b&limit=5&from={}&filter={only_messages}", enc(start)));
+    assert_eq!(bodies(&before["chunk"]), Vec::<String>::new());
+    let after = messages(&alice, h, &format!("dir=f&limit=1&from={}", enc(end)));
+    assert_eq!(event_ids(&after["chunk"]), [other.as_str()]);
+    // With a filter, around m3: two messages each side, newest first before it.
+    let context = alice.get(&format!("rooms/{}/context/{}?limit=4&filter={only_messages}", enc(h), enc(&ids[2]))).ok();
+    assert_eq!(bodies(&context["events_before"]), ["m2", "m1"]);
+    assert_eq!(bodies(&context["events_after"]), ["m4", "m5"]);
+    alice.get(&format!("rooms/{}/context/{}", enc(h), enc("$nope"))).err(404, "M_NOT_FOUND");
+
+    // History visibility `joined`: nothing from before one joined.
+    let joined_only = create_room(
+        &alice,
+        json!({ "preset": "public_chat", "initial_state": [
+            { "type": "m.room.history_visibility", "content": { "history_visibility": "joined" } },
+        ] }),
+    );
+    let early = say(&alice, &joined_only, "before carol");
+    join(&carol, &joined_only);
+    let late = say(&alice, &joined_only, "after carol");
+    event(&carol, &joined_only, &early).err(404, "M_NOT_FOUND");
+    assert_eq!(event(&carol, &joined_only, &late).ok()["content"]["body"], "after carol");
+    assert_eq!(bodies(&messages(&carol, &joined_only, "dir=b&limit=50")["chunk"]), ["after carol"]);
+    let context = carol.get(&format!("rooms/{}/context/{}?limit=10", enc(&joined_only), enc(&late))).ok();
+    assert_eq!(bodies(&context["events_before"]), Vec::<String>::new());
+
+    // The redaction is in the redacted event's unsigned data, as a client event.
+    let redacted_because = event(&alice, &room, &secret).ok()["unsigned"]["redacted_because"].clone();
+    assert_eq!(redacted_because["event_id"], redaction, "{redacted_because}");
+    assert_eq!(redacted_because["type"], "m.room.redaction");
+    for federation_key in ["auth_events", "prev_events", "hashes", "signatures", "depth"] {
+        assert!(redacted_because.get(federation_key).is_none(), "{federation_key} in {redacted_because}");
+    }
+
+    // Only moderators redact other people's events.
+    let keep = say(&alice, &room, "keep me");
+    let attempt = bob.put(&format!("rooms/{r}/redact/{}/{}", enc(&keep), txn()), json!({}));
+    attempt.err(403, "M_FORBIDDEN");
+    assert_eq!(event(&alice, &room, &keep).ok()["content"]["body"], "keep me");
+
+    // A transaction ID is scoped to the device and the request path: the same
+    // one in another room, for another event type, or for a redaction is a new
+    // request, not a retransmission.
+    let reused = json!({ "msgtype": "m.text", "body": "elsewhere" });
+    let elsewhere_event = alice.put(&format!("rooms/{}/send/m.room.message/same-txn", enc(&elsewhere)), reused).ok();
+    assert_ne!(elsewhere_event["event_id"].as_str(), Some(first));
+    assert_eq!(bodies(&messages(&alice, &elsewhere, "dir=b&limit=1")["chunk"]), ["elsewhere"]);
+    let reaction = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": first, "key": "👍" } });
+    let reacted = alice.put(&format!("rooms/{r}/send/m.reaction/same-txn"), reaction).ok();
+    assert_ne!(reacted["event_id"].as_str(), Some(first));
+    let redacted = alice.put(&format!("rooms/{r}/redact/{}/same-txn", enc(first)), json!({})).ok();
+    assert_ne!(redacted["event_id"].as_str(), Some(first));
+    assert_eq!(event(&alice, &room, first).ok()["content"], json!({}));
+
+    // The empty state key without the trailing slash, which the spec makes optional.
+    alice.put(&format!("rooms/{r}/state/m.room.topic"), json!({ "topic": "No slash" })).ok();
+    assert_eq!(bob.get(&format!("rooms/{r}/state/m.room.topic")).ok(), json!({ "topic": "No slash" }));
+}
+
+#[test]
+fn sync_api() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Sync room" }));
+    join(&bob, &room);
+    say(&alice, &room, "hello");
+
+    // Initial sync: the room with its state and the latest of its timeline.
+    let limit2 = format!("filter={}", filter(json!({ "room": { "timeline": { "limit": 2 } } })));
+    let initial = sync(&bob, &limit2);
+    let joined = &initial["rooms"]["join"][&room];
+    let timeline = &joined["timeline"];
+    assert_eq!(timeline["events"].as_array().unwrap().len(), 2);
+    assert_eq!(bodies(&timeline["events"]), ["hello"]);
+    assert_eq!(timeline["limited"], true);
+    assert!(timeline["prev_batch"].is_string());
+    let state_events = &joined["state"]["events"];
+    let kinds = types(state_events);
+    for kind in ["m.room.create", "m.room.name", "m.room.power_levels", "m.room.join_rules"] {
+        assert!(kinds.contains(&kind.to_owned()), "{kind} not in the state: {kinds:?}");
+    }
+    let name = state_events.as_array().unwrap().iter().find(|e| e["type"] == "m.room.name").unwrap();
+    assert_eq!(name["content"]["name"], "Sync room");
+    assert_eq!(joined["summary"]["m.joined_member_count"], 2);
+    let mut since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // `since`: only what is new.
+    say(&alice, &room, "new one");
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    let timeline = &next["rooms"]["join"][&room]["timeline"];
+    assert_eq!(bodies(&timeline["events"]), ["new one"]);
+    assert_eq!(timeline["events"].as_array().unwrap().len(), 1);
+    assert_ne!(timeline["limited"], true);
+    assert!(next["rooms"]["join"][&room]["state"]["events"].as_array().is_none_or(|e| e.is_empty()));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // More than the limit: the latest, `limited`, and a prev_batch to page back
+    // from; the state changed in the gap comes in `state`.
+    alice.put(&format!("rooms/{}/state/m.room.topic/", enc(&room)), json!({ "topic": "Gap topic" })).ok();
+    for body in ["a", "b", "c"] {
+        say(&alice, &room, body);
+    }
+    let next = sync(&bob, &format!("since={}&{limit2}", enc(&since)));
+    let timeline = &next["rooms"]["join"][&room]["timeline"];
+    assert_eq!(bodies(&timeline["events"]), ["b", "c"]);
+    assert_eq!(timeline["limited"], true);
+    let gap_state = next["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().clone();
+    assert_eq!(types(&json!(gap_state)), ["m.room.topic"]);
+    assert_eq!(gap_state[0]["content"]["topic"], "Gap topic");
+    let prev_batch = timeline["prev_batch"].as_str().unwrap();
+    assert_eq!(bodies(&messages(&bob, &room, &format!("dir=b&limit=1&from={}", enc(prev_batch)))["chunk"]), ["a"]);
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // A long-poll returns as soon as someone else sends.
+    let (waiting, token) = (bob.clone(), since.clone());
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let response = sync(&waiting, &format!("since={}&timeout=20000", enc(&token)));
+        (response, started.elapsed())
+    });
+    say(&alice, &room, "wake up");
+    let (woken, waited) = poll.join().unwrap();
+    assert_eq!(bodies(&woken["rooms"]["join"][&room]["timeline"]["events"]), ["wake up"]);
+    assert!(waited < Duration::from_secs(20), "the long-poll waited {waited:?}");
+    since = woken["next_batch"].as_str().unwrap().to_owned();
+
+    // With nothing new it waits for the timeout and returns no rooms.
+    let started = Instant::now();
+    let quiet = sync(&bob, &format!("since={}&timeout=1500", enc(&since)));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1450), "returned after {waited:?}");
+    for name in ["join", "invite", "leave"] {
+        assert!(section(&quiet, name).is_empty(), "{quiet}");
+    }
+    since = quiet["next_batch"].as_str().unwrap().to_owned();
+
+    // `full_state` gives the whole state even with `since`.
+    let full = sync(&bob, &format!("since={}&full_state=true", enc(&since)));
+    let kinds = types(&full["rooms"]["join"][&room]["state"]["events"]);
+    assert!(kinds.contains(&"m.room.create".to_owned()), "{kinds:?}");
+
+    // Invites show up with stripped state.
+    let private = create_room(&alice, json!({ "preset": "private_chat", "name": "Invite only" }));
+    alice.post(&format!("rooms/{}/invite", enc(&private)), json!({ "user_id": bob.user_id })).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    let invite = &next["rooms"]["invite"][&private]["invite_state"]["events"];
+    let stripped = invite.as_array().expect("the invite in rooms.invite");
+    let member =
+        stripped.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()).unwrap();
+    assert_eq!(member["content"]["membership"], "invite");
+    assert_eq!(member["sender"], alice.user_id.as_str());
+    let name = stripped.iter().find(|e| e["type"] == "m.room.name").unwrap();
+    assert_eq!(name["content"]["name"], "Invite only");
+    assert!(stripped.iter().any(|e| e["type"] == "m.room.create"));
+    assert!(!section(&next, "join").contains_key(&private));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // Joining moves it to rooms.join with its state.
+    join(&bob, &private);
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    assert!(!section(&next, "invite").contains_key(&private));
+    let joined = &next["rooms"]["join"][&private];
+    let mut kinds = types(&joined["state"]["events"]);
+    kinds.extend(types(&joined["timeline"]["events"]));
+    assert!(kinds.contains(&"m.room.create".to_owned()) && kinds.contains(&"m.room.name".to_owned()), "{kinds:?}");
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // Leaving moves it to rooms.leave, the timeline ending with the leave.
+    bob.post(&format!("rooms/{}/leave", enc(&private)), json!({})).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    assert!(!section(&next, "join").contains_key(&private));
+    let left =
+        next["rooms"]["leave"][&private]["timeline"]["events"].as_array().expect("the room in rooms.leave").clone();
+    let last = left.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["state_key"].as_str()),
+        (Some("m.room.member"), Some(bob.user_id.as_str()))
+    );
+    assert_eq!(last["content"]["membership"], "leave");
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // Account data, global and per room.
+    let me = enc(&bob.user_id);
+    bob.put(&format!("user/{me}/account_data/org.example.setting"), json!({ "theme": "dark" })).ok();
+    bob.put(&format!("user/{me}/rooms/{}/account_data/org.example.room", enc(&room)), json!({ "pinned": true })).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    let global = next["account_data"]["events"].as_array().unwrap();
+    assert!(
+        global.iter().any(|e| e["type"] == "org.example.setting" && e["content"] == json!({ "theme": "dark" })),
+        "{global:?}"
+    );
+    let per_room = next["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap();
+    assert!(
+        per_room.iter().any(|e| e["type"] == "org.example.room" && e["content"] == json!({ "pinned": true })),
+        "{per_room:?}"
+    );
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // Typing, as m.typing in the room's ephemeral events.
+    let typing = format!("rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    alice.put(&typing, json!({ "typing": true, "timeout": 30000 })).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    let ephemeral = next["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let typing_event = ephemeral.iter().find(|e| e["type"] == "m.typing").unwrap();
+    assert_eq!(typing_event["content"]["user_ids"], json!([alice.user_id]));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    alice.put(&typing, json!({ "typing": false })).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    let ephemeral = next["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let typing_event = ephemeral.iter().find(|e| e["type"] == "m.typing").unwrap();
+    assert_eq!(typing_event["content"]["user_ids"], json!([]));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // Receipts, as m.receipt; private ones only to their owner.
+    let latest = say(&bob, &room, "read this");
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    alice.post(&format!("rooms/{}/receipt/m.read/{}", enc(&room), enc(&latest)), json!({})).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    let ephemeral = next["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap();
+    assert!(receipt["content"][&latest]["m.read"][&alice.user_id]["ts"].is_u64(), "{receipt}");
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    alice.post(&format!("rooms/{}/receipt/m.read.private/{}", enc(&room), enc(&latest)), json!({})).ok();
+    let next = sync(&bob, &format!("since={}", enc(&since)));
+    assert!(!next.to_string().contains("m.read.private"), "{next}");
+    let own = sync(&alice, "");
+    let ephemeral = own["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap();
+    assert!(receipt["content"][&latest]["m.read.private"][&alice.user_id]["ts"].is_u64(), "{receipt}");
+
+    // Unread notification counts in a room of two.
+    alice.put(&format!("profile/{}/displayname", enc(&alice.user_id)), json!({ "displayname": "Alice Liddell" })).ok();
+    let chat = create_room(&alice, json!({ "preset": "trusted_private_chat", "invite": [bob.user_id] }));
+    join(&bob, &chat);
+    say(&bob, &chat, "one");
+    let two = say(&bob, &chat, "two");
+    let counts = |sync: &Value| {
+        let counts = &sync["rooms"]["join"][&chat]["unread_notifications"];
+        (counts["notification_count"].as_u64(), counts["highlight_count"].as_u64())
+    };
+    let initial = sync(&alice, "");
+    assert_eq!(counts(&initial), (Some(2), Some(0)));
+    let mut since = initial["next_batch"].as_str().unwrap().to_owned();
+    // A read receipt clears them; what comes after counts again.
+    alice.post(&format!("rooms/{}/receipt/m.read/{}", enc(&chat), enc(&two)), json!({})).ok();
+    say(&bob, &chat, "three");
+    let next = sync(&alice, &format!("since={}", enc(&since)));
+    assert_eq!(counts(&next), (Some(1), Some(0)));
+    assert_eq!(counts(&sync(&alice, "")), (Some(1), Some(0)));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    // A mention highlights.
+    let mention = json!({ "msgtype": "m.text", "body": "ping", "m.mentions": { "user_ids": [alice.user_id] } });
+    send_event(&bob, &chat, "m.room.message", mention).ok();
+    let next = sync(&alice, &format!("since={}", enc(&since)));
+    assert_eq!(counts(&next), (Some(2), Some(1)));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    // Her own message reads the room.
+    say(&alice, &chat, "I'm here");
+    let next = sync(&alice, &format!("since={}", enc(&since)));
+    assert_eq!(counts(&next), (Some(0), Some(0)));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // A stored filter by its ID.
+    let filter_id = alice
+        .post(&format!("user/{}/filter", enc(&alice.user_id)), json!({ "room": { "timeline": { "limit": 1 } } }))
+        .ok();
+    let filter_id = filter_id["filter_id"].as_str().unwrap();
+    let filtered = sync(&alice, &format!("filter={}", enc(filter_id)));
+    let timeline = &filtered["rooms"]["join"][&chat]["timeline"];
+    assert_eq!(bodies(&timeline["events"]), ["I'm here"]);
+    assert_eq!(timeline["limited"], true);
+
+    // History visibility `joined`: sync does not hand out what came before the join.
+    let joined_only = create_room(
+        &alice,
+        json!({ "preset": "public_chat", "initial_state": [
+            { "type": "m.room.history_visibility", "content": { "history_visibility": "joined" } },
+        ] }),
+    );
+    say(&alice, &joined_only, "before bob");
+    join(&bob, &joined_only);
+    say(&alice, &joined_only, "after bob");
+    let synced = sync(&bob, "");
+    assert_eq!(bodies(&synced["rooms"]["join"][&joined_only]["timeline"]["events"]), ["after bob"]);
+
+    // Nor does a rescinded invite (bob never joined) open a `shared` room's history.
+    let private = create_room(&alice, json!({ "preset": "private_chat" }));
+    say(&alice, &private, "not for bob");
+    alice.post(&format!("rooms/{}/invite", enc(&private)), json!({ "user_id": bob.user_id })).ok();
+    alice.post(&format!("rooms/{}/kick", enc(&private)), json!({ "user_id": bob.user_id })).ok();
+    assert_eq!(bodies(&messages(&bob, &private, "dir=b&limit=50")["chunk"]), Vec::<String>::new());
+    let include_leave = format!("filter={}", filter(json!({ "room": { "include_leave": true } })));
+    let synced = sync(&bob, &include_leave);
+    assert_eq!(bodies(&synced["rooms"]["leave"][&private]["timeline"]["events"]), Vec::<String>::new());
+
+    // Her display name in a message highlights (the server-default rule
+    // .m.rule.contains_display_name of the versions glia advertises, v1.1-v1.3).
+    say(&bob, &chat, "hey Alice Liddell, look at this");
+    let next = sync(&alice, &format!("since={}", enc(&since)));
+    assert_eq!(counts(&next), (Some(1), Some(1)));
+}
+
+#[test]
+fn ephemeral_account_data_and_push_rules() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let server = server_name(&alice);
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &room);
+    let r = enc(&room);
+    let first = say(&alice, &room, "hello");
+    let (a, b) = (enc(&alice.user_id), enc(&bob.user_id));
+
+    // Typing.
+    assert_eq!(
+        alice.put(&format!("rooms/{r}/typing/{a}"), json!({ "typing": true, "timeout": 10000 })).ok(),
+        json!({})
+    );
+    alice.put(&format!("rooms/{r}/typing/{b}"), json!({ "typing": true, "timeout": 10000 })).err(403, "M_FORBIDDEN");
+    let c = enc(&carol.user_id);
+    carol.put(&format!("rooms/{r}/typing/{c}"), json!({ "typing": true, "timeout": 10000 })).err(403, "M_FORBIDDEN");
+    assert_eq!(alice.put(&format!("rooms/{r}/typing/{a}"), json!({ "typing": false })).ok(), json!({}));
+
+    // Receipts: public, private, and the fully-read marker as room account data.
+    let receipt = |client: &Client, kind: &str, event: &str| {
+        client.post(&format!("rooms/{r}/receipt/{kind}/{}", enc(event)), json!({}))
+    };
+    assert_eq!(receipt(&bob, "m.read", &first).ok(), json!({}));
+    assert_eq!(receipt(&bob, "m.read.private", &first).ok(), json!({}));
+    assert_eq!(receipt(&bob, "m.fully_read", &first).ok(), json!({}));
+    let fully_read = format!("user/{b}/rooms/{r}/account_data/m.fully_read");
+    assert_eq!(bob.get(&fully_read).ok(), json!({ "event_id": first }));
+    receipt(&carol, "m.read", &first).err(403, "M_FORBIDDEN");
+
+    // Read markers: the fully-read marker and a read receipt at once.
+    let second = say(&alice, &room, "second");
+    let markers = json!({ "m.fully_read": second, "m.read": second });
+    assert_eq!(bob.post(&format!("rooms/{r}/read_markers"), markers).ok(), json!({}));
+    assert_eq!(bob.get(&fully_read).ok(), json!({ "event_id": second }));
+    let synced = sync(&alice, "");
+    let ephemeral = synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let receipts = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap();
+    assert!(receipts["content"][&second]["m.read"][&bob.user_id]["ts"].is_u64(), "{receipts}");
+    assert!(!receipts.to_string().contains("m.read.private"), "{receipts}");
+    let own = sync(&bob, "");
+    let room_data = own["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap().clone();
+    let marker = room_data.iter().find(|e| e["type"] == "m.fully_read").unwrap();
+    assert_eq!(marker["content"]["event_id"], second.as_str());
+
+    // Presence.
+    let presence = format!("presence/{a}/status");
+    assert_eq!(alice.put(&presence, json!({ "presence": "online", "status_msg": "Busy" })).ok(), json!({}));
+    let seen = bob.get(&presence).ok();
+    assert_eq!((seen["presence"].as_str(), seen["status_msg"].as_str()), (Some("online"), Some("Busy")));
+    assert!(seen["last_active_ago"].is_u64(), "{seen}");
+    alice.put(&presence, json!({ "presence": "unavailable" })).ok();
+    assert_eq!(bob.get(&presence).ok()["presence"], "unavailable");
+    // Sync hands it to those who share a room.
+    let synced = sync(&bob, "");
+    let events = synced["presence"]["events"].as_array().unwrap().clone();
+    let of_alice = events.iter().find(|e| e["type"] == "m.presence" && e["sender"] == alice.user_id.as_str()).unwrap();
+    assert_eq!(of_alice["content"]["presence"], "unavailable");
+    alice.put(&format!("presence/{b}/status"), json!({ "presence": "offline" })).err(403, "M_FORBIDDEN");
+    bob.get(&format!("presence/{}/status", enc(&format!("@ghost:{server}")))).err(404, "M_NOT_FOUND");
+
+    // Account data, global and per room, each the user's own.
+    let global = format!("user/{a}/account_data/org.example.a");
+    assert_eq!(alice.put(&global, json!({ "x": 1 })).ok(), json!({}));
+    assert_eq!(alice.get(&global).ok(), json!({ "x": 1 }));
+    alice.put(&global, json!({ "x": 2 })).ok();
+    assert_eq!(alice.get(&global).ok(), json!({ "x": 2 }));
+    alice.get(&format!("user/{a}/account_data/org.example.none")).err(404, "M_NOT_FOUND");
+    bob.get(&global).err(403, "M_FORBIDDEN");
+    bob.put(&global, json!({ "x": 3 })).err(403, "M_FORBIDDEN");
+    alice.put(&global, json!([1])).err(400, "M_BAD_JSON");
+    let per_room = format!("user/{a}/rooms/{r}/account_data/org.example.r");
+    assert_eq!(alice.put(&per_room, json!({ "y": 2 })).ok(), json!({}));
+    assert_eq!(alice.get(&per_room).ok(), json!({ "y": 2 }));
+    bob.get(&per_room).err(403, "M_FORBIDDEN");
+    // No inheritance between the two.
+    alice.get(&format!("user/{a}/account_data/org.example.r")).err(404, "M_NOT_FOUND");
+    alice.get(&format!("user/{a}/rooms/{r}/account_data/org.example.a")).err(404, "M_NOT_FOUND");
+    alice.get(&format!("user/{a}/rooms/not-a-room/account_data/org.example.r")).err(400, "M_INVALID_PARAM");
+
+    // Push rules: the server defaults.
+    let all = alice.get("pushrules/").ok();
+    let global_rules = &all["global"];
+    let master =
+        global_rules["override"].as_array().unwrap().iter().find(|r| r["rule_id"] == ".m.rule.master").unwrap();
+    assert_eq!((master["enabled"].as_bool(), master["default"].as_bool()), (Some(false), Some(true)));
+    assert!(global_rules["underride"].as_array().unwrap().iter().any(|r| r["rule_id"] == ".m.rule.message"));
+    assert_eq!(alice.get("pushrules/global/").ok(), *global_rules);
+    // A rule of the user's own: set, read, enable, change actions, delete.
+    let rule = "pushrules/global/content/cake";
+    assert_eq!(alice.put(rule, json!({ "pattern": "cake*lie", "actions": ["notify"] })).ok(), json!({}));
+    let got = alice.get(rule).ok();
+    assert_eq!(got["rule_id"], "cake");
+    assert_eq!(got["pattern"], "cake*lie");
+    assert_eq!(got["actions"], json!(["notify"]));
+    assert_eq!((got["enabled"].as_bool(), got["default"].as_bool()), (Some(true), Some(false)));
+    let content_rules = alice.get("pushrules/").ok()["global"]["content"].clone();
+    assert!(content_rules.as_array().unwrap().iter().any(|r| r["rule_id"] == "cake"));
+    assert_eq!(alice.get(&format!("{rule}/enabled")).ok(), json!({ "enabled": true }));
+    assert_eq!(alice.put(&format!("{rule}/enabled"), json!({ "enabled": false })).ok(), json!({}));
+    assert_eq!(alice.get(&format!("{rule}/enabled")).ok(), json!({ "enabled": false }));
+    assert_eq!(alice.get(&format!("{rule}/actions")).ok(), json!({ "actions": ["notify"] }));
+    let actions = json!(["notify", { "set_tweak": "sound", "value": "default" }]);
+    assert_eq!(alice.put(&format!("{rule}/actions"), json!({ "actions": actions })).ok(), json!({}));
+    assert_eq!(alice.get(&format!("{rule}/actions")).ok(), json!({ "actions": actions }));
+    bob.get(rule).err(404, "M_NOT_FOUND");
+    // Rules kept as m.push_rules account data, which sync hands out.
+    let synced = sync(&alice, "");
+    let rules = synced["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .unwrap()
+        .clone();
+    assert!(rules["content"]["global"]["content"].as_array().unwrap().iter().any(|r| r["rule_id"] == "cake"));
+    assert_eq!(alice.delete(rule).ok(), json!({}));
+    alice.get(rule).err(404, "M_NOT_FOUND");
+    alice.delete(rule).err(404, "M_NOT_FOUND");
+    alice.get(&format!("{rule}/enabled")).err(404, "M_NOT_FOUND");
+    alice.put(&format!("{rule}/actions"), json!({ "actions": [] })).err(404, "M_NOT_FOUND");
+    // Server defaults: their switch and actions change, they cannot be deleted.
+    let master = "pushrules/global/override/.m.rule.master";
+    alice.put(&format!("{master}/enabled"), json!({ "enabled": true })).ok();
+    assert_eq!(alice.get(&format!("{master}/enabled")).ok(), json!({ "enabled": true }));
+    alice.put(&format!("{master}/enabled"), json!({ "enabled": false })).ok();
+    let refused = alice.delete(master);
+    assert!((400..500).contains(&refused.status) && refused.json()["errcode"].is_string(), "{}", refused.text());
+    assert_eq!(alice.get(master).ok()["rule_id"], ".m.rule.master");
+    // Rule IDs starting with a dot are the server's; `before` must name a rule.
+    assert_eq!(alice.put("pushrules/global/content/.mine", json!({ "pattern": "x", "actions": [] })).status, 400);
+    let room_rule = format!("pushrules/global/room/{r}?before=nosuchrule");
+    alice.put(&room_rule, json!({ "actions": ["notify"] })).err(404, "M_NOT_FOUND");
+    alice.get("pushrules/global/override/nosuchrule").err(404, "M_NOT_FOUND");
+
+    // Filters: stored per user, readable only by them.
+    let definition = json!({
+        "room": { "timeline": { "limit": 5, "types": ["m.room.message"] } },
+        "presence": { "not_types": ["*"] },
+    });
+    let created = alice.post(&format!("user/{a}/filter"), definition.clone()).ok();
+    let filter_id = created["filter_id"].as_str().unwrap();
+    let stored = alice.get(&format!("user/{a}/filter/{}", enc(filter_id))).ok();
+    assert_eq!(stored["room"]["timeline"], definition["room"]["timeline"]);
+    assert_eq!(stored["presence"]["not_types"], json!(["*"]));
+    bob.get(&format!("user/{a}/filter/{}", enc(filter_id))).err(403, "M_FORBIDDEN");
+    bob.post(&format!("user/{a}/filter"), json!({})).err(403, "M_FORBIDDEN");
+    alice.get(&format!("user/{a}/filter/999999")).err(404, "M_NOT_FOUND");
+
+    // Values outside the spec's enums are refused, not stored for others to read.
+    let dancing = alice.put(&format!("presence/{a}/status"), json!({ "presence": "dancing" }));
+    assert_eq!(dancing.status, 400, "{}", dancing.text());
+    assert_eq!(bob.get(&format!("presence/{a}/status")).ok()["presence"], "unavailable");
+    let bogus = bob.post(&format!("rooms/{r}/receipt/m.bogus/{}", enc(&first)), json!({}));
+    assert_eq!(bogus.status, 400, "{}", bogus.text());
+
+    // Server-managed account data is refused through the generic endpoints
+    // (spec: 405 M_BAD_JSON).
+    alice.put(&format!("user/{a}/account_data/m.push_rules"), json!({ "global": {} })).err(405, "M_BAD_JSON");
+    alice
+        .put(&format!("user/{a}/rooms/{r}/account_data/m.fully_read"), json!({ "event_id": first }))
+        .err(405, "M_BAD_JSON");
+}
+
+#[test]
+fn data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (room, token, event_ids) = {
+        let glia = start(dir.path());
+        let alice = register(&glia.addr, "alice");
+        alice.put(&format!("profile/{}/displayname", enc(&alice.user_id)), json!({ "displayname": "Alice" })).ok();
+        let room =
+            create_room(&alice, json!({ "preset": "public_chat", "name": "Durable", "room_alias_name": "durable" }));
+        let ids: Vec<String> = ["first", "second", "third"].iter().map(|b| say(&alice, &room, b)).collect();
+        let me = enc(&alice.user_id);
+        alice.put(&format!("user/{me}/account_data/org.example.kept"), json!({ "kept": true })).ok();
+        // The node is killed when `glia` drops, without a chance to shut down cleanly.
+        (room, alice.token.clone().unwrap(), ids)
+    };
+    let glia = start(dir.path());
+    let addr = &glia.addr;
+    let old = Client { addr: addr.clone(), token: Some(token), user_id: String::new(), device_id: String::new() };
+    let user_id = old.get("account/whoami").ok()["user_id"].as_str().unwrap().to_owned();
+    let server = user_id.split_once(':').unwrap().1.to_owned();
+    let alice = login_client(addr, "alice");
+    assert_eq!(alice.user_id, user_id);
+    login(addr, "alice", "wrong").err(403, "M_FORBIDDEN");
+    Client::anonymous(addr).get("register/available?username=alice").err(400, "M_USER_IN_USE");
+
+    assert_eq!(alice.get("joined_rooms").ok(), json!({ "joined_rooms": [room] }));
+    assert_eq!(state(&alice, &room, "m.room.name", "").ok(), json!({ "name": "Durable" }));
+    let alias = enc(&format!("#durable:{server}"));
+    assert_eq!(alice.get(&format!("directory/room/{alias}")).ok()["room_id"], room.as_str());
+    let only_messages = filter(json!({ "types": ["m.room.message"] }));
+    let history = messages(&alice, &room, &format!("dir=b&limit=10&filter={only_messages}"));
+    assert_eq!(bodies(&history["chunk"]), ["third", "second", "first"]);
+    assert_eq!(event(&alice, &room, &event_ids[0]).ok()["content"]["body"], "first");
+    let me = enc(&alice.user_id);
+    assert_eq!(alice.get(&format!("profile/{me}/displayname")).ok(), json!({ "displayname": "Alice" }));
+    assert_eq!(alice.get(&format!("user/{me}/account_data/org.example.kept")).ok(), json!({ "kept": true }));
+
+    // The room goes on where it stopped.
+    say(&alice, &room, "fourth");
+    let history = messages(&alice, &room, &format!("dir=b&limit=10&filter={only_messages}"));
+    assert_eq!(bodies(&history["chunk"]), ["fourth", "third", "second", "first"]);
+    let synced = sync(&alice, "");
+    assert_eq!(bodies(&synced["rooms"]["join"][&room]["timeline"]["events"]).last().unwrap(), "fourth");
+}
