@@ -272,3 +272,58 @@ pub async fn resolve_forks(members: usize, fork_len: usize) -> Result<Figure, Ro
     debug_assert_eq!(merged.prev_events.len(), 2);
     Ok(figure)
 }
+
+/// One request through the node's router, as a client makes it.
+async fn call(hs: &Homeserver, method: &str, uri: &str, token: Option<&str>, body: serde_json::Value) -> serde_json::Value {
+    let mut request = http::Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = if body.is_null() { bytes::Bytes::new() } else { bytes::Bytes::from(body.to_string()) };
+    let response = hs.handle(request.body(body).unwrap_or_default()).await;
+    serde_json::from_slice(response.body()).unwrap_or_default()
+}
+
+/// `/sync` for an account in `rooms` rooms of `events` messages each: the first
+/// sync of a new device (no `since`), as clients make it with a timeline limit
+/// of 10, then an incremental sync after one new message. Through the router, so
+/// the figures include parsing, authentication and serialization.
+pub async fn sync(store: Arc<dyn Store>, rooms: usize, events: usize, runs: usize) -> Result<Vec<Figure>, RoomError> {
+    let hs = Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await?;
+    let register = |session: Option<String>| {
+        let auth = session.map(|s| json!({ "type": "m.login.dummy", "session": s }));
+        json!({ "username": "bench", "password": "bench password", "auth": auth })
+    };
+    let challenge = call(&hs, "POST", "/_matrix/client/v3/register", None, register(None)).await;
+    let session = challenge["session"].as_str().map(str::to_owned);
+    let registered = call(&hs, "POST", "/_matrix/client/v3/register", None, register(session)).await;
+    let token = registered["access_token"].as_str().unwrap_or_default().to_owned();
+    let user = UserId::parse(registered["user_id"].as_str().unwrap_or_default()).map_err(RoomError::corrupt)?;
+    let mut room_ids = Vec::new();
+    for r in 0..rooms {
+        let options = CreateRoom { name: Some(format!("room {r}")), ..Default::default() };
+        let room_id = hs.rooms().create_room(&user, options).await?;
+        for i in 0..events {
+            hs.rooms().send(&room_id, &user, &text(format!("room {r} message {i}"))).await?;
+        }
+        room_ids.push(room_id);
+    }
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A10%7D%7D%7D";
+    let mut figures = Vec::new();
+    let mut next_batch = String::new();
+    let start = Instant::now();
+    for _ in 0..runs {
+        let synced = call(&hs, "GET", &format!("/_matrix/client/v3/sync?filter={filter}"), Some(&token), json!(null)).await;
+        next_batch = synced["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    figures.push(timed(format!("initial /sync, {rooms} rooms x {events} messages, timeline limit 10"), runs, start));
+    let start = Instant::now();
+    for i in 0..runs {
+        hs.rooms().send(&room_ids[i % rooms], &user, &text(format!("new message {i}"))).await?;
+        let uri = format!("/_matrix/client/v3/sync?filter={filter}&since={next_batch}");
+        let synced = call(&hs, "GET", &uri, Some(&token), json!(null)).await;
+        next_batch = synced["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    figures.push(timed("message sent + incremental /sync", runs, start));
+    Ok(figures)
+}

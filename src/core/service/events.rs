@@ -9,15 +9,12 @@
 //!   Only state events are in it: auth events are always state events, so no
 //!   auth chain passes through a message, and a message's write is one put less.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{canonical_json::CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
-use super::{room_key, rooms::RoomError};
+use super::{cache::Cache, room_key, rooms::RoomError};
 use crate::{
     core::pdu::{self, Pdu},
     store::{Batch, Direction, KeyRange, Store},
@@ -26,7 +23,7 @@ use crate::{
 pub(crate) const EVENTS: &str = "events";
 pub(crate) const AUTH_GRAPH: &str = "auth_graph";
 
-/// How many parsed events the cache keeps.
+/// How many parsed events the cache keeps in each of its two generations.
 const CACHE_EVENTS: usize = 8192;
 
 /// What the node knows of one event.
@@ -66,15 +63,20 @@ impl StoredEvent {
     }
 }
 
-#[derive(Default)]
 pub struct Events {
-    cache: Mutex<HashMap<OwnedEventId, Arc<StoredEvent>>>,
+    cache: Cache<OwnedEventId, Arc<StoredEvent>>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self { cache: Cache::new(CACHE_EVENTS) }
+    }
 }
 
 impl Events {
     pub async fn get(&self, store: &dyn Store, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {
-        if let Some(event) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(event_id) {
-            return Ok(Some(event.clone()));
+        if let Some(event) = self.cache.get(event_id) {
+            return Ok(Some(event));
         }
         match store.get(EVENTS, event_id.as_bytes()).await? {
             Some(bytes) => Ok(Some(self.read(event_id, &bytes)?)),
@@ -105,12 +107,29 @@ impl Events {
     }
 
     pub fn remember(&self, event: Arc<StoredEvent>) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_EVENTS {
-            // Crude but bounded: the working set is small and refills quickly.
-            cache.clear();
+        self.cache.insert(event.pdu.event_id.clone(), event, 1);
+    }
+
+    /// The events of `ids` that the store has, in order, read in one go for
+    /// those not cached.
+    pub async fn get_many(&self, store: &dyn Store, ids: &[OwnedEventId]) -> Result<Vec<Arc<StoredEvent>>, RoomError> {
+        let mut found: Vec<Option<Arc<StoredEvent>>> = ids.iter().map(|id| self.cache.get(id)).collect();
+        let missing: Vec<&EventId> = ids.iter().zip(&found).filter(|(_, e)| e.is_none()).map(|(id, _)| &**id).collect();
+        if !missing.is_empty() {
+            let keys: Vec<&[u8]> = missing.iter().map(|id| id.as_bytes()).collect();
+            let mut read = HashMap::new();
+            for (id, value) in missing.iter().zip(store.get_many(EVENTS, &keys).await?) {
+                if let Some(bytes) = value {
+                    read.insert(*id, self.read(id, &bytes)?);
+                }
+            }
+            for (id, slot) in ids.iter().zip(found.iter_mut()) {
+                if slot.is_none() {
+                    *slot = read.get(&**id).cloned();
+                }
+            }
         }
-        cache.insert(event.pdu.event_id.clone(), event);
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// The writes that store `record` for `pdu`.

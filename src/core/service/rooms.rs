@@ -520,12 +520,15 @@ impl Rooms {
         limit: usize,
     ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
         let entries = self.page(TIMELINE, room_id, from.map(|s| s.to_be_bytes().to_vec()), direction, limit).await?;
-        let mut page = Vec::with_capacity(entries.len());
-        for (key, id) in entries {
-            let position = u64::from_be_bytes(key.try_into().map_err(|_| RoomError::corrupt("bad timeline key"))?);
-            page.push((position, self.event_or_corrupt(&Commit::default(), &id).await?.pdu.clone()));
-        }
-        Ok(page)
+        let events = self.page_events(&entries).await?;
+        entries
+            .into_iter()
+            .zip(events)
+            .map(|((key, _), pdu)| {
+                let key: [u8; 8] = key.try_into().map_err(|_| RoomError::corrupt("bad timeline key"))?;
+                Ok((u64::from_be_bytes(key), pdu))
+            })
+            .collect()
     }
 
     /// Like [`Rooms::timeline`], in topological order: by depth, then stream position.
@@ -537,16 +540,30 @@ impl Rooms {
         limit: usize,
     ) -> Result<Vec<(TopologicalPosition, Arc<Pdu>)>, RoomError> {
         let entries = self.page(TOPOLOGY, room_id, from.map(|p| topological_key(p).to_vec()), direction, limit).await?;
-        let mut page = Vec::with_capacity(entries.len());
-        for (key, id) in entries {
-            let key: [u8; 16] = key.try_into().map_err(|_| RoomError::corrupt("bad topology key"))?;
-            let position = (
-                u64::from_be_bytes(key[..8].try_into().unwrap_or_default()),
-                u64::from_be_bytes(key[8..].try_into().unwrap_or_default()),
-            );
-            page.push((position, self.event_or_corrupt(&Commit::default(), &id).await?.pdu.clone()));
+        let events = self.page_events(&entries).await?;
+        entries
+            .into_iter()
+            .zip(events)
+            .map(|((key, _), pdu)| {
+                let key: [u8; 16] = key.try_into().map_err(|_| RoomError::corrupt("bad topology key"))?;
+                let position = (
+                    u64::from_be_bytes(key[..8].try_into().unwrap_or_default()),
+                    u64::from_be_bytes(key[8..].try_into().unwrap_or_default()),
+                );
+                Ok((position, pdu))
+            })
+            .collect()
+    }
+
+    /// The events a page of `timeline` or `topology` entries names, in order,
+    /// read in one go.
+    async fn page_events(&self, entries: &[(Vec<u8>, OwnedEventId)]) -> Result<Vec<Arc<Pdu>>, RoomError> {
+        let ids: Vec<OwnedEventId> = entries.iter().map(|(_, id)| id.clone()).collect();
+        let events = self.events.get_many(self.store(), &ids).await?;
+        if events.len() != ids.len() {
+            return Err(RoomError::corrupt("the timeline names an event that is not stored"));
         }
-        Ok(page)
+        Ok(events.into_iter().map(|e| e.pdu.clone()).collect())
     }
 
     /// Entries of a per-room table strictly after or before `from`, with the

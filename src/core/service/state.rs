@@ -9,7 +9,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use ruma::{
@@ -21,6 +21,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 
 use super::{
+    cache::Cache,
     events::{AuthGraph, Events},
     rooms::RoomError,
 };
@@ -36,7 +37,10 @@ pub type State = StateMap<OwnedEventId>;
 
 /// Deltas in a row before a group is stored whole.
 const MAX_CHAIN: u32 = 32;
-const CACHE_GROUPS: usize = 64;
+
+/// State entries the group cache holds in each of its generations: a few
+/// large rooms' states, or many small ones.
+const CACHE_ENTRIES: usize = 100_000;
 
 #[derive(Serialize, Deserialize)]
 struct GroupRecord {
@@ -54,9 +58,14 @@ pub struct PendingGroup {
     pub state: Arc<State>,
 }
 
-#[derive(Default)]
 pub struct StateGroups {
-    cache: Mutex<HashMap<u64, (u32, Arc<State>)>>,
+    cache: Cache<u64, (u32, Arc<State>)>,
+}
+
+impl Default for StateGroups {
+    fn default() -> Self {
+        Self { cache: Cache::new(CACHE_ENTRIES) }
+    }
 }
 
 impl StateGroups {
@@ -72,8 +81,8 @@ impl StateGroups {
             if id == 0 {
                 break (0, Arc::new(State::new()));
             }
-            if let Some(cached) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
-                break cached.clone();
+            if let Some(cached) = self.cache.get(&id) {
+                break cached;
             }
             let bytes = store
                 .get(STATE_GROUPS, &id.to_be_bytes())
@@ -101,11 +110,9 @@ impl StateGroups {
     }
 
     fn remember_loaded(&self, id: u64, entry: (u32, Arc<State>)) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_GROUPS {
-            cache.clear();
-        }
-        cache.insert(id, entry);
+        // A group weighs its entries: big rooms' states are what fill memory.
+        let weight = entry.1.len().max(1);
+        self.cache.insert(id, entry, weight);
     }
 
     /// Adds to `batch` the writes recording `state` as a group derived from group

@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{DeviceId, EventId, OwnedEventId, OwnedTransactionId, TransactionId, UserId};
+use ruma::{DeviceId, EventId, OwnedDeviceId, OwnedEventId, OwnedTransactionId, TransactionId, UserId};
 
 use super::rooms::RoomError;
 use crate::store::{Batch, Store};
@@ -20,14 +20,34 @@ pub(crate) const TRANSACTIONS: &str = "transactions";
 
 type InFlight = HashMap<Vec<u8>, Arc<async_lock::Mutex<()>>>;
 
+/// The transaction IDs of events, as read or written: every sync asks for
+/// those of the viewer's own events.
+type Known = HashMap<(OwnedEventId, OwnedDeviceId), Option<OwnedTransactionId>>;
+
+/// Entries the cache of known transaction IDs keeps before starting over.
+const KNOWN: usize = 65_536;
+
 pub struct Transactions {
     store: Arc<dyn Store>,
     in_flight: Mutex<InFlight>,
+    known: Mutex<Known>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Transactions {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, in_flight: Default::default() }
+        Self { store, in_flight: Default::default(), known: Default::default() }
+    }
+
+    fn remember(&self, event_id: &EventId, device: &DeviceId, txn: Option<OwnedTransactionId>) {
+        let mut known = lock(&self.known);
+        if known.len() >= KNOWN {
+            known.clear();
+        }
+        known.insert((event_id.to_owned(), device.to_owned()), txn);
     }
 
     /// Runs `send` once per (user, device, scope, transaction ID), where the
@@ -48,11 +68,11 @@ impl Transactions {
     {
         let key =
             [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", scope.as_bytes(), b"\0", txn.as_bytes()].concat();
-        let lock = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
+        let lock = lock(&self.in_flight).entry(key.clone()).or_default().clone();
         let guard = lock.lock().await;
         let result = self.once_locked(&key, device, txn, send).await;
         drop(guard);
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = self::lock(&self.in_flight);
         // The last one out removes the entry (the map holds one reference).
         if Arc::strong_count(&lock) == 2 {
             in_flight.remove(&key);
@@ -80,13 +100,20 @@ impl Transactions {
         let reverse = [b"e", event_id.as_bytes(), b"\0", device.as_bytes()].concat();
         let batch = Batch::new().put(TRANSACTIONS, key, event_id.as_bytes()).put(TRANSACTIONS, reverse, txn.as_bytes());
         self.store.write(batch).await.map_err(RoomError::from)?;
+        self.remember(&event_id, device, Some(txn.to_owned()));
         Ok(event_id)
     }
 
     /// The transaction ID `device` sent `event_id` with, if it did.
     pub async fn txn_of(&self, event_id: &EventId, device: &DeviceId) -> Result<Option<OwnedTransactionId>, RoomError> {
+        if let Some(known) = lock(&self.known).get(&(event_id.to_owned(), device.to_owned())) {
+            return Ok(known.clone());
+        }
         let key = [b"e", event_id.as_bytes(), b"\0", device.as_bytes()].concat();
         let bytes = self.store.get(TRANSACTIONS, &key).await?;
-        bytes.map(|b| String::from_utf8(b).map(Into::into).map_err(RoomError::corrupt)).transpose()
+        let txn: Option<OwnedTransactionId> =
+            bytes.map(|b| String::from_utf8(b).map(Into::into).map_err(RoomError::corrupt)).transpose()?;
+        self.remember(event_id, device, txn.clone());
+        Ok(txn)
     }
 }

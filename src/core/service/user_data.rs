@@ -16,7 +16,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{notifier::Notifier, rooms::RoomError};
+use super::{cache::Cache, notifier::Notifier, rooms::RoomError};
 use crate::{
     core::Clock,
     store::{Batch, Direction, KeyRange, Store},
@@ -56,11 +56,17 @@ pub struct UserData {
     notifier: Arc<Notifier>,
     /// The last stream position, once read; writers take it in turn.
     stream: async_lock::Mutex<Option<u64>>,
+    /// Users' own receipts per room, as read; every sync counting unread
+    /// events asks for them.
+    own_receipts: Cache<(OwnedRoomId, OwnedUserId), Arc<Vec<RoomReceipt>>>,
 }
+
+/// (room, user) pairs whose receipts are cached, per generation.
+const CACHED_RECEIPTS: usize = 16_384;
 
 impl UserData {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, notifier: Arc<Notifier>) -> Self {
-        Self { store, clock, notifier, stream: async_lock::Mutex::new(None) }
+        Self { store, clock, notifier, stream: async_lock::Mutex::new(None), own_receipts: Cache::new(CACHED_RECEIPTS) }
     }
 
     /// The last position handed out.
@@ -156,11 +162,16 @@ impl UserData {
         let key = [room.as_bytes(), b"\0", user.as_bytes(), b"\0", kind.as_bytes(), b"\0", thread.unwrap_or("").as_bytes()]
             .concat();
         let ts = self.clock.now_millis();
-        self.write_next(|stream| {
-            let receipt = serde_json::to_vec(&Receipt { event_id, ts, stream }).map_err(RoomError::corrupt)?;
-            Ok(Batch::new().put(RECEIPTS, key, receipt))
-        })
-        .await
+        let position = self
+            .write_next(|stream| {
+                let receipt = serde_json::to_vec(&Receipt { event_id, ts, stream }).map_err(RoomError::corrupt)?;
+                Ok(Batch::new().put(RECEIPTS, key, receipt))
+            })
+            .await?;
+        // Read again on next use, now with this receipt.
+        let fresh = Arc::new(self.receipts(room, Some(user), 0).await?);
+        self.own_receipts.insert((room.to_owned(), user.to_owned()), fresh, 1);
+        Ok(position)
     }
 
     /// The room's receipts set after `since`.
@@ -169,8 +180,14 @@ impl UserData {
     }
 
     /// `user`'s receipts in the room.
-    pub async fn receipts_of(&self, room: &RoomId, user: &UserId) -> Result<Vec<RoomReceipt>, RoomError> {
-        self.receipts(room, Some(user), 0).await
+    pub async fn receipts_of(&self, room: &RoomId, user: &UserId) -> Result<Arc<Vec<RoomReceipt>>, RoomError> {
+        let key = (room.to_owned(), user.to_owned());
+        if let Some(receipts) = self.own_receipts.get(&key) {
+            return Ok(receipts);
+        }
+        let receipts = Arc::new(self.receipts(room, Some(user), 0).await?);
+        self.own_receipts.insert(key, receipts.clone(), 1);
+        Ok(receipts)
     }
 
     async fn receipts(&self, room: &RoomId, user: Option<&UserId>, since: u64) -> Result<Vec<RoomReceipt>, RoomError> {

@@ -1,78 +1,120 @@
 //! Events as clients see them: the PDU's client-visible keys plus `unsigned`
-//! (age, the previous content of state, the sender's transaction ID).
+//! (age, the previous content of state, the sender's transaction ID), written
+//! straight from the parsed PDU: `/sync` writes thousands of them.
 
-use ruma::{serde::Raw, CanonicalJsonValue};
-use serde_json::{value::to_raw_value, Map, Value};
+use ruma::{
+    events::TimelineEventType, serde::Raw, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedTransactionId, RoomId, UserId,
+};
+use serde::Serialize;
+use serde_json::{
+    value::{to_raw_value, RawValue},
+    Value,
+};
 
 use crate::core::{pdu::Pdu, service::accounts::Session, Error, Homeserver};
 
-/// The keys of a PDU a client sees; the rest (hashes, signatures, DAG links)
-/// are the federation's business.
+/// An event in the client format, written straight from the parsed PDU.
+#[derive(Serialize)]
+struct ClientEvent<'a> {
+    content: &'a RawValue,
+    event_id: &'a EventId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    /// At the top level for every room version: before v11 it was in the content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacts: Option<&'a EventId>,
+    /// Left out in `/sync`, where the room is the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_id: Option<&'a RoomId>,
+    sender: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_key: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a TimelineEventType,
+    unsigned: Unsigned,
+}
+
+#[derive(Serialize)]
+struct Unsigned {
+    age: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_content: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces_state: Option<OwnedEventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted_because: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<OwnedTransactionId>,
+}
+
+/// The keys of a redaction a client sees in `redacted_because`; the rest
+/// (hashes, signatures, DAG links) are the federation's business.
 const CLIENT_KEYS: &[&str] =
     &["content", "event_id", "origin_server_ts", "redacts", "room_id", "sender", "state_key", "type"];
 
-/// The client-visible keys of a PDU's JSON.
-fn client_keys(json: &ruma::CanonicalJsonObject) -> Map<String, Value> {
-    let mut event = Map::new();
-    for key in CLIENT_KEYS {
-        if let Some(value) = json.get(*key) {
-            event.insert((*key).to_owned(), canonical(value));
-        }
-    }
-    event
-}
-
-/// The event in the client format, `unsigned` filled in for `viewer`.
-pub(crate) async fn client_event(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result<Value, Error> {
-    let mut event = client_keys(&pdu.json);
-    // Room versions 1-10 keep `redacts` in the content, later ones at the top.
-    if let (Some(redacts), false) = (&pdu.redacts, event.contains_key("redacts")) {
-        event.insert("redacts".into(), redacts.as_str().into());
-    }
-    event.insert("event_id".into(), pdu.event_id.as_str().into());
-    let mut unsigned = Map::new();
-    let age = hs.clock().now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
-    unsigned.insert("age".into(), age.into());
+/// The event in the client format, `unsigned` filled in for `viewer`, with its
+/// room ID unless it goes into a `/sync` room.
+pub(crate) async fn client_event(
+    hs: &Homeserver,
+    pdu: &Pdu,
+    viewer: Option<&Session>,
+    with_room_id: bool,
+) -> Result<Box<RawValue>, Error> {
+    let mut unsigned = Unsigned {
+        age: hs.clock().now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0)),
+        prev_content: None,
+        replaces_state: None,
+        redacted_because: None,
+        transaction_id: None,
+    };
     if let Some(CanonicalJsonValue::Object(stored)) = pdu.json.get("unsigned") {
         // Set by redaction: the redaction that emptied this event.
         if let Some(CanonicalJsonValue::Object(because)) = stored.get("redacted_because") {
-            unsigned.insert("redacted_because".into(), Value::Object(client_keys(because)));
+            let keys = CLIENT_KEYS.iter().filter_map(|k| Some(((*k).to_owned(), because.get(*k)?.clone().into())));
+            unsigned.redacted_because = Some(Value::Object(keys.collect()));
         }
     }
     if pdu.state_key.is_some() {
-        if let Some(prev) = previous_content(hs, pdu).await? {
-            unsigned.insert("prev_content".into(), prev.0);
-            unsigned.insert("replaces_state".into(), prev.1.into());
+        if let Some(prev) = previous(hs, pdu).await? {
+            unsigned.prev_content = Some(prev.content.clone());
+            unsigned.replaces_state = Some(prev.event_id.clone());
         }
     }
     if let Some(viewer) = viewer.filter(|v| v.user_id == pdu.sender) {
-        if let Some(txn_id) = hs.transactions().txn_of(&pdu.event_id, &viewer.device_id).await? {
-            unsigned.insert("transaction_id".into(), txn_id.as_str().into());
-        }
+        unsigned.transaction_id = hs.transactions().txn_of(&pdu.event_id, &viewer.device_id).await?;
     }
-    event.insert("unsigned".into(), Value::Object(unsigned));
-    Ok(Value::Object(event))
+    let event = ClientEvent {
+        content: &pdu.content,
+        event_id: &pdu.event_id,
+        origin_server_ts: pdu.origin_server_ts,
+        redacts: pdu.redacts.as_deref(),
+        room_id: with_room_id.then_some(&*pdu.room_id),
+        sender: &pdu.sender,
+        state_key: pdu.state_key.as_deref(),
+        kind: &pdu.kind,
+        unsigned,
+    };
+    serde_json::value::to_raw_value(&event).map_err(Error::internal)
 }
 
-/// As [`client_event`], as the typed raw JSON ruma's responses hold.
+/// [`client_event`] as the typed raw JSON ruma's responses hold.
 pub(crate) async fn raw_event<T>(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result<Raw<T>, Error> {
-    to_raw(&client_event(hs, pdu, viewer).await?)
+    Ok(Raw::from_json(client_event(hs, pdu, viewer, true).await?))
+}
+
+/// [`client_event`] for a room in a `/sync` response.
+pub(crate) async fn sync_event<T>(hs: &Homeserver, pdu: &Pdu, viewer: &Session) -> Result<Raw<T>, Error> {
+    Ok(Raw::from_json(client_event(hs, pdu, Some(viewer), false).await?))
 }
 
 pub(crate) fn to_raw<T>(value: &Value) -> Result<Raw<T>, Error> {
     Ok(Raw::from_json(to_raw_value(value).map_err(Error::internal)?))
 }
 
-/// The content and ID of the state event this one replaced.
-async fn previous_content(hs: &Homeserver, pdu: &Pdu) -> Result<Option<(Value, String)>, Error> {
+/// The state event this one replaced.
+async fn previous(hs: &Homeserver, pdu: &Pdu) -> Result<Option<std::sync::Arc<Pdu>>, Error> {
     let Some(before) = hs.rooms().state_at(&pdu.event_id).await? else { return Ok(None) };
     let key = (pdu.kind.to_string().into(), pdu.state_key.clone().unwrap_or_default());
     let Some(prev_id) = before.get(&key) else { return Ok(None) };
-    let Some(prev) = hs.rooms().event(prev_id).await? else { return Ok(None) };
-    let content = serde_json::from_str(prev.pdu.content.get()).map_err(Error::internal)?;
-    Ok(Some((content, prev_id.to_string())))
-}
-
-fn canonical(value: &CanonicalJsonValue) -> Value {
-    value.clone().into()
+    Ok(hs.rooms().event(prev_id).await?.map(|prev| prev.pdu.clone()))
 }

@@ -33,6 +33,11 @@ pub(crate) const PUSH_RULES: &str = "m.push_rules";
 /// Unread events counted per room at most; clients show "99+" long before.
 const MAX_COUNTED: usize = 1000;
 
+/// Events read at a time while counting: few at first, as the newest are
+/// often the user's own, then more.
+const FIRST_COUNT_PAGE: usize = 4;
+const MAX_COUNT_PAGE: usize = 64;
+
 async fn ruleset(hs: &Homeserver, user: &UserId) -> Result<Ruleset, Error> {
     match hs.user_data().account_data(user, None, PUSH_RULES).await? {
         Some(entry) => {
@@ -237,8 +242,9 @@ pub struct UnreadCounts {
 /// Rooms whose counts are remembered before starting over.
 const REMEMBERED: usize = 16_384;
 
-/// The events in `room_id` after the user's read receipt (or their own latest
-/// event) that the push rules say notify them, and how many of those highlight.
+/// The events in `room_id` after the user's read receipt (and after their own
+/// latest event: posting reads the room) that the push rules say notify them,
+/// and how many of those highlight.
 pub(crate) async fn unread(
     hs: &Homeserver,
     user: &UserId,
@@ -248,36 +254,53 @@ pub(crate) async fn unread(
     let read_upto = read_upto(hs, user, room_id).await?;
     let key = (user.to_owned(), room_id.to_owned());
     let cached = hs.unread_counts().counted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+    // With the same receipt, only what came after the last count is new.
     let mut counted = match cached {
         Some(c) if c.read_upto == read_upto && c.counted_to <= now => c,
         _ => Counted { read_upto, counted_to: read_upto, notify: 0, highlight: 0 },
     };
     if counted.counted_to < now {
-        let events = hs.rooms().timeline(room_id, Some(counted.counted_to), Direction::Forward, MAX_COUNTED).await?;
-        let events: Vec<_> = events.into_iter().filter(|(position, _)| *position <= now).collect();
-        if !events.is_empty() {
-            let rules = ruleset(hs, user).await?;
-            let context = push_context(hs, user, room_id).await?;
-            for (position, pdu) in events {
-                counted.counted_to = position;
-                if pdu.sender == user {
-                    // Posting in a room reads it.
-                    counted.notify = 0;
-                    counted.highlight = 0;
-                    continue;
+        let (mut notify, mut highlight, mut seen, mut posted) = (0, 0, 0, false);
+        let mut rules_and_context = None;
+        let mut cursor = Some(now + 1);
+        let mut page_size = FIRST_COUNT_PAGE;
+        // Newest first, so that counting stops at the user's own latest event.
+        'scan: while seen < MAX_COUNTED {
+            let page = hs.rooms().timeline(room_id, cursor, Direction::Backward, page_size).await?;
+            let last_page = page.len() < page_size;
+            page_size = (page_size * 4).min(MAX_COUNT_PAGE);
+            for (position, pdu) in page {
+                cursor = Some(position);
+                if position <= counted.counted_to {
+                    break 'scan;
                 }
-                let event = super::format::client_event(hs, &pdu, None).await?;
-                let raw: Raw<Value> = super::format::to_raw(&event)?;
-                let actions = rules.get_actions(&raw, &context).await;
+                seen += 1;
+                if pdu.sender == user {
+                    posted = true;
+                    break 'scan;
+                }
+                if rules_and_context.is_none() {
+                    rules_and_context = Some((ruleset(hs, user).await?, push_context(hs, user, room_id).await?));
+                }
+                let Some((rules, context)) = &rules_and_context else { continue };
+                let raw: Raw<Value> = super::format::raw_event(hs, &pdu, None).await?;
+                let actions = rules.get_actions(&raw, context).await;
                 if actions.iter().any(|a| a.should_notify()) {
-                    counted.notify += 1;
-                    if actions.iter().any(|a| a.is_highlight()) {
-                        counted.highlight += 1;
-                    }
+                    notify += 1;
+                    highlight += u32::from(actions.iter().any(|a| a.is_highlight()));
                 }
             }
+            if last_page {
+                break;
+            }
         }
-        counted.counted_to = counted.counted_to.max(now.min(hs.rooms().room(room_id).await?.stream));
+        if posted {
+            (counted.notify, counted.highlight) = (notify, highlight);
+        } else {
+            counted.notify += notify;
+            counted.highlight += highlight;
+        }
+        counted.counted_to = now;
     }
     let mut all = hs.unread_counts().counted.lock().unwrap_or_else(|p| p.into_inner());
     if all.len() >= REMEMBERED {
@@ -290,8 +313,8 @@ pub(crate) async fn unread(
 /// The stream position of the latest event the user's read receipts point at.
 async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<StreamPosition, Error> {
     let mut upto = 0;
-    for receipt in hs.user_data().receipts_of(room_id, user).await? {
-        if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private") || receipt.thread.is_some_and(|t| t != "main") {
+    for receipt in hs.user_data().receipts_of(room_id, user).await?.iter() {
+        if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private") || receipt.thread.as_ref().is_some_and(|t| t != "main") {
             continue;
         }
         if let Some(event) = hs.rooms().event(&receipt.receipt.event_id).await? {

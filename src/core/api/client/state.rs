@@ -34,8 +34,7 @@ pub(crate) async fn get(
     })?;
     let body = match request.format {
         get_state_event_for_key::v3::StateEventFormat::Event => {
-            serde_json::value::to_raw_value(&format::client_event(hs, &pdu, Some(&session)).await?)
-                .map_err(Error::internal)?
+            format::client_event(hs, &pdu, Some(&session), true).await?
         }
         _ => pdu.content.clone(),
     };

@@ -275,8 +275,7 @@ impl Sync<'_> {
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
             joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders, full).await?);
             for (_, pdu) in &events {
-                let event = format::client_event(hs, pdu, Some(self.session)).await?;
-                joined.timeline.events.push(format::to_raw(&sync_format(event))?);
+                joined.timeline.events.push(format::sync_event(hs, pdu, self.session).await?);
             }
             if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember) {
                 joined.summary = self.summary(room_id).await?;
@@ -365,8 +364,7 @@ impl Sync<'_> {
             if !filter::room_event_matches(filter, &event.pdu) {
                 continue;
             }
-            let event = format::client_event(self.hs, &event.pdu, Some(self.session)).await?;
-            events.events.push(format::to_raw(&sync_format(event))?);
+            events.events.push(format::sync_event(self.hs, &event.pdu, self.session).await?);
         }
         Ok(events)
     }
@@ -442,8 +440,7 @@ impl Sync<'_> {
         room.timeline.limited = limited;
         room.timeline.prev_batch = events.first().map(|(s, pdu)| tokens::before((u64::from(pdu.depth), *s)));
         for (_, pdu) in &events {
-            let event = format::client_event(self.hs, pdu, Some(self.session)).await?;
-            room.timeline.events.push(format::to_raw(&sync_format(event))?);
+            room.timeline.events.push(format::sync_event(self.hs, pdu, self.session).await?);
         }
         for event in account_data {
             room.account_data.events.push(format::to_raw(&event)?);
@@ -486,12 +483,4 @@ impl Sync<'_> {
         }
         Ok(())
     }
-}
-
-/// Events in sync responses leave out their room ID: the room is their key.
-fn sync_format(mut event: Value) -> Value {
-    if let Some(object) = event.as_object_mut() {
-        object.remove("room_id");
-    }
-    event
 }
