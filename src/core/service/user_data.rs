@@ -56,17 +56,20 @@ pub struct UserData {
     notifier: Arc<Notifier>,
     /// The last stream position, once read; writers take it in turn.
     stream: async_lock::Mutex<Option<u64>>,
-    /// Users' own receipts per room, as read; every sync counting unread
-    /// events asks for them.
-    own_receipts: Cache<(OwnedRoomId, OwnedUserId), Arc<Vec<RoomReceipt>>>,
+    /// Each room's receipts, as read: every `/sync` asks for them, to hand out
+    /// new ones and to count unread events.
+    receipts: Cache<OwnedRoomId, Arc<Vec<RoomReceipt>>>,
+    /// Held while a room's receipts are read into the cache or written, so a
+    /// slow reader cannot put back a copy older than a write.
+    receipts_lock: async_lock::Mutex<()>,
 }
 
-/// (room, user) pairs whose receipts are cached, per generation.
-const CACHED_RECEIPTS: usize = 16_384;
+/// Receipts cached, per generation.
+const CACHED_RECEIPTS: usize = 65_536;
 
 impl UserData {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, notifier: Arc<Notifier>) -> Self {
-        Self { store, clock, notifier, stream: async_lock::Mutex::new(None), own_receipts: Cache::new(CACHED_RECEIPTS) }
+        Self { store, clock, notifier, stream: async_lock::Mutex::new(None), receipts: Cache::new(CACHED_RECEIPTS), receipts_lock: async_lock::Mutex::new(()) }
     }
 
     /// The last position handed out.
@@ -162,48 +165,49 @@ impl UserData {
         let key = [room.as_bytes(), b"\0", user.as_bytes(), b"\0", kind.as_bytes(), b"\0", thread.unwrap_or("").as_bytes()]
             .concat();
         let ts = self.clock.now_millis();
+        let _writing = self.receipts_lock.lock().await;
         let position = self
             .write_next(|stream| {
                 let receipt = serde_json::to_vec(&Receipt { event_id, ts, stream }).map_err(RoomError::corrupt)?;
                 Ok(Batch::new().put(RECEIPTS, key, receipt))
             })
             .await?;
-        // Read again on next use, now with this receipt.
-        let fresh = Arc::new(self.receipts(room, Some(user), 0).await?);
-        self.own_receipts.insert((room.to_owned(), user.to_owned()), fresh, 1);
+        // The cached copy is stale now: read it again with this receipt.
+        let fresh = Arc::new(self.read_receipts(room).await?);
+        self.receipts.insert(room.to_owned(), fresh.clone(), fresh.len().max(1));
         Ok(position)
     }
 
     /// The room's receipts set after `since`.
     pub async fn receipts_since(&self, room: &RoomId, since: u64) -> Result<Vec<RoomReceipt>, RoomError> {
-        self.receipts(room, None, since).await
+        Ok(self.receipts(room).await?.iter().filter(|r| r.receipt.stream > since).cloned().collect())
     }
 
     /// `user`'s receipts in the room.
-    pub async fn receipts_of(&self, room: &RoomId, user: &UserId) -> Result<Arc<Vec<RoomReceipt>>, RoomError> {
-        let key = (room.to_owned(), user.to_owned());
-        if let Some(receipts) = self.own_receipts.get(&key) {
+    pub async fn receipts_of(&self, room: &RoomId, user: &UserId) -> Result<Vec<RoomReceipt>, RoomError> {
+        Ok(self.receipts(room).await?.iter().filter(|r| r.user_id == user).cloned().collect())
+    }
+
+    async fn receipts(&self, room: &RoomId) -> Result<Arc<Vec<RoomReceipt>>, RoomError> {
+        if let Some(receipts) = self.receipts.get(room) {
             return Ok(receipts);
         }
-        let receipts = Arc::new(self.receipts(room, Some(user), 0).await?);
-        self.own_receipts.insert(key, receipts.clone(), 1);
+        let _reading = self.receipts_lock.lock().await;
+        if let Some(receipts) = self.receipts.get(room) {
+            return Ok(receipts);
+        }
+        let receipts = Arc::new(self.read_receipts(room).await?);
+        self.receipts.insert(room.to_owned(), receipts.clone(), receipts.len().max(1));
         Ok(receipts)
     }
 
-    async fn receipts(&self, room: &RoomId, user: Option<&UserId>, since: u64) -> Result<Vec<RoomReceipt>, RoomError> {
-        let room_prefix = [room.as_bytes(), b"\0"].concat();
-        let prefix = match user {
-            Some(user) => [&room_prefix[..], user.as_bytes(), b"\0"].concat(),
-            None => room_prefix.clone(),
-        };
+    async fn read_receipts(&self, room: &RoomId) -> Result<Vec<RoomReceipt>, RoomError> {
+        let prefix = [room.as_bytes(), b"\0"].concat();
         let entries = self.store.scan(RECEIPTS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
         let mut receipts = Vec::new();
         for (key, value) in entries {
             let receipt: Receipt = serde_json::from_slice(&value).map_err(RoomError::corrupt)?;
-            if receipt.stream <= since {
-                continue;
-            }
-            let rest = std::str::from_utf8(&key[room_prefix.len()..]).map_err(RoomError::corrupt)?;
+            let rest = std::str::from_utf8(&key[prefix.len()..]).map_err(RoomError::corrupt)?;
             let mut parts = rest.split('\0');
             let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(RoomError::corrupt("bad receipt key"));

@@ -313,7 +313,7 @@ pub(crate) async fn unread(
 /// The stream position of the latest event the user's read receipts point at.
 async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<StreamPosition, Error> {
     let mut upto = 0;
-    for receipt in hs.user_data().receipts_of(room_id, user).await?.iter() {
+    for receipt in hs.user_data().receipts_of(room_id, user).await? {
         if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private") || receipt.thread.as_ref().is_some_and(|t| t != "main") {
             continue;
         }
