@@ -1,0 +1,259 @@
+// A stock SDK against the homeserver: two matrix-js-sdk clients register, log in,
+// run their own sync loops, share a room and see each other's messages, typing and
+// read receipts, all through the Client-Server API of `glia node`.
+//
+// Needs Node 22 (matrix-js-sdk 43), which npm installs as the `node` package:
+//   node_modules/node/bin/node --test --test-force-exit 'tests/sdk/*.test.mjs'
+// (--test-force-exit: after stopClient the SDK still holds the 110 s local timeout of
+// its last /sync, which would keep the process alive that long after the last test.)
+// GLIA_TEST_SERVER=synapse runs the same test against a Synapse (see server.mjs),
+// GLIA_TEST_SERVER=url=http://… against a homeserver already running there, GLIA_BIN=PATH
+// with another glia binary; GLIA_SDK_TRACE=1 prints every request the clients made. A failing step prints the failed requests with their bodies.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { ClientEvent, createClient, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
+import { logger as sdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import { startServer, withTimeout } from './server.mjs';
+
+// matrix-js-sdk logs every sync at debug level: silence its global logger and the
+// children made from it later, and give each client a silent logger of its own.
+const mute = () => () => {};
+sdkLogger.methodFactory = mute;
+sdkLogger.disableAll();
+const silent = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {}, getChild: () => silent };
+
+const WAIT_MS = 15_000;
+const PASSWORD = 'correct horse battery staple';
+
+/// Every request the SDK made, in the order it made them, with the status it got.
+const requests = [];
+let server;
+const clients = {};
+let roomId;
+
+/// A fetch that records the SDK's requests (and the bodies of failed ones).
+function recordingFetch(who) {
+  return async (input, init = {}) => {
+    const url = new URL(input instanceof Request ? input.url : input);
+    const entry = { who, method: init.method ?? 'GET', path: url.pathname + url.search, status: 'pending' };
+    requests.push(entry);
+    try {
+      const res = await fetch(input, init);
+      entry.status = res.status;
+      if (!res.ok) {
+        entry.request = typeof init.body === 'string' ? init.body.slice(0, 500) : undefined;
+        entry.response = (await res.clone().text()).slice(0, 500);
+      }
+      return res;
+    } catch (err) {
+      entry.status = err.name;
+      throw err;
+    }
+  };
+}
+
+function formatRequests(list) {
+  return list
+    .map((r) => {
+      const path = r.path.replace(/access_token=[^&]+/, 'access_token=…');
+      let line = `${r.who.padEnd(5)} ${r.method.padEnd(6)} ${path} -> ${r.status}`;
+      if (r.request) line += `\n        request:  ${r.request}`;
+      if (r.response) line += `\n        response: ${r.response}`;
+      return line;
+    })
+    .join('\n');
+}
+
+/// Answers that are no failure: the 401 that opens user-interactive auth, and the
+/// 404 for an unstable endpoint the SDK probes (MSC4143 RTC transports).
+const expected = (r) =>
+  (r.status === 401 && r.path.endsWith('/register')) || (r.status === 404 && r.path.includes('/unstable/'));
+const reported = new Set();
+let broken; // the step that failed: the later ones build on it
+
+/// Runs one step of the conversation; on failure prints the requests that went
+/// wrong (not yet printed) and those of this step, which is what a homeserver
+/// developer needs.
+function step(name, fn) {
+  test(name, { timeout: 4 * WAIT_MS }, async (t) => {
+    if (broken) return t.skip(`an earlier step failed: ${broken}`);
+    const from = requests.length;
+    try {
+      await fn();
+    } catch (err) {
+      broken = name;
+      const failed = requests.filter((r) => (typeof r.status !== 'number' || r.status >= 400) && !expected(r) && !reported.has(r));
+      failed.forEach((r) => reported.add(r));
+      console.error(`\n--- ${name}: ${server?.kind} at ${server?.url}`);
+      if (failed.length) console.error(`--- failed requests\n${formatRequests(failed)}`);
+      console.error(`--- requests made during this step\n${formatRequests(requests.slice(from))}\n`);
+      throw err;
+    }
+  });
+}
+
+/// Resolves with the arguments of the first `event` from `emitter` for which
+/// `match(...args)` holds; fails after WAIT_MS. Subscribe before causing the event.
+function waitFor(emitter, event, match, what) {
+  let listener;
+  const seen = new Promise((resolve) => {
+    listener = (...args) => {
+      if (match(...args)) resolve(args);
+    };
+    emitter.on(event, listener);
+  });
+  return withTimeout(seen, WAIT_MS, what).finally(() => emitter.off(event, listener));
+}
+
+/// Registers `username` with the m.login.dummy stage of user-interactive auth.
+async function register(username) {
+  const client = createClient({ baseUrl: server.url, fetchFn: recordingFetch(username), logger: silent });
+  // Without auth the homeserver answers 401 with a session and the flows it offers.
+  const challenge = await client.registerRequest({ username, password: PASSWORD }).then(
+    (res) => assert.fail(`registration without auth succeeded: ${JSON.stringify(res)}`),
+    (err) => err,
+  );
+  assert.equal(challenge.httpStatus, 401, `first /register: ${challenge}`);
+  const { session, flows } = challenge.data;
+  assert.ok(session, 'a UIA session id');
+  assert.ok(flows.some((f) => f.stages.length === 1 && f.stages[0] === 'm.login.dummy'), JSON.stringify(flows));
+
+  const res = await client.registerRequest({ username, password: PASSWORD, auth: { type: 'm.login.dummy', session } });
+  assert.match(res.user_id, new RegExp(`^@${username}:`));
+  assert.ok(res.access_token);
+  return res.user_id;
+}
+
+/// Logs in with m.login.password and starts a client of its own with its sync loop.
+async function loginAndStart(username, userId) {
+  const fetchFn = recordingFetch(username);
+  const anonymous = createClient({ baseUrl: server.url, fetchFn, logger: silent });
+  const login = await anonymous.loginRequest({
+    type: 'm.login.password',
+    identifier: { type: 'm.id.user', user: username },
+    password: PASSWORD,
+    initial_device_display_name: `glia sdk test (${username})`,
+  });
+  assert.equal(login.user_id, userId);
+  assert.ok(login.access_token && login.device_id);
+
+  const client = createClient({
+    baseUrl: server.url,
+    fetchFn,
+    logger: silent,
+    userId: login.user_id,
+    deviceId: login.device_id,
+    accessToken: login.access_token,
+  });
+  const prepared = waitFor(client, ClientEvent.Sync, (state) => state === 'PREPARED', `${username}'s first sync`);
+  const failed = waitFor(client, ClientEvent.Sync, (state) => state === 'ERROR', 'never').then(() => {
+    throw new Error(`${username}'s sync loop reported ERROR`);
+  });
+  failed.catch(() => {}); // only raced below
+  await client.startClient({ initialSyncLimit: 10 });
+  await Promise.race([prepared, failed]);
+  return client;
+}
+
+/// The first message from `sender` with `body` that `client` gets from its sync.
+function waitForMessage(client, sender, body) {
+  return waitFor(
+    client,
+    RoomEvent.Timeline,
+    (event, room, toStartOfTimeline) =>
+      room?.roomId === roomId &&
+      !toStartOfTimeline &&
+      event.getType() === 'm.room.message' &&
+      event.getSender() === sender &&
+      event.getContent().body === body,
+    `${client.getUserId()} to see "${body}" from ${sender}`,
+  ).then(([event]) => event);
+}
+
+before(async () => {
+  server = await startServer();
+});
+
+after(async () => {
+  for (const client of Object.values(clients)) client.stopClient();
+  await server?.stop();
+  if (process.env.GLIA_SDK_TRACE) console.error(`--- every request\n${formatRequests(requests)}`);
+});
+
+step('alice and bob register with m.login.dummy, log in with a password and sync', async () => {
+  const alice = await register('alice');
+  const bob = await register('bob');
+  clients.alice = await loginAndStart('alice', alice);
+  clients.bob = await loginAndStart('bob', bob);
+});
+
+step('alice creates a room and invites bob, who joins it', async () => {
+  const { alice, bob } = clients;
+  ({ room_id: roomId } = await alice.createRoom({ name: 'glia sdk test', preset: 'private_chat' }));
+  assert.match(roomId, /^!/);
+
+  const invited = waitFor(bob, RoomEvent.MyMembership, (room, membership) => room.roomId === roomId && membership === 'invite', 'bob to see his invite');
+  await alice.invite(roomId, bob.getUserId());
+  await invited;
+
+  const joinedSeenByAlice = waitFor(
+    alice,
+    RoomMemberEvent.Membership,
+    (event, member) => member.roomId === roomId && member.userId === bob.getUserId() && member.membership === 'join',
+    'alice to see bob join',
+  );
+  const room = await bob.joinRoom(roomId);
+  assert.equal(room.roomId, roomId);
+  await joinedSeenByAlice;
+  assert.deepEqual(alice.getRoom(roomId).getJoinedMembers().map((m) => m.userId).sort(), [alice.getUserId(), bob.getUserId()].sort());
+});
+
+step('each sees the message the other sent, through its own sync', async () => {
+  const { alice, bob } = clients;
+  const bobSees = waitForMessage(bob, alice.getUserId(), 'hello bob');
+  await alice.sendTextMessage(roomId, 'hello bob');
+  const seenByBob = await bobSees;
+
+  const aliceSees = waitForMessage(alice, bob.getUserId(), 'hello alice');
+  await bob.sendTextMessage(roomId, 'hello alice');
+  await aliceSees;
+
+  assert.equal(seenByBob.getRoomId(), roomId);
+  const bodies = (client) =>
+    client.getRoom(roomId).getLiveTimeline().getEvents()
+      .filter((e) => e.getType() === 'm.room.message')
+      .map((e) => e.getContent().body);
+  assert.deepEqual(bodies(alice), ['hello bob', 'hello alice']);
+  assert.deepEqual(bodies(bob), ['hello bob', 'hello alice']);
+});
+
+step('bob sees alice typing, then stop typing', async () => {
+  const { alice, bob } = clients;
+  const typing = (state) =>
+    waitFor(bob, RoomMemberEvent.Typing, (event, member) => member.roomId === roomId && member.userId === alice.getUserId() && member.typing === state, `bob to see alice typing=${state}`);
+
+  const started = typing(true);
+  await alice.sendTyping(roomId, true, 30_000);
+  await started;
+
+  const stopped = typing(false);
+  await alice.sendTyping(roomId, false, 0);
+  await stopped;
+});
+
+step("alice sees bob's read receipt on her message", async () => {
+  const { alice, bob } = clients;
+  const aliceMessage = bob.getRoom(roomId).getLiveTimeline().getEvents()
+    .find((e) => e.getSender() === alice.getUserId() && e.getType() === 'm.room.message');
+  const eventId = aliceMessage.getId();
+
+  const receipt = waitFor(
+    alice,
+    RoomEvent.Receipt,
+    (event, room) => room.roomId === roomId && event.getContent()[eventId]?.['m.read']?.[bob.getUserId()] !== undefined,
+    "alice to see bob's read receipt",
+  );
+  await bob.sendReadReceipt(aliceMessage);
+  await receipt;
+});
