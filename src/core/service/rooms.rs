@@ -49,8 +49,12 @@ use crate::{
 };
 
 mod commit;
+mod tails;
 
-use self::commit::{lock, Before, Commit, Queued, Written};
+use self::{
+    commit::{lock, Before, Commit, Queued, Written},
+    tails::Tails,
+};
 
 pub(crate) const ROOMS: &str = "rooms";
 pub(crate) const TIMELINE: &str = "timeline";
@@ -151,6 +155,12 @@ pub struct CreateRoom {
     pub initial_state: Vec<NewEvent>,
 }
 
+/// Writes to land with an event sent by [`Rooms::send_with`], made from it.
+#[cfg(not(target_arch = "wasm32"))]
+pub type Also = Box<dyn FnOnce(&Pdu) -> crate::store::Batch + Send>;
+#[cfg(target_arch = "wasm32")]
+pub type Also = Box<dyn FnOnce(&Pdu) -> crate::store::Batch>;
+
 /// A position in a room's timeline for clients: the node's stream order.
 pub type StreamPosition = u64;
 
@@ -171,6 +181,7 @@ pub struct Rooms {
     /// Events with redactions held for them; `None` until first read.
     held: std::sync::Mutex<Option<std::collections::HashSet<OwnedEventId>>>,
     notifier: Arc<Notifier>,
+    tails: Tails,
 }
 
 impl Rooms {
@@ -183,6 +194,7 @@ impl Rooms {
     ) -> Self {
         Self {
             notifier,
+            tails: Tails::default(),
             store,
             key,
             clock,
@@ -239,7 +251,19 @@ impl Rooms {
 
     /// Appends an event by a local user after the room's forward extremities.
     pub async fn send(&self, room_id: &RoomId, sender: &UserId, event: &NewEvent) -> Result<Arc<Pdu>, RoomError> {
-        self.send_after_or_latest(room_id, sender, event, None).await
+        self.send_after_or_latest(room_id, sender, event, None, None).await
+    }
+
+    /// [`Rooms::send`], with more writes made from the new event landing in the
+    /// same commit (what a client's transaction ID names, say).
+    pub async fn send_with(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: &NewEvent,
+        also: Also,
+    ) -> Result<Arc<Pdu>, RoomError> {
+        self.send_after_or_latest(room_id, sender, event, None, Some(also)).await
     }
 
     /// Appends an event by a local user after exactly `prev_events`, forking the
@@ -251,7 +275,7 @@ impl Rooms {
         event: &NewEvent,
         prev_events: Vec<OwnedEventId>,
     ) -> Result<Arc<Pdu>, RoomError> {
-        self.send_after_or_latest(room_id, sender, event, Some(prev_events)).await
+        self.send_after_or_latest(room_id, sender, event, Some(prev_events), None).await
     }
 
     /// Queues the event for the writer. Whoever holds the write lock sends every
@@ -266,6 +290,7 @@ impl Rooms {
         sender: &UserId,
         event: &NewEvent,
         prev_events: Option<Vec<OwnedEventId>>,
+        also: Option<Also>,
     ) -> Result<Arc<Pdu>, RoomError> {
         self.check_local(sender)?;
         let (result, mut sent) = futures_channel::oneshot::channel();
@@ -274,6 +299,7 @@ impl Rooms {
             sender: sender.to_owned(),
             event: event.clone(),
             prev_events,
+            also,
             result,
         };
         lock(&self.queue).push(queued);
@@ -519,16 +545,51 @@ impl Rooms {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
+        if direction == Direction::Backward {
+            if !self.tails.has(room_id) {
+                // Read under the write lock, so no commit lands between the
+                // read and the tail taking over.
+                let _write = self.write.lock().await;
+                if !self.tails.has(room_id) {
+                    let latest = self.timeline_entries(room_id, None, Direction::Backward, Tails::size()).await?;
+                    self.tails.fill(room_id, latest);
+                }
+            }
+            if let Some(entries) = self.tails.before(room_id, from, limit) {
+                return self.with_events(entries).await;
+            }
+        }
+        let entries = self.timeline_entries(room_id, from, direction, limit).await?;
+        self.with_events(entries).await
+    }
+
+    async fn timeline_entries(
+        &self,
+        room_id: &RoomId,
+        from: Option<StreamPosition>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(StreamPosition, OwnedEventId)>, RoomError> {
         let entries = self.page(TIMELINE, room_id, from.map(|s| s.to_be_bytes().to_vec()), direction, limit).await?;
-        let events = self.page_events(&entries).await?;
         entries
             .into_iter()
-            .zip(events)
-            .map(|((key, _), pdu)| {
+            .map(|(key, id)| {
                 let key: [u8; 8] = key.try_into().map_err(|_| RoomError::corrupt("bad timeline key"))?;
-                Ok((u64::from_be_bytes(key), pdu))
+                Ok((u64::from_be_bytes(key), id))
             })
             .collect()
+    }
+
+    async fn with_events(
+        &self,
+        entries: Vec<(StreamPosition, OwnedEventId)>,
+    ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
+        let ids: Vec<OwnedEventId> = entries.iter().map(|(_, id)| id.clone()).collect();
+        let events = self.events.get_many(self.store(), &ids).await?;
+        if events.len() != ids.len() {
+            return Err(RoomError::corrupt("the timeline names an event that is not stored"));
+        }
+        Ok(entries.into_iter().zip(events).map(|((position, _), event)| (position, event.pdu.clone())).collect())
     }
 
     /// Like [`Rooms::timeline`], in topological order: by depth, then stream position.

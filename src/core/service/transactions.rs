@@ -13,7 +13,7 @@ use std::{
 
 use ruma::{DeviceId, EventId, OwnedDeviceId, OwnedEventId, OwnedTransactionId, TransactionId, UserId};
 
-use super::rooms::RoomError;
+use super::rooms::{Also, RoomError};
 use crate::store::{Batch, Store};
 
 pub(crate) const TRANSACTIONS: &str = "transactions";
@@ -62,7 +62,7 @@ impl Transactions {
         send: F,
     ) -> Result<OwnedEventId, E>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Also) -> Fut,
         Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
         E: From<RoomError>,
     {
@@ -88,7 +88,7 @@ impl Transactions {
         send: F,
     ) -> Result<OwnedEventId, E>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Also) -> Fut,
         Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
         E: From<RoomError>,
     {
@@ -96,10 +96,14 @@ impl Transactions {
             let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
             return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
         }
-        let event_id = send().await?;
-        let reverse = [b"e", event_id.as_bytes(), b"\0", device.as_bytes()].concat();
-        let batch = Batch::new().put(TRANSACTIONS, key, event_id.as_bytes()).put(TRANSACTIONS, reverse, txn.as_bytes());
-        self.store.write(batch).await.map_err(RoomError::from)?;
+        // Both mappings land in the event's own commit: a retry after a crash
+        // finds the event, or finds neither.
+        let (key, owned_device, owned_txn) = (key.to_vec(), device.to_owned(), txn.to_owned());
+        let also: Also = Box::new(move |pdu| {
+            let reverse = [b"e", pdu.event_id.as_bytes(), b"\0", owned_device.as_bytes()].concat();
+            Batch::new().put(TRANSACTIONS, key, pdu.event_id.as_bytes()).put(TRANSACTIONS, reverse, owned_txn.as_bytes())
+        });
+        let event_id = send(also).await?;
         self.remember(&event_id, device, Some(txn.to_owned()));
         Ok(event_id)
     }

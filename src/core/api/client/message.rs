@@ -43,8 +43,8 @@ pub(crate) async fn send(
     let scope = format!("send/{}/{}", request.room_id, request.event_type);
     let event_id = hs
         .transactions()
-        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, || async {
-            Ok::<_, Error>(hs.rooms().send(&request.room_id, &session.user_id, &event).await?.event_id.clone())
+        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| async {
+            Ok::<_, Error>(hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone())
         })
         .await?;
     Ok(send_message_event::v3::Response::new(event_id))
@@ -78,8 +78,8 @@ pub(crate) async fn redact(
     let scope = format!("redact/{}/{}", request.room_id, request.event_id);
     let event_id = hs
         .transactions()
-        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, || async {
-            Ok::<_, Error>(hs.rooms().send(&request.room_id, &session.user_id, &event).await?.event_id.clone())
+        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| async {
+            Ok::<_, Error>(hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone())
         })
         .await?;
     Ok(redact_event::v3::Response::new(event_id))

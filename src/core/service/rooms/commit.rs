@@ -20,7 +20,7 @@ use ruma::{
 use serde::Deserialize;
 
 use super::{
-    create_event_version, is_create, room_key_for_user, to_raw, topological_key, Outcome, RoomError, RoomRecord,
+    create_event_version, is_create, room_key_for_user, StreamPosition, to_raw, topological_key, Outcome, RoomError, RoomRecord,
     Rooms, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, ROOMS, TIMELINE, TOPOLOGY,
 };
 use crate::{
@@ -73,6 +73,8 @@ pub(super) struct Commit {
     /// Targets whose redactions this commit holds, and releases.
     pub(super) held: Vec<OwnedEventId>,
     pub(super) released: Vec<OwnedEventId>,
+    /// The timeline entries this commit adds, in stream order.
+    pub(super) appended: Vec<(OwnedRoomId, StreamPosition, OwnedEventId)>,
 }
 
 /// Stream and state group numbers as read at the start of a write.
@@ -116,6 +118,7 @@ pub(super) struct Queued {
     pub(super) sender: OwnedUserId,
     pub(super) event: NewEvent,
     pub(super) prev_events: Option<Vec<OwnedEventId>>,
+    pub(super) also: Option<super::Also>,
     pub(super) result: futures_channel::oneshot::Sender<Result<Arc<Pdu>, RoomError>>,
 }
 
@@ -200,7 +203,11 @@ impl Rooms {
         }
         if let Err(err) = self.store().write(batch).await {
             *self.written() = Written::default();
+            self.tails.clear();
             return Err(err.into());
+        }
+        for (room_id, position, event_id) in c.appended {
+            self.tails.append(&room_id, position, event_id);
         }
         if let Some((_, now)) = counters {
             self.written().counters = Some(Counters { stored: true, ..now });
@@ -224,11 +231,14 @@ impl Rooms {
         Ok(())
     }
 
-    pub(super) async fn send_queued(&self, queued: Vec<Queued>) {
+    pub(super) async fn send_queued(&self, mut queued: Vec<Queued>) {
         let mut c = Commit::default();
         let mut results = Vec::with_capacity(queued.len());
-        for q in &queued {
+        for q in &mut queued {
             let result = self.send_in(&mut c, &q.room_id, &q.sender, &q.event, q.prev_events.clone()).await;
+            if let (Ok(pdu), Some(also)) = (&result, q.also.take()) {
+                c.batch.ops.extend(also(pdu).ops);
+            }
             match result {
                 // A refusal gathers nothing: the others still go out.
                 Err(err) if err.is_internal() => return fail_all(queued, err),
@@ -447,6 +457,7 @@ impl Rooms {
         };
         let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
         if let Some(stream) = stream {
+            c.appended.push((pdu.room_id.clone(), stream, pdu.event_id.clone()));
             let depth = u64::from(pdu.depth);
             batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes()).put(
                 TOPOLOGY,
