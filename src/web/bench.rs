@@ -39,3 +39,14 @@ pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     Ok(bench::rows("IndexedDB (Chromium)", &[sent, concurrent, received])
         + &bench::rows("memory (wasm, Chromium)", &[memory]))
 }
+
+/// `/sync` of an account in `rooms` rooms of `events` messages, through the
+/// router, on IndexedDB and on a memory store (the wasm's own cost), as table rows.
+#[wasm_bindgen]
+pub async fn bench_sync(rooms: usize, events: usize) -> Result<String, JsError> {
+    let name = format!("glia-bench-sync-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, SCHEMA).await?;
+    let indexeddb = bench::sync(Arc::new(store), rooms, events, 5).await?;
+    let memory = bench::sync(Arc::new(MemoryStore::new(SCHEMA)), rooms, events, 5).await?;
+    Ok(bench::rows("IndexedDB (Chromium)", &indexeddb) + &bench::rows("memory (wasm, Chromium)", &memory))
+}

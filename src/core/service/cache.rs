@@ -37,6 +37,18 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         Some(value)
     }
 
+    pub fn remove<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, weight)) = inner.new.remove(key) {
+            inner.weight -= weight;
+        }
+        inner.old.remove(key);
+    }
+
     /// Caches `value`, which weighs `weight` against the budget.
     pub fn insert(&self, key: K, value: V, weight: usize) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).put(self.budget, key, value, weight);

@@ -28,12 +28,13 @@ use ruma::{
     canonical_json::CanonicalJsonObject,
     events::{room::member::MembershipState, StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UInt, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
+    cache::Cache,
     events::{Events, StoredEvent},
     notifier::Notifier,
     room_key,
@@ -182,7 +183,12 @@ pub struct Rooms {
     held: std::sync::Mutex<Option<std::collections::HashSet<OwnedEventId>>>,
     notifier: Arc<Notifier>,
     tails: Tails,
+    /// Local users' rooms, as [`Rooms::rooms_of`] lists them: every sync asks.
+    memberships: Cache<OwnedUserId, Arc<Vec<(OwnedRoomId, UserMembership)>>>,
 }
+
+/// Memberships cached, per generation.
+const CACHED_MEMBERSHIPS: usize = 65_536;
 
 impl Rooms {
     pub fn new(
@@ -195,6 +201,7 @@ impl Rooms {
         Self {
             notifier,
             tails: Tails::default(),
+            memberships: Cache::new(CACHED_MEMBERSHIPS),
             store,
             key,
             clock,
@@ -500,7 +507,22 @@ impl Rooms {
 
     /// The rooms a local user is in, was invited to, or left (with the stream
     /// position of that change).
-    pub async fn rooms_of(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, UserMembership)>, RoomError> {
+    pub async fn rooms_of(&self, user: &UserId) -> Result<Arc<Vec<(OwnedRoomId, UserMembership)>>, RoomError> {
+        if let Some(rooms) = self.memberships.get(user) {
+            return Ok(rooms);
+        }
+        // Read under the write lock, so no commit changes them unseen meanwhile;
+        // commits drop the entries of the users whose memberships they change.
+        let _write = self.write.lock().await;
+        if let Some(rooms) = self.memberships.get(user) {
+            return Ok(rooms);
+        }
+        let rooms = Arc::new(self.read_rooms_of(user).await?);
+        self.memberships.insert(user.to_owned(), rooms.clone(), rooms.len().max(1));
+        Ok(rooms)
+    }
+
+    async fn read_rooms_of(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, UserMembership)>, RoomError> {
         let prefix = room_key_for_user(user, None);
         let entries = self.store().scan(MEMBERSHIPS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
         entries
@@ -521,7 +543,10 @@ impl Rooms {
 
     /// Forgets a room the user has left: it no longer shows in their sync.
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<(), RoomError> {
-        Ok(self.store().delete(MEMBERSHIPS, &room_key_for_user(user, Some(room_id))).await?)
+        let _write = self.write.lock().await;
+        self.store().delete(MEMBERSHIPS, &room_key_for_user(user, Some(room_id))).await?;
+        self.memberships.remove(user);
+        Ok(())
     }
 
     pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<MembershipState>, RoomError> {

@@ -4,7 +4,8 @@
 //! Key encodings, in one table `transactions`:
 //! - `t`, user ID, 0, device ID, 0, scope (the request path's variable part), 0,
 //!   transaction ID → event ID
-//! - `e`, event ID, 0, device ID → transaction ID, for the sender's `unsigned`
+//! - `e`, event ID → device ID, 0, transaction ID: for the sender's `unsigned`,
+//!   which names the transaction to the device that sent it
 
 use std::{
     collections::HashMap,
@@ -13,46 +14,38 @@ use std::{
 
 use ruma::{DeviceId, EventId, OwnedDeviceId, OwnedEventId, OwnedTransactionId, TransactionId, UserId};
 
-use super::rooms::{Also, RoomError};
+use super::{
+    cache::Cache,
+    rooms::{Also, RoomError},
+};
 use crate::store::{Batch, Store};
 
 pub(crate) const TRANSACTIONS: &str = "transactions";
 
 type InFlight = HashMap<Vec<u8>, Arc<async_lock::Mutex<()>>>;
 
-/// The transaction IDs of events, as read or written: every sync asks for
-/// those of the viewer's own events.
-type Known = HashMap<(OwnedEventId, OwnedDeviceId), Option<OwnedTransactionId>>;
+/// The device and transaction an event was sent with, if any.
+type Sent = Option<(OwnedDeviceId, OwnedTransactionId)>;
 
-/// Entries the cache of known transaction IDs keeps before starting over.
+/// Events whose transactions are cached, per generation: every sync asks for
+/// those of the viewer's own events.
 const KNOWN: usize = 65_536;
 
 pub struct Transactions {
     store: Arc<dyn Store>,
     in_flight: Mutex<InFlight>,
-    known: Mutex<Known>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
+    known: Cache<OwnedEventId, Sent>,
 }
 
 impl Transactions {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, in_flight: Default::default(), known: Default::default() }
-    }
-
-    fn remember(&self, event_id: &EventId, device: &DeviceId, txn: Option<OwnedTransactionId>) {
-        let mut known = lock(&self.known);
-        if known.len() >= KNOWN {
-            known.clear();
-        }
-        known.insert((event_id.to_owned(), device.to_owned()), txn);
+        Self { store, in_flight: Default::default(), known: Cache::new(KNOWN) }
     }
 
     /// Runs `send` once per (user, device, scope, transaction ID), where the
     /// scope names the endpoint and its path arguments: a retry, even one racing
-    /// the first attempt, gets the first attempt's event.
+    /// the first attempt, gets the first attempt's event. `send` must land the
+    /// writes it is given with its event.
     pub async fn once<F, Fut, E>(
         &self,
         user: &UserId,
@@ -68,11 +61,11 @@ impl Transactions {
     {
         let key =
             [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", scope.as_bytes(), b"\0", txn.as_bytes()].concat();
-        let lock = lock(&self.in_flight).entry(key.clone()).or_default().clone();
+        let lock = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
         let guard = lock.lock().await;
-        let result = self.once_locked(&key, device, txn, send).await;
+        let result = self.once_locked(key.clone(), device, txn, send).await;
         drop(guard);
-        let mut in_flight = self::lock(&self.in_flight);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         // The last one out removes the entry (the map holds one reference).
         if Arc::strong_count(&lock) == 2 {
             in_flight.remove(&key);
@@ -82,7 +75,7 @@ impl Transactions {
 
     async fn once_locked<F, Fut, E>(
         &self,
-        key: &[u8],
+        key: Vec<u8>,
         device: &DeviceId,
         txn: &TransactionId,
         send: F,
@@ -92,32 +85,56 @@ impl Transactions {
         Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
         E: From<RoomError>,
     {
-        if let Some(bytes) = self.store.get(TRANSACTIONS, key).await.map_err(RoomError::from)? {
+        if let Some(bytes) = self.store.get(TRANSACTIONS, &key).await.map_err(RoomError::from)? {
             let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
             return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
         }
         // Both mappings land in the event's own commit: a retry after a crash
         // finds the event, or finds neither.
-        let (key, owned_device, owned_txn) = (key.to_vec(), device.to_owned(), txn.to_owned());
+        let sent = [device.as_bytes(), b"\0", txn.as_bytes()].concat();
         let also: Also = Box::new(move |pdu| {
-            let reverse = [b"e", pdu.event_id.as_bytes(), b"\0", owned_device.as_bytes()].concat();
-            Batch::new().put(TRANSACTIONS, key, pdu.event_id.as_bytes()).put(TRANSACTIONS, reverse, owned_txn.as_bytes())
+            Batch::new().put(TRANSACTIONS, key, pdu.event_id.as_bytes()).put(TRANSACTIONS, reverse_key(&pdu.event_id), sent)
         });
         let event_id = send(also).await?;
-        self.remember(&event_id, device, Some(txn.to_owned()));
+        self.known.insert(event_id.clone(), Some((device.to_owned(), txn.to_owned())), 1);
         Ok(event_id)
     }
 
     /// The transaction ID `device` sent `event_id` with, if it did.
     pub async fn txn_of(&self, event_id: &EventId, device: &DeviceId) -> Result<Option<OwnedTransactionId>, RoomError> {
-        if let Some(known) = lock(&self.known).get(&(event_id.to_owned(), device.to_owned())) {
-            return Ok(known.clone());
-        }
-        let key = [b"e", event_id.as_bytes(), b"\0", device.as_bytes()].concat();
-        let bytes = self.store.get(TRANSACTIONS, &key).await?;
-        let txn: Option<OwnedTransactionId> =
-            bytes.map(|b| String::from_utf8(b).map(Into::into).map_err(RoomError::corrupt)).transpose()?;
-        self.remember(event_id, device, txn.clone());
-        Ok(txn)
+        let sent = match self.known.get(event_id) {
+            Some(sent) => sent,
+            None => {
+                self.prefetch(&[event_id]).await?;
+                self.known.get(event_id).flatten()
+            }
+        };
+        Ok(sent.filter(|(d, _)| d == device).map(|(_, txn)| txn))
     }
+
+    /// Reads what is not cached of the events' transactions in one go: a sync
+    /// asks for a page of events at a time.
+    pub async fn prefetch(&self, event_ids: &[&EventId]) -> Result<(), RoomError> {
+        let missing: Vec<&EventId> = event_ids.iter().copied().filter(|id| self.known.get(*id).is_none()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = missing.iter().map(|id| reverse_key(id)).collect();
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        for (id, value) in missing.iter().zip(self.store.get_many(TRANSACTIONS, &keys).await?) {
+            let sent = value
+                .map(|bytes| {
+                    let text = String::from_utf8(bytes).map_err(RoomError::corrupt)?;
+                    let (device, txn) = text.split_once('\0').ok_or_else(|| RoomError::corrupt("bad transaction"))?;
+                    Ok::<_, RoomError>((device.into(), txn.into()))
+                })
+                .transpose()?;
+            self.known.insert((*id).to_owned(), sent, 1);
+        }
+        Ok(())
+    }
+}
+
+fn reverse_key(event_id: &EventId) -> Vec<u8> {
+    [b"e", event_id.as_bytes()].concat()
 }

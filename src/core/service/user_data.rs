@@ -41,6 +41,9 @@ pub struct Receipt {
     pub stream: u64,
 }
 
+/// One account data entry: its room (none for global), type and content.
+pub type AccountData = (Option<OwnedRoomId>, String, Entry);
+
 /// One receipt as `/sync` reports it.
 #[derive(Clone, Debug)]
 pub struct RoomReceipt {
@@ -56,6 +59,8 @@ pub struct UserData {
     notifier: Arc<Notifier>,
     /// The last stream position, once read; writers take it in turn.
     stream: async_lock::Mutex<Option<u64>>,
+    /// Each user's account data, as read: every `/sync` asks for it.
+    account_data: Cache<OwnedUserId, Arc<Vec<AccountData>>>,
     /// Each room's receipts, as read: every `/sync` asks for them, to hand out
     /// new ones and to count unread events.
     receipts: Cache<OwnedRoomId, Arc<Vec<RoomReceipt>>>,
@@ -64,12 +69,13 @@ pub struct UserData {
     receipts_lock: async_lock::Mutex<()>,
 }
 
-/// Receipts cached, per generation.
-const CACHED_RECEIPTS: usize = 65_536;
+/// Receipts, and account data entries, cached per generation.
+const CACHED_ENTRIES: usize = 65_536;
 
 impl UserData {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, notifier: Arc<Notifier>) -> Self {
-        Self { store, clock, notifier, stream: async_lock::Mutex::new(None), receipts: Cache::new(CACHED_RECEIPTS), receipts_lock: async_lock::Mutex::new(()) }
+        Self { store, clock, notifier, stream: async_lock::Mutex::new(None), receipts: Cache::new(CACHED_ENTRIES),
+            account_data: Cache::new(CACHED_ENTRIES), receipts_lock: async_lock::Mutex::new(()) }
     }
 
     /// The last position handed out.
@@ -90,12 +96,21 @@ impl UserData {
         Ok(position)
     }
 
-    /// Writes `put(position)`'s entry at the next position, with the counter.
-    async fn write_next(&self, put: impl FnOnce(u64) -> Result<Batch, RoomError>) -> Result<u64, RoomError> {
+    /// Writes `put(position)`'s entry at the next position, with the counter,
+    /// then lets `user`'s cached account data go (whether or not it landed).
+    async fn write_next(
+        &self,
+        user: Option<&UserId>,
+        put: impl FnOnce(u64) -> Result<Batch, RoomError>,
+    ) -> Result<u64, RoomError> {
         let mut stream = self.stream.lock().await;
         let next = self.read_position(&mut stream).await? + 1;
         let batch = put(next)?.put(META, USER_STREAM, next.to_be_bytes());
-        self.store.write(batch).await?;
+        let written = self.store.write(batch).await;
+        if let Some(user) = user {
+            self.account_data.remove(user);
+        }
+        written?;
         *stream = Some(next);
         drop(stream);
         self.notifier.notify();
@@ -110,7 +125,7 @@ impl UserData {
         content: Box<RawValue>,
     ) -> Result<u64, RoomError> {
         let key = account_data_key(user, room, Some(kind));
-        self.write_next(|stream| {
+        self.write_next(Some(user), |stream| {
             let entry = serde_json::to_vec(&Entry { content, stream }).map_err(RoomError::corrupt)?;
             Ok(Batch::new().put(ACCOUNT_DATA, key, entry))
         })
@@ -128,28 +143,35 @@ impl UserData {
     }
 
     /// The user's account data changed after `since`: (room, type, entry).
-    pub async fn account_data_since(
-        &self,
-        user: &UserId,
-        since: u64,
-    ) -> Result<Vec<(Option<OwnedRoomId>, String, Entry)>, RoomError> {
+    pub async fn account_data_since(&self, user: &UserId, since: u64) -> Result<Vec<AccountData>, RoomError> {
+        let all = match self.account_data.get(user) {
+            Some(all) => all,
+            None => {
+                // Read under the writers' lock, so no write lands unseen meanwhile.
+                let _stream = self.stream.lock().await;
+                let all = Arc::new(self.read_account_data(user).await?);
+                self.account_data.insert(user.to_owned(), all.clone(), all.len().max(1));
+                all
+            }
+        };
+        Ok(all.iter().filter(|(_, _, entry)| entry.stream > since).cloned().collect())
+    }
+
+    async fn read_account_data(&self, user: &UserId) -> Result<Vec<AccountData>, RoomError> {
         let prefix = [user.as_bytes(), b"\0"].concat();
         let entries = self.store.scan(ACCOUNT_DATA, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
-        let mut changed = Vec::new();
+        let mut all = Vec::new();
         for (key, value) in entries {
             let entry: Entry = serde_json::from_slice(&value).map_err(RoomError::corrupt)?;
-            if entry.stream <= since {
-                continue;
-            }
             let rest = std::str::from_utf8(&key[prefix.len()..]).map_err(RoomError::corrupt)?;
             let (room, kind) = rest.split_once('\0').ok_or_else(|| RoomError::corrupt("bad account data key"))?;
             let room = match room {
                 "" => None,
                 room => Some(RoomId::parse(room).map_err(RoomError::corrupt)?),
             };
-            changed.push((room, kind.to_owned(), entry));
+            all.push((room, kind.to_owned(), entry));
         }
-        Ok(changed)
+        Ok(all)
     }
 
     /// Records `user`'s receipt; an older event than the one already receipted
@@ -167,7 +189,7 @@ impl UserData {
         let ts = self.clock.now_millis();
         let _writing = self.receipts_lock.lock().await;
         let position = self
-            .write_next(|stream| {
+            .write_next(None, |stream| {
                 let receipt = serde_json::to_vec(&Receipt { event_id, ts, stream }).map_err(RoomError::corrupt)?;
                 Ok(Batch::new().put(RECEIPTS, key, receipt))
             })

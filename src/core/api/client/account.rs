@@ -148,9 +148,9 @@ pub(crate) async fn deactivate(
     let session = session.ok_or(Error::MissingToken)?;
     hs.uiaa().complete(request.auth.as_ref(), &[AuthType::Password], Some(&session), hs).await?;
     // Leave every room first, while the account can still send.
-    for (room_id, membership) in hs.rooms().rooms_of(&session.user_id).await? {
+    for (room_id, membership) in hs.rooms().rooms_of(&session.user_id).await?.iter() {
         if matches!(membership.membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
-            super::membership::change(hs, &session.user_id, &room_id, &session.user_id, MembershipState::Leave, None)
+            super::membership::change(hs, &session.user_id, room_id, &session.user_id, MembershipState::Leave, None)
                 .await?;
         }
     }

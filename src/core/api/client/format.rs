@@ -97,6 +97,17 @@ pub(crate) async fn client_event(
     serde_json::value::to_raw_value(&event).map_err(Error::internal)
 }
 
+/// Reads the transaction IDs of `viewer`'s own events among `pdus` in one go,
+/// before they are formatted one by one.
+pub(crate) async fn prefetch_transactions<'p>(
+    hs: &Homeserver,
+    pdus: impl Iterator<Item = &'p Pdu>,
+    viewer: &Session,
+) -> Result<(), Error> {
+    let own: Vec<&EventId> = pdus.filter(|p| p.sender == viewer.user_id).map(|p| &*p.event_id).collect();
+    Ok(hs.transactions().prefetch(&own).await?)
+}
+
 /// [`client_event`] as the typed raw JSON ruma's responses hold.
 pub(crate) async fn raw_event<T>(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result<Raw<T>, Error> {
     Ok(Raw::from_json(client_event(hs, pdu, viewer, true).await?))

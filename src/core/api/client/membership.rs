@@ -200,7 +200,7 @@ pub(crate) async fn joined(
     _: joined_rooms::v3::Request,
 ) -> Result<joined_rooms::v3::Response, Error> {
     let rooms = hs.rooms().rooms_of(&session.user_id).await?;
-    let joined = rooms.into_iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id).collect();
+    let joined = rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id.clone()).collect();
     Ok(joined_rooms::v3::Response::new(joined))
 }
 

@@ -84,9 +84,9 @@ pub(crate) async fn set_avatar(
 
 /// A new member event with the profile in every room the user is in.
 async fn propagate(hs: &Homeserver, user: &UserId) -> Result<(), Error> {
-    for (room_id, membership) in hs.rooms().rooms_of(user).await? {
+    for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
         if membership.membership == MembershipState::Join {
-            membership::change(hs, user, &room_id, user, MembershipState::Join, None).await?;
+            membership::change(hs, user, room_id, user, MembershipState::Join, None).await?;
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use ruma::{
     },
     events::{room::member::MembershipState, StateEventType},
     presence::PresenceState,
+    serde::Raw,
     OneTimeKeyAlgorithm, OwnedRoomId, OwnedUserId, RoomId, UInt,
 };
 use serde_json::{json, Value};
@@ -158,7 +159,7 @@ impl Sync<'_> {
         }
 
         let mut members_seen = BTreeSet::new();
-        for (room_id, membership) in hs.rooms().rooms_of(user).await? {
+        for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
             if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, &room_id) {
                 continue;
             }
@@ -166,11 +167,11 @@ impl Sync<'_> {
             let changed_since = |since: Option<u64>| since.is_none_or(|since| membership.stream > since);
             match membership.membership {
                 MembershipState::Join => {
-                    let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                    let account_data = room_account_data.remove(room_id).unwrap_or_default();
                     if let Some(joined) = self.joined(&room_id, &membership, now, account_data).await? {
                         response.rooms.join.insert(room_id.clone(), joined);
                     }
-                    members_seen.insert(room_id);
+                    members_seen.insert(room_id.clone());
                 }
                 MembershipState::Invite if changed_since(since_events) && membership.stream <= now.events => {
                     response.rooms.invite.insert(room_id.clone(), self.invited(&room_id, &membership).await?);
@@ -179,7 +180,7 @@ impl Sync<'_> {
                     if membership.stream <= now.events
                         && (since_events.is_some_and(|s| membership.stream > s) || room_filter.include_leave) =>
                 {
-                    let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                    let account_data = room_account_data.remove(room_id).unwrap_or_default();
                     response.rooms.leave.insert(room_id.clone(), self.left(&room_id, &membership, account_data).await?);
                 }
                 _ => {}
@@ -274,9 +275,7 @@ impl Sync<'_> {
             };
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
             joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders, full).await?);
-            for (_, pdu) in &events {
-                joined.timeline.events.push(format::sync_event(hs, pdu, self.session).await?);
-            }
+            joined.timeline.events = self.formatted(events.iter().map(|(_, pdu)| pdu)).await?;
             if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember) {
                 joined.summary = self.summary(room_id).await?;
             }
@@ -349,7 +348,7 @@ impl Sync<'_> {
     ) -> Result<StateEvents, Error> {
         let filter = &self.filter.room.state;
         let lazy = !filter.lazy_load_options.is_disabled() || !self.timeline_filter().lazy_load_options.is_disabled();
-        let mut events = StateEvents::new();
+        let mut pdus = Vec::new();
         for (key, id) in state.iter() {
             if before.is_some_and(|before| before.get(key) == Some(id)) {
                 continue;
@@ -361,10 +360,22 @@ impl Sync<'_> {
                 }
             }
             let Some(event) = self.hs.rooms().event(id).await? else { continue };
-            if !filter::room_event_matches(filter, &event.pdu) {
-                continue;
+            if filter::room_event_matches(filter, &event.pdu) {
+                pdus.push(event.pdu.clone());
             }
-            events.events.push(format::sync_event(self.hs, &event.pdu, self.session).await?);
+        }
+        let mut events = StateEvents::new();
+        events.events = self.formatted(pdus.iter()).await?;
+        Ok(events)
+    }
+
+    /// Events in the sync format, with the transaction IDs of the user's own
+    /// read in one go.
+    async fn formatted<'p, T>(&self, pdus: impl Iterator<Item = &'p Arc<Pdu>> + Clone) -> Result<Vec<Raw<T>>, Error> {
+        format::prefetch_transactions(self.hs, pdus.clone().map(|p| &**p), self.session).await?;
+        let mut events = Vec::new();
+        for pdu in pdus {
+            events.push(format::sync_event(self.hs, pdu, self.session).await?);
         }
         Ok(events)
     }
@@ -439,9 +450,7 @@ impl Sync<'_> {
         let mut room = LeftRoom::new();
         room.timeline.limited = limited;
         room.timeline.prev_batch = events.first().map(|(s, pdu)| tokens::before((u64::from(pdu.depth), *s)));
-        for (_, pdu) in &events {
-            room.timeline.events.push(format::sync_event(self.hs, pdu, self.session).await?);
-        }
+        room.timeline.events = self.formatted(events.iter().map(|(_, pdu)| pdu)).await?;
         for event in account_data {
             room.account_data.events.push(format::to_raw(&event)?);
         }

@@ -75,6 +75,8 @@ pub(super) struct Commit {
     pub(super) released: Vec<OwnedEventId>,
     /// The timeline entries this commit adds, in stream order.
     pub(super) appended: Vec<(OwnedRoomId, StreamPosition, OwnedEventId)>,
+    /// Local users whose memberships this commit changes.
+    pub(super) members: Vec<OwnedUserId>,
 }
 
 /// Stream and state group numbers as read at the start of a write.
@@ -204,10 +206,17 @@ impl Rooms {
         if let Err(err) = self.store().write(batch).await {
             *self.written() = Written::default();
             self.tails.clear();
+            // Some memberships may have landed after all.
+            for user in &c.members {
+                self.memberships.remove(user);
+            }
             return Err(err.into());
         }
         for (room_id, position, event_id) in c.appended {
             self.tails.append(&room_id, position, event_id);
+        }
+        for user in &c.members {
+            self.memberships.remove(user);
         }
         if let Some((_, now)) = counters {
             self.written().counters = Some(Counters { stored: true, ..now });
@@ -469,6 +478,7 @@ impl Rooms {
             let membership = UserMembership { membership: member.1, stream, event_id: pdu.event_id.clone() };
             let value = serde_json::to_vec(&membership).map_err(RoomError::corrupt)?;
             batch = batch.put(MEMBERSHIPS, room_key_for_user(&member.0, Some(&pdu.room_id)), value);
+            c.members.push(member.0);
         }
         c.batch = batch;
         if let (Some(target), true) = (&pdu.redacts, visible) {
