@@ -62,3 +62,20 @@ export async function openShell(context, url) {
   });
   return page;
 }
+
+/// Registers `before`/`after` hooks for a test file: a `glia serve` of dist/ and
+/// one browser with the shell page open. Returns a handle whose `page` and
+/// `browser` are set once `before` has run.
+export function withShell(hooks) {
+  const shell = {};
+  hooks.before(async () => {
+    shell.glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
+    shell.browser = await launchBrowser();
+    shell.page = await openShell(shell.browser.context, shell.glia.url);
+  });
+  hooks.after(async () => {
+    await shell.browser?.close();
+    shell.glia?.stop();
+  });
+  return shell;
+}

@@ -4,26 +4,13 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { launchBrowser, openShell, startGlia } from './browser.js';
+import { withShell } from './browser.js';
 
-let glia;
-let browser;
-let page;
-
-before(async () => {
-  glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
-  browser = await launchBrowser();
-  page = await openShell(browser.context, glia.url);
-});
-
-after(async () => {
-  await browser?.close();
-  glia?.stop();
-});
+const shell = withShell({ before, after });
 
 /// A JSON request made by the page (so through its Service Worker).
 async function call(method, path, body, token) {
-  return page.evaluate(
+  return shell.page.evaluate(
     async ([method, path, body, token]) => {
       const headers = { 'Content-Type': 'application/json' };
       if (token) headers.Authorization = `Bearer ${token}`;
@@ -77,11 +64,11 @@ test('register, create a room, send, and sync it back through the worker; histor
   ]);
   assert.deepEqual(bodies(next.json, roomId), ['second']);
 
-  const cdp = await browser.context.newCDPSession(page);
+  const cdp = await shell.browser.context.newCDPSession(shell.page);
   await cdp.send('ServiceWorker.enable');
   await cdp.send('ServiceWorker.stopAllWorkers');
-  await page.reload();
-  await page.waitForFunction(() => document.body.dataset.state === 'ready');
+  await shell.page.reload();
+  await shell.page.waitForFunction(() => document.body.dataset.state === 'ready');
 
   const afterRestart = await call('GET', `${v3}/sync`, undefined, token);
   assert.equal(afterRestart.status, 200, 'the access token is still valid');

@@ -3,29 +3,16 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { launchBrowser, openShell, startGlia } from './browser.js';
+import { withShell } from './browser.js';
 
-let glia;
-let browser;
-let page;
-
-before(async () => {
-  glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
-  browser = await launchBrowser();
-  page = await openShell(browser.context, glia.url);
-});
-
-after(async () => {
-  await browser?.close();
-  glia?.stop();
-});
+const shell = withShell({ before, after });
 
 /// Fetches `path` from the page and returns what the page saw, plus whether the
 /// Service Worker (not the network) produced the response.
 async function fetchFromPage(path, init = {}) {
   const [response, seen] = await Promise.all([
-    page.waitForResponse((r) => new URL(r.url()).pathname === path && r.request().method() === (init.method ?? 'GET')),
-    page.evaluate(async ([path, init]) => {
+    shell.page.waitForResponse((r) => new URL(r.url()).pathname === path && r.request().method() === (init.method ?? 'GET')),
+    shell.page.evaluate(async ([path, init]) => {
       const res = await fetch(path, init);
       return { status: res.status, headers: Object.fromEntries(res.headers), text: await res.text() };
     }, [path, init]),
@@ -34,10 +21,10 @@ async function fetchFromPage(path, init = {}) {
 }
 
 test('the shell page loads the worker and shows what the homeserver answered', async () => {
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'ready');
-  assert.ok(await page.evaluate(() => navigator.serviceWorker.controller !== null));
-  assert.match(await page.textContent('#server'), /^glia\//);
-  const steps = await page.$$eval('#steps li', (items) => items.map((i) => i.className));
+  assert.equal(await shell.page.evaluate(() => document.body.dataset.state), 'ready');
+  assert.ok(await shell.page.evaluate(() => navigator.serviceWorker.controller !== null));
+  assert.match(await shell.page.textContent('#server'), /^glia\//);
+  const steps = await shell.page.$$eval('#steps li', (items) => items.map((i) => i.className));
   assert.deepEqual(steps, ['done', 'done', 'done', 'done']);
 });
 
@@ -71,18 +58,18 @@ test('CORS preflight is answered with the spec headers and no endpoint logic', a
 });
 
 test('the worker keeps its IndexedDB store and answers again after being stopped', async () => {
-  const databases = await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
+  const databases = await shell.page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
   assert.ok(databases.includes('glia'), `databases: ${databases}`);
 
-  const cdp = await browser.context.newCDPSession(page);
+  const cdp = await shell.browser.context.newCDPSession(shell.page);
   await cdp.send('ServiceWorker.enable');
   await cdp.send('ServiceWorker.stopAllWorkers');
   const res = await fetchFromPage('/_matrix/client/versions');
   assert.equal(res.status, 200);
   assert.ok(res.fromServiceWorker);
 
-  await page.reload();
-  await page.waitForFunction(() => document.body.dataset.state === 'ready');
+  await shell.page.reload();
+  await shell.page.waitForFunction(() => document.body.dataset.state === 'ready');
   assert.equal((await fetchFromPage('/_matrix/client/versions')).status, 200);
 });
 
@@ -97,14 +84,14 @@ test('the node key is made once in the worker and kept across restarts', async (
   };
   const first = await serverName();
   assert.match(first, /^[0-9a-f]{64}$/);
-  assert.equal(await page.textContent('#server-name'), first, 'the shell page shows it');
+  assert.equal(await shell.page.textContent('#server-name'), first, 'the shell page shows it');
 
-  const cdp = await browser.context.newCDPSession(page);
+  const cdp = await shell.browser.context.newCDPSession(shell.page);
   await cdp.send('ServiceWorker.enable');
   await cdp.send('ServiceWorker.stopAllWorkers');
   assert.equal(await serverName(), first);
-  await page.reload();
-  await page.waitForFunction(() => document.body.dataset.state === 'ready');
+  await shell.page.reload();
+  await shell.page.waitForFunction(() => document.body.dataset.state === 'ready');
   assert.equal(await serverName(), first);
 });
 

@@ -1,7 +1,7 @@
 //! Joining, leaving, inviting, kicking and banning, and who is in a room. Every
 //! change is a member event through the event engine, whose auth rules decide.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     api::client::membership::{
@@ -15,7 +15,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{format, visibility::visible_state};
-use crate::core::{pdu::NewEvent, service::accounts::Session, Error, Homeserver};
+use crate::core::{
+    pdu::{NewEvent, Pdu},
+    service::{accounts::Session, state::State},
+    Error, Homeserver,
+};
 
 /// Sends `sender`'s member event making `target`'s membership `membership`,
 /// with the target's profile on joins and invites of local users.
@@ -212,18 +216,13 @@ pub(crate) async fn members(
 ) -> Result<get_member_events::v3::Response, Error> {
     let state = visible_state(hs, &request.room_id, &session.user_id).await?;
     let mut chunk = Vec::new();
-    for ((kind, _), id) in state.iter() {
-        if *kind != StateEventType::RoomMember {
-            continue;
-        }
-        let Some(event) = hs.rooms().event(id).await? else { continue };
-        let membership = member_content(&event.pdu.content).membership;
-        if request.membership.as_ref().is_some_and(|m| *m != membership)
-            || request.not_membership.as_ref().is_some_and(|m| *m == membership)
+    for (pdu, content) in members_in(hs, &state).await? {
+        if request.membership.as_ref().is_some_and(|m| *m != content.membership)
+            || request.not_membership.as_ref().is_some_and(|m| *m == content.membership)
         {
             continue;
         }
-        chunk.push(format::raw_event(hs, &event.pdu, Some(&session)).await?);
+        chunk.push(format::raw_event(hs, &pdu, Some(&session)).await?);
     }
     Ok(get_member_events::v3::Response::new(chunk))
 }
@@ -236,20 +235,28 @@ pub(crate) async fn joined_members(
 ) -> Result<joined_members::v3::Response, Error> {
     let state = visible_state(hs, &request.room_id, &session.user_id).await?;
     let mut joined = BTreeMap::new();
-    for ((kind, key), id) in state.iter() {
-        if *kind != StateEventType::RoomMember {
-            continue;
-        }
-        let Some(event) = hs.rooms().event(id).await? else { continue };
-        let content = member_content(&event.pdu.content);
+    for (pdu, content) in members_in(hs, &state).await? {
         if content.membership != MembershipState::Join {
             continue;
         }
-        let Ok(user) = UserId::parse(key.as_str()) else { continue };
+        let Some(Ok(user)) = pdu.state_key.as_deref().map(UserId::parse) else { continue };
         let member = json!({ "display_name": content.displayname, "avatar_url": content.avatar_url });
         joined.insert(user, serde_json::from_value(member).map_err(Error::internal)?);
     }
     Ok(joined_members::v3::Response::new(joined))
+}
+
+/// The member events of `state`, with their contents.
+pub(crate) async fn members_in(hs: &Homeserver, state: &State) -> Result<Vec<(Arc<Pdu>, MemberContent)>, Error> {
+    let mut members = Vec::new();
+    for ((kind, _), id) in state.iter() {
+        if *kind == StateEventType::RoomMember {
+            if let Some(event) = hs.rooms().event(id).await? {
+                members.push((event.pdu.clone(), member_content(&event.pdu.content)));
+            }
+        }
+    }
+    Ok(members)
 }
 
 #[derive(Deserialize)]

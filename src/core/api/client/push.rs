@@ -11,14 +11,14 @@ use ruma::{
         delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
         get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
-    events::{room::member::MembershipState, StateEventType},
+    events::room::member::MembershipState,
     push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::{json, Value};
 
-use super::membership::member_content;
+use super::membership::members_in;
 use crate::{
     core::{
         service::{accounts::Session, rooms::StreamPosition},
@@ -328,16 +328,11 @@ async fn push_context(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Resul
     let state = hs.rooms().current_state(room_id).await?;
     let mut members = 0u32;
     let mut display_name = user.localpart().to_owned();
-    for ((kind, key), id) in state.iter() {
-        if *kind != StateEventType::RoomMember {
-            continue;
-        }
-        let Some(event) = hs.rooms().event(id).await? else { continue };
-        let content = member_content(&event.pdu.content);
+    for (pdu, content) in members_in(hs, &state).await? {
         if content.membership == MembershipState::Join {
             members += 1;
         }
-        if key == user.as_str() {
+        if pdu.state_key.as_deref() == Some(user.as_str()) {
             display_name = content.displayname.unwrap_or(display_name);
         }
     }

@@ -383,19 +383,14 @@ impl Sync<'_> {
     async fn summary(&self, room_id: &RoomId) -> Result<v3::RoomSummary, Error> {
         let state = self.hs.rooms().current_state(room_id).await?;
         let (mut joined, mut invited, mut heroes) = (0u32, 0u32, Vec::new());
-        for ((kind, key), id) in state.iter() {
-            if *kind != StateEventType::RoomMember {
-                continue;
-            }
-            let Some(event) = self.hs.rooms().event(id).await? else { continue };
-            let membership = super::membership::member_content(&event.pdu.content).membership;
-            match membership {
+        for (pdu, content) in super::membership::members_in(self.hs, &state).await? {
+            match content.membership {
                 MembershipState::Join => joined += 1,
                 MembershipState::Invite => invited += 1,
                 _ => continue,
             }
-            if key != self.session.user_id.as_str() {
-                if let Ok(user) = ruma::UserId::parse(key.as_str()) {
+            if let Some(Ok(user)) = pdu.state_key.as_deref().map(ruma::UserId::parse) {
+                if user != self.session.user_id {
                     heroes.push(user);
                 }
             }
