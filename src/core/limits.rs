@@ -1,6 +1,7 @@
 //! Rate limits on the endpoints that cost the node most or invite guessing:
 //! registration and login. A token bucket per key, refilled with time.
 
+use crate::core::lock;
 use std::{collections::HashMap, sync::Mutex};
 
 use super::Error;
@@ -24,7 +25,7 @@ impl RateLimit {
     /// Takes one request from `key`'s bucket at time `now` (ms), or says how
     /// long to wait with `M_LIMIT_EXCEEDED`.
     pub fn check(&self, key: &str, now: u64) -> Result<(), Error> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = lock(&self.buckets);
         if buckets.len() >= KEYS {
             let (burst, per_second) = (self.burst, self.per_second);
             buckets.retain(|_, (tokens, at)| *tokens + now.saturating_sub(*at) as f64 / 1000.0 * per_second < burst);

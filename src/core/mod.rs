@@ -57,6 +57,13 @@ pub const SCHEMA: Schema = Schema {
     ],
 };
 
+/// Locks `mutex`, recovering the data if a holder panicked: nothing panics
+/// while holding the core's locks, and a node that refused every request after
+/// one would be worse off.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The value of the `Server` header on every response the core makes, so a client
 /// (or a test) can tell glia answered rather than whatever serves the page.
 pub const SERVER: &str = concat!("glia/", env!("CARGO_PKG_VERSION"));

@@ -138,37 +138,23 @@ impl Identify for AccessTokenOptional {
     }
 }
 
-impl Identify for NoAuthentication {
-    type Identity = ();
-    fn token(_: ()) -> Option<String> {
-        None
-    }
-    fn identify(_: Option<Session>) -> Result<(), Error> {
-        Ok(())
-    }
+/// Schemes that identify nobody. An application service's token would, but
+/// glia hosts none, so registration is open to all alike.
+macro_rules! anonymous {
+    ($($scheme:ty),*) => {$(
+        impl Identify for $scheme {
+            type Identity = ();
+            fn token(_: <Self as AuthScheme>::Output) -> Option<String> {
+                None
+            }
+            fn identify(_: Option<Session>) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-/// Registration takes an application service's token; glia hosts none, so
-/// registration is open to all alike.
-impl Identify for AppserviceTokenOptional {
-    type Identity = ();
-    fn token(_: Option<String>) -> Option<String> {
-        None
-    }
-    fn identify(_: Option<Session>) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl Identify for NoAccessToken {
-    type Identity = ();
-    fn token(_: ()) -> Option<String> {
-        None
-    }
-    fn identify(_: Option<Session>) -> Result<(), Error> {
-        Ok(())
-    }
-}
+anonymous!(NoAuthentication, NoAccessToken, AppserviceTokenOptional);
 
 /// The session of the request's access token, if it carries one; a token that
 /// is not live is refused even where none is needed, as the spec says.

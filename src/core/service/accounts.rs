@@ -7,6 +7,7 @@
 //! - `tokens`: SHA-256 of the access token → [`Session`] as JSON. Only the hash is
 //!   stored, so a copy of the store lets nobody act as a user.
 
+use crate::core::lock;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -330,10 +331,6 @@ impl Accounts {
         // 256 % 62 skews the first 8 characters by under 1%: fine for identifiers.
         bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, AccountError> {

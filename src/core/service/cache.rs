@@ -4,6 +4,7 @@
 //! newer. Approximate LRU at the cost of two hash maps, with no per-entry
 //! bookkeeping on hits in the newer generation.
 
+use crate::core::lock;
 use std::{borrow::Borrow, collections::HashMap, hash::Hash, sync::Mutex};
 
 pub struct Cache<K, V> {
@@ -28,7 +29,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = lock(&self.inner);
         if let Some((value, _)) = inner.new.get(key) {
             return Some(value.clone());
         }
@@ -42,7 +43,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = lock(&self.inner);
         if let Some((_, weight)) = inner.new.remove(key) {
             inner.weight -= weight;
         }
@@ -51,7 +52,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
 
     /// Caches `value`, which weighs `weight` against the budget.
     pub fn insert(&self, key: K, value: V, weight: usize) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).put(self.budget, key, value, weight);
+        lock(&self.inner).put(self.budget, key, value, weight);
     }
 }
 

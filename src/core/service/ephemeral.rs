@@ -2,6 +2,7 @@
 //! a while. Changes are numbered in a stream that starts at the clock's time, so
 //! positions keep growing across restarts and a client's `since` is never ahead.
 
+use crate::core::lock;
 use std::{
     collections::HashMap,
     sync::{
@@ -39,10 +40,6 @@ pub struct Ephemeral {
     stream: AtomicU64,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
     presence: Mutex<HashMap<OwnedUserId, Presence>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Ephemeral {

@@ -95,41 +95,32 @@ impl Events {
     /// Reads the events of `ids` into the cache in one go, and returns those the
     /// store does not have.
     pub async fn prefetch(&self, store: &dyn Store, ids: &[&EventId]) -> Result<Vec<OwnedEventId>, RoomError> {
-        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
-        let mut absent = Vec::new();
-        for (id, value) in ids.iter().zip(store.get_many(EVENTS, &keys).await?) {
-            match value {
-                Some(bytes) => drop(self.read(id, &bytes)?),
-                None => absent.push((*id).to_owned()),
-            }
-        }
-        Ok(absent)
+        let found = self.get_many(store, ids).await?;
+        Ok(ids.iter().zip(found).filter(|(_, event)| event.is_none()).map(|(id, _)| (*id).to_owned()).collect())
     }
 
     pub fn remember(&self, event: Arc<StoredEvent>) {
         self.cache.insert(event.pdu.event_id.clone(), event, 1);
     }
 
-    /// The events of `ids` that the store has, in order, read in one go for
-    /// those not cached.
-    pub async fn get_many(&self, store: &dyn Store, ids: &[OwnedEventId]) -> Result<Vec<Arc<StoredEvent>>, RoomError> {
-        let mut found: Vec<Option<Arc<StoredEvent>>> = ids.iter().map(|id| self.cache.get(id)).collect();
-        let missing: Vec<&EventId> = ids.iter().zip(&found).filter(|(_, e)| e.is_none()).map(|(id, _)| &**id).collect();
+    /// The event of each of `ids`, if stored: from the cache, the rest read
+    /// from the store in one go.
+    pub async fn get_many(
+        &self,
+        store: &dyn Store,
+        ids: &[&EventId],
+    ) -> Result<Vec<Option<Arc<StoredEvent>>>, RoomError> {
+        let mut found: Vec<Option<Arc<StoredEvent>>> = ids.iter().map(|id| self.cache.get(*id)).collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
-            let keys: Vec<&[u8]> = missing.iter().map(|id| id.as_bytes()).collect();
-            let mut read = HashMap::new();
-            for (id, value) in missing.iter().zip(store.get_many(EVENTS, &keys).await?) {
+            let keys: Vec<&[u8]> = missing.iter().map(|&i| ids[i].as_bytes()).collect();
+            for (&i, value) in missing.iter().zip(store.get_many(EVENTS, &keys).await?) {
                 if let Some(bytes) = value {
-                    read.insert(*id, self.read(id, &bytes)?);
-                }
-            }
-            for (id, slot) in ids.iter().zip(found.iter_mut()) {
-                if slot.is_none() {
-                    *slot = read.get(&**id).cloned();
+                    found[i] = Some(self.read(ids[i], &bytes)?);
                 }
             }
         }
-        Ok(found.into_iter().flatten().collect())
+        Ok(found)
     }
 
     /// The writes that store `record` for `pdu`.

@@ -2,7 +2,7 @@
 
 pub mod accounts;
 pub mod aliases;
-mod cache;
+pub(crate) mod cache;
 pub mod ephemeral;
 pub mod events;
 pub mod notifier;

@@ -21,6 +21,7 @@
 //! - `meta`: `counters` → the last stream position and state group handed out
 //!   (two u64 BE), one key so one precondition guards both
 
+use crate::core::lock;
 use std::{collections::HashMap, fmt::Display, ops::Bound, sync::Arc};
 
 use futures_util::future::Either;
@@ -53,7 +54,7 @@ mod commit;
 mod tails;
 
 use self::{
-    commit::{lock, Before, Commit, Queued, Written},
+    commit::{Before, Commit, Queued, Written},
     tails::Tails,
 };
 
@@ -443,7 +444,7 @@ impl Rooms {
         key: &str,
     ) -> Result<Option<Arc<Pdu>>, RoomError> {
         let state = self.current_state(room_id).await?;
-        Ok(self.state_entry(&Commit::default(), &state, kind, key).await?.map(|event| event.pdu.clone()))
+        self.state_event_in(&state, kind, key).await
     }
 
     /// The last position of the node's event stream.
@@ -482,10 +483,7 @@ impl Rooms {
     /// Whether the room's power levels let `user` send an event like `event`
     /// now (without sending it).
     pub async fn may_send(&self, room_id: &RoomId, user: &UserId, event: &NewEvent) -> Result<bool, RoomError> {
-        let room = self.room(room_id).await?;
-        let rules = pdu::rules(&room.version)?;
-        let state = self.groups.load(self.store(), room.state).await?;
-        let levels = self.power_levels(&Commit::default(), &rules, &state).await?;
+        let levels = self.power_levels_of(room_id).await?;
         Ok(match &event.state_key {
             Some(_) => levels.user_can_send_state(user, event.kind.to_string().into()),
             None => levels.user_can_send_message(user, event.kind.to_string().into()),
@@ -605,16 +603,19 @@ impl Rooms {
             .collect()
     }
 
-    async fn with_events(
-        &self,
-        entries: Vec<(StreamPosition, OwnedEventId)>,
-    ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
-        let ids: Vec<OwnedEventId> = entries.iter().map(|(_, id)| id.clone()).collect();
+    /// The events a page of `timeline` or `topology` entries names, in order,
+    /// read in one go.
+    async fn with_events<P>(&self, entries: Vec<(P, OwnedEventId)>) -> Result<Vec<(P, Arc<Pdu>)>, RoomError> {
+        let ids: Vec<&EventId> = entries.iter().map(|(_, id)| &**id).collect();
         let events = self.events.get_many(self.store(), &ids).await?;
-        if events.len() != ids.len() {
-            return Err(RoomError::corrupt("the timeline names an event that is not stored"));
-        }
-        Ok(entries.into_iter().zip(events).map(|((position, _), event)| (position, event.pdu.clone())).collect())
+        entries
+            .into_iter()
+            .zip(events)
+            .map(|((position, _), event)| {
+                let event = event.ok_or_else(|| RoomError::corrupt("the timeline names an event that is not stored"))?;
+                Ok((position, event.pdu.clone()))
+            })
+            .collect()
     }
 
     /// Like [`Rooms::timeline`], in topological order: by depth, then stream position.
@@ -626,30 +627,18 @@ impl Rooms {
         limit: usize,
     ) -> Result<Vec<(TopologicalPosition, Arc<Pdu>)>, RoomError> {
         let entries = self.page(TOPOLOGY, room_id, from.map(|p| topological_key(p).to_vec()), direction, limit).await?;
-        let events = self.page_events(&entries).await?;
-        entries
+        let entries = entries
             .into_iter()
-            .zip(events)
-            .map(|((key, _), pdu)| {
+            .map(|(key, id)| {
                 let key: [u8; 16] = key.try_into().map_err(|_| RoomError::corrupt("bad topology key"))?;
                 let position = (
                     u64::from_be_bytes(key[..8].try_into().unwrap_or_default()),
                     u64::from_be_bytes(key[8..].try_into().unwrap_or_default()),
                 );
-                Ok((position, pdu))
+                Ok((position, id))
             })
-            .collect()
-    }
-
-    /// The events a page of `timeline` or `topology` entries names, in order,
-    /// read in one go.
-    async fn page_events(&self, entries: &[(Vec<u8>, OwnedEventId)]) -> Result<Vec<Arc<Pdu>>, RoomError> {
-        let ids: Vec<OwnedEventId> = entries.iter().map(|(_, id)| id.clone()).collect();
-        let events = self.events.get_many(self.store(), &ids).await?;
-        if events.len() != ids.len() {
-            return Err(RoomError::corrupt("the timeline names an event that is not stored"));
-        }
-        Ok(events.into_iter().map(|e| e.pdu.clone()).collect())
+            .collect::<Result<Vec<_>, RoomError>>()?;
+        self.with_events(entries).await
     }
 
     /// Entries of a per-room table strictly after or before `from`, with the

@@ -7,6 +7,7 @@
 //! - `e`, event ID → device ID, 0, transaction ID: for the sender's `unsigned`,
 //!   which names the transaction to the device that sent it
 
+use crate::core::lock;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -61,43 +62,32 @@ impl Transactions {
     {
         let key =
             [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", scope.as_bytes(), b"\0", txn.as_bytes()].concat();
-        let lock = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
-        let guard = lock.lock().await;
-        let result = self.once_locked(key.clone(), device, txn, send).await;
+        let slot = lock(&self.in_flight).entry(key.clone()).or_default().clone();
+        let guard = slot.lock().await;
+        let result = async {
+            if let Some(bytes) = self.store.get(TRANSACTIONS, &key).await.map_err(RoomError::from)? {
+                let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
+                return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
+            }
+            // Both mappings land in the event's own commit: a retry after a crash
+            // finds the event, or finds neither.
+            let (key, sent) = (key.clone(), [device.as_bytes(), b"\0", txn.as_bytes()].concat());
+            let also: Also = Box::new(move |pdu| {
+                let reverse = reverse_key(&pdu.event_id);
+                Batch::new().put(TRANSACTIONS, key, pdu.event_id.as_bytes()).put(TRANSACTIONS, reverse, sent)
+            });
+            let event_id = send(also).await?;
+            self.known.insert(event_id.clone(), Some((device.to_owned(), txn.to_owned())), 1);
+            Ok(event_id)
+        }
+        .await;
         drop(guard);
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = lock(&self.in_flight);
         // The last one out removes the entry (the map holds one reference).
-        if Arc::strong_count(&lock) == 2 {
+        if Arc::strong_count(&slot) == 2 {
             in_flight.remove(&key);
         }
         result
-    }
-
-    async fn once_locked<F, Fut, E>(
-        &self,
-        key: Vec<u8>,
-        device: &DeviceId,
-        txn: &TransactionId,
-        send: F,
-    ) -> Result<OwnedEventId, E>
-    where
-        F: FnOnce(Also) -> Fut,
-        Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
-        E: From<RoomError>,
-    {
-        if let Some(bytes) = self.store.get(TRANSACTIONS, &key).await.map_err(RoomError::from)? {
-            let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
-            return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
-        }
-        // Both mappings land in the event's own commit: a retry after a crash
-        // finds the event, or finds neither.
-        let sent = [device.as_bytes(), b"\0", txn.as_bytes()].concat();
-        let also: Also = Box::new(move |pdu| {
-            Batch::new().put(TRANSACTIONS, key, pdu.event_id.as_bytes()).put(TRANSACTIONS, reverse_key(&pdu.event_id), sent)
-        });
-        let event_id = send(also).await?;
-        self.known.insert(event_id.clone(), Some((device.to_owned(), txn.to_owned())), 1);
-        Ok(event_id)
     }
 
     /// The transaction ID `device` sent `event_id` with, if it did.

@@ -1,6 +1,7 @@
 //! Registration, login and logout, the account's password and deactivation,
 //! with user-interactive authentication where the spec asks for it.
 
+use crate::core::lock;
 use ruma::api::{
     client::{
         account::{change_password, deactivate, get_username_availability, register, whoami},
@@ -208,7 +209,7 @@ impl Uiaa {
 
     fn start(&self, hs: &Homeserver) -> String {
         let id = hs.accounts().random_string(24);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = lock(&self.sessions);
         if sessions.len() >= UIAA_SESSIONS {
             sessions.clear();
         }
@@ -217,6 +218,6 @@ impl Uiaa {
     }
 
     fn take(&self, id: &str) -> bool {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+        lock(&self.sessions).remove(id)
     }
 }

@@ -1,11 +1,6 @@
 //! Push rules, kept as the user's `m.push_rules` account data (where clients
 //! also read them from `/sync`), and the unread notification counts they give.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-};
-
 use ruma::{
     api::client::push::{
         delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
@@ -21,7 +16,7 @@ use serde_json::{json, Value};
 use super::membership::members_in;
 use crate::{
     core::{
-        service::{accounts::Session, rooms::StreamPosition},
+        service::{accounts::Session, cache::Cache, rooms::StreamPosition},
         Error, Homeserver,
     },
     store::Direction,
@@ -234,13 +229,18 @@ struct Counted {
     highlight: u32,
 }
 
-#[derive(Default)]
 pub struct UnreadCounts {
-    counted: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Counted>>,
+    counted: Cache<(OwnedUserId, OwnedRoomId), Counted>,
 }
 
-/// Rooms whose counts are remembered before starting over.
+/// (user, room) pairs whose counts are remembered, per cache generation.
 const REMEMBERED: usize = 16_384;
+
+impl Default for UnreadCounts {
+    fn default() -> Self {
+        Self { counted: Cache::new(REMEMBERED) }
+    }
+}
 
 /// The events in `room_id` after the user's read receipt (and after their own
 /// latest event: posting reads the room) that the push rules say notify them,
@@ -253,7 +253,7 @@ pub(crate) async fn unread(
 ) -> Result<(u32, u32), Error> {
     let read_upto = read_upto(hs, user, room_id).await?;
     let key = (user.to_owned(), room_id.to_owned());
-    let cached = hs.unread_counts().counted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+    let cached = hs.unread_counts().counted.get(&key);
     // With the same receipt, only what came after the last count is new.
     let mut counted = match cached {
         Some(c) if c.read_upto == read_upto && c.counted_to <= now => c,
@@ -302,11 +302,7 @@ pub(crate) async fn unread(
         }
         counted.counted_to = now;
     }
-    let mut all = hs.unread_counts().counted.lock().unwrap_or_else(|p| p.into_inner());
-    if all.len() >= REMEMBERED {
-        all.clear();
-    }
-    all.insert(key, counted);
+    hs.unread_counts().counted.insert(key, counted, 1);
     Ok((counted.notify, counted.highlight))
 }
 

@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use futures_util::future::{select, Either};
+use futures_util::future::select;
 use ruma::{
     api::client::{
         filter::{FilterDefinition, RoomEventFilter},
@@ -107,9 +107,8 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
         };
         let sleep = hs.clock().sleep(wake);
         futures_util::pin_mut!(listener);
-        match select(listener, sleep).await {
-            Either::Left(_) | Either::Right(_) => {}
-        }
+        // Whichever comes first; either way, look again.
+        select(listener, sleep).await;
     }
 }
 
@@ -460,20 +459,18 @@ impl Sync<'_> {
         now: SyncToken,
     ) -> Result<(), Error> {
         let since = self.since.map_or(0, |s| s.ephemeral);
-        if rooms.is_empty() || now.ephemeral <= since {
+        if rooms.is_empty() || now.ephemeral <= since || !filter::type_allowed(&self.filter.presence, "m.presence") {
             return Ok(());
         }
         let mut users = BTreeSet::from([self.session.user_id.clone()]);
         for room_id in rooms {
             let state = self.hs.rooms().current_state(room_id).await?;
-            users.extend(state.keys().filter(|(kind, _)| *kind == StateEventType::RoomMember).filter_map(|(_, key)| ruma::UserId::parse(key.as_str()).ok()));
+            let members = state.keys().filter(|(kind, _)| *kind == StateEventType::RoomMember);
+            users.extend(members.filter_map(|(_, key)| ruma::UserId::parse(key.as_str()).ok()));
         }
         let users: Vec<_> = users.into_iter().collect();
         let clock = self.hs.clock().now_millis();
         for (user, presence) in self.hs.ephemeral().presence_since(&users, since) {
-            if !filter::type_allowed(&self.filter.presence, "m.presence") {
-                break;
-            }
             let mut content = json!({
                 "presence": presence.state.as_str(),
                 "last_active_ago": clock.saturating_sub(presence.last_active),

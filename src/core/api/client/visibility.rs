@@ -61,7 +61,8 @@ pub(crate) async fn may_see(hs: &Homeserver, user: &UserId, pdu: &Pdu) -> Result
     if pdu.state_key.as_deref() == Some(user.as_str()) {
         return Ok(true);
     }
-    let Some(state) = hs.rooms().state_at(&pdu.event_id).await? else { return Ok(false) };
+    let Some(event) = hs.rooms().event(&pdu.event_id).await? else { return Ok(false) };
+    let state = hs.rooms().state_group(event.record.state_before).await?;
     let visibility = hs.rooms().state_event_in(&state, &StateEventType::RoomHistoryVisibility, "").await?;
     let visibility = visibility
         .and_then(|e| serde_json::from_str::<Value>(e.content.get()).ok())
@@ -85,7 +86,7 @@ pub(crate) async fn may_see(hs: &Homeserver, user: &UserId, pdu: &Pdu) -> Result
         MembershipState::Join => Ok(true),
         MembershipState::Leave | MembershipState::Ban => {
             let Some(left) = hs.rooms().event(&membership.event_id).await? else { return Ok(false) };
-            let after_pdu = left.record.stream > hs.rooms().event(&pdu.event_id).await?.and_then(|e| e.record.stream);
+            let after_pdu = left.record.stream > event.record.stream;
             let before = hs.rooms().state_group(left.record.state_before).await?;
             Ok(after_pdu && membership_in(hs, &before, user).await? == Some(MembershipState::Join))
         }

@@ -4,6 +4,7 @@
 //! read from the commit first, and nothing of it is visible to readers until the
 //! batch has landed.
 
+use crate::core::lock;
 use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
@@ -130,11 +131,6 @@ pub(super) fn fail_all(queued: Vec<Queued>, err: RoomError) {
         // A sender that stopped waiting has nobody to tell.
         let _ = q.result.send(Err(RoomError::Store(StoreError::Backend(format!("the commit failed: {err}")))));
     }
-}
-
-pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; recover the data if it did.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Rooms whose records the writer keeps at most.

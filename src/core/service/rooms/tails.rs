@@ -4,6 +4,7 @@
 //! holding the write lock, and from then on kept whole by the writer, which
 //! appends what each commit adds; so a tail never misses a committed event.
 
+use crate::core::lock;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Mutex,
@@ -33,12 +34,8 @@ pub(super) struct Tails {
 }
 
 impl Tails {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, Tail>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(super) fn has(&self, room_id: &RoomId) -> bool {
-        self.lock().contains_key(room_id)
+        lock(&self.rooms).contains_key(room_id)
     }
 
     /// Up to `limit` entries before `from` (or the latest), newest first, if
@@ -49,7 +46,7 @@ impl Tails {
         from: Option<StreamPosition>,
         limit: usize,
     ) -> Option<Vec<(StreamPosition, OwnedEventId)>> {
-        let rooms = self.lock();
+        let rooms = lock(&self.rooms);
         let tail = rooms.get(room_id)?;
         let page: Vec<_> = tail
             .entries
@@ -68,7 +65,7 @@ impl Tails {
     /// has no more.
     pub(super) fn fill(&self, room_id: &RoomId, newest_first: Vec<(StreamPosition, OwnedEventId)>) {
         let whole = newest_first.len() < TAIL;
-        let mut rooms = self.lock();
+        let mut rooms = lock(&self.rooms);
         if rooms.len() >= ROOMS {
             rooms.clear();
         }
@@ -77,7 +74,7 @@ impl Tails {
 
     /// Appends a committed entry to the room's tail, if it has one.
     pub(super) fn append(&self, room_id: &RoomId, position: StreamPosition, event_id: OwnedEventId) {
-        if let Some(tail) = self.lock().get_mut(room_id) {
+        if let Some(tail) = lock(&self.rooms).get_mut(room_id) {
             tail.entries.push_back((position, event_id));
             if tail.entries.len() > TAIL {
                 tail.entries.pop_front();
@@ -88,7 +85,7 @@ impl Tails {
 
     /// Forgets every tail: after a failed write, what landed is unknown.
     pub(super) fn clear(&self) {
-        self.lock().clear();
+        lock(&self.rooms).clear();
     }
 
     pub(super) const fn size() -> usize {
