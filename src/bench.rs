@@ -274,7 +274,13 @@ pub async fn resolve_forks(members: usize, fork_len: usize) -> Result<Figure, Ro
 }
 
 /// One request through the node's router, as a client makes it.
-async fn call(hs: &Homeserver, method: &str, uri: &str, token: Option<&str>, body: serde_json::Value) -> serde_json::Value {
+async fn call(
+    hs: &Homeserver,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> serde_json::Value {
     let mut request = http::Request::builder().method(method).uri(uri);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -313,7 +319,8 @@ pub async fn sync(store: Arc<dyn Store>, rooms: usize, events: usize, runs: usiz
     let mut next_batch = String::new();
     let start = Instant::now();
     for _ in 0..runs {
-        let synced = call(&hs, "GET", &format!("/_matrix/client/v3/sync?filter={filter}"), Some(&token), json!(null)).await;
+        let synced =
+            call(&hs, "GET", &format!("/_matrix/client/v3/sync?filter={filter}"), Some(&token), json!(null)).await;
         next_batch = synced["next_batch"].as_str().unwrap_or_default().to_owned();
     }
     figures.push(timed(format!("initial /sync, {rooms} rooms x {events} messages, timeline limit 10"), runs, start));

@@ -103,9 +103,8 @@ impl Error {
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorKind::LimitExceeded({
                     let mut data = ruma::api::error::LimitExceededErrorData::new();
-                    data.retry_after = Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(
-                        *retry_after_ms,
-                    )));
+                    data.retry_after =
+                        Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(*retry_after_ms)));
                     data
                 }),
             ),

@@ -17,11 +17,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use self::{
-    error::Error,
-    platform::{Clock, OsRandom, Random, Sleep, SystemClock},
-    router::{error_response, MAX_BODY_BYTES},
-};
 use self::{
     api::client::{account::Uiaa, push::UnreadCounts},
     identity::NodeKey,
@@ -30,6 +25,11 @@ use self::{
         accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, notifier::Notifier, rooms::Rooms,
         transactions::Transactions, user_data::UserData,
     },
+};
+pub use self::{
+    error::Error,
+    platform::{Clock, OsRandom, Random, Sleep, SystemClock},
+    router::{error_response, MAX_BODY_BYTES},
 };
 use crate::store::{Schema, Store, StoreError};
 

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method};
 use percent_encoding::percent_decode_str;
 use ruma::api::{
-    auth_scheme::{AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication},
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication,
+    },
     path_builder::PathBuilder,
     IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt,
 };
@@ -208,8 +210,14 @@ mod tests {
         assert_eq!(match_path(templates(), "/_matrix/client/v3/rooms/x/state/y/z"), None);
 
         let state = || ["/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}"].into_iter();
-        assert_eq!(match_path(state(), "/_matrix/client/v3/rooms/r/state/m.room.topic"), Some(vec!["r", "m.room.topic", ""]));
-        assert_eq!(match_path(state(), "/_matrix/client/v3/rooms/r/state/m.room.topic/"), Some(vec!["r", "m.room.topic", ""]));
+        assert_eq!(
+            match_path(state(), "/_matrix/client/v3/rooms/r/state/m.room.topic"),
+            Some(vec!["r", "m.room.topic", ""])
+        );
+        assert_eq!(
+            match_path(state(), "/_matrix/client/v3/rooms/r/state/m.room.topic/"),
+            Some(vec!["r", "m.room.topic", ""])
+        );
         assert_eq!(match_path(state(), "/_matrix/client/v3/rooms/r/state"), None);
     }
 }

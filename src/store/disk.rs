@@ -79,9 +79,7 @@ impl Store for DiskStore {
         self.schema.check_table(table)?;
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(definition(table)).map_err(backend)?;
-        keys.iter()
-            .map(|key| Ok(table.get(*key).map_err(backend)?.map(|v| v.value().to_vec())))
-            .collect()
+        keys.iter().map(|key| Ok(table.get(*key).map_err(backend)?.map(|v| v.value().to_vec()))).collect()
     }
 
     async fn scan_nonempty(

@@ -120,7 +120,10 @@ impl Accounts {
         if id.server_name() != self.server_name {
             return Err(AccountError::InvalidUsername(format!("{id} is not a user of this node")));
         }
-        let valid = id.localpart().bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'));
+        let valid = id
+            .localpart()
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'));
         if !valid || id.localpart().is_empty() {
             return Err(AccountError::InvalidUsername(format!(
                 "{name}: user IDs may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'"
@@ -306,9 +309,11 @@ impl Accounts {
         let hash = token_hash(&access_token);
         let session = Session { user_id: user_id.to_owned(), device_id: device_id.clone() };
         let device = DeviceRecord { display_name, token: hex(&hash), last_seen_ts: Some(self.clock.now_millis()) };
-        let batch = batch
-            .put(TOKENS, hash, serde_json::to_vec(&session).unwrap_or_default())
-            .put(DEVICES, device_key(user_id, &device_id), serde_json::to_vec(&device).unwrap_or_default());
+        let batch = batch.put(TOKENS, hash, serde_json::to_vec(&session).unwrap_or_default()).put(
+            DEVICES,
+            device_key(user_id, &device_id),
+            serde_json::to_vec(&device).unwrap_or_default(),
+        );
         (batch, Login { session, access_token })
     }
 

@@ -45,7 +45,13 @@ pub struct Ephemeral {
 impl Ephemeral {
     pub fn new(clock: Arc<dyn Clock>, notifier: Arc<Notifier>) -> Self {
         let start = clock.now_millis();
-        Self { clock, notifier, stream: AtomicU64::new(start), typing: Default::default(), presence: Default::default() }
+        Self {
+            clock,
+            notifier,
+            stream: AtomicU64::new(start),
+            typing: Default::default(),
+            presence: Default::default(),
+        }
     }
 
     pub fn position(&self) -> u64 {

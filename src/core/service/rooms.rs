@@ -612,7 +612,8 @@ impl Rooms {
             .into_iter()
             .zip(events)
             .map(|((position, _), event)| {
-                let event = event.ok_or_else(|| RoomError::corrupt("the timeline names an event that is not stored"))?;
+                let event =
+                    event.ok_or_else(|| RoomError::corrupt("the timeline names an event that is not stored"))?;
                 Ok((position, event.pdu.clone()))
             })
             .collect()

@@ -74,8 +74,15 @@ const CACHED_ENTRIES: usize = 65_536;
 
 impl UserData {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, notifier: Arc<Notifier>) -> Self {
-        Self { store, clock, notifier, stream: async_lock::Mutex::new(None), receipts: Cache::new(CACHED_ENTRIES),
-            account_data: Cache::new(CACHED_ENTRIES), receipts_lock: async_lock::Mutex::new(()) }
+        Self {
+            store,
+            clock,
+            notifier,
+            stream: async_lock::Mutex::new(None),
+            receipts: Cache::new(CACHED_ENTRIES),
+            account_data: Cache::new(CACHED_ENTRIES),
+            receipts_lock: async_lock::Mutex::new(()),
+        }
     }
 
     /// The last position handed out.
@@ -184,8 +191,9 @@ impl UserData {
         thread: Option<&str>,
         event_id: OwnedEventId,
     ) -> Result<u64, RoomError> {
-        let key = [room.as_bytes(), b"\0", user.as_bytes(), b"\0", kind.as_bytes(), b"\0", thread.unwrap_or("").as_bytes()]
-            .concat();
+        let key =
+            [room.as_bytes(), b"\0", user.as_bytes(), b"\0", kind.as_bytes(), b"\0", thread.unwrap_or("").as_bytes()]
+                .concat();
         let ts = self.clock.now_millis();
         let _writing = self.receipts_lock.lock().await;
         let position = self

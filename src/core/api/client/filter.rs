@@ -95,7 +95,11 @@ pub(crate) fn room_event_matches(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
         )
 }
 
-pub(crate) fn room_allowed(rooms: Option<&[ruma::OwnedRoomId]>, not_rooms: &[ruma::OwnedRoomId], room: &RoomId) -> bool {
+pub(crate) fn room_allowed(
+    rooms: Option<&[ruma::OwnedRoomId]>,
+    not_rooms: &[ruma::OwnedRoomId],
+    room: &RoomId,
+) -> bool {
     rooms.is_none_or(|rooms| rooms.iter().any(|r| r == room)) && !not_rooms.iter().any(|r| r == room)
 }
 

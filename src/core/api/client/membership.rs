@@ -80,12 +80,13 @@ pub(crate) async fn join_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response, Error> {
     let room_id = match <&RoomId>::try_from(&*request.room_id_or_alias) {
         Ok(room_id) => room_id.to_owned(),
-        Err(alias) => hs
-            .aliases()
-            .get(&alias)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no room has the alias {alias}")))?
-            .room_id,
+        Err(alias) => {
+            hs.aliases()
+                .get(&alias)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no room has the alias {alias}")))?
+                .room_id
+        }
     };
     join(hs, &session.user_id, &room_id, request.reason).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
@@ -204,7 +205,8 @@ pub(crate) async fn joined(
     _: joined_rooms::v3::Request,
 ) -> Result<joined_rooms::v3::Response, Error> {
     let rooms = hs.rooms().rooms_of(&session.user_id).await?;
-    let joined = rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id.clone()).collect();
+    let joined =
+        rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id.clone()).collect();
     Ok(joined_rooms::v3::Response::new(joined))
 }
 

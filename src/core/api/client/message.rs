@@ -44,7 +44,9 @@ pub(crate) async fn send(
     let event_id = hs
         .transactions()
         .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| async {
-            Ok::<_, Error>(hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone())
+            Ok::<_, Error>(
+                hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone(),
+            )
         })
         .await?;
     Ok(send_message_event::v3::Response::new(event_id))
@@ -59,7 +61,9 @@ pub(crate) async fn redact(
     match hs.rooms().event(&request.event_id).await? {
         Some(target) if target.pdu.room_id == request.room_id => {
             let others = target.pdu.sender != session.user_id;
-            if others && !hs.rooms().power_levels_of(&request.room_id).await?.user_can_redact_event_of_other(&session.user_id) {
+            if others
+                && !hs.rooms().power_levels_of(&request.room_id).await?.user_can_redact_event_of_other(&session.user_id)
+            {
                 return Err(Error::Forbidden("redacting the events of others needs the redact power level".into()));
             }
         }
@@ -79,7 +83,9 @@ pub(crate) async fn redact(
     let event_id = hs
         .transactions()
         .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| async {
-            Ok::<_, Error>(hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone())
+            Ok::<_, Error>(
+                hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone(),
+            )
         })
         .await?;
     Ok(redact_event::v3::Response::new(event_id))

@@ -148,12 +148,10 @@ pub(crate) async fn set(
     request: set_pushrule::v3::Request,
 ) -> Result<set_pushrule::v3::Response, Error> {
     let mut rules = ruleset(hs, &session.user_id).await?;
-    rules
-        .insert(request.rule, request.after.as_deref(), request.before.as_deref())
-        .map_err(|err| match err {
-            ruma::push::InsertPushRuleError::UnknownRuleId => Error::NotFound(err.to_string()),
-            _ => Error::InvalidParam(err.to_string()),
-        })?;
+    rules.insert(request.rule, request.after.as_deref(), request.before.as_deref()).map_err(|err| match err {
+        ruma::push::InsertPushRuleError::UnknownRuleId => Error::NotFound(err.to_string()),
+        _ => Error::InvalidParam(err.to_string()),
+    })?;
     save(hs, &session.user_id, &rules).await?;
     Ok(set_pushrule::v3::Response::new())
 }
@@ -310,7 +308,9 @@ pub(crate) async fn unread(
 async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<StreamPosition, Error> {
     let mut upto = 0;
     for receipt in hs.user_data().receipts_of(room_id, user).await? {
-        if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private") || receipt.thread.as_ref().is_some_and(|t| t != "main") {
+        if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private")
+            || receipt.thread.as_ref().is_some_and(|t| t != "main")
+        {
             continue;
         }
         if let Some(event) = hs.rooms().event(&receipt.receipt.event_id).await? {

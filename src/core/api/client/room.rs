@@ -47,10 +47,8 @@ pub(crate) async fn create(
         }
     };
     let creation_content = object(request.creation_content.as_ref().map(|r| r.json().get()), "creation_content")?;
-    let mut power_levels_override = object(
-        request.power_level_content_override.as_ref().map(|r| r.json().get()),
-        "power_level_content_override",
-    )?;
+    let mut power_levels_override =
+        object(request.power_level_content_override.as_ref().map(|r| r.json().get()), "power_level_content_override")?;
     // The trusted preset makes every invitee an admin like the creator.
     if preset == Preset::TrustedPrivateChat && !power_levels_override.contains_key("users") {
         let mut users = Map::new();

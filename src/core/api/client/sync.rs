@@ -57,8 +57,14 @@ const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
 
 /// The state types a client gets in an invite, to show the room before joining.
-const INVITE_STATE: &[&str] =
-    &["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption"];
+const INVITE_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
 
 /// `GET /_matrix/client/v3/sync`
 pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request) -> Result<v3::Response, Error> {
@@ -194,7 +200,10 @@ impl Sync<'_> {
     }
 
     fn limit(&self) -> usize {
-        self.timeline_filter().limit.map_or(DEFAULT_LIMIT, |l| usize::try_from(l).unwrap_or(MAX_LIMIT)).clamp(1, MAX_LIMIT)
+        self.timeline_filter()
+            .limit
+            .map_or(DEFAULT_LIMIT, |l| usize::try_from(l).unwrap_or(MAX_LIMIT))
+            .clamp(1, MAX_LIMIT)
     }
 
     /// The room's events in the stream after `from` up to `to` that the user
@@ -275,7 +284,8 @@ impl Sync<'_> {
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
             joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders, full).await?);
             joined.timeline.events = self.formatted(events.iter().map(|(_, pdu)| pdu)).await?;
-            if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember) {
+            if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember)
+            {
                 joined.summary = self.summary(room_id).await?;
             }
         }
@@ -415,7 +425,8 @@ impl Sync<'_> {
         let hs = self.hs;
         let mut room = InvitedRoom::new();
         let state = hs.rooms().current_state(room_id).await?;
-        let mut ids: Vec<_> = INVITE_STATE.iter().filter_map(|kind| state.get(&((*kind).into(), String::new()))).collect();
+        let mut ids: Vec<_> =
+            INVITE_STATE.iter().filter_map(|kind| state.get(&((*kind).into(), String::new()))).collect();
         ids.push(&membership.event_id);
         for id in ids {
             let Some(event) = hs.rooms().event(id).await? else { continue };

@@ -21,8 +21,9 @@ use ruma::{
 use serde::Deserialize;
 
 use super::{
-    create_event_version, is_create, room_key_for_user, StreamPosition, to_raw, topological_key, Outcome, RoomError, RoomRecord,
-    Rooms, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, ROOMS, TIMELINE, TOPOLOGY,
+    create_event_version, is_create, room_key_for_user, to_raw, topological_key, Outcome, RoomError, RoomRecord, Rooms,
+    StreamPosition, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, ROOMS, TIMELINE,
+    TOPOLOGY,
 };
 use crate::{
     core::{
