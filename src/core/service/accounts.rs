@@ -161,7 +161,7 @@ impl Accounts {
         let mut batch = Batch::new().expect(USERS, key, None).put(USERS, key, json(&record)?);
         let mut login = None;
         if let Some((device_id, display_name)) = device {
-            let (b, l) = self.new_device(batch, user_id, device_id, display_name);
+            let (b, l) = self.new_device(batch, user_id, device_id, display_name)?;
             batch = b;
             login = Some(l);
         }
@@ -189,7 +189,7 @@ impl Accounts {
                 self.forget_sessions(|s| s.user_id == user_id && &s.device_id == device_id);
             }
         }
-        let (batch, login) = self.new_device(batch, user_id, device_id, display_name);
+        let (batch, login) = self.new_device(batch, user_id, device_id, display_name)?;
         self.store.write(batch).await?;
         Ok(login)
     }
@@ -302,19 +302,16 @@ impl Accounts {
         user_id: &UserId,
         device_id: Option<OwnedDeviceId>,
         display_name: Option<String>,
-    ) -> (Batch, Login) {
+    ) -> Result<(Batch, Login), AccountError> {
         let device_id = device_id.unwrap_or_else(|| self.random_string(10).to_uppercase().into());
         // 32 random characters from 62: about 190 bits.
         let access_token = format!("glia_{}", self.random_string(32));
         let hash = token_hash(&access_token);
         let session = Session { user_id: user_id.to_owned(), device_id: device_id.clone() };
         let device = DeviceRecord { display_name, token: hex(&hash), last_seen_ts: Some(self.clock.now_millis()) };
-        let batch = batch.put(TOKENS, hash, serde_json::to_vec(&session).unwrap_or_default()).put(
-            DEVICES,
-            device_key(user_id, &device_id),
-            serde_json::to_vec(&device).unwrap_or_default(),
-        );
-        (batch, Login { session, access_token })
+        let batch =
+            batch.put(TOKENS, hash, json(&session)?).put(DEVICES, device_key(user_id, &device_id), json(&device)?);
+        Ok((batch, Login { session, access_token }))
     }
 
     fn forget_sessions(&self, matches: impl Fn(&Session) -> bool) {
