@@ -104,19 +104,18 @@ impl UserData {
     }
 
     /// Writes `put(position)`'s entry at the next position, with the counter,
-    /// then lets `user`'s cached account data go (whether or not it landed).
+    /// then runs `forget` to drop what it made stale (whether or not it
+    /// landed) before waking readers, so that none of them reads a stale copy.
     async fn write_next(
         &self,
-        user: Option<&UserId>,
         put: impl FnOnce(u64) -> Result<Batch, RoomError>,
+        forget: impl FnOnce(),
     ) -> Result<u64, RoomError> {
         let mut stream = self.stream.lock().await;
         let next = self.read_position(&mut stream).await? + 1;
         let batch = put(next)?.put(META, USER_STREAM, next.to_be_bytes());
         let written = self.store.write(batch).await;
-        if let Some(user) = user {
-            self.account_data.remove(user);
-        }
+        forget();
         written?;
         *stream = Some(next);
         drop(stream);
@@ -132,10 +131,13 @@ impl UserData {
         content: Box<RawValue>,
     ) -> Result<u64, RoomError> {
         let key = account_data_key(user, room, Some(kind));
-        self.write_next(Some(user), |stream| {
-            let entry = serde_json::to_vec(&Entry { content, stream }).map_err(RoomError::corrupt)?;
-            Ok(Batch::new().put(ACCOUNT_DATA, key, entry))
-        })
+        self.write_next(
+            |stream| {
+                let entry = serde_json::to_vec(&Entry { content, stream }).map_err(RoomError::corrupt)?;
+                Ok(Batch::new().put(ACCOUNT_DATA, key, entry))
+            },
+            || self.account_data.remove(user),
+        )
         .await
     }
 
@@ -195,17 +197,17 @@ impl UserData {
             [room.as_bytes(), b"\0", user.as_bytes(), b"\0", kind.as_bytes(), b"\0", thread.unwrap_or("").as_bytes()]
                 .concat();
         let ts = self.clock.now_millis();
+        // Held while writing, so a reader that misses the cache waits for
+        // this receipt to land before reading the room's receipts again.
         let _writing = self.receipts_lock.lock().await;
-        let position = self
-            .write_next(None, |stream| {
+        self.write_next(
+            |stream| {
                 let receipt = serde_json::to_vec(&Receipt { event_id, ts, stream }).map_err(RoomError::corrupt)?;
                 Ok(Batch::new().put(RECEIPTS, key, receipt))
-            })
-            .await?;
-        // The cached copy is stale now: read it again with this receipt.
-        let fresh = Arc::new(self.read_receipts(room).await?);
-        self.receipts.insert(room.to_owned(), fresh.clone(), fresh.len().max(1));
-        Ok(position)
+            },
+            || self.receipts.remove(room),
+        )
+        .await
     }
 
     /// The room's receipts set after `since`.
