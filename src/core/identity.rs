@@ -53,8 +53,13 @@ impl NodeKey {
         &self.server_name
     }
 
-    pub fn key_pair(&self) -> &impl KeyPair {
+    pub fn key_pair(&self) -> &Ed25519KeyPair {
         &self.pair
+    }
+
+    /// A bare ed25519 signature of `message`, for the relay's hello.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_bytes().to_vec()
     }
 
     pub fn public_key(&self) -> [u8; 32] {

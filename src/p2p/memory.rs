@@ -1,0 +1,112 @@
+//! An in-process network for tests: nodes in one process exchange encoded
+//! frames through channels, with a relay's mailbox for nodes that are offline
+//! and partitions that can be made and healed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+
+use super::{frame::Frame, Delivery, Inbound, PeerKey, Transport, TransportError};
+use crate::core::lock;
+
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    online: HashMap<PeerKey, UnboundedSender<Inbound>>,
+    mailboxes: HashMap<PeerKey, Vec<Bytes>>,
+    /// Pairs that cannot reach each other, smaller key first.
+    cut: HashSet<(PeerKey, PeerKey)>,
+    frames: u64,
+    bytes: u64,
+}
+
+impl MemoryNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings `key` online: what its mailbox holds arrives first.
+    pub fn connect(&self, key: PeerKey) -> (MemoryTransport, UnboundedReceiver<Inbound>) {
+        let (tx, rx) = unbounded();
+        let mut inner = lock(&self.inner);
+        for frame in inner.mailboxes.remove(&key).unwrap_or_default() {
+            let _ = tx.unbounded_send(Inbound::Frame(frame));
+        }
+        inner.online.insert(key, tx);
+        (MemoryTransport { network: self.clone(), origin: key }, rx)
+    }
+
+    pub fn disconnect(&self, key: PeerKey) {
+        lock(&self.inner).online.remove(&key);
+    }
+
+    pub fn partition(&self, a: PeerKey, b: PeerKey) {
+        lock(&self.inner).cut.insert(pair(a, b));
+    }
+
+    pub fn heal(&self, a: PeerKey, b: PeerKey) {
+        lock(&self.inner).cut.remove(&pair(a, b));
+    }
+
+    /// Frames and bytes carried so far.
+    pub fn carried(&self) -> (u64, u64) {
+        let inner = lock(&self.inner);
+        (inner.frames, inner.bytes)
+    }
+}
+
+fn pair(a: PeerKey, b: PeerKey) -> (PeerKey, PeerKey) {
+    if a < b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+pub struct MemoryTransport {
+    network: MemoryNetwork,
+    origin: PeerKey,
+}
+
+impl Transport for MemoryTransport {
+    fn send(&self, destination: PeerKey, frame: Bytes) -> Result<(), TransportError> {
+        let route = Frame::route(&frame).map_err(|err| TransportError { to: destination, reason: err.to_string() })?;
+        let mut inner = lock(&self.network.inner);
+        let fail = |reason: &str| TransportError { to: destination, reason: reason.into() };
+        if !inner.online.contains_key(&self.origin) {
+            return Err(fail("this node is offline"));
+        }
+        if route.origin != self.origin {
+            return Err(fail("a node sends frames only as itself"));
+        }
+        if inner.cut.contains(&pair(self.origin, destination)) {
+            return Err(fail("partitioned"));
+        }
+        if let Some(peer) = inner.online.get(&destination) {
+            let len = frame.len() as u64;
+            if peer.unbounded_send(Inbound::Frame(frame.clone())).is_ok() {
+                inner.frames += 1;
+                inner.bytes += len;
+                return Ok(());
+            }
+        }
+        let delivery = if route.mailbox {
+            inner.mailboxes.entry(destination).or_default().push(frame);
+            Delivery::Stored
+        } else {
+            Delivery::Failed("offline".into())
+        };
+        if let Some(me) = inner.online.get(&self.origin) {
+            let _ = me.unbounded_send(Inbound::Delivery { to: destination, id: route.id, delivery });
+        }
+        Ok(())
+    }
+}
