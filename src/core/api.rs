@@ -21,6 +21,7 @@ pub(crate) mod client {
 }
 
 pub(crate) mod federation {
+    pub(crate) mod discovery;
     pub(crate) mod keys;
 }
 
@@ -103,6 +104,7 @@ macro_rules! endpoints {
             c::push::get_pushrule_actions::v3::Request => client::push::get_actions,
             c::push::set_pushrule_actions::v3::Request => client::push::set_actions,
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
+            f::discovery::get_server_version::v1::Request => federation::discovery::version,
         }
     }};
 }

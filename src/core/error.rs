@@ -28,6 +28,9 @@ pub enum Error {
     Unknown(String),
     #[error("this endpoint needs an access token")]
     MissingToken,
+    /// A federation request without a valid `X-Matrix` signature.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("unknown or expired access token")]
     UnknownToken,
     #[error("{0}")]
@@ -95,6 +98,7 @@ impl Error {
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
             Self::Unknown(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, ErrorKind::MissingToken),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized),
             Self::UnknownToken => (StatusCode::UNAUTHORIZED, ErrorKind::UnknownToken(Default::default())),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),

@@ -22,10 +22,11 @@ use self::{
     identity::NodeKey,
     limits::RateLimit,
     service::{
-        accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, notifier::Notifier, rooms::Rooms,
-        transactions::Transactions, user_data::UserData,
+        accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, federation::Federation, notifier::Notifier,
+        rooms::Rooms, transactions::Transactions, user_data::UserData,
     },
 };
+use crate::p2p::{Frame, Inbound, Payload, Transport};
 pub use self::{
     error::Error,
     platform::{Clock, OsRandom, Random, Sleep, SystemClock},
@@ -79,6 +80,7 @@ pub struct Homeserver {
     ephemeral: Ephemeral,
     aliases: Aliases,
     transactions: Transactions,
+    federation: Federation,
     limits: Limits,
     uiaa: Uiaa,
     unread_counts: UnreadCounts,
@@ -104,6 +106,7 @@ impl Homeserver {
         let server_name = key.server_name().to_owned();
         Ok(Self {
             accounts: Accounts::new(store.clone(), clock.clone(), random.clone(), server_name),
+            federation: Federation::new(key.clone(), clock.clone(), &*random),
             rooms: Rooms::new(store.clone(), key.clone(), clock.clone(), random, notifier.clone()),
             user_data: UserData::new(store.clone(), clock.clone(), notifier.clone()),
             ephemeral: Ephemeral::new(clock.clone(), notifier.clone()),
@@ -123,6 +126,36 @@ impl Homeserver {
     /// error becomes a Matrix error response here.
     pub async fn handle(&self, request: http::Request<Bytes>) -> http::Response<Bytes> {
         router::handle(self, request).await
+    }
+
+    /// Connects the node to other nodes: federation requests and answers leave
+    /// through `transport` from now on.
+    pub fn attach(&self, transport: Arc<dyn Transport>) {
+        self.federation.attach(transport);
+    }
+
+    /// Takes what the transport delivered: a request from another node is
+    /// answered (through the transport) before this returns, so a relay's
+    /// mailbox may forget the frame once it does.
+    pub async fn inbound(&self, inbound: Inbound) {
+        let bytes = match inbound {
+            Inbound::Delivery { to, id, delivery } => return self.federation.delivered(to, id, delivery),
+            Inbound::Frame(bytes) => bytes,
+        };
+        let Ok(frame) = Frame::decode(bytes) else {
+            // Nobody to answer: the origin of a frame that does not parse is unknown.
+            return;
+        };
+        if frame.destination != self.federation.me() {
+            return;
+        }
+        let Payload::Request(request) = &frame.payload else {
+            return self.federation.answered(frame);
+        };
+        let mut request = request.clone();
+        request.extensions_mut().insert(router::FrameOrigin(frame.origin));
+        let response = self.handle(request).await;
+        let _ = self.federation.transmit(frame.origin, &frame.respond(response));
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -160,6 +193,10 @@ impl Homeserver {
 
     pub fn transactions(&self) -> &Transactions {
         &self.transactions
+    }
+
+    pub fn federation(&self) -> &Federation {
+        &self.federation
     }
 
     pub fn notifier(&self) -> &Notifier {

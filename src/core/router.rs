@@ -15,7 +15,20 @@ use ruma::api::{
     IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt,
 };
 
-use super::{api::endpoints, service::accounts::Session, Error, Homeserver, SERVER};
+use ruma::{
+    api::federation::authentication::ServerSignatures,
+    serde::Base64,
+    signatures::{PublicKeyMap, PublicKeySet},
+    OwnedServerName,
+};
+
+use super::{
+    api::endpoints,
+    identity::{self, KEY_ID},
+    service::accounts::Session,
+    Error, Homeserver, SERVER,
+};
+use crate::p2p::PeerKey;
 
 /// The largest request body the core accepts. JSON requests are far smaller;
 /// media uploads will get a limit of their own.
@@ -113,44 +126,38 @@ fn match_path(templates: impl Iterator<Item = &'static str>, path: &str) -> Opti
 
 /// What a handler learns of who is asking, by the endpoint's authentication
 /// scheme: a [`Session`] where an access token is required, maybe one where it
-/// is optional, nothing where none is read.
+/// is optional, the requesting server for federation, nothing where none is read.
 pub(crate) trait Identify: AuthScheme {
     type Identity;
-    fn token(output: Self::Output) -> Option<String>;
-    fn identify(session: Option<Session>) -> Result<Self::Identity, Error>;
+    fn identify(
+        hs: &Homeserver,
+        request: &http::Request<Bytes>,
+    ) -> impl Future<Output = Result<Self::Identity, Error>>;
 }
 
 impl Identify for AccessToken {
     type Identity = Session;
-    fn token(output: String) -> Option<String> {
-        Some(output)
-    }
-    fn identify(session: Option<Session>) -> Result<Session, Error> {
-        session.ok_or(Error::MissingToken)
+    async fn identify(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<Session, Error> {
+        session::<Self>(hs, request, Some).await?.ok_or(Error::MissingToken)
     }
 }
 
 impl Identify for AccessTokenOptional {
     type Identity = Option<Session>;
-    fn token(output: Option<String>) -> Option<String> {
-        output
-    }
-    fn identify(session: Option<Session>) -> Result<Option<Session>, Error> {
-        Ok(session)
+    async fn identify(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<Option<Session>, Error> {
+        session::<Self>(hs, request, |token| token).await
     }
 }
 
 /// Schemes that identify nobody. An application service's token would, but
-/// glia hosts none, so registration is open to all alike.
+/// glia hosts none, so registration is open to all alike. A token that is not
+/// live is refused even where none is needed, as the spec says.
 macro_rules! anonymous {
     ($($scheme:ty),*) => {$(
         impl Identify for $scheme {
             type Identity = ();
-            fn token(_: <Self as AuthScheme>::Output) -> Option<String> {
-                None
-            }
-            fn identify(_: Option<Session>) -> Result<(), Error> {
-                Ok(())
+            async fn identify(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<(), Error> {
+                session::<AccessTokenOptional>(hs, request, |token| token).await.map(drop)
             }
         }
     )*};
@@ -158,15 +165,52 @@ macro_rules! anonymous {
 
 anonymous!(NoAuthentication, NoAccessToken, AppserviceTokenOptional);
 
-/// The session of the request's access token, if it carries one; a token that
-/// is not live is refused even where none is needed, as the spec says.
-async fn authenticate<A: Identify>(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<A::Identity, Error> {
+/// The session of the request's access token, if it carries one.
+async fn session<A: AuthScheme>(
+    hs: &Homeserver,
+    request: &http::Request<Bytes>,
+    token: impl FnOnce(A::Output) -> Option<String>,
+) -> Result<Option<Session>, Error> {
     let output = A::extract_authentication(request).map_err(|_| Error::MissingToken)?;
-    let session = match A::token(output) {
-        Some(token) => Some(hs.accounts().session(&token).await?.ok_or(Error::UnknownToken)?),
-        None => None,
-    };
-    A::identify(session)
+    match token(output) {
+        Some(token) => Ok(Some(hs.accounts().session(&token).await?.ok_or(Error::UnknownToken)?)),
+        None => Ok(None),
+    }
+}
+
+/// The node a request came from when it arrived in a frame: its `X-Matrix`
+/// origin must be the same node, so a peer cannot pass on another's request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrameOrigin(pub PeerKey);
+
+/// The server whose `X-Matrix` signature a federation request carries, checked
+/// against the key its name spells.
+pub(crate) struct Origin(pub OwnedServerName);
+
+impl Identify for ServerSignatures {
+    type Identity = Origin;
+    async fn identify(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<Origin, Error> {
+        let unauthorized = |why: &str| Error::Unauthorized(why.to_owned());
+        let auth = Self::extract_authentication(request)
+            .map_err(|err| Error::Unauthorized(format!("no valid X-Matrix authorization: {err}")))?;
+        let key = identity::verify_key(&auth.origin)
+            .ok_or_else(|| unauthorized("the origin is not a glia server name, so its key is unknown"))?;
+        if auth.key.as_str() != KEY_ID {
+            return Err(unauthorized("glia nodes sign with ed25519:glia only"));
+        }
+        if let Some(FrameOrigin(from)) = request.extensions().get() {
+            if from.0 != key {
+                return Err(unauthorized("the request is signed by another node than the one that sent it"));
+            }
+        }
+        let keys = PublicKeyMap::from([(
+            auth.origin.to_string(),
+            PublicKeySet::from([(KEY_ID.to_owned(), Base64::new(key.to_vec()))]),
+        )]);
+        auth.verify_http_request(request, hs.key().server_name(), &keys)
+            .map_err(|err| Error::Unauthorized(format!("bad X-Matrix signature: {err}")))?;
+        Ok(Origin(auth.origin))
+    }
 }
 
 async fn call<'hs, R, F, Fut>(
@@ -181,7 +225,7 @@ where
     F: FnOnce(&'hs Homeserver, <R::Authentication as Identify>::Identity, R) -> Fut,
     Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
 {
-    let identity = authenticate::<R::Authentication>(hs, &request).await?;
+    let identity = R::Authentication::identify(hs, &request).await?;
     let args = raw_args
         .iter()
         .map(|arg| percent_decode_str(arg).decode_utf8())

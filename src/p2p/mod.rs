@@ -36,14 +36,6 @@ pub struct TransportError {
 
 /// Carries encoded frames to other nodes. Sending only queues: answers come
 /// back as [`Inbound`] through whatever drives the node.
-#[cfg(not(target_arch = "wasm32"))]
-pub trait Transport: Send + Sync {
-    fn send(&self, destination: PeerKey, frame: bytes::Bytes) -> Result<(), TransportError>;
-}
-
-/// Carries encoded frames to other nodes. Sending only queues: answers come
-/// back as [`Inbound`] through whatever drives the node.
-#[cfg(target_arch = "wasm32")]
-pub trait Transport {
+pub trait Transport: crate::store::SendSync {
     fn send(&self, destination: PeerKey, frame: bytes::Bytes) -> Result<(), TransportError>;
 }

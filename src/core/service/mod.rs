@@ -5,6 +5,7 @@ pub mod aliases;
 pub(crate) mod cache;
 pub mod ephemeral;
 pub mod events;
+pub mod federation;
 pub mod notifier;
 pub mod rooms;
 pub mod state;

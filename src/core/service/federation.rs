@@ -1,0 +1,184 @@
+//! Requests to other nodes: signed with `X-Matrix` as the spec says, carried as
+//! frames through the attached [`Transport`], and matched with their responses
+//! by frame id.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use ruma::{
+    api::{
+        auth_scheme::{AuthScheme, NoAuthentication},
+        federation::authentication::{ServerSignatures, XMatrixSigningInput},
+        path_builder::SinglePath, IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+    },
+    ServerName,
+};
+
+use crate::{
+    core::{identity::NodeKey, lock, Clock, Random},
+    p2p::{Delivery, Frame, Payload, PeerKey, Transport},
+};
+
+/// How long a request waits for its answer before the caller hears it failed.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("{0} is not a glia server name, so it cannot be reached peer to peer")]
+    NotGlia(String),
+    #[error("this node is not connected to any network")]
+    Detached,
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    /// Kept in a relay's mailbox for a destination that is offline: delivered
+    /// later, answered never.
+    #[error("{0} is offline; the request waits in its mailbox")]
+    Stored(String),
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    #[error("{server} answered {status}: {body}")]
+    Remote { server: String, status: u16, body: String },
+    #[error("cannot build the request: {0}")]
+    Request(String),
+}
+
+/// A federation endpoint's request.
+pub trait Outgoing: OutgoingRequest<PathBuilder = SinglePath, Authentication: Authenticate> {}
+impl<R: OutgoingRequest<PathBuilder = SinglePath, Authentication: Authenticate>> Outgoing for R {}
+
+/// How a node authenticates its requests under each scheme federation uses.
+pub trait Authenticate: AuthScheme {
+    fn input<'a>(key: &'a NodeKey, destination: &ServerName) -> Self::Input<'a>;
+}
+
+impl Authenticate for ServerSignatures {
+    fn input<'a>(key: &'a NodeKey, destination: &ServerName) -> XMatrixSigningInput<'a> {
+        XMatrixSigningInput::new(key.server_name().to_owned(), destination.to_owned(), key.key_pair())
+    }
+}
+
+impl Authenticate for NoAuthentication {
+    fn input<'a>(_: &'a NodeKey, _: &ServerName) {}
+}
+
+type Answer = Result<http::Response<Bytes>, FederationError>;
+
+pub struct Federation {
+    key: Arc<NodeKey>,
+    clock: Arc<dyn Clock>,
+    transport: Mutex<Option<Arc<dyn Transport>>>,
+    pending: Mutex<HashMap<(PeerKey, u64), oneshot::Sender<Answer>>>,
+    next_id: AtomicU64,
+}
+
+impl Federation {
+    pub fn new(key: Arc<NodeKey>, clock: Arc<dyn Clock>, random: &dyn Random) -> Self {
+        // Ids start anywhere, so a restarted node does not reuse the ids of
+        // frames still in flight from before.
+        let mut seed = [0u8; 8];
+        random.fill(&mut seed);
+        Self {
+            key,
+            clock,
+            transport: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(u64::from_be_bytes(seed) >> 1),
+        }
+    }
+
+    pub fn attach(&self, transport: Arc<dyn Transport>) {
+        *lock(&self.transport) = Some(transport);
+    }
+
+    pub fn me(&self) -> PeerKey {
+        PeerKey::of(&self.key)
+    }
+
+    /// Sends `request` to `destination` and waits for its typed answer. With
+    /// `mailbox` set, a relay may keep it for an offline destination, and the
+    /// caller hears [`FederationError::Stored`].
+    pub async fn request<R: Outgoing>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        mailbox: bool,
+    ) -> Result<R::IncomingResponse, FederationError> {
+        let response = self.send(destination, request, mailbox).await?;
+        let (parts, body) = response.into_parts();
+        R::IncomingResponse::try_from_http_response(http::Response::from_parts(parts.clone(), body.as_ref())).map_err(
+            |err| FederationError::Remote {
+                server: destination.to_string(),
+                status: parts.status.as_u16(),
+                body: match std::str::from_utf8(&body) {
+                    Ok(text) if !text.is_empty() => text.chars().take(500).collect(),
+                    _ => err.to_string(),
+                },
+            },
+        )
+    }
+
+    async fn send<R: Outgoing>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        mailbox: bool,
+    ) -> Result<http::Response<Bytes>, FederationError> {
+        let to = PeerKey::from_server_name(destination).ok_or_else(|| FederationError::NotGlia(destination.into()))?;
+        let signing = R::Authentication::input(&self.key, destination);
+        let http: http::Request<Vec<u8>> = request
+            .try_into_http_request("", signing, ())
+            .map_err(|err| FederationError::Request(err.to_string()))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Frame::request(id, self.me(), to, http.map(Bytes::from));
+        frame.mailbox = mailbox;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert((to, id), tx);
+        if let Err(err) = self.transmit(to, &frame) {
+            lock(&self.pending).remove(&(to, id));
+            return Err(err);
+        }
+        let timeout = self.clock.sleep(REQUEST_TIMEOUT_MS);
+        match select(rx, timeout).await {
+            Either::Left((Ok(answer), _)) => answer,
+            Either::Left((Err(_), _)) => Err(FederationError::Unreachable(destination.into())),
+            Either::Right(((), _)) => {
+                lock(&self.pending).remove(&(to, id));
+                Err(FederationError::Timeout(destination.into()))
+            }
+        }
+    }
+
+    /// Hands an encoded frame to the transport.
+    pub(crate) fn transmit(&self, to: PeerKey, frame: &Frame) -> Result<(), FederationError> {
+        let transport = lock(&self.transport).clone().ok_or(FederationError::Detached)?;
+        transport.send(to, frame.encode()).map_err(|err| FederationError::Unreachable(err.to_string()))
+    }
+
+    /// A response frame: wakes the request waiting for it, if any still is.
+    pub(crate) fn answered(&self, frame: Frame) {
+        if let Payload::Response(response) = frame.payload {
+            if let Some(waiting) = lock(&self.pending).remove(&(frame.origin, frame.id)) {
+                let _ = waiting.send(Ok(response));
+            }
+        }
+    }
+
+    /// What the network learned of a frame this node sent.
+    pub(crate) fn delivered(&self, to: PeerKey, id: u64, delivery: Delivery) {
+        if let Some(waiting) = lock(&self.pending).remove(&(to, id)) {
+            let name = to.to_string();
+            let _ = waiting.send(Err(match delivery {
+                Delivery::Stored => FederationError::Stored(name),
+                Delivery::Failed(reason) => FederationError::Unreachable(format!("{name}: {reason}")),
+            }));
+        }
+    }
+}
