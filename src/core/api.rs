@@ -23,6 +23,8 @@ pub(crate) mod client {
 pub(crate) mod federation {
     pub(crate) mod discovery;
     pub(crate) mod keys;
+    pub(crate) mod membership;
+    pub(crate) mod transactions;
 }
 
 /// Every endpoint the node answers: its ruma request type and handler. The
@@ -105,6 +107,12 @@ macro_rules! endpoints {
             c::push::set_pushrule_actions::v3::Request => client::push::set_actions,
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
             f::discovery::get_server_version::v1::Request => federation::discovery::version,
+            f::transactions::send_transaction_message::v1::Request => federation::transactions::send,
+            f::membership::prepare_join_event::v1::Request => federation::membership::make_join,
+            f::membership::create_join_event::v2::Request => federation::membership::send_join,
+            f::membership::prepare_leave_event::v1::Request => federation::membership::make_leave,
+            f::membership::create_leave_event::v2::Request => federation::membership::send_leave,
+            f::membership::create_invite::v2::Request => federation::membership::invite,
         }
     }};
 }

@@ -53,6 +53,11 @@ pub enum Error {
     ServerManaged(String),
     #[error("unsupported room version: {0}")]
     UnsupportedRoomVersion(String),
+    #[error("this node does not support room version {0}")]
+    IncompatibleRoomVersion(ruma::RoomVersionId),
+    /// Another server could not be reached, or answered with an error.
+    #[error("{0}")]
+    Federation(String),
     #[error(transparent)]
     Account(#[from] AccountError),
     #[error(transparent)]
@@ -69,6 +74,10 @@ pub enum Error {
 impl Error {
     pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::Internal(err.to_string())
+    }
+
+    pub fn federation(err: crate::core::service::federation::FederationError) -> Self {
+        Self::Federation(err.to_string())
     }
 
     /// Sorts ruma's parse failures into the spec's error codes: `M_NOT_JSON` when
@@ -117,6 +126,11 @@ impl Error {
             Self::ServerManaged(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::BadJson),
             Self::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorKind::RoomInUse),
             Self::UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion),
+            Self::IncompatibleRoomVersion(version) => (
+                StatusCode::BAD_REQUEST,
+                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone())),
+            ),
+            Self::Federation(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
             Self::Account(err) => match err {
                 AccountError::UserInUse(_) => (StatusCode::BAD_REQUEST, ErrorKind::UserInUse),
                 AccountError::InvalidUsername(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidUsername),

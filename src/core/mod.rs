@@ -23,7 +23,7 @@ use self::{
     limits::RateLimit,
     service::{
         accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, federation::Federation, notifier::Notifier,
-        rooms::Rooms, transactions::Transactions, user_data::UserData,
+        rooms::Rooms, sender::Sender, transactions::Transactions, user_data::UserData,
     },
 };
 use crate::p2p::{Frame, Inbound, Payload, Transport};
@@ -36,7 +36,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 4,
+    version: 5,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -55,6 +55,10 @@ pub const SCHEMA: Schema = Schema {
         service::rooms::TIMELINE,
         service::rooms::TOPOLOGY,
         service::rooms::HELD_REDACTIONS,
+        service::rooms::OUTBOX,
+        service::rooms::INVITES,
+        service::sender::OUTBOUND,
+        api::federation::transactions::FEDERATION_TXNS,
     ],
 };
 
@@ -81,6 +85,7 @@ pub struct Homeserver {
     aliases: Aliases,
     transactions: Transactions,
     federation: Federation,
+    sender: Sender,
     limits: Limits,
     uiaa: Uiaa,
     unread_counts: UnreadCounts,
@@ -107,6 +112,7 @@ impl Homeserver {
         Ok(Self {
             accounts: Accounts::new(store.clone(), clock.clone(), random.clone(), server_name),
             federation: Federation::new(key.clone(), clock.clone(), &*random),
+            sender: Sender::new(),
             rooms: Rooms::new(store.clone(), key.clone(), clock.clone(), random, notifier.clone()),
             user_data: UserData::new(store.clone(), clock.clone(), notifier.clone()),
             ephemeral: Ephemeral::new(clock.clone(), notifier.clone()),
@@ -132,6 +138,13 @@ impl Homeserver {
     /// through `transport` from now on.
     pub fn attach(&self, transport: Arc<dyn Transport>) {
         self.federation.attach(transport);
+        self.sender.retry_all();
+    }
+
+    /// Sends this node's events and updates to other servers, forever: the
+    /// shell runs it beside the node, and it resumes from the store.
+    pub async fn run_sender(&self) {
+        self.sender.run(self).await
     }
 
     /// Takes what the transport delivered: a request from another node is
@@ -149,6 +162,7 @@ impl Homeserver {
         if frame.destination != self.federation.me() {
             return;
         }
+        self.sender.heard_from(&frame.origin.server_name());
         let Payload::Request(request) = &frame.payload else {
             return self.federation.answered(frame);
         };
@@ -197,6 +211,10 @@ impl Homeserver {
 
     pub fn federation(&self) -> &Federation {
         &self.federation
+    }
+
+    pub fn sender(&self) -> &Sender {
+        &self.sender
     }
 
     pub fn notifier(&self) -> &Notifier {

@@ -90,11 +90,7 @@ struct RedactsInContent {
 impl Pdu {
     /// Reads a PDU whose hashes and signatures are already checked (or made here).
     pub fn from_canonical(json: CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Self, PduError> {
-        let hash = reference_hash(&json, rules).map_err(|err| match err {
-            ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
-            err => PduError::Malformed(err.to_string()),
-        })?;
-        let event_id = EventId::parse(format!("${hash}")).map_err(|err| PduError::Malformed(err.to_string()))?;
+        let event_id = event_id(&json, rules)?;
         Self::from_stored(event_id, json, rules)
     }
 
@@ -243,6 +239,15 @@ pub struct Placement<'a> {
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
 }
 
+/// The event ID of a PDU: its reference hash.
+pub fn event_id(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId, PduError> {
+    let hash = reference_hash(json, rules).map_err(|err| match err {
+        ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
+        err => PduError::Malformed(err.to_string()),
+    })?;
+    EventId::parse(format!("${hash}")).map_err(|err| PduError::Malformed(err.to_string()))
+}
+
 /// Builds, hashes and signs an event as this node.
 pub fn build(
     key: &NodeKey,
@@ -288,6 +293,39 @@ pub fn build(
         .map_err(|err| PduError::Malformed(err.to_string()))?;
     check_format(&json, rules)?;
     Pdu::from_canonical(json, rules)
+}
+
+/// An event built by another server for a user of this node (a `make_join`
+/// template): stamped now, hashed and signed here.
+pub fn sign_template(
+    key: &NodeKey,
+    rules: &RoomVersionRules,
+    mut json: CanonicalJsonObject,
+    now: MilliSecondsSinceUnixEpoch,
+) -> Result<Pdu, PduError> {
+    for field in ["signatures", "hashes", "event_id", "unsigned"] {
+        json.remove(field);
+    }
+    json.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(now.0.into()));
+    hash_and_sign_event(key.server_name().as_str(), key.key_pair(), &mut json, &rules.redaction)
+        .map_err(|err| PduError::Malformed(err.to_string()))?;
+    check_format(&json, rules)?;
+    Pdu::from_canonical(json, rules)
+}
+
+/// `json` as a template for another server to sign: without this node's hashes
+/// and signatures.
+pub fn template(mut json: CanonicalJsonObject) -> CanonicalJsonObject {
+    json.remove("signatures");
+    json.remove("hashes");
+    json
+}
+
+/// Adds this node's signature to another server's event (an invite of a user
+/// of this node).
+pub fn countersign(key: &NodeKey, rules: &RoomVersionRules, json: &mut CanonicalJsonObject) -> Result<(), PduError> {
+    ruma::signatures::sign_event(key.server_name().as_str(), key.key_pair(), json, &rules.redaction)
+        .map_err(|err| PduError::Malformed(err.to_string()))
 }
 
 /// The spec's size limits and field formats, through ruma.

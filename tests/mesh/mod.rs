@@ -28,6 +28,8 @@ impl Node {
         let store = Arc::new(MemoryStore::new(SCHEMA));
         let hs = Arc::new(Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap());
         let key = hs.federation().me();
+        let sender = hs.clone();
+        tokio::spawn(async move { sender.run_sender().await });
         let mut node = Self { name: key.to_string(), hs, key, network: network.clone(), driver: None };
         node.connect();
         node
@@ -67,7 +69,9 @@ impl Node {
 
     /// Registers `name` and returns a logged-in user.
     pub async fn user(&self, name: &str) -> User<'_> {
-        let body = json!({ "username": name, "password": "correct horse", "auth": { "type": "m.login.dummy" } });
+        let (_, flows) = self.call("POST", "/_matrix/client/v3/register", None, Some(json!({}))).await;
+        let auth = json!({ "type": "m.login.dummy", "session": flows["session"] });
+        let body = json!({ "username": name, "password": "correct horse", "auth": auth });
         let (status, json) = self.call("POST", "/_matrix/client/v3/register", None, Some(body)).await;
         assert_eq!(status, 200, "register {name}: {json}");
         User {

@@ -8,6 +8,7 @@ pub mod events;
 pub mod federation;
 pub mod notifier;
 pub mod rooms;
+pub mod sender;
 pub mod state;
 pub mod transactions;
 pub mod user_data;

@@ -18,6 +18,10 @@
 //!   redactions that arrived before their target, applied when it does
 //! - `memberships`: user ID, 0, room ID → [`UserMembership`] as JSON, for users
 //!   of this node: the rooms a user is in, was invited to, or left
+//! - `outbox`: stream position (u64 BE) → room ID, 0, event ID: this node's
+//!   events not yet queued for the room's other servers (see `sender`)
+//! - `invites`: user ID, 0, room ID → [`RemoteInvite`] as JSON: invites of local
+//!   users to rooms this node does not have
 //! - `meta`: `counters` → the last stream position and state group handed out
 //!   (two u64 BE), one key so one precondition guards both
 
@@ -51,7 +55,11 @@ use crate::{
 };
 
 mod commit;
+mod remote;
 mod tails;
+
+pub use self::remote::RemoteInvite;
+pub(crate) use self::remote::INVITES;
 
 use self::{
     commit::{Before, Commit, Queued, Written},
@@ -63,6 +71,7 @@ pub(crate) const TIMELINE: &str = "timeline";
 pub(crate) const TOPOLOGY: &str = "topology";
 pub(crate) const HELD_REDACTIONS: &str = "held_redactions";
 pub(crate) const MEMBERSHIPS: &str = "memberships";
+pub(crate) const OUTBOX: &str = "outbox";
 const META: &str = "meta";
 const COUNTERS: &[u8] = b"counters";
 

@@ -14,6 +14,7 @@ use ruma::{
 use serde_json::json;
 
 use super::{filter::own, visibility::require_joined};
+use crate::core::api::federation::transactions;
 use crate::core::{service::accounts::Session, Error, Homeserver};
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
@@ -29,6 +30,7 @@ pub(crate) async fn typing(
         _ => None,
     };
     hs.ephemeral().set_typing(&request.room_id, &session.user_id, timeout);
+    transactions::send_typing(hs, &request.room_id, &session.user_id, timeout.is_some()).await?;
     Ok(create_typing_event::v3::Response::new())
 }
 
@@ -67,8 +69,10 @@ pub(crate) async fn receipt(
             fully_read(hs, &session.user_id, room_id, &event_id).await?;
         }
         kind @ (ReceiptType::Read | ReceiptType::ReadPrivate) => {
-            let kind = kind.to_string();
-            hs.user_data().set_receipt(room_id, &session.user_id, &kind, thread, event_id).await?;
+            hs.user_data().set_receipt(room_id, &session.user_id, kind.as_str(), thread, event_id.clone()).await?;
+            if kind == ReceiptType::Read {
+                transactions::send_receipt(hs, room_id, &session.user_id, &request.thread, &event_id).await?;
+            }
         }
         kind => return Err(Error::InvalidParam(format!("unknown receipt type {kind}"))),
     }
@@ -90,7 +94,10 @@ pub(crate) async fn read_markers(
     for (kind, event_id) in [("m.read", &request.read_receipt), ("m.read.private", &request.private_read_receipt)] {
         if let Some(event_id) = event_id {
             let event_id = room_event(hs, room_id, event_id).await?;
-            hs.user_data().set_receipt(room_id, &session.user_id, kind, None, event_id).await?;
+            hs.user_data().set_receipt(room_id, &session.user_id, kind, None, event_id.clone()).await?;
+            if kind == "m.read" {
+                transactions::send_receipt(hs, room_id, &session.user_id, &ReceiptThread::Unthreaded, &event_id).await?;
+            }
         }
     }
     Ok(set_read_marker::v3::Response::new())

@@ -9,12 +9,13 @@ use ruma::{
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     events::{room::member::MembershipState, StateEventType, TimelineEventType},
-    OwnedEventId, RoomId, UserId,
+    OwnedEventId, OwnedServerName, RoomId, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{format, visibility::visible_state};
+use crate::core::api::federation::membership as remote;
 use crate::core::{
     pdu::{NewEvent, Pdu},
     service::{accounts::Session, state::State},
@@ -58,6 +59,9 @@ pub(crate) async fn change_with(
             }
         }
     }
+    if membership == MembershipState::Invite && target.server_name() != hs.key().server_name() {
+        return remote::invite_remote(hs, sender, room_id, target, Value::Object(content)).await;
+    }
     let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content));
     Ok(hs.rooms().send(room_id, sender, &event).await?.event_id.clone())
 }
@@ -68,7 +72,7 @@ pub(crate) async fn join_by_id(
     session: Session,
     request: join_room_by_id::v3::Request,
 ) -> Result<join_room_by_id::v3::Response, Error> {
-    join(hs, &session.user_id, &request.room_id, request.reason).await?;
+    join(hs, &session.user_id, &request.room_id, request.reason, &[]).await?;
     Ok(join_room_by_id::v3::Response::new(request.room_id))
 }
 
@@ -88,17 +92,58 @@ pub(crate) async fn join_by_id_or_alias(
                 .room_id
         }
     };
-    join(hs, &session.user_id, &room_id, request.reason).await?;
+    join(hs, &session.user_id, &room_id, request.reason, &request.via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
-async fn join(hs: &Homeserver, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<(), Error> {
+async fn join(
+    hs: &Homeserver,
+    user: &UserId,
+    room_id: &RoomId,
+    reason: Option<String>,
+    via: &[OwnedServerName],
+) -> Result<(), Error> {
+    let membership = hs.rooms().user_membership(user, room_id).await?.map(|m| m.membership);
     // Joining a room one is in succeeds without a new event, as the spec allows.
-    if hs.rooms().membership(room_id, user).await? == Some(MembershipState::Join) {
+    if membership == Some(MembershipState::Join) {
         return Ok(());
+    }
+    // Where no user of this node is in the room, only a server that is can
+    // place the join in it.
+    if !remote::resident(hs, room_id).await? {
+        let servers = servers_to_join(hs, user, room_id, via).await?;
+        if !servers.is_empty() {
+            return remote::join_remote(hs, user, room_id, &servers).await;
+        }
     }
     change(hs, user, room_id, user, MembershipState::Join, reason).await?;
     Ok(())
+}
+
+/// The servers to ask to join a room through: those the client named, the
+/// inviter's, then those of the room's members as this node last saw them.
+async fn servers_to_join(
+    hs: &Homeserver,
+    user: &UserId,
+    room_id: &RoomId,
+    via: &[OwnedServerName],
+) -> Result<Vec<OwnedServerName>, Error> {
+    let mut servers = via.to_vec();
+    if let Some(invite) = hs.rooms().remote_invite_of(user, room_id).await? {
+        let sender = invite.event.get("sender").and_then(|s| s.as_str()).and_then(|s| UserId::parse(s).ok());
+        servers.extend(sender.map(|s| s.server_name().to_owned()));
+    }
+    if let Ok(state) = hs.rooms().current_state(room_id).await {
+        for (pdu, content) in members_in(hs, &state).await? {
+            if content.membership == MembershipState::Join {
+                servers.extend(UserId::parse(pdu.state_key.as_deref().unwrap_or_default()).ok().map(|u| u.server_name().to_owned()));
+            }
+        }
+    }
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| *s != hs.key().server_name() && seen.insert(s.clone()));
+    Ok(servers)
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`
@@ -108,6 +153,10 @@ pub(crate) async fn leave(
     request: leave_room::v3::Request,
 ) -> Result<leave_room::v3::Response, Error> {
     let user = &session.user_id;
+    if hs.rooms().remote_invite_of(user, &request.room_id).await?.is_some() {
+        remote::leave_remote(hs, user, &request.room_id).await?;
+        return Ok(leave_room::v3::Response::new());
+    }
     match hs.rooms().membership(&request.room_id, user).await? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
             change(hs, user, &request.room_id, user, MembershipState::Leave, request.reason).await?;

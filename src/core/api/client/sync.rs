@@ -57,7 +57,7 @@ const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
 
 /// The state types a client gets in an invite, to show the room before joining.
-const INVITE_STATE: &[&str] = &[
+pub(crate) const INVITE_STATE: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
@@ -116,6 +116,12 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
         // Whichever comes first; either way, look again.
         select(listener, sleep).await;
     }
+}
+
+/// A state event as an invite shows it.
+fn stripped(pdu: &Pdu) -> Result<Value, Error> {
+    let content: Value = serde_json::from_str(pdu.content.get()).map_err(Error::internal)?;
+    Ok(json!({ "type": pdu.kind.to_string(), "state_key": pdu.state_key, "content": content, "sender": pdu.sender }))
 }
 
 fn has_news(response: &v3::Response) -> bool {
@@ -424,35 +430,42 @@ impl Sync<'_> {
     async fn invited(&self, room_id: &RoomId, membership: &UserMembership) -> Result<InvitedRoom, Error> {
         let hs = self.hs;
         let mut room = InvitedRoom::new();
+        if let Some(invite) = hs.rooms().remote_invite_of(&self.session.user_id, room_id).await? {
+            // A room this node does not have: what the inviting server told of it.
+            for event in invite.state {
+                room.invite_state.events.push(ruma::serde::Raw::from_json(event.into_json()));
+            }
+            let event = hs.rooms().event(&membership.event_id).await?;
+            if let Some(pdu) = event.map(|e| e.pdu.clone()) {
+                room.invite_state.events.push(format::to_raw(&stripped(&pdu)?)?);
+            }
+            return Ok(room);
+        }
         let state = hs.rooms().current_state(room_id).await?;
         let mut ids: Vec<_> =
             INVITE_STATE.iter().filter_map(|kind| state.get(&((*kind).into(), String::new()))).collect();
         ids.push(&membership.event_id);
         for id in ids {
             let Some(event) = hs.rooms().event(id).await? else { continue };
-            let pdu = &event.pdu;
-            let content: Value = serde_json::from_str(pdu.content.get()).map_err(Error::internal)?;
-            let stripped = json!({
-                "type": pdu.kind.to_string(),
-                "state_key": pdu.state_key,
-                "content": content,
-                "sender": pdu.sender,
-            });
-            room.invite_state.events.push(format::to_raw(&stripped)?);
+            room.invite_state.events.push(format::to_raw(&stripped(&event.pdu)?)?);
         }
         Ok(room)
     }
 
     /// A room the user left or was removed from: its timeline up to that event.
+    /// An invite refused to a room this node never had has no timeline here.
     async fn left(
         &self,
         room_id: &RoomId,
         membership: &UserMembership,
         account_data: Vec<Value>,
     ) -> Result<LeftRoom, Error> {
+        let mut room = LeftRoom::new();
+        if let Err(crate::core::service::rooms::RoomError::UnknownRoom(_)) = self.hs.rooms().room(room_id).await {
+            return Ok(room);
+        }
         let since = self.since.map(|s| s.events);
         let (events, limited) = self.timeline(room_id, since, membership.stream, None).await?;
-        let mut room = LeftRoom::new();
         room.timeline.limited = limited;
         room.timeline.prev_batch = events.first().map(|(s, pdu)| tokens::before((u64::from(pdu.depth), *s)));
         room.timeline.events = self.formatted(events.iter().map(|(_, pdu)| pdu)).await?;

@@ -22,8 +22,8 @@ use serde::Deserialize;
 
 use super::{
     create_event_version, is_create, room_key_for_user, to_raw, topological_key, Outcome, RoomError, RoomRecord, Rooms,
-    StreamPosition, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, ROOMS, TIMELINE,
-    TOPOLOGY,
+    StreamPosition, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, OUTBOX, ROOMS,
+    TIMELINE, TOPOLOGY,
 };
 use crate::{
     core::{
@@ -127,6 +127,15 @@ pub(super) struct Queued {
 }
 
 /// Gives every queued sender the failure of their shared commit.
+/// A local event built but not yet stored, with what storing it needs.
+pub(super) struct Built {
+    pub(super) room: RoomRecord,
+    pub(super) rules: RoomVersionRules,
+    pub(super) pdu: Pdu,
+    pub(super) auths: HashMap<OwnedEventId, Arc<StoredEvent>>,
+    pub(super) before: Before,
+}
+
 pub(super) fn fail_all(queued: Vec<Queued>, err: RoomError) {
     for q in queued {
         // A sender that stopped waiting has nobody to tell.
@@ -265,6 +274,21 @@ impl Rooms {
         event: &NewEvent,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<Arc<Pdu>, RoomError> {
+        let Built { room, rules, pdu, auths, before } = self.build_in(c, room_id, sender, event, prev_events).await?;
+        let stored = self.insert(c, Some(room), &rules, pdu, &auths, before, true).await?;
+        Ok(stored.pdu.clone())
+    }
+
+    /// Builds and signs a local event after `prev_events` (the room's forward
+    /// extremities if `None`), reading what it needs into `c` but storing nothing.
+    pub(super) async fn build_in(
+        &self,
+        c: &mut Commit,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<Built, RoomError> {
         let room = self.room_for_write(c, room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
         let rules = pdu::rules(&room.version)?;
         let prev_events = prev_events.unwrap_or_else(|| {
@@ -295,8 +319,7 @@ impl Rooms {
         };
         let pdu = pdu::build(&self.key, &rules, sender, event, placement)?;
         let auths = self.events_or_missing(c, &auth_events).await?;
-        let stored = self.insert(c, Some(room), &rules, pdu, &auths, before, true).await?;
-        Ok(stored.pdu.clone())
+        Ok(Built { room, rules, pdu, auths, before })
     }
 
     /// The rules of the room: its own version's if the node has the room, else
@@ -464,6 +487,11 @@ impl Rooms {
         let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
         if let Some(stream) = stream {
             c.appended.push((pdu.room_id.clone(), stream, pdu.event_id.clone()));
+            // This node's events go to the room's other servers: the sender takes
+            // them from here, so one that lands is sent even after a crash.
+            if pdu.sender.server_name() == self.key.server_name() {
+                batch = batch.put(OUTBOX, stream.to_be_bytes(), room_key(&pdu.room_id, pdu.event_id.as_bytes()));
+            }
             let depth = u64::from(pdu.depth);
             batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes()).put(
                 TOPOLOGY,

@@ -1,0 +1,297 @@
+//! Transactions from other servers: PDUs through the event engine, EDUs into the
+//! ephemeral stores; and the EDUs this node sends for its own users.
+//!
+//! Key encoding: `federation_txns`: origin server name, 0, transaction ID → the
+//! response given, as JSON, so a transaction handed over twice (a relay's
+//! mailbox after a lost ack, say) is answered alike and applied once.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    api::federation::{event::get_missing_events, transactions::send_transaction_message::v1},
+    canonical_json::CanonicalJsonObject,
+    events::{receipt::ReceiptThread, room::member::MembershipState},
+    presence::PresenceState,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName, UInt, UserId,
+};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue, Value};
+
+use crate::{
+    core::{
+        pdu,
+        router::Origin,
+        service::rooms::{Outcome, RoomError},
+        Error, Homeserver,
+    },
+    store::Batch,
+};
+
+pub(crate) const FEDERATION_TXNS: &str = "federation_txns";
+
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// Events asked for at once when a PDU's predecessors are missing.
+const MISSING_LIMIT: u64 = 100;
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`
+pub(crate) async fn send(hs: &Homeserver, Origin(origin): Origin, request: v1::Request) -> Result<v1::Response, Error> {
+    if request.origin != origin {
+        return Err(Error::Forbidden(format!("the transaction claims to be from {}", request.origin)));
+    }
+    if request.pdus.len() > MAX_PDUS || request.edus.len() > MAX_EDUS {
+        return Err(Error::BadJson(format!("a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")));
+    }
+    let key = [origin.as_bytes(), b"\0", request.transaction_id.as_bytes()].concat();
+    if let Some(done) = hs.store().get(FEDERATION_TXNS, &key).await? {
+        return serde_json::from_slice::<Done>(&done).map(|d| v1::Response::new(d.pdus)).map_err(Error::internal);
+    }
+
+    let mut results = BTreeMap::new();
+    // PDUs of one room go to the engine together, in the order they came.
+    let mut rooms: Vec<(OwnedRoomId, Vec<CanonicalJsonObject>)> = Vec::new();
+    for raw in &request.pdus {
+        let json: CanonicalJsonObject = match serde_json::from_str(raw.get()) {
+            Ok(json) => json,
+            Err(_) => continue, // Without an event ID there is nothing to answer for.
+        };
+        let Some(room_id) = json.get("room_id").and_then(|r| r.as_str()).and_then(|r| RoomId::parse(r).ok()) else {
+            continue;
+        };
+        match rooms.iter_mut().find(|(id, _)| *id == room_id) {
+            Some((_, pdus)) => pdus.push(json),
+            None => rooms.push((room_id, vec![json])),
+        }
+    }
+    for (room_id, pdus) in rooms {
+        let mut ids = Vec::with_capacity(pdus.len());
+        for json in &pdus {
+            ids.push(event_id_of(hs, &room_id, json).await);
+        }
+        let outcomes = receive(hs, &origin, &room_id, pdus).await?;
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            let Some(id) = id else { continue };
+            results.insert(id, match outcome {
+                Ok(Outcome::Accepted | Outcome::Duplicate | Outcome::SoftFailed(_)) => Ok(()),
+                Ok(Outcome::Rejected(reason)) => Err(reason),
+                Err(err) => Err(err.to_string()),
+            });
+        }
+    }
+    for edu in &request.edus {
+        // An EDU that does not parse or does not check out is dropped: EDUs
+        // have no answer, and the PDUs beside it still count.
+        let _ = receive_edu(hs, &origin, edu.json()).await;
+    }
+
+    let done = serde_json::to_vec(&Done { pdus: results.clone() }).map_err(Error::internal)?;
+    hs.store().write(Batch::new().put(FEDERATION_TXNS, key, done)).await?;
+    Ok(v1::Response::new(results))
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct Done {
+    #[serde(with = "pdu_results")]
+    pdus: BTreeMap<OwnedEventId, Result<(), String>>,
+}
+
+mod pdu_results {
+    use std::collections::BTreeMap;
+
+    use ruma::OwnedEventId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        results: &BTreeMap<OwnedEventId, Result<(), String>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let errors: BTreeMap<&OwnedEventId, Option<&String>> =
+            results.iter().map(|(id, r)| (id, r.as_ref().err())).collect();
+        errors.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<OwnedEventId, Result<(), String>>, D::Error> {
+        let errors = BTreeMap::<OwnedEventId, Option<String>>::deserialize(d)?;
+        Ok(errors.into_iter().map(|(id, e)| (id, e.map_or(Ok(()), Err))).collect())
+    }
+}
+
+/// The event ID a PDU has under its room's version, if the node knows the room.
+async fn event_id_of(hs: &Homeserver, room_id: &RoomId, json: &CanonicalJsonObject) -> Option<OwnedEventId> {
+    let version = hs.rooms().room(room_id).await.ok()?.version;
+    pdu::event_id(json, &pdu::rules(&version).ok()?).ok()
+}
+
+/// Hands PDUs to the engine; those whose predecessors this node lacks are
+/// tried again after asking `origin` for what is missing, as the spec says.
+pub(crate) async fn receive(
+    hs: &Homeserver,
+    origin: &ServerName,
+    room_id: &RoomId,
+    pdus: Vec<CanonicalJsonObject>,
+) -> Result<Vec<Result<Outcome, RoomError>>, Error> {
+    let mut outcomes = hs.rooms().receive_all(room_id, pdus.clone()).await?;
+    let missing: Vec<usize> =
+        (0..outcomes.len()).filter(|i| matches!(outcomes[*i], Err(RoomError::MissingEvents(_)))).collect();
+    if missing.is_empty() {
+        return Ok(outcomes);
+    }
+    let mut latest = Vec::new();
+    for i in &missing {
+        latest.extend(event_id_of(hs, room_id, &pdus[*i]).await);
+    }
+    let earliest: Vec<OwnedEventId> = hs.rooms().room(room_id).await?.extremities.into_iter().map(|(id, _)| id).collect();
+    let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, latest);
+    request.limit = UInt::new_saturating(MISSING_LIMIT);
+    let Ok(found) = hs.federation().request(origin, request, false).await else {
+        return Ok(outcomes);
+    };
+    // Oldest first, so each one's predecessors land before it.
+    let mut fetched: Vec<CanonicalJsonObject> =
+        found.events.iter().filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect();
+    fetched.sort_by_key(|json| json.get("depth").and_then(|d| d.as_integer()).map(i64::from).unwrap_or_default());
+    hs.rooms().receive_all(room_id, fetched).await?;
+    let retried = hs.rooms().receive_all(room_id, missing.iter().map(|i| pdus[*i].clone()).collect()).await?;
+    for (i, outcome) in missing.into_iter().zip(retried) {
+        outcomes[i] = outcome;
+    }
+    Ok(outcomes)
+}
+
+#[derive(Deserialize)]
+struct Edu<'a> {
+    edu_type: String,
+    #[serde(borrow)]
+    content: &'a RawValue,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EduError {
+    #[error("malformed EDU: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("{0} is not a user of the sending server")]
+    NotFromOrigin(OwnedUserId),
+    #[error("{0} is not in the room")]
+    NotInRoom(OwnedUserId),
+    #[error(transparent)]
+    Room(#[from] RoomError),
+}
+
+async fn receive_edu(hs: &Homeserver, origin: &ServerName, edu: &RawValue) -> Result<(), EduError> {
+    let edu: Edu = serde_json::from_str(edu.get())?;
+    let from_origin = |user: &UserId| match user.server_name() == origin {
+        true => Ok(()),
+        false => Err(EduError::NotFromOrigin(user.to_owned())),
+    };
+    match edu.edu_type.as_str() {
+        "m.typing" => {
+            #[derive(Deserialize)]
+            struct Typing {
+                room_id: OwnedRoomId,
+                user_id: OwnedUserId,
+                typing: bool,
+            }
+            let typing: Typing = serde_json::from_str(edu.content.get())?;
+            from_origin(&typing.user_id)?;
+            joined(hs, &typing.room_id, &typing.user_id).await?;
+            let timeout = typing.typing.then_some(TYPING_TIMEOUT_MS);
+            hs.ephemeral().set_typing(&typing.room_id, &typing.user_id, timeout);
+        }
+        "m.receipt" => {
+            #[derive(Deserialize)]
+            struct Receipt {
+                event_ids: Vec<OwnedEventId>,
+                #[serde(default)]
+                data: ReceiptData,
+            }
+            #[derive(Deserialize, Default)]
+            struct ReceiptData {
+                #[serde(default)]
+                thread_id: Option<String>,
+            }
+            type Receipts = BTreeMap<OwnedRoomId, BTreeMap<String, BTreeMap<OwnedUserId, Receipt>>>;
+            let rooms: Receipts = serde_json::from_str(edu.content.get())?;
+            for (room_id, kinds) in rooms {
+                // Private receipts never leave their server.
+                let Some(users) = kinds.get("m.read") else { continue };
+                for (user, receipt) in users {
+                    from_origin(user)?;
+                    joined(hs, &room_id, user).await?;
+                    let Some(event_id) = receipt.event_ids.last() else { continue };
+                    let thread = receipt.data.thread_id.as_deref();
+                    hs.user_data().set_receipt(&room_id, user, "m.read", thread, event_id.clone()).await?;
+                }
+            }
+        }
+        "m.presence" => {
+            #[derive(Deserialize)]
+            struct Presence {
+                push: Vec<Update>,
+            }
+            #[derive(Deserialize)]
+            struct Update {
+                user_id: OwnedUserId,
+                presence: PresenceState,
+                #[serde(default)]
+                status_msg: Option<String>,
+            }
+            let presence: Presence = serde_json::from_str(edu.content.get())?;
+            for update in presence.push {
+                from_origin(&update.user_id)?;
+                hs.ephemeral().set_presence(&update.user_id, update.presence, Some(update.status_msg));
+            }
+        }
+        // Device lists and to-device messages arrive with end-to-end encryption.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// How long a remote user's typing notice lasts: the spec has no timeout in
+/// the EDU, and servers resend while the user types.
+const TYPING_TIMEOUT_MS: u64 = 30_000;
+
+async fn joined(hs: &Homeserver, room_id: &RoomId, user: &UserId) -> Result<(), EduError> {
+    match hs.rooms().membership(room_id, user).await? {
+        Some(MembershipState::Join) => Ok(()),
+        _ => Err(EduError::NotInRoom(user.to_owned())),
+    }
+}
+
+/// Tells the room's other servers that a user of this node types, or stopped.
+pub(crate) async fn send_typing(hs: &Homeserver, room_id: &RoomId, user: &UserId, typing: bool) -> Result<(), Error> {
+    let edu = json!({
+        "edu_type": "m.typing",
+        "content": { "room_id": room_id, "user_id": user, "typing": typing },
+    });
+    queue_in_room(hs, room_id, &edu).await
+}
+
+/// Tells the room's other servers of a user's public read receipt.
+pub(crate) async fn send_receipt(
+    hs: &Homeserver,
+    room_id: &RoomId,
+    user: &UserId,
+    thread: &ReceiptThread,
+    event_id: &ruma::EventId,
+) -> Result<(), Error> {
+    let mut data = json!({ "ts": hs.clock().now_millis() });
+    if let Some(thread) = thread.as_str() {
+        data["thread_id"] = thread.into();
+    }
+    let edu = json!({
+        "edu_type": "m.receipt",
+        "content": { room_id.as_str(): { "m.read": { user.as_str(): { "event_ids": [event_id], "data": data } } } },
+    });
+    queue_in_room(hs, room_id, &edu).await
+}
+
+async fn queue_in_room(hs: &Homeserver, room_id: &RoomId, edu: &Value) -> Result<(), Error> {
+    let servers = hs.sender().servers_in(hs, room_id).await?;
+    if !servers.is_empty() {
+        hs.sender().queue_edu(&servers, edu);
+    }
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! Sending to other servers: this node's events and ephemeral updates, queued per
+//! destination and delivered as `/send` transactions (up to 50 PDUs and 100
+//! EDUs), with retries and backoff.
+//!
+//! PDUs are durable: the event engine writes every local event to `outbox` in the
+//! event's own commit; [`Sender::run`] moves each to the queue of every other
+//! server in its room, and a queue entry goes only once its destination (or a
+//! relay's mailbox for it) took the transaction. EDUs are ephemeral and wait in
+//! memory.
+//!
+//! Key encodings:
+//! - `outbound`: destination server name, 0, queue position (u64 BE) → room ID,
+//!   0, event ID
+//! - `meta`: `outbound_position` → the last queue position handed out (u64 BE)
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use event_listener::Event;
+use futures_util::{
+    future::{select, Either},
+    stream::{FuturesUnordered, StreamExt},
+};
+use ruma::{
+    api::federation::transactions::send_transaction_message::v1,
+    events::{room::member::MembershipState, StateEventType},
+    serde::Raw,
+    MilliSecondsSinceUnixEpoch, OwnedServerName, RoomId, ServerName, UInt,
+};
+use serde_json::value::{to_raw_value, RawValue};
+
+use super::{cache::Cache, federation::FederationError, rooms::RoomError};
+use crate::{
+    core::{lock, service::rooms::OUTBOX, Homeserver},
+    store::{Batch, Direction, KeyRange},
+};
+
+pub(crate) const OUTBOUND: &str = "outbound";
+const POSITION: &[u8] = b"outbound_position";
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// The first retry waits this long, doubling up to [`MAX_BACKOFF_MS`].
+const FIRST_BACKOFF_MS: u64 = 500;
+const MAX_BACKOFF_MS: u64 = 60_000;
+/// EDUs kept per destination while it is unreachable: the newest win.
+const MAX_QUEUED_EDUS: usize = 1_000;
+
+pub struct Sender {
+    wake: Event,
+    edus: Mutex<HashMap<OwnedServerName, VecDeque<Box<RawValue>>>>,
+    retry: Mutex<HashMap<OwnedServerName, Backoff>>,
+    /// Destinations with PDUs in `outbound`, found at start and kept since.
+    pending: Mutex<Option<HashSet<OwnedServerName>>>,
+    /// The last queue position handed out, once read.
+    position: async_lock::Mutex<Option<u64>>,
+    /// The other servers in a room at a state group (which never changes).
+    servers: Cache<u64, Arc<Vec<OwnedServerName>>>,
+    attempts: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+struct Backoff {
+    delay: u64,
+    until: u64,
+}
+
+impl Sender {
+    pub fn new() -> Self {
+        Self {
+            wake: Event::new(),
+            edus: Mutex::default(),
+            retry: Mutex::default(),
+            pending: Mutex::default(),
+            position: async_lock::Mutex::new(None),
+            servers: Cache::new(4_096),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// Something may be ready to send: new events, new EDUs, a peer back online.
+    pub fn wake(&self) {
+        self.wake.notify(usize::MAX);
+    }
+
+    /// Retries every destination now, as when the node reconnects to the network.
+    pub fn retry_all(&self) {
+        lock(&self.retry).clear();
+        self.wake();
+    }
+
+    /// Retries `server` now: it was just heard from.
+    pub fn heard_from(&self, server: &ServerName) {
+        if lock(&self.retry).remove(server).is_some() {
+            self.wake();
+        }
+    }
+
+    /// Queues an EDU (its full `{"edu_type", "content"}` form) for `servers`.
+    pub fn queue_edu(&self, servers: &[OwnedServerName], edu: &serde_json::Value) {
+        let Ok(raw) = to_raw_value(edu) else { return };
+        let mut edus = lock(&self.edus);
+        for server in servers {
+            let queue = edus.entry(server.clone()).or_default();
+            if queue.len() == MAX_QUEUED_EDUS {
+                queue.pop_front();
+            }
+            queue.push_back(raw.clone());
+        }
+        drop(edus);
+        self.wake();
+    }
+
+    /// The servers other than this one with a user joined to the room now.
+    pub async fn servers_in(&self, hs: &Homeserver, room_id: &RoomId) -> Result<Arc<Vec<OwnedServerName>>, RoomError> {
+        let group = hs.rooms().room(room_id).await?.state;
+        if let Some(servers) = self.servers.get(&group) {
+            return Ok(servers);
+        }
+        let state = hs.rooms().state_group(group).await?;
+        let mut servers = std::collections::BTreeSet::new();
+        for ((kind, key), id) in state.iter() {
+            if *kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Ok(user) = ruma::UserId::parse(key.as_str()) else { continue };
+            if user.server_name() == hs.key().server_name() || servers.contains(user.server_name()) {
+                continue;
+            }
+            let Some(event) = hs.rooms().event(id).await? else { continue };
+            let member = crate::core::api::client::membership::member_content(&event.pdu.content);
+            if member.membership == MembershipState::Join {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        let servers = Arc::new(servers.into_iter().collect::<Vec<_>>());
+        self.servers.insert(group, servers.clone(), servers.len().max(1));
+        Ok(servers)
+    }
+
+    /// Sends forever: what the shell runs beside the node (a task natively, the
+    /// worker's lifetime in a browser, where it resumes from the store).
+    pub async fn run(&self, hs: &Homeserver) {
+        let mut in_flight = FuturesUnordered::new();
+        let mut busy = HashSet::new();
+        loop {
+            // The engine's commits write the outbox and wake the notifier.
+            let listener = select(self.wake.listen(), hs.notifier().listen());
+            if let Err(err) = self.fan_out(hs).await {
+                // The store failing now may not fail later: the outbox stays.
+                let _ = err;
+            }
+            let now = hs.clock().now_millis();
+            for server in self.ready(hs, now).await {
+                if busy.insert(server.clone()) {
+                    in_flight.push(async move {
+                        let result = self.deliver(hs, &server).await;
+                        (server, result)
+                    });
+                }
+            }
+            let next_retry = lock(&self.retry).values().map(|b| b.until).min();
+            let wait = next_retry.map_or(MAX_BACKOFF_MS, |until| until.saturating_sub(now).max(1));
+            let sleep = hs.clock().sleep(wait);
+            let woken = select(listener, sleep);
+            if in_flight.is_empty() {
+                woken.await;
+                continue;
+            }
+            match select(in_flight.next(), woken).await {
+                Either::Left((Some((server, result)), _)) => {
+                    busy.remove(&server);
+                    self.settle(hs, &server, result);
+                }
+                Either::Left((None, _)) | Either::Right(_) => {}
+            }
+        }
+    }
+
+    fn settle(&self, hs: &Homeserver, server: &ServerName, result: Result<bool, FederationError>) {
+        let mut retry = lock(&self.retry);
+        match result {
+            Ok(_) => drop(retry.remove(server)),
+            Err(_) => {
+                let delay = retry.get(server).map_or(FIRST_BACKOFF_MS, |b| (b.delay * 2).min(MAX_BACKOFF_MS));
+                retry.insert(server.to_owned(), Backoff { delay, until: hs.clock().now_millis() + delay });
+            }
+        }
+    }
+
+    /// Queues another server's event for the room's servers but `except` (its
+    /// origin): a join or leave that came in through this node.
+    pub async fn queue_pdu(
+        &self,
+        hs: &Homeserver,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+        except: &ServerName,
+    ) -> Result<(), RoomError> {
+        let value = crate::core::service::room_key(room_id, event_id.as_bytes());
+        let entries: Vec<(OwnedServerName, Vec<u8>)> = self
+            .servers_in(hs, room_id)
+            .await?
+            .iter()
+            .filter(|s| **s != except)
+            .map(|s| (s.clone(), value.clone()))
+            .collect();
+        self.enqueue(hs, entries, Batch::new()).await
+    }
+
+    /// Moves the events in `outbox` to the queues of their rooms' servers.
+    async fn fan_out(&self, hs: &Homeserver) -> Result<(), RoomError> {
+        loop {
+            let entries = hs.store().scan(OUTBOX, KeyRange::all(), Direction::Forward, 256).await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut done = Batch::new();
+            let mut queued = Vec::new();
+            for (key, value) in entries {
+                done = done.delete(OUTBOX, key);
+                let Some(split) = value.iter().position(|b| *b == 0) else { continue };
+                let Ok(Ok(room_id)) = std::str::from_utf8(&value[..split]).map(RoomId::parse) else { continue };
+                for server in self.servers_in(hs, &room_id).await?.iter() {
+                    queued.push((server.clone(), value.clone()));
+                }
+            }
+            self.enqueue(hs, queued, done).await?;
+        }
+    }
+
+    /// Writes `entries` (destination; room ID, 0, event ID) at the next queue
+    /// positions, with `also`, in one batch.
+    async fn enqueue(
+        &self,
+        hs: &Homeserver,
+        entries: Vec<(OwnedServerName, Vec<u8>)>,
+        also: Batch,
+    ) -> Result<(), RoomError> {
+        let mut position = self.position.lock().await;
+        let mut next = match *position {
+            Some(p) => p,
+            None => match hs.store().get("meta", POSITION).await? {
+                Some(bytes) => {
+                    u64::from_be_bytes(bytes.try_into().map_err(|_| RoomError::corrupt("bad outbound_position"))?)
+                }
+                None => 0,
+            },
+        };
+        let mut batch = also;
+        let mut servers = HashSet::new();
+        for (server, value) in entries {
+            next += 1;
+            batch = batch.put(OUTBOUND, queue_key(&server, next), value);
+            servers.insert(server);
+        }
+        batch = batch.put("meta", POSITION, next.to_be_bytes());
+        hs.store().write(batch).await?;
+        *position = Some(next);
+        drop(position);
+        let mut pending = self.pending(hs).await?;
+        pending.extend(servers);
+        *lock(&self.pending) = Some(pending);
+        self.wake();
+        Ok(())
+    }
+
+    async fn pending(&self, hs: &Homeserver) -> Result<HashSet<OwnedServerName>, RoomError> {
+        if let Some(pending) = lock(&self.pending).clone() {
+            return Ok(pending);
+        }
+        let mut pending = HashSet::new();
+        let mut from: Vec<u8> = Vec::new();
+        // One read per destination: skip to the key after each one's prefix.
+        loop {
+            let range = KeyRange::new(std::ops::Bound::Included(from.clone()), std::ops::Bound::Unbounded);
+            let Some((key, _)) = hs.store().scan(OUTBOUND, range, Direction::Forward, 1).await?.pop() else { break };
+            let Some(split) = key.iter().position(|b| *b == 0) else { break };
+            if let Ok(server) = std::str::from_utf8(&key[..split]).map(ServerName::parse) {
+                if let Ok(server) = server {
+                    pending.insert(server);
+                }
+            }
+            from = key[..split].to_vec();
+            from.push(1);
+        }
+        *lock(&self.pending) = Some(pending.clone());
+        Ok(pending)
+    }
+
+    /// Destinations with something to send and no backoff running.
+    async fn ready(&self, hs: &Homeserver, now: u64) -> Vec<OwnedServerName> {
+        let mut servers: HashSet<OwnedServerName> = self.pending(hs).await.unwrap_or_default();
+        servers.extend(lock(&self.edus).iter().filter(|(_, q)| !q.is_empty()).map(|(s, _)| s.clone()));
+        let retry = lock(&self.retry);
+        servers.into_iter().filter(|s| retry.get(s).is_none_or(|b| b.until <= now)).collect()
+    }
+
+    /// Sends one transaction to `server`; `Ok(true)` if there may be more.
+    async fn deliver(&self, hs: &Homeserver, server: &ServerName) -> Result<bool, FederationError> {
+        let prefix = [server.as_bytes(), b"\0"].concat();
+        let entries = hs
+            .store()
+            .scan(OUTBOUND, KeyRange::prefix(&prefix), Direction::Forward, MAX_PDUS)
+            .await
+            .map_err(|err| FederationError::Request(err.to_string()))?;
+        let edus: Vec<Box<RawValue>> = {
+            let mut queues = lock(&self.edus);
+            let queue = queues.entry(server.to_owned()).or_default();
+            let n = queue.len().min(MAX_EDUS);
+            queue.drain(..n).collect()
+        };
+        let mut pdus = Vec::with_capacity(entries.len());
+        for (_, value) in &entries {
+            let Some(split) = value.iter().position(|b| *b == 0) else { continue };
+            let Ok(id) = std::str::from_utf8(&value[split + 1..]).map(ruma::EventId::parse) else { continue };
+            let Ok(id) = id else { continue };
+            // An event the store lost is not worth holding the queue for.
+            if let Ok(Some(event)) = hs.rooms().event(&id).await {
+                if let Ok(raw) = to_raw_value(&event.record.pdu) {
+                    pdus.push(raw);
+                }
+            }
+        }
+        if entries.is_empty() && edus.is_empty() {
+            lock(&self.pending).get_or_insert_with(HashSet::new).remove(server);
+            return Ok(false);
+        }
+        // A new ID per attempt: the receiver's PDUs deduplicate by event ID and
+        // EDUs are idempotent, while the same ID would hide EDUs added since.
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+        let txn: ruma::OwnedTransactionId = format!("{}.{attempt}", hs.clock().now_millis()).into();
+        let mut request = v1::Request::new(txn, hs.key().server_name().to_owned(), now(hs));
+        request.pdus = pdus;
+        request.edus = edus.iter().map(|edu| Raw::from_json(edu.clone())).collect();
+        match hs.federation().request(server, request, true).await {
+            Ok(_) | Err(FederationError::Stored(_)) => {
+                let mut batch = Batch::new();
+                for (key, _) in &entries {
+                    batch = batch.delete(OUTBOUND, key.clone());
+                }
+                hs.store().write(batch).await.map_err(|err| FederationError::Request(err.to_string()))?;
+                if entries.len() == MAX_PDUS {
+                    self.wake();
+                }
+                Ok(true)
+            }
+            Err(err) => {
+                let mut queues = lock(&self.edus);
+                let queue = queues.entry(server.to_owned()).or_default();
+                for edu in edus.into_iter().rev() {
+                    if queue.len() < MAX_QUEUED_EDUS {
+                        queue.push_front(edu);
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+fn queue_key(server: &ServerName, position: u64) -> Vec<u8> {
+    [server.as_bytes(), b"\0", &position.to_be_bytes()].concat()
+}
+
+fn now(hs: &Homeserver) -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch(UInt::new_saturating(hs.clock().now_millis()))
+}
