@@ -3,8 +3,9 @@
 mod mesh;
 
 use glia::p2p::memory::MemoryNetwork;
-use mesh::Node;
+use mesh::{enc, ok, Node, User};
 use ruma::{api::federation::discovery::get_server_version::v1, ServerName};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_answers_another_through_frames() {
@@ -13,63 +14,146 @@ async fn a_node_answers_another_through_frames() {
     let b_name = ServerName::parse(&b.name).unwrap();
     let version = a.hs.federation().request(&b_name, v1::Request::new(), false).await.unwrap();
     assert_eq!(version.server.unwrap().name.as_deref(), Some("glia"));
-    drop(a);
-}
-
-/// The rooms section of a sync, after `since`.
-async fn sync(user: &mesh::User<'_>, since: Option<&str>) -> serde_json::Value {
-    let path = match since {
-        Some(since) => format!("sync?timeout=0&since={since}"),
-        None => "sync?timeout=0".to_owned(),
-    };
-    mesh::User::ok(user.call("GET", &path, None).await)
-}
-
-/// Waits until `user`'s sync shows something `found` picks out.
-async fn sees<T>(user: &mesh::User<'_>, what: &str, found: impl Fn(&serde_json::Value) -> Option<T>) -> T {
-    mesh::eventually(what, || async { found(&sync(user, None).await) }).await
-}
-
-fn timeline_bodies(sync: &serde_json::Value, room: &str) -> Vec<String> {
-    sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .map(|events| events.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_invite_join_and_talk() {
+async fn two_nodes_invite_join_talk_type_read_and_leave() {
     let network = MemoryNetwork::new();
     let (a, b) = (Node::start(&network).await, Node::start(&network).await);
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
+    let room = alice.create_room(json!({ "name": "P2P" })).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
 
-    let room = mesh::User::ok(alice.call("POST", "createRoom", Some(serde_json::json!({ "name": "P2P" }))).await);
-    let room = room["room_id"].as_str().unwrap().to_owned();
-    let invite = serde_json::json!({ "user_id": bob.id });
-    mesh::User::ok(alice.call("POST", &format!("rooms/{}/invite", mesh::enc(&room)), Some(invite)).await);
-
-    let state = sees(&bob, "bob's invite", |s| s["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned()).await;
+    let state = bob.sees("bob's invite", |s| s["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned()).await;
     assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "P2P"), "{state:?}");
 
-    mesh::User::ok(bob.call("POST", &format!("join/{}", mesh::enc(&room)), Some(serde_json::json!({}))).await);
-    let members = mesh::User::ok(bob.call("GET", &format!("rooms/{}/joined_members", mesh::enc(&room)), None).await);
+    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    let members = ok(bob.call("GET", &format!("rooms/{}/joined_members", enc(&room)), None).await);
     assert!(members["joined"][&alice.id].is_object() && members["joined"][&bob.id].is_object(), "{members}");
+    alice.sees_joined(&room, &bob.id).await;
 
-    // Alice's node hears of the join through the resident's send_join.
-    mesh::eventually("alice to see bob joined", || async {
-        let members = alice.call("GET", &format!("rooms/{}/joined_members", mesh::enc(&room)), None).await.1;
-        members["joined"][&bob.id].is_object().then_some(())
+    alice.say(&room, "hello bob").await;
+    bob.sees_message(&room, "hello bob").await;
+    bob.say(&room, "hello alice").await;
+    alice.sees_message(&room, "hello alice").await;
+
+    // Typing and receipts cross too.
+    let typing = json!({ "typing": true, "timeout": 10_000 });
+    ok(bob.call("PUT", &format!("rooms/{}/typing/{}", enc(&room), enc(&bob.id)), Some(typing)).await);
+    alice
+        .sees("bob typing", |s| {
+            let ephemeral = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array()?.clone();
+            ephemeral.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"][0] == bob.id.as_str()).then_some(())
+        })
+        .await;
+    let last = alice.last_event(&room).await;
+    ok(alice.call("POST", &format!("rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)), Some(json!({}))).await);
+    bob.sees("alice's receipt", |s| {
+        let ephemeral = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array()?.clone();
+        ephemeral.iter().any(|e| e["type"] == "m.receipt" && e["content"][&last]["m.read"][&alice.id].is_object()).then_some(())
     })
     .await;
 
-    let message = |body: &str| serde_json::json!({ "msgtype": "m.text", "body": body });
-    let send = |user: &'static str, n: u32| format!("rooms/{}/send/m.room.message/{user}{n}", mesh::enc(&room));
-    mesh::User::ok(alice.call("PUT", &send("a", 1), Some(message("hello bob"))).await);
-    sees(&bob, "alice's message on bob's node", |s| timeline_bodies(s, &room).contains(&"hello bob".to_owned()).then_some(())).await;
-    mesh::User::ok(bob.call("PUT", &send("b", 1), Some(message("hello alice"))).await);
-    sees(&alice, "bob's message on alice's node", |s| {
-        timeline_bodies(s, &room).contains(&"hello alice".to_owned()).then_some(())
-    })
-    .await;
+    ok(bob.call("POST", &format!("rooms/{}/leave", enc(&room)), Some(json!({}))).await);
+    alice
+        .eventually("bob's leave on alice's node", || async {
+            let members = alice.call("GET", &format!("rooms/{}/joined_members", enc(&room)), None).await.1;
+            (members["joined"].is_object() && members["joined"][&bob.id].is_null()).then_some(())
+        })
+        .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_refused_goes_back_to_the_inviting_node() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
+    ok(bob.call("POST", &format!("rooms/{}/leave", enc(&room)), Some(json!({}))).await);
+    bob.sees("the invite gone", |s| s["rooms"]["invite"][&room].is_null().then_some(())).await;
+    let member = ok(alice.call("GET", &format!("rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.id)), None).await);
+    assert_eq!(member["membership"], "leave");
+}
+
+/// Three nodes: a room on all three, concurrent state changes that every node
+/// resolves alike, a node offline for 100 messages, and a partition that heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_agree_catch_up_and_heal() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let c = Node::start(&network).await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let carol = c.user("carol").await;
+    let levels = json!({ "users": { bob.id.clone(): 100, carol.id.clone(): 100 } });
+    let room = alice.create_room(json!({ "power_level_content_override": levels })).await;
+    for user in [&bob, &carol] {
+        ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": user.id }))).await);
+        user.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
+        ok(user.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    }
+    for user in [&alice, &bob, &carol] {
+        for member in [&alice, &bob, &carol] {
+            user.sees_joined(&room, &member.id).await;
+        }
+    }
+
+    // Two topics set at once on two nodes: all three settle on the same state.
+    let topic = |t: &str| json!({ "topic": t });
+    let path = format!("rooms/{}/state/m.room.topic/", enc(&room));
+    let (one, two) = tokio::join!(
+        alice.call("PUT", &path, Some(topic("from alice"))),
+        bob.call("PUT", &path, Some(topic("from bob"))),
+    );
+    ok(one);
+    ok(two);
+    carol.say(&room, "after the topics").await;
+    let states = same_state(&room, &[&alice, &bob, &carol]).await;
+    assert!(states.contains("m.room.topic"), "{states}");
+
+    // Carol's node goes offline for 100 messages, then catches up by itself.
+    c.disconnect();
+    for n in 0..100 {
+        alice.say(&room, &format!("while carol was away {n}")).await;
+    }
+    c.connect();
+    carol.sees_message(&room, "while carol was away 99").await;
+    let messages = ok(carol.call("GET", &format!("rooms/{}/messages?dir=b&limit=200", enc(&room)), None).await);
+    let away = messages["chunk"].as_array().unwrap().iter().filter(|e| {
+        e["content"]["body"].as_str().is_some_and(|b| b.starts_with("while carol was away"))
+    });
+    assert_eq!(away.count(), 100);
+
+    // A partition between alice and bob: each talks, then it heals.
+    network.partition(a.key, b.key);
+    alice.say(&room, "alice in the partition").await;
+    bob.say(&room, "bob in the partition").await;
+    carol.sees_message(&room, "alice in the partition").await;
+    carol.sees_message(&room, "bob in the partition").await;
+    network.heal(a.key, b.key);
+    bob.sees_message(&room, "alice in the partition").await;
+    alice.sees_message(&room, "bob in the partition").await;
+    same_state(&room, &[&alice, &bob, &carol]).await;
+}
+
+/// Waits until every user's node has the same current state in `room`, and returns it.
+async fn same_state(room: &str, users: &[&User<'_>]) -> String {
+    mesh::eventually("the same state on every node", || async {
+        let mut states = Vec::new();
+        for user in users {
+            let (status, state) = user.call("GET", &format!("rooms/{}/state", enc(room)), None).await;
+            assert_eq!(status, 200, "{state}");
+            let mut ids: Vec<String> =
+                state.as_array().unwrap().iter().map(|e| format!("{} {}", e["type"], e["event_id"])).collect();
+            ids.sort();
+            states.push(ids.join("\n"));
+        }
+        states.windows(2).all(|w| w[0] == w[1]).then(|| states[0].clone())
+    })
+    .await
+}
+

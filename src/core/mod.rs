@@ -71,6 +71,9 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 
 /// The value of the `Server` header on every response the core makes, so a client
 /// (or a test) can tell glia answered rather than whatever serves the page.
+/// A request frame taken in, waiting to be answered.
+pub struct Admitted(Option<(Frame, Option<service::federation::Turn>)>);
+
 pub const SERVER: &str = concat!("glia/", env!("CARGO_PKG_VERSION"));
 
 pub struct Homeserver {
@@ -147,29 +150,52 @@ impl Homeserver {
         self.sender.run(self).await
     }
 
-    /// Takes what the transport delivered: a request from another node is
-    /// answered (through the transport) before this returns, so a relay's
-    /// mailbox may forget the frame once it does.
-    pub async fn inbound(&self, inbound: Inbound) {
+    /// Takes what the transport delivered, in arrival order: answers and
+    /// delivery reports at once; a request is returned to be answered with
+    /// [`Homeserver::answer`], on a task of its own if the shell likes, while
+    /// `/send` transactions from one node still apply in the order they came.
+    pub fn admit(&self, inbound: Inbound) -> Admitted {
         let bytes = match inbound {
-            Inbound::Delivery { to, id, delivery } => return self.federation.delivered(to, id, delivery),
+            Inbound::Delivery { to, id, delivery } => {
+                self.federation.delivered(to, id, delivery);
+                return Admitted(None);
+            }
             Inbound::Frame(bytes) => bytes,
         };
-        let Ok(frame) = Frame::decode(bytes) else {
-            // Nobody to answer: the origin of a frame that does not parse is unknown.
-            return;
-        };
+        // Nobody to answer: the origin of a frame that does not parse is unknown.
+        let Ok(frame) = Frame::decode(bytes) else { return Admitted(None) };
         if frame.destination != self.federation.me() {
-            return;
+            return Admitted(None);
         }
         self.sender.heard_from(&frame.origin.server_name());
         let Payload::Request(request) = &frame.payload else {
-            return self.federation.answered(frame);
+            self.federation.answered(frame);
+            return Admitted(None);
         };
+        let is_transaction = request.method() == http::Method::PUT
+            && request.uri().path().starts_with("/_matrix/federation/v1/send/");
+        let turn = is_transaction.then(|| self.federation.turn(frame.origin));
+        Admitted(Some((frame, turn)))
+    }
+
+    /// Answers an admitted request through the transport; once this returns,
+    /// a relay's mailbox may forget the frame.
+    pub async fn answer(&self, admitted: Admitted) {
+        let Some((frame, turn)) = admitted.0 else { return };
+        if let Some(turn) = &turn {
+            turn.wait().await;
+        }
+        let Payload::Request(request) = &frame.payload else { return };
         let mut request = request.clone();
         request.extensions_mut().insert(router::FrameOrigin(frame.origin));
         let response = self.handle(request).await;
+        drop(turn);
         let _ = self.federation.transmit(frame.origin, &frame.respond(response));
+    }
+
+    /// [`Homeserver::admit`] then [`Homeserver::answer`].
+    pub async fn inbound(&self, inbound: Inbound) {
+        self.answer(self.admit(inbound)).await
     }
 
     pub fn store(&self) -> &dyn Store {

@@ -20,7 +20,7 @@ pub struct Node {
     pub key: PeerKey,
     pub name: String,
     network: MemoryNetwork,
-    driver: Option<tokio::task::JoinHandle<()>>,
+    driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Node {
@@ -30,27 +30,28 @@ impl Node {
         let key = hs.federation().me();
         let sender = hs.clone();
         tokio::spawn(async move { sender.run_sender().await });
-        let mut node = Self { name: key.to_string(), hs, key, network: network.clone(), driver: None };
+        let node = Self { name: key.to_string(), hs, key, network: network.clone(), driver: Default::default() };
         node.connect();
         node
     }
 
     /// Brings the node (back) online; what waited in its mailbox arrives.
-    pub fn connect(&mut self) {
+    pub fn connect(&self) {
         let (transport, mut inbound) = self.network.connect(self.key);
         self.hs.attach(Arc::new(transport));
         let hs = self.hs.clone();
-        self.driver = Some(tokio::spawn(async move {
+        *self.driver.lock().unwrap() = Some(tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
+                let admitted = hs.admit(message);
                 let hs = hs.clone();
-                tokio::spawn(async move { hs.inbound(message).await });
+                tokio::spawn(async move { hs.answer(admitted).await });
             }
         }));
     }
 
-    pub fn disconnect(&mut self) {
+    pub fn disconnect(&self) {
         self.network.disconnect(self.key);
-        if let Some(driver) = self.driver.take() {
+        if let Some(driver) = self.driver.lock().unwrap().take() {
             driver.abort();
         }
     }
@@ -95,11 +96,67 @@ impl User<'_> {
         self.node.call(method, &path, Some(&self.token), body).await
     }
 
-    #[track_caller]
-    pub fn ok((status, json): (u16, Value)) -> Value {
-        assert_eq!(status, 200, "{json}");
-        json
+    pub async fn create_room(&self, body: Value) -> String {
+        let room = ok(self.call("POST", "createRoom", Some(body)).await);
+        room["room_id"].as_str().unwrap().to_owned()
     }
+
+    pub async fn say(&self, room: &str, body: &str) {
+        let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("rooms/{}/send/m.room.message/t{txn}", enc(room));
+        ok(self.call("PUT", &path, Some(json!({ "msgtype": "m.text", "body": body }))).await);
+    }
+
+    /// The newest event of the room's timeline.
+    pub async fn last_event(&self, room: &str) -> String {
+        let messages = ok(self.call("GET", &format!("rooms/{}/messages?dir=b&limit=1", enc(room)), None).await);
+        messages["chunk"][0]["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// A full sync, from the start.
+    pub async fn sync(&self) -> Value {
+        ok(self.call("GET", "sync?timeout=0", None).await)
+    }
+
+    /// Waits until the user's sync shows something `found` picks out.
+    pub async fn sees<T>(&self, what: &str, found: impl Fn(&Value) -> Option<T>) -> T {
+        let what = format!("{}: {what}", self.id);
+        eventually(&what, || async { found(&self.sync().await) }).await
+    }
+
+    pub async fn sees_message(&self, room: &str, body: &str) {
+        let messages = format!("rooms/{}/messages?dir=b&limit=50", enc(room));
+        self.eventually(&format!("the message {body:?}"), || async {
+            let chunk = self.call("GET", &messages, None).await.1;
+            chunk["chunk"].as_array()?.iter().any(|e| e["content"]["body"] == body).then_some(())
+        })
+        .await
+    }
+
+    pub async fn sees_joined(&self, room: &str, member: &str) {
+        let path = format!("rooms/{}/joined_members", enc(room));
+        self.eventually(&format!("{member} joined"), || async {
+            self.call("GET", &path, None).await.1["joined"][member].is_object().then_some(())
+        })
+        .await
+    }
+
+    pub async fn eventually<T, F, Fut>(&self, what: &str, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        eventually(&format!("{}: {what}", self.id), check).await
+    }
+}
+
+static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The JSON of a 200 response; anything else fails the test with the body.
+#[track_caller]
+pub fn ok((status, json): (u16, Value)) -> Value {
+    assert_eq!(status, 200, "{json}");
+    json
 }
 
 /// Percent-encodes a path segment.

@@ -77,6 +77,7 @@ pub struct Federation {
     transport: Mutex<Option<Arc<dyn Transport>>>,
     pending: Mutex<HashMap<(PeerKey, u64), oneshot::Sender<Answer>>>,
     next_id: AtomicU64,
+    lines: Arc<Lines>,
 }
 
 impl Federation {
@@ -91,6 +92,7 @@ impl Federation {
             transport: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(u64::from_be_bytes(seed) >> 1),
+            lines: Arc::default(),
         }
     }
 
@@ -156,6 +158,15 @@ impl Federation {
         }
     }
 
+    /// A place in line behind the transactions `origin` sent before, taken as
+    /// a frame arrives.
+    pub(crate) fn turn(&self, origin: PeerKey) -> Turn {
+        let mut lines = lock(&self.lines.lines);
+        let line = lines.entry(origin).or_default();
+        line.next += 1;
+        Turn { lines: self.lines.clone(), origin, number: line.next - 1 }
+    }
+
     /// Hands an encoded frame to the transport.
     pub(crate) fn transmit(&self, to: PeerKey, frame: &Frame) -> Result<(), FederationError> {
         let transport = lock(&self.transport).clone().ok_or(FederationError::Detached)?;
@@ -180,5 +191,57 @@ impl Federation {
                 Delivery::Failed(reason) => FederationError::Unreachable(format!("{name}: {reason}")),
             }));
         }
+    }
+}
+
+/// One line per origin of transactions: each is applied after those that came
+/// before it, so a node's events land in the order it sent them (a mailbox
+/// handed over at once included) rather than as gaps to fill.
+#[derive(Default)]
+pub(crate) struct Lines {
+    lines: Mutex<HashMap<PeerKey, Line>>,
+    moved: event_listener::Event,
+}
+
+#[derive(Default)]
+struct Line {
+    next: u64,
+    serving: u64,
+    /// Turns given up before they came (a request cancelled while waiting).
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+pub struct Turn {
+    lines: Arc<Lines>,
+    origin: PeerKey,
+    number: u64,
+}
+
+impl Turn {
+    pub async fn wait(&self) {
+        loop {
+            let listener = self.lines.moved.listen();
+            if lock(&self.lines.lines).get(&self.origin).is_none_or(|line| line.serving >= self.number) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut lines = lock(&self.lines.lines);
+        let Some(line) = lines.get_mut(&self.origin) else { return };
+        if line.serving != self.number {
+            line.abandoned.insert(self.number);
+            return;
+        }
+        line.serving += 1;
+        while line.abandoned.remove(&line.serving) {
+            line.serving += 1;
+        }
+        drop(lines);
+        self.lines.moved.notify(usize::MAX);
     }
 }

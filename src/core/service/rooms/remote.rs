@@ -143,22 +143,20 @@ impl Rooms {
         let join = Pdu::from_remote(join, &rules)?;
         let room_id = join.room_id.clone();
         let mut outliers = HashMap::new();
-        let state_ids: Vec<OwnedEventId> = {
-            let mut ids = Vec::new();
-            for json in state.into_iter().chain(auth_chain) {
-                // One bad event among the room's does not stop the join; the
-                // rules below decide what becomes of the events that cite it.
-                let Ok(pdu) = Pdu::from_remote(json, &rules) else { continue };
-                if pdu.room_id != room_id {
-                    return Err(RoomError::WrongRoom { expected: room_id, found: pdu.room_id });
-                }
-                if pdu.is_state() {
-                    ids.push(pdu.event_id.clone());
-                }
-                outliers.insert(pdu.event_id.clone(), pdu);
+        let mut state_ids = Vec::new();
+        let given = state.into_iter().map(|json| (true, json)).chain(auth_chain.into_iter().map(|json| (false, json)));
+        for (in_state, json) in given {
+            // One bad event among the room's does not stop the join; the rules
+            // below decide what becomes of the events that cite it.
+            let Ok(pdu) = Pdu::from_remote(json, &rules) else { continue };
+            if pdu.room_id != room_id {
+                return Err(RoomError::WrongRoom { expected: room_id, found: pdu.room_id });
             }
-            ids
-        };
+            if in_state && pdu.is_state() {
+                state_ids.push(pdu.event_id.clone());
+            }
+            outliers.insert(pdu.event_id.clone(), pdu);
+        }
 
         let create_id = rules
             .authorization
