@@ -25,7 +25,8 @@ async fn two_nodes_invite_join_talk_type_read_and_leave() {
     let room = alice.create_room(json!({ "name": "P2P" })).await;
     ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
 
-    let state = bob.sees("bob's invite", |s| s["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned()).await;
+    let state =
+        bob.sees("bob's invite", |s| s["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned()).await;
     assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "P2P"), "{state:?}");
 
     ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
@@ -44,14 +45,20 @@ async fn two_nodes_invite_join_talk_type_read_and_leave() {
     alice
         .sees("bob typing", |s| {
             let ephemeral = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array()?.clone();
-            ephemeral.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"][0] == bob.id.as_str()).then_some(())
+            ephemeral
+                .iter()
+                .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"][0] == bob.id.as_str())
+                .then_some(())
         })
         .await;
     let last = alice.last_event(&room).await;
     ok(alice.call("POST", &format!("rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)), Some(json!({}))).await);
     bob.sees("alice's receipt", |s| {
         let ephemeral = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array()?.clone();
-        ephemeral.iter().any(|e| e["type"] == "m.receipt" && e["content"][&last]["m.read"][&alice.id].is_object()).then_some(())
+        ephemeral
+            .iter()
+            .any(|e| e["type"] == "m.receipt" && e["content"][&last]["m.read"][&alice.id].is_object())
+            .then_some(())
     })
     .await;
 
@@ -75,7 +82,8 @@ async fn an_invite_refused_goes_back_to_the_inviting_node() {
     bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
     ok(bob.call("POST", &format!("rooms/{}/leave", enc(&room)), Some(json!({}))).await);
     bob.sees("the invite gone", |s| s["rooms"]["invite"][&room].is_null().then_some(())).await;
-    let member = ok(alice.call("GET", &format!("rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.id)), None).await);
+    let member =
+        ok(alice.call("GET", &format!("rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.id)), None).await);
     assert_eq!(member["membership"], "leave");
 }
 
@@ -123,9 +131,11 @@ async fn three_nodes_agree_catch_up_and_heal() {
     c.connect();
     carol.sees_message(&room, "while carol was away 99").await;
     let messages = ok(carol.call("GET", &format!("rooms/{}/messages?dir=b&limit=200", enc(&room)), None).await);
-    let away = messages["chunk"].as_array().unwrap().iter().filter(|e| {
-        e["content"]["body"].as_str().is_some_and(|b| b.starts_with("while carol was away"))
-    });
+    let away = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("while carol was away")));
     assert_eq!(away.count(), 100);
 
     // A partition between alice and bob: each talks, then it heals.
@@ -156,4 +166,3 @@ async fn same_state(room: &str, users: &[&User<'_>]) -> String {
     })
     .await
 }
-

@@ -128,7 +128,9 @@ impl Error {
             Self::UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion),
             Self::IncompatibleRoomVersion(version) => (
                 StatusCode::BAD_REQUEST,
-                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone())),
+                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
+                    version.clone(),
+                )),
             ),
             Self::Federation(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
             Self::Account(err) => match err {

@@ -26,12 +26,12 @@ use self::{
         rooms::Rooms, sender::Sender, transactions::Transactions, user_data::UserData,
     },
 };
-use crate::p2p::{Frame, Inbound, Payload, Transport};
 pub use self::{
     error::Error,
     platform::{Clock, OsRandom, Random, Sleep, SystemClock},
     router::{error_response, MAX_BODY_BYTES},
 };
+use crate::p2p::{Frame, Inbound, Payload, Transport};
 use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
@@ -100,6 +100,9 @@ pub(crate) struct Limits {
     pub register: RateLimit,
     /// Login attempts per user ID: a burst, then one a second.
     pub login: RateLimit,
+    /// Federation requests per origin server: room for a node catching up on a
+    /// mailbox, not for a flood.
+    pub federation: RateLimit,
 }
 
 impl Homeserver {
@@ -121,7 +124,11 @@ impl Homeserver {
             ephemeral: Ephemeral::new(clock.clone(), notifier.clone()),
             aliases: Aliases::new(store.clone()),
             transactions: Transactions::new(store.clone()),
-            limits: Limits { register: RateLimit::new(50, 0.5), login: RateLimit::new(10, 1.0) },
+            limits: Limits {
+                register: RateLimit::new(50, 0.5),
+                login: RateLimit::new(10, 1.0),
+                federation: RateLimit::new(500, 200.0),
+            },
             uiaa: Uiaa::default(),
             unread_counts: UnreadCounts::default(),
             store,
@@ -172,8 +179,14 @@ impl Homeserver {
             self.federation.answered(frame);
             return Admitted(None);
         };
-        let is_transaction = request.method() == http::Method::PUT
-            && request.uri().path().starts_with("/_matrix/federation/v1/send/");
+        // Counted as they arrive, before they wait in line: a flood is refused
+        // at once instead of queueing behind itself.
+        if let Err(err) = self.limits.federation.check(&frame.origin.to_string(), self.clock.now_millis()) {
+            let _ = self.federation.transmit(frame.origin, &frame.respond(router::error_response(err)));
+            return Admitted(None);
+        }
+        let is_transaction =
+            request.method() == http::Method::PUT && request.uri().path().starts_with("/_matrix/federation/v1/send/");
         let turn = is_transaction.then(|| self.federation.turn(frame.origin));
         Admitted(Some((frame, turn)))
     }

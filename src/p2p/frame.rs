@@ -191,7 +191,8 @@ impl Frame {
         }
         let route = Self::route(&bytes)?;
         let head_len = u32::from_be_bytes(bytes[75..79].try_into().expect("4 bytes")) as usize;
-        let body_at = PREFIX_LEN.checked_add(head_len).filter(|end| *end <= bytes.len()).ok_or(FrameError::Truncated)?;
+        let body_at =
+            PREFIX_LEN.checked_add(head_len).filter(|end| *end <= bytes.len()).ok_or(FrameError::Truncated)?;
         let head: Head =
             serde_json::from_slice(&bytes[PREFIX_LEN..body_at]).map_err(|err| FrameError::Head(err.to_string()))?;
         let body = bytes.slice(body_at..);

@@ -17,7 +17,8 @@ use ruma::{
     api::{
         auth_scheme::{AuthScheme, NoAuthentication},
         federation::authentication::{ServerSignatures, XMatrixSigningInput},
-        path_builder::SinglePath, IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+        path_builder::SinglePath,
+        IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
     },
     ServerName,
 };
@@ -135,9 +136,8 @@ impl Federation {
     ) -> Result<http::Response<Bytes>, FederationError> {
         let to = PeerKey::from_server_name(destination).ok_or_else(|| FederationError::NotGlia(destination.into()))?;
         let signing = R::Authentication::input(&self.key, destination);
-        let http: http::Request<Vec<u8>> = request
-            .try_into_http_request("", signing, ())
-            .map_err(|err| FederationError::Request(err.to_string()))?;
+        let http: http::Request<Vec<u8>> =
+            request.try_into_http_request("", signing, ()).map_err(|err| FederationError::Request(err.to_string()))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Frame::request(id, self.me(), to, http.map(Bytes::from));
         frame.mailbox = mailbox;

@@ -96,7 +96,8 @@ pub(crate) async fn read_markers(
             let event_id = room_event(hs, room_id, event_id).await?;
             hs.user_data().set_receipt(room_id, &session.user_id, kind, None, event_id.clone()).await?;
             if kind == "m.read" {
-                transactions::send_receipt(hs, room_id, &session.user_id, &ReceiptThread::Unthreaded, &event_id).await?;
+                transactions::send_receipt(hs, room_id, &session.user_id, &ReceiptThread::Unthreaded, &event_id)
+                    .await?;
             }
         }
     }

@@ -136,7 +136,11 @@ async fn servers_to_join(
     if let Ok(state) = hs.rooms().current_state(room_id).await {
         for (pdu, content) in members_in(hs, &state).await? {
             if content.membership == MembershipState::Join {
-                servers.extend(UserId::parse(pdu.state_key.as_deref().unwrap_or_default()).ok().map(|u| u.server_name().to_owned()));
+                servers.extend(
+                    UserId::parse(pdu.state_key.as_deref().unwrap_or_default())
+                        .ok()
+                        .map(|u| u.server_name().to_owned()),
+                );
             }
         }
     }

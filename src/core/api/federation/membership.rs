@@ -4,8 +4,7 @@
 
 use ruma::{
     api::federation::membership::{
-        create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
-        RawStrippedState,
+        create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event, RawStrippedState,
     },
     canonical_json::CanonicalJsonObject,
     events::{room::member::MembershipState, StateEventType, TimelineEventType},
@@ -75,8 +74,8 @@ pub(crate) async fn send_join(
     Origin(origin): Origin,
     request: create_join_event::v2::Request,
 ) -> Result<create_join_event::v2::Response, Error> {
-    let pdu = accept_member(hs, &origin, &request.room_id, &request.event_id, &request.pdu, MembershipState::Join)
-        .await?;
+    let pdu =
+        accept_member(hs, &origin, &request.room_id, &request.event_id, &request.pdu, MembershipState::Join).await?;
     let state = hs.rooms().state_at(&pdu.event_id).await?.ok_or_else(|| Error::internal("the join was not stored"))?;
     let graph = AuthGraph::load(hs.store(), &request.room_id).await?;
     let mut from: Vec<OwnedEventId> = state.values().cloned().collect();
@@ -139,7 +138,8 @@ pub(crate) async fn invite(
     Origin(origin): Origin,
     request: create_invite::v2::Request,
 ) -> Result<create_invite::v2::Response, Error> {
-    let rules = pdu::rules(&request.room_version).map_err(|_| Error::IncompatibleRoomVersion(request.room_version.clone()))?;
+    let rules =
+        pdu::rules(&request.room_version).map_err(|_| Error::IncompatibleRoomVersion(request.room_version.clone()))?;
     let mut json: CanonicalJsonObject = serde_json::from_str(request.event.get())
         .map_err(|err| Error::BadJson(format!("the invite is not a PDU: {err}")))?;
     let pdu = Pdu::from_remote(json.clone(), &rules).map_err(RoomError::from)?;
@@ -148,7 +148,9 @@ pub(crate) async fn invite(
     let Some(invitee) = invitee.filter(|_| pdu.kind == TimelineEventType::RoomMember) else {
         return Err(Error::BadJson("the event is not a member event".into()));
     };
-    if pdu.event_id != request.event_id || pdu.room_id != request.room_id || member.membership != MembershipState::Invite
+    if pdu.event_id != request.event_id
+        || pdu.room_id != request.room_id
+        || member.membership != MembershipState::Invite
     {
         return Err(Error::BadJson(format!("expected {}, an invite in {}", request.event_id, request.room_id)));
     }

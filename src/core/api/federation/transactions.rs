@@ -71,11 +71,14 @@ pub(crate) async fn send(hs: &Homeserver, Origin(origin): Origin, request: v1::R
         let outcomes = receive(hs, &origin, &room_id, pdus).await?;
         for (id, outcome) in ids.into_iter().zip(outcomes) {
             let Some(id) = id else { continue };
-            results.insert(id, match outcome {
-                Ok(Outcome::Accepted | Outcome::Duplicate | Outcome::SoftFailed(_)) => Ok(()),
-                Ok(Outcome::Rejected(reason)) => Err(reason),
-                Err(err) => Err(err.to_string()),
-            });
+            results.insert(
+                id,
+                match outcome {
+                    Ok(Outcome::Accepted | Outcome::Duplicate | Outcome::SoftFailed(_)) => Ok(()),
+                    Ok(Outcome::Rejected(reason)) => Err(reason),
+                    Err(err) => Err(err.to_string()),
+                },
+            );
         }
     }
     for edu in &request.edus {
@@ -132,6 +135,16 @@ pub(crate) async fn receive(
     room_id: &RoomId,
     pdus: Vec<CanonicalJsonObject>,
 ) -> Result<Vec<Result<Outcome, RoomError>>, Error> {
+    // A room arrives by a join or an invite, never by a transaction: otherwise
+    // any server could fill this node with rooms of its making.
+    if let Err(err) = hs.rooms().room(room_id).await {
+        return match err {
+            RoomError::UnknownRoom(_) => {
+                Ok(pdus.iter().map(|_| Err(RoomError::UnknownRoom(room_id.to_owned()))).collect())
+            }
+            err => Err(err.into()),
+        };
+    }
     let mut outcomes = hs.rooms().receive_all(room_id, pdus.clone()).await?;
     let missing: Vec<usize> =
         (0..outcomes.len()).filter(|i| matches!(outcomes[*i], Err(RoomError::MissingEvents(_)))).collect();
@@ -142,7 +155,8 @@ pub(crate) async fn receive(
     for i in &missing {
         latest.extend(event_id_of(hs, room_id, &pdus[*i]).await);
     }
-    let earliest: Vec<OwnedEventId> = hs.rooms().room(room_id).await?.extremities.into_iter().map(|(id, _)| id).collect();
+    let earliest: Vec<OwnedEventId> =
+        hs.rooms().room(room_id).await?.extremities.into_iter().map(|(id, _)| id).collect();
     let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, latest);
     request.limit = UInt::new_saturating(MISSING_LIMIT);
     let Ok(found) = hs.federation().request(origin, request, false).await else {

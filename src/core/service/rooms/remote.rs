@@ -11,8 +11,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     canonical_json::CanonicalJsonObject,
-    events::{room::member::MembershipState, StateEventType}, serde::Raw, OwnedEventId, RoomId,
-    RoomVersionId, UserId,
+    events::{room::member::MembershipState, StateEventType},
+    serde::Raw,
+    OwnedEventId, RoomId, RoomVersionId, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +49,9 @@ impl Rooms {
         let _write = self.write.lock().await;
         let mut c = Commit::default();
         let built = self.build_in(&mut c, room_id, sender, event, None).await?;
-        if let Some(reason) = self.authorize(&c, &built.rules, &built.pdu, &built.auths, &built.before.state, false).await? {
+        if let Some(reason) =
+            self.authorize(&c, &built.rules, &built.pdu, &built.auths, &built.before.state, false).await?
+        {
             return Err(RoomError::Forbidden(reason));
         }
         Ok(built.pdu)
@@ -68,10 +71,12 @@ impl Rooms {
         let Some(user) = user.filter(|u| u.server_name() == self.key.server_name()) else {
             return Err(RoomError::Invalid("the invite is not for a user of this node".into()));
         };
-        let invite = serde_json::to_vec(&RemoteInvite { version: version.clone(), event, state })
-            .map_err(RoomError::corrupt)?;
-        self.remote_membership(&user, pdu, version, MembershipState::Invite, |batch, key| batch.put(INVITES, key, invite))
-            .await
+        let invite =
+            serde_json::to_vec(&RemoteInvite { version: version.clone(), event, state }).map_err(RoomError::corrupt)?;
+        self.remote_membership(&user, pdu, version, MembershipState::Invite, |batch, key| {
+            batch.put(INVITES, key, invite)
+        })
+        .await
     }
 
     /// Records that `user` refused an invite to a room this node does not have,
@@ -114,7 +119,8 @@ impl Rooms {
         let key = room_key_for_user(user, Some(&pdu.room_id));
         let membership = UserMembership { membership, stream: counters.stream, event_id: pdu.event_id.clone() };
         let membership = serde_json::to_vec(&membership).map_err(RoomError::corrupt)?;
-        let batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?.put(MEMBERSHIPS, key.clone(), membership);
+        let batch =
+            Events::write(std::mem::take(&mut c.batch), &pdu, &record)?.put(MEMBERSHIPS, key.clone(), membership);
         c.batch = also(batch, key);
         c.members.push(user.to_owned());
         let pdu = Arc::new(pdu);
@@ -189,7 +195,9 @@ impl Rooms {
                 }
                 let mut at_auth: State = auths
                     .values()
-                    .filter_map(|e| Some(((e.pdu.kind.to_string().into(), e.pdu.state_key.clone()?), e.pdu.event_id.clone())))
+                    .filter_map(|e| {
+                        Some(((e.pdu.kind.to_string().into(), e.pdu.state_key.clone()?), e.pdu.event_id.clone()))
+                    })
                     .collect();
                 // Since v12 the create event is no auth event, but the rules read it.
                 if let Some(create) = create_id.as_ref().filter(|id| stored.contains_key(*id)) {
@@ -210,7 +218,10 @@ impl Rooms {
         for id in &state_ids {
             let Some(event) = stored.get(id) else { continue };
             if event.record.rejected.is_none() {
-                before.insert((event.pdu.kind.to_string().into(), event.pdu.state_key.clone().unwrap_or_default()), id.clone());
+                before.insert(
+                    (event.pdu.kind.to_string().into(), event.pdu.state_key.clone().unwrap_or_default()),
+                    id.clone(),
+                );
             }
         }
         let before = Arc::new(before);
@@ -229,7 +240,15 @@ impl Rooms {
         };
         let auths = self.events_or_missing(&c, &join.auth_events).await?;
         let outcome = self
-            .insert(&mut c, Some(room), &rules, join, &auths, Before { state: before, group: BeforeGroup::Stored(group) }, false)
+            .insert(
+                &mut c,
+                Some(room),
+                &rules,
+                join,
+                &auths,
+                Before { state: before, group: BeforeGroup::Stored(group) },
+                false,
+            )
             .await?;
         if let Some(reason) = &outcome.record.rejected {
             return Err(RoomError::Forbidden(reason.clone()));

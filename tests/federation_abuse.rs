@@ -1,0 +1,174 @@
+//! A malicious peer: forged signatures, events for rooms it is not in, events
+//! with wrong auth, replayed transactions, oversized bodies and floods. Each is
+//! refused as the spec says, nothing it sent is stored, and the honest nodes
+//! keep talking.
+
+mod mesh;
+
+use bytes::Bytes;
+use glia::{
+    core::pdu::{self, NewEvent, Placement},
+    p2p::memory::MemoryNetwork,
+};
+use mesh::{enc, ok, Node};
+use ruma::{
+    api::federation::{
+        authentication::{XMatrix, XMatrixSigningInput},
+        transactions::send_transaction_message::v1 as send,
+    },
+    events::TimelineEventType,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, ServerName, UInt, UserId,
+};
+use serde_json::{json, value::to_raw_value};
+
+/// A `/send` of `pdus` from `from` to `to`, with its answer or the error status.
+async fn transact(from: &Node, to: &Node, txn: &str, pdus: Vec<serde_json::Value>) -> Result<send::Response, u16> {
+    let mut request = send::Request::new(txn.into(), from.hs.key().server_name().to_owned(), now());
+    request.pdus = pdus.iter().map(|p| to_raw_value(p).unwrap()).collect();
+    let to = ServerName::parse(&to.name).unwrap();
+    match from.hs.federation().request(&to, request, false).await {
+        Ok(response) => Ok(response),
+        Err(glia::core::service::federation::FederationError::Remote { status, .. }) => Err(status),
+        Err(err) => panic!("unexpected failure: {err}"),
+    }
+}
+
+fn now() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch::now()
+}
+
+/// A message signed by `signer` as `sender`, placed after `prev` with `auth` events.
+fn forged_message(
+    signer: &Node,
+    sender: &UserId,
+    room: &RoomId,
+    prev: &[OwnedEventId],
+    auth: &[OwnedEventId],
+) -> (OwnedEventId, serde_json::Value) {
+    let rules = pdu::rules(&ruma::RoomVersionId::V12).unwrap();
+    let event = NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": "forged" }));
+    let placement = Placement {
+        room_id: Some(room),
+        prev_events: prev,
+        auth_events: auth,
+        depth: UInt::from(100u32),
+        origin_server_ts: now(),
+    };
+    let pdu = pdu::build(signer.hs.key(), &rules, sender, &event, placement).unwrap();
+    (pdu.event_id.clone(), serde_json::to_value(&pdu.json).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_peer_changes_nothing() {
+    let network = MemoryNetwork::new();
+    let (a, b, rogue) = (Node::start(&network).await, Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mallory = rogue.user("mallory").await;
+    let room_id = alice.create_room(json!({ "preset": "private_chat" })).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room_id)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite", |s| s["rooms"]["invite"][&room_id].is_object().then_some(())).await;
+    ok(bob.call("POST", &format!("join/{}", enc(&room_id)), Some(json!({}))).await);
+    alice.sees_joined(&room_id, &bob.id).await;
+    let room = RoomId::parse(&room_id).unwrap();
+    let latest = EventId::parse(alice.last_event(&room_id).await).unwrap();
+    let state = a.hs.rooms().current_state(&room).await.unwrap();
+    let auth: Vec<OwnedEventId> = state
+        .iter()
+        .filter(|((kind, _), _)| kind.to_string() == "m.room.power_levels")
+        .map(|(_, id)| id.clone())
+        .collect();
+
+    // A request signed by the rogue in another server's name.
+    let mut forged = http::Request::builder()
+        .method("PUT")
+        .uri("/_matrix/federation/v1/send/forged")
+        .body(Bytes::from(json!({ "origin": b.name, "origin_server_ts": 1, "pdus": [] }).to_string()))
+        .unwrap();
+    let input = XMatrixSigningInput::new(
+        ServerName::parse(&b.name).unwrap(),
+        ServerName::parse(&a.name).unwrap(),
+        rogue.hs.key().key_pair(),
+    );
+    let header = XMatrix::sign_http_request(&forged, input).unwrap();
+    forged.headers_mut().insert("authorization", (&header).into());
+    let answer = a.hs.handle(forged).await;
+    assert_eq!(answer.status(), 401);
+    let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+
+    // A message in a room the rogue's user is not in.
+    let (outsider, pdu) =
+        forged_message(&rogue, &UserId::parse(&mallory.id).unwrap(), &room, &[latest.to_owned()], &auth);
+    let answer = transact(&rogue, &a, "outsider", vec![pdu.clone()]).await.unwrap();
+    assert!(answer.pdus[&outsider].is_err(), "{:?}", answer.pdus);
+    // Replayed, it gets the same answer and still changes nothing.
+    let again = transact(&rogue, &a, "outsider", vec![pdu]).await.unwrap();
+    assert_eq!(again.pdus, answer.pdus);
+
+    // A message in alice's name, signed by the rogue.
+    let (impostor, pdu) =
+        forged_message(&rogue, &UserId::parse(&alice.id).unwrap(), &room, &[latest.to_owned()], &auth);
+    let answer = transact(&rogue, &a, "impostor", vec![pdu]).await.unwrap();
+    assert!(answer.pdus[&impostor].is_err(), "{:?}", answer.pdus);
+    assert!(a.hs.rooms().event(&impostor).await.unwrap().is_none(), "a forged event was stored");
+
+    // A room of the rogue's own making, pushed by transaction.
+    let rules = pdu::rules(&ruma::RoomVersionId::V12).unwrap();
+    let create = NewEvent::state(TimelineEventType::RoomCreate, "", json!({ "room_version": "12" }));
+    let placement = Placement {
+        room_id: None,
+        prev_events: &[],
+        auth_events: &[],
+        depth: UInt::from(1u32),
+        origin_server_ts: now(),
+    };
+    let create = pdu::build(rogue.hs.key(), &rules, &UserId::parse(&mallory.id).unwrap(), &create, placement).unwrap();
+    let answer = transact(&rogue, &a, "room", vec![serde_json::to_value(&create.json).unwrap()]).await;
+    // Its room is unknown here, so the PDU has no event ID to answer for.
+    assert!(answer.is_ok());
+    assert!(a.hs.rooms().room(&create.room_id).await.is_err(), "a pushed room was created");
+
+    // Too many PDUs, and a body over the limit.
+    let many = vec![json!({}); 51];
+    assert_eq!(transact(&rogue, &a, "many", many).await.unwrap_err(), 400);
+    let huge = vec![json!({ "padding": "x".repeat(1 << 20) })];
+    assert_eq!(transact(&rogue, &a, "huge", huge).await.unwrap_err(), 413);
+
+    // A flood: refused past the limit, while the honest nodes go on.
+    let flood = (0..1000).map(|n| {
+        let (rogue, a) = (&rogue, &a);
+        async move { transact(rogue, a, &format!("flood{n}"), vec![]).await.err() }
+    });
+    let limited = futures_util::future::join_all(flood).await.into_iter().filter(|e| *e == Some(429)).count();
+    assert!(limited > 0, "1000 requests at once were all let through");
+    bob.say(&room_id, "still here").await;
+    alice.sees_message(&room_id, "still here").await;
+
+    let messages = ok(alice.call("GET", &format!("rooms/{}/messages?dir=b&limit=100", enc(&room_id)), None).await);
+    let bodies: Vec<&str> =
+        messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(!bodies.contains(&"forged"), "{bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_transaction_applies_once() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room_id = alice.create_room(json!({})).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room_id)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite", |s| s["rooms"]["invite"][&room_id].is_object().then_some(())).await;
+    ok(bob.call("POST", &format!("join/{}", enc(&room_id)), Some(json!({}))).await);
+    bob.say(&room_id, "once").await;
+    alice.sees_message(&room_id, "once").await;
+    let id = EventId::parse(bob.last_event(&room_id).await).unwrap();
+    let pdu = serde_json::to_value(&b.hs.rooms().event(&id).await.unwrap().unwrap().record.pdu).unwrap();
+    let first = transact(&b, &a, "replay", vec![pdu.clone()]).await.unwrap();
+    let second = transact(&b, &a, "replay", vec![pdu]).await.unwrap();
+    assert_eq!(first.pdus, second.pdus);
+    let messages = ok(alice.call("GET", &format!("rooms/{}/messages?dir=b&limit=100", enc(&room_id)), None).await);
+    let once = messages["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
+    assert_eq!(once, 1);
+}
