@@ -67,7 +67,11 @@ impl Node {
 
     /// Registers `name` and returns a logged-in user.
     pub async fn user(&self, name: &str) -> User<'_> {
-        let body = json!({ "username": name, "password": "correct horse", "auth": { "type": "m.login.dummy" } });
+        let mut body = json!({ "username": name, "password": "correct horse" });
+        // Registration is user-interactive: the first answer opens the session.
+        let (status, challenge) = self.call("POST", "/_matrix/client/v3/register", None, Some(body.clone())).await;
+        assert_eq!(status, 401, "register {name}: {challenge}");
+        body["auth"] = json!({ "type": "m.login.dummy", "session": challenge["session"] });
         let (status, json) = self.call("POST", "/_matrix/client/v3/register", None, Some(body)).await;
         assert_eq!(status, 200, "register {name}: {json}");
         User {
