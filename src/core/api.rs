@@ -22,6 +22,7 @@ pub(crate) mod client {
 
 pub(crate) mod federation {
     pub(crate) mod discovery;
+    pub(crate) mod event;
     pub(crate) mod keys;
 }
 
@@ -105,6 +106,12 @@ macro_rules! endpoints {
             c::push::set_pushrule_actions::v3::Request => client::push::set_actions,
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
             f::discovery::get_server_version::v1::Request => federation::discovery::version,
+            f::event::get_event::v1::Request => federation::event::get_event,
+            f::event::get_room_state_ids::v1::Request => federation::event::state_ids,
+            f::event::get_room_state::v1::Request => federation::event::state,
+            f::authorization::get_event_authorization::v1::Request => federation::event::event_auth,
+            f::backfill::get_backfill::v1::Request => federation::event::backfill,
+            f::event::get_missing_events::v1::Request => federation::event::missing_events,
         }
     }};
 }
