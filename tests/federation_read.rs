@@ -1,6 +1,6 @@
 //! The read side of the Federation API between nodes in one process: events,
-//! state, auth chains, backfill and missing events, each answer checked
-//! against what the answering node stored.
+//! state, auth chains, backfill, missing events and queries, each answer
+//! checked against what the answering node stored.
 //!
 //! A remote user joins a room without the federation join: the test signs the
 //! join PDU with the remote node's key and hands it to the room's node, as a
@@ -24,12 +24,15 @@ use ruma::{
         authorization::get_event_authorization,
         backfill::get_backfill,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        query::{get_profile_information, get_room_information},
     },
     canonical_json::CanonicalJsonObject,
     events::{StateEventType, TimelineEventType},
+    profile::ProfileFieldName,
     room_version_rules::RoomVersionRules,
     state_res::auth_types_for_event,
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName, UInt, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, ServerName,
+    UInt, UserId,
 };
 use serde_json::{json, value::RawValue, Value};
 
@@ -384,4 +387,43 @@ async fn joined_history_is_hidden_from_servers_that_were_not_there() {
     let missing_ids: Vec<&EventId> = missing.iter().map(|pdu| &*pdu.event_id).collect();
     assert_eq!(missing_ids[1..], [&*secret, &*bob_join]);
     assert_eq!(missing[1].content.get(), "{}", "redacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_and_aliases_of_this_node_answer_queries() {
+    let World { a, b, .. } = world().await;
+    let alice = a.user("alice").await;
+    User::ok(
+        alice
+            .call("PUT", &format!("profile/{}/displayname", enc(&alice.id)), Some(json!({ "displayname": "Alice" })))
+            .await,
+    );
+    let room = create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": "lobby" })).await;
+    remote_join(&a, &b, &room, "bob").await;
+    let (a_name, fed) = (server(&a), b.hs.federation());
+    let alice_id = UserId::parse(&alice.id).unwrap();
+
+    let profile =
+        fed.request(&a_name, get_profile_information::v1::Request::new(alice_id.clone()), false).await.unwrap();
+    assert_eq!(profile.get("displayname"), Some(&json!("Alice")));
+    assert_eq!(profile.iter().count(), 1, "no avatar set");
+    let mut one_field = get_profile_information::v1::Request::new(alice_id.clone());
+    one_field.field = Some(ProfileFieldName::AvatarUrl);
+    assert_eq!(fed.request(&a_name, one_field, false).await.unwrap().iter().count(), 0);
+    let mut one_field = get_profile_information::v1::Request::new(alice_id);
+    one_field.field = Some(ProfileFieldName::DisplayName);
+    assert_eq!(fed.request(&a_name, one_field, false).await.unwrap().get("displayname"), Some(&json!("Alice")));
+    for user in [format!("@nobody:{}", a.name), format!("@bob:{}", b.name)] {
+        let request = get_profile_information::v1::Request::new(UserId::parse(user).unwrap());
+        assert_eq!(refusal(fed.request(&a_name, request, false).await), (404, "M_NOT_FOUND".into()));
+    }
+
+    let alias = RoomAliasId::parse(format!("#lobby:{}", a.name)).unwrap();
+    let resolved = fed.request(&a_name, get_room_information::v1::Request::new(alias), false).await.unwrap();
+    assert_eq!(resolved.room_id, room);
+    assert_eq!(resolved.servers, [a_name.clone(), server(&b)], "the servers joined, this node first");
+    for alias in [format!("#nothing:{}", a.name), format!("#lobby:{}", b.name)] {
+        let request = get_room_information::v1::Request::new(RoomAliasId::parse(alias).unwrap());
+        assert_eq!(refusal(fed.request(&a_name, request, false).await), (404, "M_NOT_FOUND".into()));
+    }
 }

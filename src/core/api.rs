@@ -24,6 +24,7 @@ pub(crate) mod federation {
     pub(crate) mod discovery;
     pub(crate) mod event;
     pub(crate) mod keys;
+    pub(crate) mod query;
 }
 
 /// Every endpoint the node answers: its ruma request type and handler. The
@@ -112,6 +113,8 @@ macro_rules! endpoints {
             f::authorization::get_event_authorization::v1::Request => federation::event::event_auth,
             f::backfill::get_backfill::v1::Request => federation::event::backfill,
             f::event::get_missing_events::v1::Request => federation::event::missing_events,
+            f::query::get_profile_information::v1::Request => federation::query::profile,
+            f::query::get_room_information::v1::Request => federation::query::directory,
         }
     }};
 }
