@@ -1,6 +1,6 @@
 //! The read side of the Federation API between nodes in one process: events,
-//! state, auth chains, backfill, missing events and queries, each answer
-//! checked against what the answering node stored.
+//! state, auth chains, backfill, missing events, queries and the public room
+//! directory, each answer checked against what the answering node stored.
 //!
 //! A remote user joins a room without the federation join: the test signs the
 //! join PDU with the remote node's key and hands it to the room's node, as a
@@ -23,6 +23,7 @@ use ruma::{
     api::federation::{
         authorization::get_event_authorization,
         backfill::get_backfill,
+        directory::{get_public_rooms, get_public_rooms_filtered},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         query::{get_profile_information, get_room_information},
     },
@@ -426,4 +427,109 @@ async fn profiles_and_aliases_of_this_node_answer_queries() {
         let request = get_room_information::v1::Request::new(RoomAliasId::parse(alias).unwrap());
         assert_eq!(refusal(fed.request(&a_name, request, false).await), (404, "M_NOT_FOUND".into()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rooms_are_listed_here_and_through_federation() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let lobby = create_room(
+        &alice,
+        json!({ "visibility": "public", "preset": "public_chat", "name": "The Lobby", "topic": "Say hello", "room_alias_name": "lobby" }),
+    )
+    .await;
+    let kitchen =
+        create_room(&alice, json!({ "visibility": "public", "preset": "public_chat", "name": "Kitchen" })).await;
+    let attic = create_room(&alice, json!({ "preset": "private_chat", "name": "Attic" })).await;
+    remote_join(&a, &b, &lobby, "bob").await;
+    let (a_name, fed) = (server(&a), b.hs.federation());
+
+    // Most joined members first; every field the spec lists.
+    let listed = fed.request(&a_name, get_public_rooms::v1::Request::new(), false).await.unwrap();
+    let rooms = serde_json::to_value(&listed.chunk).unwrap();
+    assert_eq!(
+        rooms,
+        json!([
+            {
+                "room_id": lobby, "name": "The Lobby", "topic": "Say hello",
+                "canonical_alias": format!("#lobby:{}", a.name), "num_joined_members": 2,
+                "world_readable": false, "guest_can_join": false,
+            },
+            { "room_id": kitchen, "name": "Kitchen", "num_joined_members": 1, "world_readable": false, "guest_can_join": false },
+        ])
+    );
+    assert_eq!(listed.total_room_count_estimate, Some(UInt::from(2u32)));
+    assert_eq!((listed.next_batch, listed.prev_batch), (None, None));
+
+    // Pages of one.
+    let mut first = get_public_rooms::v1::Request::new();
+    first.limit = Some(UInt::from(1u32));
+    let first = fed.request(&a_name, first, false).await.unwrap();
+    assert_eq!(first.chunk.iter().map(|r| &r.room_id).collect::<Vec<_>>(), [&lobby]);
+    let mut second = get_public_rooms::v1::Request::new();
+    second.limit = Some(UInt::from(1u32));
+    second.since = first.next_batch.clone();
+    let second = fed.request(&a_name, second, false).await.unwrap();
+    assert_eq!(second.chunk.iter().map(|r| &r.room_id).collect::<Vec<_>>(), [&kitchen]);
+    assert_eq!(second.next_batch, None);
+    assert!(second.prev_batch.is_some());
+    let mut bad = get_public_rooms::v1::Request::new();
+    bad.since = Some("not a token".into());
+    assert_eq!(refusal(fed.request(&a_name, bad, false).await), (400, "M_INVALID_PARAM".into()));
+
+    // A search term, in the name, topic or alias.
+    for (term, expected) in
+        [("KITCHEN", vec![&kitchen]), ("hello", vec![&lobby]), ("lobby", vec![&lobby]), ("attic", vec![])]
+    {
+        let mut search = get_public_rooms_filtered::v1::Request::new();
+        search.filter.generic_search_term = Some(term.into());
+        let found = fed.request(&a_name, search, false).await.unwrap();
+        assert_eq!(found.chunk.iter().map(|r| &r.room_id).collect::<Vec<_>>(), expected, "{term}");
+    }
+
+    // Publishing: the attic is private until its creator lists it.
+    let path = format!("directory/list/room/{}", enc(attic.as_str()));
+    assert_eq!(User::ok(alice.call("GET", &path, None).await), json!({ "visibility": "private" }));
+    assert_eq!(
+        User::ok(alice.call("GET", &format!("directory/list/room/{}", enc(lobby.as_str())), None).await)["visibility"],
+        "public"
+    );
+    let carol = a.user("carol").await;
+    assert_eq!(carol.call("PUT", &path, Some(json!({ "visibility": "public" }))).await.0, 403, "not in the room");
+    User::ok(carol.call("POST", &format!("rooms/{}/join", enc(kitchen.as_str())), Some(json!({}))).await);
+    let kitchen_path = format!("directory/list/room/{}", enc(kitchen.as_str()));
+    let (status, body) = carol.call("PUT", &kitchen_path, Some(json!({ "visibility": "private" }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "no power over the canonical alias");
+    User::ok(alice.call("PUT", &path, Some(json!({ "visibility": "public" }))).await);
+    User::ok(alice.call("PUT", &kitchen_path, Some(json!({ "visibility": "private" }))).await);
+    let (status, body) = alice.call("GET", "directory/list/room/%21nowhere%3Aexample.org", None).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+
+    // The client API lists this node's rooms, and another node's through it.
+    let here = a.call("GET", "/_matrix/client/v3/publicRooms", None, None).await;
+    let names = |body: &Value| -> Vec<String> {
+        body["chunk"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(here.0, 200);
+    assert_eq!(names(&here.1), ["The Lobby", "Attic"]);
+    let remote_path = format!("/_matrix/client/v3/publicRooms?server={}", a.name);
+    let there = b.call("GET", &remote_path, None, None).await;
+    assert_eq!(there, here, "B relays A's answer");
+    let dave = b.user("dave").await;
+    let searched =
+        User::ok(dave.call("POST", &remote_path, Some(json!({ "filter": { "generic_search_term": "attic" } }))).await);
+    assert_eq!(names(&searched), ["Attic"]);
+    assert_eq!(searched["total_room_count_estimate"], 1);
+    let own = User::ok(dave.call("POST", "publicRooms", Some(json!({}))).await);
+    assert_eq!(own["chunk"], json!([]), "B publishes nothing");
+
+    // A node that cannot be reached is the client's clear 502.
+    let mut gone = Node::start(&network).await;
+    gone.disconnect();
+    let (status, body) =
+        b.call("GET", &format!("/_matrix/client/v3/publicRooms?server={}", gone.name), None, None).await;
+    assert_eq!((status, body["errcode"].as_str()), (502, Some("M_UNKNOWN")), "{body}");
+    let (status, body) = b.call("GET", "/_matrix/client/v3/publicRooms?server=example.org", None, None).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
 }

@@ -5,6 +5,7 @@ pub(crate) mod client {
     pub(crate) mod account;
     pub(crate) mod account_data;
     pub(crate) mod device;
+    pub(crate) mod directory;
     pub(crate) mod discovery;
     pub(crate) mod ephemeral;
     pub(crate) mod filter;
@@ -21,6 +22,7 @@ pub(crate) mod client {
 }
 
 pub(crate) mod federation {
+    pub(crate) mod directory;
     pub(crate) mod discovery;
     pub(crate) mod event;
     pub(crate) mod keys;
@@ -77,6 +79,10 @@ macro_rules! endpoints {
             c::alias::create_alias::v3::Request => client::room::create_alias,
             c::alias::get_alias::v3::Request => client::room::get_alias,
             c::alias::delete_alias::v3::Request => client::room::delete_alias,
+            c::directory::get_room_visibility::v3::Request => client::directory::get_visibility,
+            c::directory::set_room_visibility::v3::Request => client::directory::set_visibility,
+            c::directory::get_public_rooms::v3::Request => client::directory::public_rooms,
+            c::directory::get_public_rooms_filtered::v3::Request => client::directory::public_rooms_filtered,
             c::message::send_message_event::v3::Request => client::message::send,
             c::redact::redact_event::v3::Request => client::message::redact,
             c::message::get_message_events::v3::Request => client::message::messages,
@@ -115,6 +121,8 @@ macro_rules! endpoints {
             f::event::get_missing_events::v1::Request => federation::event::missing_events,
             f::query::get_profile_information::v1::Request => federation::query::profile,
             f::query::get_room_information::v1::Request => federation::query::directory,
+            f::directory::get_public_rooms::v1::Request => federation::directory::public_rooms,
+            f::directory::get_public_rooms_filtered::v1::Request => federation::directory::public_rooms_filtered,
         }
     }};
 }

@@ -7,7 +7,7 @@ use ruma::api::{
     OutgoingResponseExt,
 };
 
-use super::service::{accounts::AccountError, rooms::RoomError};
+use super::service::{accounts::AccountError, federation::FederationError, rooms::RoomError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,9 @@ pub enum Error {
     Room(#[from] RoomError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A request this node made to another server on a client's behalf failed.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
     #[error("could not build the response: {0}")]
     Response(#[from] IntoHttpError),
     /// A failure that valid input cannot cause.
@@ -140,6 +143,9 @@ impl Error {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
                 }
             },
+            // A name that is no glia node's can never be asked: the caller's mistake.
+            Self::Federation(FederationError::NotGlia(_)) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+            Self::Federation(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
             Self::Store(_) | Self::Response(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
             }
@@ -198,6 +204,15 @@ mod tests {
         for body in [&br#"{"user": 5}"#[..], b"[]", br#"{}"#] {
             assert_eq!(errcode(Error::from_request(json_error(body), body)), (400, "M_BAD_JSON".into()));
         }
+    }
+
+    #[test]
+    fn failed_requests_to_other_servers_are_502_unknown() {
+        let remote = FederationError::Remote { server: "b".into(), status: 500, body: "oops".into() };
+        assert_eq!(errcode(Error::Federation(remote)), (502, "M_UNKNOWN".into()));
+        assert_eq!(errcode(Error::Federation(FederationError::Timeout("b".into()))), (502, "M_UNKNOWN".into()));
+        let not_glia = FederationError::NotGlia("example.org".into());
+        assert_eq!(errcode(Error::Federation(not_glia)), (400, "M_INVALID_PARAM".into()));
     }
 
     #[test]

@@ -22,26 +22,27 @@ use self::{
     identity::NodeKey,
     limits::RateLimit,
     service::{
-        accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, federation::Federation, notifier::Notifier,
-        rooms::Rooms, transactions::Transactions, user_data::UserData,
+        accounts::Accounts, aliases::Aliases, directory::Directory, ephemeral::Ephemeral, federation::Federation,
+        notifier::Notifier, rooms::Rooms, transactions::Transactions, user_data::UserData,
     },
 };
-use crate::p2p::{Frame, Inbound, Payload, Transport};
 pub use self::{
     error::Error,
     platform::{Clock, OsRandom, Random, Sleep, SystemClock},
     router::{error_response, MAX_BODY_BYTES},
 };
+use crate::p2p::{Frame, Inbound, Payload, Transport};
 use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 4,
+    version: 5,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
         service::accounts::TOKENS,
         service::aliases::ALIASES,
+        service::directory::DIRECTORY,
         service::user_data::ACCOUNT_DATA,
         service::user_data::RECEIPTS,
         service::user_data::FILTERS,
@@ -79,6 +80,7 @@ pub struct Homeserver {
     user_data: UserData,
     ephemeral: Ephemeral,
     aliases: Aliases,
+    directory: Directory,
     transactions: Transactions,
     federation: Federation,
     limits: Limits,
@@ -111,6 +113,7 @@ impl Homeserver {
             user_data: UserData::new(store.clone(), clock.clone(), notifier.clone()),
             ephemeral: Ephemeral::new(clock.clone(), notifier.clone()),
             aliases: Aliases::new(store.clone()),
+            directory: Directory::new(store.clone()),
             transactions: Transactions::new(store.clone()),
             limits: Limits { register: RateLimit::new(50, 0.5), login: RateLimit::new(10, 1.0) },
             uiaa: Uiaa::default(),
@@ -189,6 +192,10 @@ impl Homeserver {
 
     pub fn aliases(&self) -> &Aliases {
         &self.aliases
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     pub fn transactions(&self) -> &Transactions {

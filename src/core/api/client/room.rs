@@ -98,6 +98,9 @@ pub(crate) async fn create(
     if let Some(alias) = alias {
         hs.aliases().create(&alias, &Alias { room_id: room_id.clone(), creator: user.clone() }).await?;
     }
+    if request.visibility == Visibility::Public {
+        hs.directory().set_published(&room_id, true).await?;
+    }
     for invitee in &request.invite {
         let mut extra = Map::new();
         if request.is_direct {
