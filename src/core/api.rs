@@ -5,6 +5,7 @@ pub(crate) mod client {
     pub(crate) mod account;
     pub(crate) mod account_data;
     pub(crate) mod device;
+    pub(crate) mod directory;
     pub(crate) mod discovery;
     pub(crate) mod ephemeral;
     pub(crate) mod filter;
@@ -21,9 +22,12 @@ pub(crate) mod client {
 }
 
 pub(crate) mod federation {
+    pub(crate) mod directory;
     pub(crate) mod discovery;
+    pub(crate) mod event;
     pub(crate) mod keys;
     pub(crate) mod membership;
+    pub(crate) mod query;
     pub(crate) mod transactions;
 }
 
@@ -77,6 +81,10 @@ macro_rules! endpoints {
             c::alias::create_alias::v3::Request => client::room::create_alias,
             c::alias::get_alias::v3::Request => client::room::get_alias,
             c::alias::delete_alias::v3::Request => client::room::delete_alias,
+            c::directory::get_room_visibility::v3::Request => client::directory::get_visibility,
+            c::directory::set_room_visibility::v3::Request => client::directory::set_visibility,
+            c::directory::get_public_rooms::v3::Request => client::directory::public_rooms,
+            c::directory::get_public_rooms_filtered::v3::Request => client::directory::public_rooms_filtered,
             c::message::send_message_event::v3::Request => client::message::send,
             c::redact::redact_event::v3::Request => client::message::redact,
             c::message::get_message_events::v3::Request => client::message::messages,
@@ -113,6 +121,16 @@ macro_rules! endpoints {
             f::membership::prepare_leave_event::v1::Request => federation::membership::make_leave,
             f::membership::create_leave_event::v2::Request => federation::membership::send_leave,
             f::membership::create_invite::v2::Request => federation::membership::invite,
+            f::event::get_event::v1::Request => federation::event::get_event,
+            f::event::get_room_state_ids::v1::Request => federation::event::state_ids,
+            f::event::get_room_state::v1::Request => federation::event::state,
+            f::authorization::get_event_authorization::v1::Request => federation::event::event_auth,
+            f::backfill::get_backfill::v1::Request => federation::event::backfill,
+            f::event::get_missing_events::v1::Request => federation::event::missing_events,
+            f::query::get_profile_information::v1::Request => federation::query::profile,
+            f::query::get_room_information::v1::Request => federation::query::directory,
+            f::directory::get_public_rooms::v1::Request => federation::directory::public_rooms,
+            f::directory::get_public_rooms_filtered::v1::Request => federation::directory::public_rooms_filtered,
         }
     }};
 }

@@ -7,7 +7,7 @@ use ruma::api::{
     OutgoingResponseExt,
 };
 
-use super::service::{accounts::AccountError, rooms::RoomError};
+use super::service::{accounts::AccountError, federation::FederationError, rooms::RoomError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +55,15 @@ pub enum Error {
     UnsupportedRoomVersion(String),
     #[error("this node does not support room version {0}")]
     IncompatibleRoomVersion(ruma::RoomVersionId),
-    /// Another server could not be reached, or answered with an error.
-    #[error("{0}")]
-    Federation(String),
     #[error(transparent)]
     Account(#[from] AccountError),
     #[error(transparent)]
     Room(#[from] RoomError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A request this node made to another server on a client's behalf failed.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
     #[error("could not build the response: {0}")]
     Response(#[from] IntoHttpError),
     /// A failure that valid input cannot cause.
@@ -74,10 +74,6 @@ pub enum Error {
 impl Error {
     pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::Internal(err.to_string())
-    }
-
-    pub fn federation(err: crate::core::service::federation::FederationError) -> Self {
-        Self::Federation(err.to_string())
     }
 
     /// Sorts ruma's parse failures into the spec's error codes: `M_NOT_JSON` when
@@ -132,7 +128,6 @@ impl Error {
                     version.clone(),
                 )),
             ),
-            Self::Federation(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
             Self::Account(err) => match err {
                 AccountError::UserInUse(_) => (StatusCode::BAD_REQUEST, ErrorKind::UserInUse),
                 AccountError::InvalidUsername(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidUsername),
@@ -156,6 +151,9 @@ impl Error {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
                 }
             },
+            // A name that is no glia node's can never be asked: the caller's mistake.
+            Self::Federation(FederationError::NotGlia(_)) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+            Self::Federation(_) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
             Self::Store(_) | Self::Response(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
             }
@@ -214,6 +212,15 @@ mod tests {
         for body in [&br#"{"user": 5}"#[..], b"[]", br#"{}"#] {
             assert_eq!(errcode(Error::from_request(json_error(body), body)), (400, "M_BAD_JSON".into()));
         }
+    }
+
+    #[test]
+    fn failed_requests_to_other_servers_are_502_unknown() {
+        let remote = FederationError::Remote { server: "b".into(), status: 500, body: "oops".into() };
+        assert_eq!(errcode(Error::Federation(remote)), (502, "M_UNKNOWN".into()));
+        assert_eq!(errcode(Error::Federation(FederationError::Timeout("b".into()))), (502, "M_UNKNOWN".into()));
+        let not_glia = FederationError::NotGlia("example.org".into());
+        assert_eq!(errcode(Error::Federation(not_glia)), (400, "M_INVALID_PARAM".into()));
     }
 
     #[test]

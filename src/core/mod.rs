@@ -22,8 +22,8 @@ use self::{
     identity::NodeKey,
     limits::RateLimit,
     service::{
-        accounts::Accounts, aliases::Aliases, ephemeral::Ephemeral, federation::Federation, notifier::Notifier,
-        rooms::Rooms, sender::Sender, transactions::Transactions, user_data::UserData,
+        accounts::Accounts, aliases::Aliases, directory::Directory, ephemeral::Ephemeral, federation::Federation,
+        notifier::Notifier, rooms::Rooms, sender::Sender, transactions::Transactions, user_data::UserData,
     },
 };
 pub use self::{
@@ -36,12 +36,13 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 5,
+    version: 6,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
         service::accounts::TOKENS,
         service::aliases::ALIASES,
+        service::directory::DIRECTORY,
         service::user_data::ACCOUNT_DATA,
         service::user_data::RECEIPTS,
         service::user_data::FILTERS,
@@ -86,6 +87,7 @@ pub struct Homeserver {
     user_data: UserData,
     ephemeral: Ephemeral,
     aliases: Aliases,
+    directory: Directory,
     transactions: Transactions,
     federation: Federation,
     sender: Sender,
@@ -123,6 +125,7 @@ impl Homeserver {
             user_data: UserData::new(store.clone(), clock.clone(), notifier.clone()),
             ephemeral: Ephemeral::new(clock.clone(), notifier.clone()),
             aliases: Aliases::new(store.clone()),
+            directory: Directory::new(store.clone()),
             transactions: Transactions::new(store.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
@@ -242,6 +245,10 @@ impl Homeserver {
 
     pub fn aliases(&self) -> &Aliases {
         &self.aliases
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     pub fn transactions(&self) -> &Transactions {

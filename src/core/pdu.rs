@@ -159,6 +159,15 @@ impl Pdu {
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }
+
+    /// The PDU as servers exchange it. The stored JSON may carry an `unsigned`
+    /// object this node added (the redaction that emptied the event), which is
+    /// its own business, not the event's.
+    pub fn federation_json(&self) -> CanonicalJsonObject {
+        let mut json = self.json.clone();
+        json.remove("unsigned");
+        json
+    }
 }
 
 impl ruma::state_res::Event for Pdu {

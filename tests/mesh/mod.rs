@@ -70,9 +70,11 @@ impl Node {
 
     /// Registers `name` and returns a logged-in user.
     pub async fn user(&self, name: &str) -> User<'_> {
-        let (_, flows) = self.call("POST", "/_matrix/client/v3/register", None, Some(json!({}))).await;
-        let auth = json!({ "type": "m.login.dummy", "session": flows["session"] });
-        let body = json!({ "username": name, "password": "correct horse", "auth": auth });
+        let mut body = json!({ "username": name, "password": "correct horse" });
+        // Registration is user-interactive: the first answer opens the session.
+        let (status, challenge) = self.call("POST", "/_matrix/client/v3/register", None, Some(body.clone())).await;
+        assert_eq!(status, 401, "register {name}: {challenge}");
+        body["auth"] = json!({ "type": "m.login.dummy", "session": challenge["session"] });
         let (status, json) = self.call("POST", "/_matrix/client/v3/register", None, Some(body)).await;
         assert_eq!(status, 200, "register {name}: {json}");
         User {
@@ -101,10 +103,12 @@ impl User<'_> {
         room["room_id"].as_str().unwrap().to_owned()
     }
 
-    pub async fn say(&self, room: &str, body: &str) {
+    /// Sends a text message and returns its event ID.
+    pub async fn say(&self, room: &str, body: &str) -> String {
         let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = format!("rooms/{}/send/m.room.message/t{txn}", enc(room));
-        ok(self.call("PUT", &path, Some(json!({ "msgtype": "m.text", "body": body }))).await);
+        let sent = ok(self.call("PUT", &path, Some(json!({ "msgtype": "m.text", "body": body }))).await);
+        sent["event_id"].as_str().unwrap().to_owned()
     }
 
     /// The newest event of the room's timeline.

@@ -49,6 +49,8 @@ pub enum FederationError {
     Remote { server: String, status: u16, body: String },
     #[error("cannot build the request: {0}")]
     Request(String),
+    #[error("the answer is unusable: {0}")]
+    Invalid(String),
 }
 
 /// A federation endpoint's request.

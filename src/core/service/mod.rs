@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod aliases;
 pub(crate) mod cache;
+pub mod directory;
 pub mod ephemeral;
 pub mod events;
 pub mod federation;

@@ -1,6 +1,7 @@
 //! Rooms as DAGs of events on the store: creating rooms, appending local events,
 //! accepting remote PDUs (with the spec's checks, rejection and soft-failure),
-//! and reading state and timelines back.
+//! and reading state and timelines back (and, for other servers, auth chains
+//! and walks along `prev_events`: see `dag`).
 //!
 //! Every event is checked against the auth rules at its auth events, at the state
 //! before it (resolved over its `prev_events`) and, for remote events, at the
@@ -55,6 +56,7 @@ use crate::{
 };
 
 mod commit;
+mod dag;
 mod remote;
 mod tails;
 

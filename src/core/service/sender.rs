@@ -321,7 +321,7 @@ impl Sender {
             let Ok(id) = id else { continue };
             // An event the store lost is not worth holding the queue for.
             if let Ok(Some(event)) = hs.rooms().event(&id).await {
-                if let Ok(raw) = to_raw_value(&event.record.pdu) {
+                if let Ok(raw) = to_raw_value(&event.pdu.federation_json()) {
                     pdus.push(raw);
                 }
             }

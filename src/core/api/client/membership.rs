@@ -1,7 +1,10 @@
 //! Joining, leaving, inviting, kicking and banning, and who is in a room. Every
 //! change is a member event through the event engine, whose auth rules decide.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ruma::{
     api::client::membership::{
@@ -312,6 +315,21 @@ pub(crate) async fn members_in(hs: &Homeserver, state: &State) -> Result<Vec<(Ar
         }
     }
     Ok(members)
+}
+
+/// The servers of the users joined in `state`: this node first (if one of
+/// its users is joined), then the others by name.
+pub(crate) async fn joined_servers(hs: &Homeserver, state: &State) -> Result<Vec<OwnedServerName>, Error> {
+    let mut servers = BTreeSet::new();
+    for (pdu, content) in members_in(hs, state).await? {
+        if content.membership == MembershipState::Join {
+            if let Some(Ok(user)) = pdu.state_key.as_deref().map(UserId::parse) {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+    }
+    let own = servers.take(hs.key().server_name());
+    Ok(own.into_iter().chain(servers).collect())
 }
 
 #[derive(Deserialize)]

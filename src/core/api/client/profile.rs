@@ -14,11 +14,24 @@ use crate::core::{
     Error, Homeserver,
 };
 
-async fn profile(hs: &Homeserver, user: &UserId) -> Result<UserRecord, Error> {
+/// The profile of a user of this node.
+pub(crate) async fn profile(hs: &Homeserver, user: &UserId) -> Result<UserRecord, Error> {
     match hs.accounts().user(user).await? {
         Some(record) if !record.deactivated => Ok(record),
         _ => Err(Error::NotFound(format!("no profile for {user}"))),
     }
+}
+
+/// The fields a profile has set.
+pub(crate) fn fields(record: UserRecord) -> Vec<ProfileFieldValue> {
+    let mut fields = Vec::new();
+    if let Some(name) = record.displayname {
+        fields.push(ProfileFieldValue::DisplayName(name));
+    }
+    if let Some(url) = record.avatar_url {
+        fields.push(ProfileFieldValue::AvatarUrl(url.into()));
+    }
+    fields
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`
@@ -27,15 +40,7 @@ pub(crate) async fn get(
     _: (),
     request: get_profile::v3::Request,
 ) -> Result<get_profile::v3::Response, Error> {
-    let record = profile(hs, &request.user_id).await?;
-    let mut fields = Vec::new();
-    if let Some(name) = record.displayname {
-        fields.push(ProfileFieldValue::DisplayName(name));
-    }
-    if let Some(url) = record.avatar_url {
-        fields.push(ProfileFieldValue::AvatarUrl(url.into()));
-    }
-    Ok(fields.into_iter().collect())
+    Ok(fields(profile(hs, &request.user_id).await?).into_iter().collect())
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/displayname`

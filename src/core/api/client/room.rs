@@ -6,6 +6,7 @@ use ruma::{
         room::{aliases, create_room, get_room_event, Visibility},
     },
     events::{room::member::MembershipState, TimelineEventType},
+    OwnedRoomId, OwnedServerName, RoomAliasId,
 };
 use serde_json::{json, Map, Value};
 
@@ -97,6 +98,9 @@ pub(crate) async fn create(
     if let Some(alias) = alias {
         hs.aliases().create(&alias, &Alias { room_id: room_id.clone(), creator: user.clone() }).await?;
     }
+    if request.visibility == Visibility::Public {
+        hs.directory().set_published(&room_id, true).await?;
+    }
     for invitee in &request.invite {
         let mut extra = Map::new();
         if request.is_direct {
@@ -159,9 +163,20 @@ pub(crate) async fn get_alias(
     _: (),
     request: get_alias::v3::Request,
 ) -> Result<get_alias::v3::Response, Error> {
-    let alias = hs.aliases().get(&request.room_alias).await?;
-    let alias = alias.ok_or_else(|| Error::NotFound(format!("no room has the alias {}", request.room_alias)))?;
-    Ok(get_alias::v3::Response::new(alias.room_id, vec![hs.key().server_name().to_owned()]))
+    let (room_id, servers) = resolve_alias(hs, &request.room_alias).await?;
+    Ok(get_alias::v3::Response::new(room_id, servers))
+}
+
+/// The room a local alias names, and the servers to join it through: those of
+/// its joined members, this node first.
+pub(crate) async fn resolve_alias(
+    hs: &Homeserver,
+    alias: &RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>), Error> {
+    let not_found = || Error::NotFound(format!("no room has the alias {alias}"));
+    let room_id = hs.aliases().get(alias).await?.ok_or_else(not_found)?.room_id;
+    let state = hs.rooms().current_state(&room_id).await?;
+    Ok((room_id, membership::joined_servers(hs, &state).await?))
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`

@@ -15,10 +15,8 @@ use serde_json::{json, value::RawValue, Value};
 use crate::core::{
     pdu::{self, NewEvent, Pdu},
     router::Origin,
-    service::{
-        events::AuthGraph,
-        rooms::{Outcome, RoomError},
-    },
+    service::federation::FederationError,
+    service::rooms::{Outcome, RoomError},
     Error, Homeserver,
 };
 
@@ -77,10 +75,9 @@ pub(crate) async fn send_join(
     let pdu =
         accept_member(hs, &origin, &request.room_id, &request.event_id, &request.pdu, MembershipState::Join).await?;
     let state = hs.rooms().state_at(&pdu.event_id).await?.ok_or_else(|| Error::internal("the join was not stored"))?;
-    let graph = AuthGraph::load(hs.store(), &request.room_id).await?;
     let mut from: Vec<OwnedEventId> = state.values().cloned().collect();
     from.push(pdu.event_id.clone());
-    let chain = graph.ancestors(from.iter());
+    let chain = hs.rooms().auth_chain(&request.room_id, &from).await?;
     let mut room_state = create_join_event::v2::RoomState::new();
     room_state.state = federation_json(hs, state.values()).await?;
     room_state.auth_chain = federation_json(hs, chain.iter()).await?;
@@ -202,7 +199,7 @@ async fn federation_json<'a>(
     let mut out = Vec::new();
     for id in ids {
         if let Some(event) = hs.rooms().event(id).await? {
-            out.push(serde_json::value::to_raw_value(&event.record.pdu).map_err(Error::internal)?);
+            out.push(serde_json::value::to_raw_value(&event.pdu.federation_json()).map_err(Error::internal)?);
         }
     }
     Ok(out)
@@ -227,7 +224,7 @@ pub(crate) async fn invite_remote(
     for kind in crate::core::api::client::sync::INVITE_STATE {
         if let Some(id) = state.get(&((*kind).into(), String::new())) {
             if let Some(event) = hs.rooms().event(id).await? {
-                let raw = serde_json::value::to_raw_value(&event.record.pdu).map_err(Error::internal)?;
+                let raw = serde_json::value::to_raw_value(&event.pdu.federation_json()).map_err(Error::internal)?;
                 invite_state.push(RawStrippedState::Pdu(raw));
             }
         }
@@ -235,9 +232,13 @@ pub(crate) async fn invite_remote(
     let raw = serde_json::value::to_raw_value(&pdu.json).map_err(Error::internal)?;
     let request =
         create_invite::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), version.clone(), raw, invite_state);
-    let signed = hs.federation().request(invitee.server_name(), request, false).await.map_err(Error::federation)?;
-    let json: CanonicalJsonObject = serde_json::from_str(signed.event.get())
-        .map_err(|err| Error::Federation(format!("{} sent back a broken invite: {err}", invitee.server_name())))?;
+    let signed = hs.federation().request(invitee.server_name(), request, false).await?;
+    let json: CanonicalJsonObject = serde_json::from_str(signed.event.get()).map_err(|err| {
+        Error::Federation(FederationError::Invalid(format!(
+            "{} sent back a broken invite: {err}",
+            invitee.server_name()
+        )))
+    })?;
     match hs.rooms().receive(room_id, json).await? {
         Outcome::Accepted | Outcome::Duplicate => Ok(pdu.event_id),
         Outcome::SoftFailed(reason) | Outcome::Rejected(reason) => Err(Error::Forbidden(reason)),
@@ -264,11 +265,14 @@ pub(crate) async fn join_remote(
 async fn join_through(hs: &Homeserver, user: &UserId, room_id: &RoomId, server: &ServerName) -> Result<(), Error> {
     let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
     request.ver = vec![RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
-    let made = hs.federation().request(server, request, false).await.map_err(Error::federation)?;
-    let version = made.room_version.ok_or_else(|| Error::Federation(format!("{server} named no room version")))?;
+    let made = hs.federation().request(server, request, false).await?;
+    let version = made
+        .room_version
+        .ok_or_else(|| Error::Federation(FederationError::Invalid(format!("{server} named no room version"))))?;
     let rules = pdu::rules(&version).map_err(|_| Error::IncompatibleRoomVersion(version.clone()))?;
-    let mut template: CanonicalJsonObject = serde_json::from_str(made.event.get())
-        .map_err(|err| Error::Federation(format!("{server} sent a broken join template: {err}")))?;
+    let mut template: CanonicalJsonObject = serde_json::from_str(made.event.get()).map_err(|err| {
+        Error::Federation(FederationError::Invalid(format!("{server} sent a broken join template: {err}")))
+    })?;
     let profile = hs.accounts().user(user).await?;
     if let (Some(ruma::CanonicalJsonValue::Object(content)), Some(profile)) = (template.get_mut("content"), profile) {
         if let Some(name) = profile.displayname {
@@ -282,7 +286,7 @@ async fn join_through(hs: &Homeserver, user: &UserId, room_id: &RoomId, server: 
     check_template(&join, room_id, user, MembershipState::Join)?;
     let raw = serde_json::value::to_raw_value(&join.json).map_err(Error::internal)?;
     let request = create_join_event::v2::Request::new(room_id.to_owned(), join.event_id.clone(), raw);
-    let answer = hs.federation().request(server, request, false).await.map_err(Error::federation)?;
+    let answer = hs.federation().request(server, request, false).await?;
     let parse = |raws: &[Box<RawValue>]| -> Vec<CanonicalJsonObject> {
         raws.iter().filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect()
     };
@@ -309,17 +313,17 @@ pub(crate) async fn leave_remote(hs: &Homeserver, user: &UserId, room_id: &RoomI
     let made = hs
         .federation()
         .request(&server, prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned()), false)
-        .await
-        .map_err(Error::federation)?;
+        .await?;
     let version = made.room_version.unwrap_or(invite.version);
     let rules = pdu::rules(&version).map_err(|_| Error::IncompatibleRoomVersion(version.clone()))?;
-    let template: CanonicalJsonObject = serde_json::from_str(made.event.get())
-        .map_err(|err| Error::Federation(format!("{server} sent a broken leave template: {err}")))?;
+    let template: CanonicalJsonObject = serde_json::from_str(made.event.get()).map_err(|err| {
+        Error::Federation(FederationError::Invalid(format!("{server} sent a broken leave template: {err}")))
+    })?;
     let leave = pdu::sign_template(hs.key(), &rules, template, now(hs)).map_err(RoomError::from)?;
     check_template(&leave, room_id, user, MembershipState::Leave)?;
     let raw = serde_json::value::to_raw_value(&leave.json).map_err(Error::internal)?;
     let request = create_leave_event::v2::Request::new(room_id.to_owned(), leave.event_id.clone(), raw);
-    hs.federation().request(&server, request, false).await.map_err(Error::federation)?;
+    hs.federation().request(&server, request, false).await?;
     hs.rooms().forget_remote_invite(user, &leave).await?;
     Ok(())
 }
@@ -333,7 +337,9 @@ fn check_template(pdu: &Pdu, room_id: &RoomId, user: &UserId, membership: Member
         || pdu.state_key.as_deref() != Some(user.as_str())
         || content.membership != membership
     {
-        return Err(Error::Federation(format!("the {membership} template is not for {user} in {room_id}")));
+        return Err(Error::Federation(FederationError::Invalid(format!(
+            "the {membership} template is not for {user} in {room_id}"
+        ))));
     }
     Ok(())
 }
