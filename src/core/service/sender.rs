@@ -27,10 +27,8 @@ use futures_util::{
     stream::{FuturesUnordered, StreamExt},
 };
 use ruma::{
-    api::federation::transactions::send_transaction_message::v1,
-    events::{room::member::MembershipState, StateEventType},
-    serde::Raw,
-    MilliSecondsSinceUnixEpoch, OwnedServerName, RoomId, ServerName, UInt,
+    api::federation::transactions::send_transaction_message::v1, serde::Raw, MilliSecondsSinceUnixEpoch,
+    OwnedServerName, RoomId, ServerName, UInt,
 };
 use serde_json::value::{to_raw_value, RawValue};
 
@@ -122,22 +120,9 @@ impl Sender {
             return Ok(servers);
         }
         let state = hs.rooms().state_group(group).await?;
-        let mut servers = std::collections::BTreeSet::new();
-        for ((kind, key), id) in state.iter() {
-            if *kind != StateEventType::RoomMember {
-                continue;
-            }
-            let Ok(user) = ruma::UserId::parse(key.as_str()) else { continue };
-            if user.server_name() == hs.key().server_name() || servers.contains(user.server_name()) {
-                continue;
-            }
-            let Some(event) = hs.rooms().event(id).await? else { continue };
-            let member = crate::core::api::client::membership::member_content(&event.pdu.content);
-            if member.membership == MembershipState::Join {
-                servers.insert(user.server_name().to_owned());
-            }
-        }
-        let servers = Arc::new(servers.into_iter().collect::<Vec<_>>());
+        let mut servers = hs.rooms().joined_servers(&state).await?;
+        servers.retain(|server| server != hs.key().server_name());
+        let servers = Arc::new(servers);
         self.servers.insert(group, servers.clone(), servers.len().max(1));
         Ok(servers)
     }

@@ -1,10 +1,7 @@
 //! Joining, leaving, inviting, kicking and banning, and who is in a room. Every
 //! change is a member event through the event engine, whose auth rules decide.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     api::client::membership::{
@@ -85,17 +82,16 @@ pub(crate) async fn join_by_id_or_alias(
     session: Session,
     request: join_room_by_id_or_alias::v3::Request,
 ) -> Result<join_room_by_id_or_alias::v3::Response, Error> {
+    let mut via = request.via;
     let room_id = match <&RoomId>::try_from(&*request.room_id_or_alias) {
         Ok(room_id) => room_id.to_owned(),
         Err(alias) => {
-            hs.aliases()
-                .get(&alias)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("no room has the alias {alias}")))?
-                .room_id
+            let (room_id, servers) = super::room::resolve_alias(hs, &alias).await?;
+            via.extend(servers);
+            room_id
         }
     };
-    join(hs, &session.user_id, &room_id, request.reason, &request.via).await?;
+    join(hs, &session.user_id, &room_id, request.reason, &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -315,21 +311,6 @@ pub(crate) async fn members_in(hs: &Homeserver, state: &State) -> Result<Vec<(Ar
         }
     }
     Ok(members)
-}
-
-/// The servers of the users joined in `state`: this node first (if one of
-/// its users is joined), then the others by name.
-pub(crate) async fn joined_servers(hs: &Homeserver, state: &State) -> Result<Vec<OwnedServerName>, Error> {
-    let mut servers = BTreeSet::new();
-    for (pdu, content) in members_in(hs, state).await? {
-        if content.membership == MembershipState::Join {
-            if let Some(Ok(user)) = pdu.state_key.as_deref().map(UserId::parse) {
-                servers.insert(user.server_name().to_owned());
-            }
-        }
-    }
-    let own = servers.take(hs.key().server_name());
-    Ok(own.into_iter().chain(servers).collect())
 }
 
 #[derive(Deserialize)]

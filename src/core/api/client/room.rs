@@ -167,16 +167,22 @@ pub(crate) async fn get_alias(
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
-/// The room a local alias names, and the servers to join it through: those of
-/// its joined members, this node first.
+/// The room an alias names, and the servers to join it through: for a local
+/// alias those of its joined members, this node first; for another server's,
+/// what that server answers.
 pub(crate) async fn resolve_alias(
     hs: &Homeserver,
     alias: &RoomAliasId,
 ) -> Result<(OwnedRoomId, Vec<OwnedServerName>), Error> {
+    if alias.server_name() != hs.key().server_name() {
+        let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+        let answer = hs.federation().request(alias.server_name(), request, false).await?;
+        return Ok((answer.room_id, answer.servers));
+    }
     let not_found = || Error::NotFound(format!("no room has the alias {alias}"));
     let room_id = hs.aliases().get(alias).await?.ok_or_else(not_found)?.room_id;
     let state = hs.rooms().current_state(&room_id).await?;
-    Ok((room_id, membership::joined_servers(hs, &state).await?))
+    Ok((room_id, hs.rooms().joined_servers(&state).await?))
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`

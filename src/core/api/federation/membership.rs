@@ -7,7 +7,7 @@ use ruma::{
         create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event, RawStrippedState,
     },
     canonical_json::CanonicalJsonObject,
-    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    events::{room::member::MembershipState, TimelineEventType},
     OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::{json, value::RawValue, Value};
@@ -356,16 +356,6 @@ pub(crate) async fn resident(hs: &Homeserver, room_id: &RoomId) -> Result<bool, 
         Err(RoomError::UnknownRoom(_)) => return Ok(false),
         Err(err) => return Err(err.into()),
     };
-    for ((kind, key), id) in state.iter() {
-        let local = UserId::parse(key.as_str()).is_ok_and(|u| u.server_name() == hs.key().server_name());
-        if *kind == StateEventType::RoomMember && local {
-            if let Some(event) = hs.rooms().event(id).await? {
-                let content = crate::core::api::client::membership::member_content(&event.pdu.content);
-                if content.membership == MembershipState::Join {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-    Ok(false)
+    let servers = hs.rooms().joined_servers(&state).await?;
+    Ok(servers.first().is_some_and(|first| first == hs.key().server_name()))
 }

@@ -3,16 +3,23 @@
 //! Nothing here writes, and only committed events are read.
 
 use std::{
-    collections::{BinaryHeap, HashMap, HashSet},
+    collections::{BTreeSet, BinaryHeap, HashMap, HashSet},
     sync::Arc,
 };
 
-use ruma::{EventId, OwnedEventId, RoomId};
+use ruma::{
+    events::{room::member::MembershipState, StateEventType},
+    EventId, OwnedEventId, OwnedServerName, RoomId, UserId,
+};
+use serde::Deserialize;
 
 use super::{RoomError, Rooms};
 use crate::core::{
     pdu,
-    service::events::{AuthGraph, StoredEvent},
+    service::{
+        events::{AuthGraph, StoredEvent},
+        state::State,
+    },
 };
 
 /// Events one walk visits at most. A server names the events it already has,
@@ -21,6 +28,29 @@ use crate::core::{
 const MAX_STEPS: usize = 10_000;
 
 impl Rooms {
+    /// The servers with a user joined in `state`, this node first if it is one.
+    pub async fn joined_servers(&self, state: &State) -> Result<Vec<OwnedServerName>, RoomError> {
+        #[derive(Deserialize)]
+        struct Member {
+            membership: MembershipState,
+        }
+        let mut servers = BTreeSet::new();
+        for ((kind, key), id) in state.iter() {
+            let Ok(user) = UserId::parse(key.as_str()) else { continue };
+            if *kind != StateEventType::RoomMember || servers.contains(user.server_name()) {
+                continue;
+            }
+            let Some(event) = self.event(id).await? else { continue };
+            if serde_json::from_str::<Member>(event.pdu.content.get())
+                .is_ok_and(|m| m.membership == MembershipState::Join)
+            {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        let own = servers.take(self.key.server_name());
+        Ok(own.into_iter().chain(servers).collect())
+    }
+
     /// The stored events of `ids`, in order, read in one go.
     pub async fn events(&self, ids: &[&EventId]) -> Result<Vec<Option<Arc<StoredEvent>>>, RoomError> {
         self.events.get_many(self.store(), ids).await
