@@ -486,7 +486,16 @@ async fn two_homeservers_federate_through_a_relay() {
     let err = a.federation().request(&b_name, v1::Request::new(), true).await.unwrap_err();
     assert!(matches!(err, glia::core::service::federation::FederationError::Stored(_)), "{err}");
 
+    // Bob back: he handles the stored request and acks it, and the relay forgets it.
+    // (The mailbox may also hold the answer to Bob's own request, if he left
+    // before his ack for it reached the relay.)
+    assert!(relay.relay.mailbox_len(&b_key) >= 1);
+    let links_b = RelayClient::start(b.clone(), vec![relay.url.clone()], RelayClientConfig::default());
+    assert!(relay.relay.wait_until(WAIT, |relay| relay.mailbox_len(&b_key) == 0).await, "acked");
+    assert_eq!(links_b.status()[0].welcomes, 1);
+
     links_a.shutdown().await;
+    links_b.shutdown().await;
     relay.stop().await;
 }
 

@@ -315,9 +315,16 @@ impl LinkTask {
             }
         };
 
+        if result.is_ok() && !writer.is_finished() {
+            // Shutting down with the link up: let frames being handled finish,
+            // so their acks go out and the relay need not hand them over again.
+            let all = u32::try_from(self.config.inbound_tasks.max(1)).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(Duration::from_secs(5), handlers.acquire_many(all)).await;
+        }
         lock(&self.link().state).frames = None;
         self.shared.changes.send_modify(|n| *n += 1);
-        // Dropping the queues' senders ends the writer, which closes the socket.
+        // Dropping the queues' senders ends the writer, which sends the acks
+        // still queued and closes the socket.
         drop(acks);
         if !writer.is_finished() && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
             writer.abort();
@@ -433,6 +440,10 @@ where
             }
         }
         sink.flush().await?;
+    }
+    let frames: Vec<_> = std::iter::from_fn(|| acks.try_recv().ok()).map(|(o, id)| (o.to_string(), id)).collect();
+    if !frames.is_empty() {
+        sink.send(text(&Control::Ack { frames })).await?;
     }
     let _ = sink.close().await;
     Ok(())

@@ -191,7 +191,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     sweeper: Mutex<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
-    /// Bumped whenever a connection comes or goes.
+    /// Bumped whenever a connection comes or goes or a mailbox changes.
     changes: watch::Sender<u64>,
     /// Every connection holds a clone; [`Relay::close`] waits for all to drop.
     alive: Mutex<Option<mpsc::Sender<()>>>,
@@ -320,7 +320,7 @@ impl Relay {
     }
 
     /// Waits until `check` holds, looking again whenever a connection comes or
-    /// goes; false if `timeout` passes first.
+    /// goes or a mailbox changes; false if `timeout` passes first.
     pub async fn wait_until(&self, timeout: Duration, check: impl Fn(&Relay) -> bool) -> bool {
         let mut changes = self.inner.changes.subscribe();
         tokio::time::timeout(timeout, changes.wait_for(|_| check(self))).await.is_ok_and(|r| r.is_ok())
@@ -531,6 +531,7 @@ fn settle(relay: &Inner, puts: Vec<(PeerKey, u64, Notify)>, result: Result<(), S
     if let Err(err) = &result {
         eprintln!("glia relay: mailbox write failed: {err}");
     }
+    relay.changes.send_modify(|n| *n += 1);
     for (outbox, control) in replies {
         outbox.send_soon(text(&control));
     }
@@ -1027,6 +1028,7 @@ impl Relay {
                 for op in deletes {
                     let _ = self.inner.disk.send(op);
                 }
+                self.inner.changes.send_modify(|n| *n += 1);
                 None
             }
             Control::Peers { .. } => {
