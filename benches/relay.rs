@@ -63,7 +63,7 @@ fn main() {
     let _ = stop.send(());
     relay_thread.join().expect("relay thread");
 
-    println!("| relay on one core, loopback | count | total ms | per second |");
+    println!("| relay on one core, loopback | count | total ms | result |");
     println!("|---|---|---|---|");
     for row in rows {
         println!("{row}");
@@ -87,7 +87,7 @@ async fn measure(url: &str) -> Vec<String> {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
-        rows.push(format!("| round trip A → B → A, {name} (µs) | {ROUND_TRIPS} | | {} |", at(q).as_micros()));
+        rows.push(format!("| round trip A → B → A, {name} | {ROUND_TRIPS} | | {} µs |", at(q).as_micros()));
     }
 
     // C is offline: its frames go to the mailbox on disk, then over to C.
@@ -123,7 +123,7 @@ async fn measure(url: &str) -> Vec<String> {
 }
 
 fn rate(what: &str, count: usize, seconds: f64) -> String {
-    format!("| {what} | {count} | {:.1} | {:.0} |", seconds * 1000.0, count as f64 / seconds)
+    format!("| {what} | {count} | {:.1} | {:.0} frames/s |", seconds * 1000.0, count as f64 / seconds)
 }
 
 fn frame(from: &PeerKey, to: &PeerKey, id: u64, mailbox: bool) -> Bytes {
