@@ -1,13 +1,27 @@
-//! The `glia` command itself: argument errors, `glia node` and `glia serve` on
-//! real sockets at `127.0.0.1:0`.
+//! The `glia` command itself: argument errors, `glia node`, `glia serve` and
+//! `glia relay` on real sockets at `127.0.0.1:0`.
 
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use common::{request, Glia};
+use futures_util::{SinkExt, StreamExt};
+use glia::{
+    core::identity::NodeKey,
+    p2p::{
+        relay::{hello_message, Control},
+        PeerKey,
+    },
+};
+use ruma::serde::{base64::Standard, Base64};
+use tokio_tungstenite::tungstenite::Message;
 
 fn glia(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_glia")).args(args).output().unwrap()
@@ -15,7 +29,14 @@ fn glia(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bad_arguments_get_a_usage_error() {
-    for args in [&[][..], &["fly"], &["node", "--listen", "not-an-address"], &["serve", "--bogus"]] {
+    for args in [
+        &[][..],
+        &["fly"],
+        &["node", "--listen", "not-an-address"],
+        &["serve", "--bogus"],
+        &["node", "--relay", "http://not-a-websocket"],
+        &["relay", "--listen", "nowhere"],
+    ] {
         let out = glia(args);
         assert_eq!(out.status.code(), Some(2), "glia {args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -48,7 +69,20 @@ fn serve_hands_out_the_app_with_worker_headers_and_wasm_mime_type() {
     ] {
         std::fs::write(dir.path().join(file), contents).unwrap();
     }
-    let glia = Glia::start(&["serve", "--listen", "127.0.0.1:0", "--root", dir.path().to_str().unwrap()]);
+    let relay_data = tempfile::tempdir().unwrap();
+    let mut glia = Glia::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--relay-data",
+        relay_data.path().to_str().unwrap(),
+    ]);
+    let relay = glia.next_url("ws://");
+    assert_eq!(relay, format!("ws://{}/_glia/relay", glia.addr));
+    assert!(matches!(first_words(&relay), Control::Challenge { .. }));
+    assert!(relay_data.path().join("relay.redb").is_file());
 
     let wasm = request(&glia.addr, "GET", "/pkg/glia_bg.wasm", b"");
     assert_eq!(wasm.status, 200);
@@ -99,4 +133,86 @@ fn node_reports_an_unusable_data_dir() {
     let out = glia(&["node", "--listen", "127.0.0.1:0", "--data", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a-file"));
+}
+
+/// What a relay says to a new connection.
+fn first_words(url: &str) -> Control {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        next_control(&mut socket).await
+    })
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_control(socket: &mut Socket) -> Control {
+    let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
+    serde_json::from_str(message.to_text().unwrap()).unwrap()
+}
+
+#[test]
+fn relay_announces_its_url_and_keeps_its_mailbox_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let relay =
+        Glia::start_announcing(&["relay", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()], "ws://");
+    assert!(matches!(first_words(&format!("ws://{}/", relay.addr)), Control::Challenge { .. }));
+    assert!(data.join("relay.redb").is_file());
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn node_connects_to_the_relays_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_data = dir.path().join("relay");
+    let relay =
+        Glia::start_announcing(&["relay", "--listen", "127.0.0.1:0", "--data", relay_data.to_str().unwrap()], "ws://");
+    let url = format!("ws://{}/", relay.addr);
+    let node_data = dir.path().join("node");
+    let mut node = Killed(
+        Command::new(env!("CARGO_BIN_EXE_glia"))
+            .args(["node", "--listen", "127.0.0.1:0", "--data", node_data.to_str().unwrap(), "--relay", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The node says so on stderr once the relay has welcomed it.
+    let mut stderr = BufReader::new(node.0.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the node exited");
+        if line.contains(&format!("relay {url}: connected")) {
+            break;
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let peers = runtime.block_on(async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let Control::Challenge { nonce } = next_control(&mut socket).await else { panic!("no challenge") };
+        let key = NodeKey::from_seed(&[5; 32]);
+        let nonce = Base64::<Standard>::parse(nonce).unwrap().into_inner();
+        let sig = Base64::<Standard>::new(key.sign(&hello_message(&nonce))).encode();
+        let hello = Control::Hello { key: PeerKey::of(&key).to_string(), sig };
+        socket.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.unwrap();
+        assert!(matches!(next_control(&mut socket).await, Control::Welcome { .. }));
+        let peers = serde_json::to_string(&Control::Peers { keys: vec![] }).unwrap();
+        socket.send(Message::Text(peers.into())).await.unwrap();
+        match next_control(&mut socket).await {
+            Control::Peers { keys } => keys,
+            other => panic!("expected peers, got {other:?}"),
+        }
+    });
+    assert_eq!(peers.len(), 2, "the node and this client: {peers:?}");
 }

@@ -1,7 +1,10 @@
-//! The native shells: the HTTP server of `glia node` and the static web app server
-//! of `glia serve`. Each is a `run(listener, shutdown)` testable on `127.0.0.1:0`.
+//! The native shells: the HTTP server of `glia node`, the static web app server
+//! of `glia serve`, the relay of `glia relay` and a node's links to relays.
+//! Each server is a `run(listener, shutdown)` testable on `127.0.0.1:0`.
 
 pub mod node;
+pub mod peer;
+pub mod relay;
 pub mod web;
 
 use std::future::Future;

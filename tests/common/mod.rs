@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     time::Duration,
 };
 
@@ -171,6 +171,8 @@ fn parse(raw: &[u8]) -> Response {
 /// A running `glia` command, killed when dropped so no test leaves it behind.
 pub struct Glia {
     child: Child,
+    /// What it prints, kept open so it can be read further.
+    stdout: BufReader<ChildStdout>,
     /// `127.0.0.1:port`, as the command printed it.
     pub addr: String,
 }
@@ -178,17 +180,31 @@ pub struct Glia {
 impl Glia {
     /// Starts `glia args...` and waits for the line announcing its address.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_announcing(args, "http://")
+    }
+
+    /// Starts `glia args...` and waits for the first line with a `scheme` URL
+    /// (`"ws://"` for `glia relay`); `addr` is that URL's host and port.
+    pub fn start_announcing(args: &[&str], scheme: &str) -> Self {
         let mut child =
             Command::new(env!("CARGO_BIN_EXE_glia")).args(args).stdout(Stdio::piped()).spawn().expect("spawn glia");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .unwrap_or_else(|| panic!("glia printed no address: {line:?}"))
-            .trim_end_matches(['/', '\n'])
-            .to_owned();
-        Self { child, addr }
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut glia = Self { child, stdout, addr: String::new() };
+        let url = glia.next_url(scheme);
+        glia.addr = url[scheme.len()..].split('/').next().unwrap().to_owned();
+        glia
+    }
+
+    /// Reads what the command prints up to the next `scheme` URL, and returns it.
+    pub fn next_url(&mut self, scheme: &str) -> String {
+        loop {
+            let mut line = String::new();
+            self.stdout.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "glia printed no {scheme} address");
+            if let Some(at) = line.find(scheme) {
+                return line[at..].trim_end().to_owned();
+            }
+        }
     }
 }
 

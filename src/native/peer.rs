@@ -1,0 +1,450 @@
+//! A native node's links to relays: the client side of [`crate::p2p::relay`].
+//!
+//! [`RelayClient::start`] connects a [`Homeserver`] to one or more relays and
+//! attaches itself as the node's [`Transport`]. For each relay it answers the
+//! challenge with the node key, then hands every frame that arrives to
+//! [`Homeserver::inbound`] on a task of its own and acks mailbox frames once
+//! that returns (by then a request has been answered), so a relay forgets a
+//! frame only after the node has handled it. `stored` and frame-level `error`
+//! messages become [`Inbound::Delivery`]. A link that drops is reconnected with
+//! capped exponential backoff until the client shuts down.
+//!
+//! With several relays, a frame goes out through the relay its destination was
+//! last heard from, or else the first relay (in the order given) that is
+//! connected. Relays do not talk to each other: two nodes reach each other only
+//! through a relay both are connected to.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use ruma::serde::{base64::Standard, Base64};
+use tokio::{
+    sync::{mpsc, watch, Semaphore},
+    task::JoinHandle,
+};
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message, Utf8Bytes};
+
+use crate::{
+    core::lock,
+    p2p::{
+        frame::{self, Frame},
+        relay::{self as protocol, Control, ErrorCode},
+        Delivery, Inbound, PeerKey, Transport, TransportError,
+    },
+    Homeserver,
+};
+
+#[derive(Clone, Debug)]
+pub struct RelayClientConfig {
+    /// The first wait before reconnecting; it doubles after each failure.
+    pub backoff_start: Duration,
+    pub backoff_max: Duration,
+    /// How long connecting, the challenge and the welcome may each take.
+    pub handshake_timeout: Duration,
+    /// Frames queued for one relay before `send` fails.
+    pub send_queue: usize,
+    /// Inbound frames handled at once; reading from the relay waits beyond it.
+    pub inbound_tasks: usize,
+}
+
+impl Default for RelayClientConfig {
+    fn default() -> Self {
+        Self {
+            backoff_start: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            send_queue: 1024,
+            inbound_tasks: 256,
+        }
+    }
+}
+
+/// Why a link to a relay ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tungstenite::Error),
+    #[error("timed out waiting for the {0}")]
+    Timeout(&'static str),
+    #[error("the relay closed the connection")]
+    Closed,
+    #[error("the relay broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the relay refused this node ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+/// What a relay link is doing, for status displays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayStatus {
+    pub url: String,
+    /// Welcomed by the relay and able to send.
+    pub connected: bool,
+    /// Why the link last failed, if it ever did.
+    pub last_error: Option<String>,
+    /// How many times the relay has welcomed this node (1 + reconnections).
+    pub welcomes: u64,
+}
+
+pub struct RelayClient {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    links: Vec<Link>,
+    /// The relay each peer was last heard from, by index in `links`.
+    routes: Mutex<HashMap<PeerKey, usize>>,
+    /// Bumped whenever a link's status changes, for waiters.
+    changes: watch::Sender<u64>,
+}
+
+struct Link {
+    url: String,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Set while the relay has welcomed this node.
+    frames: Option<mpsc::Sender<Bytes>>,
+    last_error: Option<String>,
+    welcomes: u64,
+}
+
+impl RelayClient {
+    /// Connects `hs` to the relays at `urls` (`ws://host:port/path`) and makes
+    /// them its transport.
+    pub fn start(hs: Arc<Homeserver>, urls: Vec<String>, config: RelayClientConfig) -> Self {
+        let shared = Arc::new(Shared {
+            links: urls.into_iter().map(|url| Link { url, state: Mutex::default() }).collect(),
+            routes: Mutex::default(),
+            changes: watch::channel(0).0,
+        });
+        hs.attach(Arc::new(RelayTransport(shared.clone())));
+        let (stop, _) = watch::channel(false);
+        let tasks = (0..shared.links.len())
+            .map(|index| {
+                let link = LinkTask {
+                    hs: hs.clone(),
+                    shared: shared.clone(),
+                    index,
+                    config: config.clone(),
+                    stop: stop.subscribe(),
+                };
+                tokio::spawn(link.run())
+            })
+            .collect();
+        Self { shared, stop, tasks }
+    }
+
+    pub fn status(&self) -> Vec<RelayStatus> {
+        self.shared
+            .links
+            .iter()
+            .map(|link| {
+                let state = lock(&link.state);
+                RelayStatus {
+                    url: link.url.clone(),
+                    connected: state.frames.is_some(),
+                    last_error: state.last_error.clone(),
+                    welcomes: state.welcomes,
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until `check` holds for the links' status, looking again whenever
+    /// it changes; false if `timeout` passes first.
+    pub async fn wait_until(&self, timeout: Duration, check: impl Fn(&[RelayStatus]) -> bool) -> bool {
+        let mut changes = self.shared.changes.subscribe();
+        tokio::time::timeout(timeout, changes.wait_for(|_| check(&self.status()))).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until at least `count` relays are connected; false if `timeout` passes first.
+    pub async fn wait_connected(&self, count: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |links| links.iter().filter(|link| link.connected).count() >= count).await
+    }
+
+    /// Closes every link and stops reconnecting.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RelayClient {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// The node's [`Transport`] over its relay links.
+struct RelayTransport(Arc<Shared>);
+
+impl Transport for RelayTransport {
+    fn send(&self, destination: PeerKey, frame: Bytes) -> Result<(), TransportError> {
+        let fail = |reason: &str| TransportError { to: destination, reason: reason.to_owned() };
+        let links = &self.0.links;
+        let preferred = lock(&self.0.routes).get(&destination).copied();
+        let sender = preferred
+            .into_iter()
+            .chain(0..links.len())
+            .find_map(|index| lock(&links.get(index)?.state).frames.clone())
+            .ok_or_else(|| fail("not connected to any relay"))?;
+        sender.try_send(frame).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => fail("the relay link's send queue is full"),
+            mpsc::error::TrySendError::Closed(_) => fail("the relay link just closed"),
+        })
+    }
+}
+
+/// One relay link's reconnect loop.
+struct LinkTask {
+    hs: Arc<Homeserver>,
+    shared: Arc<Shared>,
+    index: usize,
+    config: RelayClientConfig,
+    stop: watch::Receiver<bool>,
+}
+
+impl LinkTask {
+    fn link(&self) -> &Link {
+        &self.shared.links[self.index]
+    }
+
+    async fn run(mut self) {
+        let mut backoff = self.config.backoff_start;
+        let mut reported: Option<String> = None;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let mut welcomed = false;
+            let result = self.session(&mut welcomed).await;
+            if welcomed {
+                backoff = self.config.backoff_start;
+            }
+            let error = match result {
+                Ok(()) => return,
+                Err(err) => err.to_string(),
+            };
+            // Say it once, not on every retry of a relay that stays down.
+            if welcomed || reported.as_deref() != Some(error.as_str()) {
+                eprintln!("glia: relay {}: {error}; reconnecting", self.link().url);
+                reported = Some(error.clone());
+            }
+            lock(&self.link().state).last_error = Some(error);
+            self.shared.changes.send_modify(|n| *n += 1);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = self.stop.wait_for(|stopped| *stopped) => return,
+            }
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+    }
+
+    /// One connection, from connecting to its end; `Ok` only when told to stop.
+    async fn session(&mut self, welcomed: &mut bool) -> Result<(), LinkError> {
+        let limit = Some(frame::MAX_FRAME_BYTES * 2);
+        let ws_config = WebSocketConfig::default().max_message_size(limit).max_frame_size(limit);
+        let connect = tokio_tungstenite::connect_async_with_config(self.link().url.as_str(), Some(ws_config), true);
+        let timeout = self.config.handshake_timeout;
+        let (socket, _) =
+            tokio::time::timeout(timeout, connect).await.map_err(|_| LinkError::Timeout("connection"))??;
+        let (mut sink, mut source) = socket.split();
+
+        let nonce = match next_control(&mut source, timeout, "challenge").await? {
+            Control::Challenge { nonce } => Base64::<Standard>::parse(&nonce)
+                .map_err(|err| LinkError::Protocol(format!("bad challenge: {err}")))?
+                .into_inner(),
+            other => return Err(unexpected(other, "a challenge")),
+        };
+        let key = self.hs.key();
+        let sig = Base64::<Standard>::new(key.sign(&protocol::hello_message(&nonce))).encode();
+        let hello = Control::Hello { key: PeerKey::of(key).to_string(), sig };
+        sink.send(text(&hello)).await?;
+        match next_control(&mut source, timeout, "welcome").await? {
+            Control::Welcome { .. } => {}
+            Control::Error { code, message, .. } => return Err(LinkError::Refused { code, message }),
+            other => return Err(unexpected(other, "a welcome")),
+        }
+        *welcomed = true;
+
+        let (frames, frame_queue) = mpsc::channel(self.config.send_queue);
+        let (acks, ack_queue) = mpsc::unbounded_channel();
+        let mut writer = tokio::spawn(write_loop(sink, frame_queue, ack_queue));
+        {
+            let mut state = lock(&self.link().state);
+            state.frames = Some(frames);
+            state.last_error = None;
+            state.welcomes += 1;
+        }
+        self.shared.changes.send_modify(|n| *n += 1);
+        eprintln!("glia: relay {}: connected", self.link().url);
+
+        let handlers = Arc::new(Semaphore::new(self.config.inbound_tasks.max(1)));
+        let result = loop {
+            let message = tokio::select! {
+                message = source.next() => message,
+                written = &mut writer => break Err(match written {
+                    Ok(Err(err)) => err,
+                    _ => LinkError::Closed,
+                }),
+                _ = self.stop.wait_for(|stopped| *stopped) => break Ok(()),
+            };
+            match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    // Waits while `inbound_tasks` frames are being handled, which
+                    // slows the relay down rather than piling up tasks.
+                    let Ok(permit) = handlers.clone().acquire_owned().await else { break Ok(()) };
+                    self.on_frame(bytes, acks.clone(), permit);
+                }
+                Some(Ok(Message::Text(text))) => self.on_control(text.as_str()).await,
+                Some(Ok(Message::Close(_))) | None => break Err(LinkError::Closed),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => break Err(err.into()),
+            }
+        };
+
+        if result.is_ok() && !writer.is_finished() {
+            // Shutting down with the link up: let frames being handled finish,
+            // so their acks go out and the relay need not hand them over again.
+            let all = u32::try_from(self.config.inbound_tasks.max(1)).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(Duration::from_secs(5), handlers.acquire_many(all)).await;
+        }
+        lock(&self.link().state).frames = None;
+        self.shared.changes.send_modify(|n| *n += 1);
+        // Dropping the queues' senders ends the writer, which sends the acks
+        // still queued and closes the socket.
+        drop(acks);
+        if !writer.is_finished() && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+            writer.abort();
+        }
+        result
+    }
+
+    fn on_frame(
+        &self,
+        bytes: Bytes,
+        acks: mpsc::UnboundedSender<(PeerKey, u64)>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let Ok(route) = Frame::route(&bytes) else { return };
+        lock(&self.shared.routes).insert(route.origin, self.index);
+        let hs = self.hs.clone();
+        // A task of its own: handling a request may take a while, and must not
+        // be cancelled half done if this link drops.
+        tokio::spawn(async move {
+            hs.inbound(Inbound::Frame(bytes)).await;
+            if route.mailbox {
+                // The link may be gone by now: the relay then hands it over again.
+                let _ = acks.send((route.origin, route.id));
+            }
+            drop(permit);
+        });
+    }
+
+    async fn on_control(&self, message: &str) {
+        let Ok(control) = serde_json::from_str::<Control>(message) else { return };
+        let (to, id, delivery) = match control {
+            Control::Stored { to, id } => (to, id, Delivery::Stored),
+            Control::Error { code, message, to: Some(to), id: Some(id) } => {
+                (to, id, Delivery::Failed(format!("{}: {message}", code_name(code))))
+            }
+            Control::Error { code, message, .. } => {
+                lock(&self.link().state).last_error = Some(format!("{}: {message}", code_name(code)));
+                return;
+            }
+            // Signalling and peer lists are for the browser's WebRTC, which a
+            // native node does not speak.
+            _ => return,
+        };
+        if let Some(to) = protocol::parse_key(&to) {
+            self.hs.inbound(Inbound::Delivery { to, id, delivery }).await;
+        }
+    }
+}
+
+/// The code as the protocol writes it (`mailbox_full`).
+fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{code:?}"))
+}
+
+fn unexpected(control: Control, wanted: &str) -> LinkError {
+    LinkError::Protocol(format!("expected {wanted}, got {control:?}"))
+}
+
+fn text(control: &Control) -> Message {
+    Message::Text(Utf8Bytes::from(serde_json::to_string(control).expect("control messages serialize")))
+}
+
+async fn next_control<S>(source: &mut S, timeout: Duration, what: &'static str) -> Result<Control, LinkError>
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(timeout, source.next()).await.map_err(|_| LinkError::Timeout(what))?;
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(text.as_str())
+                    .map_err(|err| LinkError::Protocol(format!("bad control message: {err}")));
+            }
+            Some(Ok(Message::Binary(_))) => return Err(LinkError::Protocol(format!("a frame before the {what}"))),
+            Some(Ok(Message::Close(_))) | None => return Err(LinkError::Closed),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(err.into()),
+        }
+    }
+}
+
+/// Writes queued frames and acks, flushing once per batch; acks that pile up
+/// go as one message.
+async fn write_loop<S>(
+    mut sink: S,
+    mut frames: mpsc::Receiver<Bytes>,
+    mut acks: mpsc::UnboundedReceiver<(PeerKey, u64)>,
+) -> Result<(), LinkError>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    const BATCH: usize = 256;
+    let mut acks_open = true;
+    loop {
+        tokio::select! {
+            frame = frames.recv() => {
+                let Some(frame) = frame else { break };
+                sink.feed(Message::Binary(frame)).await?;
+                for _ in 1..BATCH {
+                    let Ok(frame) = frames.try_recv() else { break };
+                    sink.feed(Message::Binary(frame)).await?;
+                }
+            }
+            ack = acks.recv(), if acks_open => {
+                let Some(first) = ack else { acks_open = false; continue };
+                let mut batch = vec![first];
+                while batch.len() < 1024 {
+                    let Ok(ack) = acks.try_recv() else { break };
+                    batch.push(ack);
+                }
+                let frames = batch.into_iter().map(|(origin, id)| (origin.to_string(), id)).collect();
+                sink.feed(text(&Control::Ack { frames })).await?;
+            }
+        }
+        sink.flush().await?;
+    }
+    let frames: Vec<_> = std::iter::from_fn(|| acks.try_recv().ok()).map(|(o, id)| (o.to_string(), id)).collect();
+    if !frames.is_empty() {
+        sink.send(text(&Control::Ack { frames })).await?;
+    }
+    let _ = sink.close().await;
+    Ok(())
+}
