@@ -120,6 +120,8 @@ mod cli {
                 Command::Node { listen, data, relays } => match node::open(&data).await {
                     Ok(homeserver) => {
                         let homeserver = Arc::new(homeserver);
+                        let sender = homeserver.clone();
+                        tokio::spawn(async move { sender.run_sender().await });
                         let links = (!relays.is_empty())
                             .then(|| RelayClient::start(homeserver.clone(), relays, RelayClientConfig::default()));
                         let code = serve(listen, "the homeserver", node::router(homeserver), None).await;

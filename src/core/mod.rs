@@ -183,8 +183,14 @@ impl Homeserver {
             return Admitted(None);
         };
         // Counted as they arrive, before they wait in line: a flood is refused
-        // at once instead of queueing behind itself.
-        if let Err(err) = self.limits.federation.check(&frame.origin.to_string(), self.clock.now_millis()) {
+        // at once instead of queueing behind itself. Frames from a relay's
+        // mailbox are not: it hands them over at its own pace, and one refused
+        // would be gone.
+        let limited = match frame.mailbox {
+            true => Ok(()),
+            false => self.limits.federation.check(&frame.origin.to_string(), self.clock.now_millis()),
+        };
+        if let Err(err) = limited {
             let _ = self.federation.transmit(frame.origin, &frame.respond(router::error_response(err)));
             return Admitted(None);
         }
@@ -194,23 +200,26 @@ impl Homeserver {
         Admitted(Some((frame, turn)))
     }
 
-    /// Answers an admitted request through the transport; once this returns,
-    /// a relay's mailbox may forget the frame.
-    pub async fn answer(&self, admitted: Admitted) {
-        let Some((frame, turn)) = admitted.0 else { return };
+    /// Answers an admitted request through the transport. `true` once it is
+    /// done with, when a relay's mailbox may forget the frame; `false` when this
+    /// node failed to handle it (its store, say), so it is worth handing over again.
+    pub async fn answer(&self, admitted: Admitted) -> bool {
+        let Some((frame, turn)) = admitted.0 else { return true };
         if let Some(turn) = &turn {
             turn.wait().await;
         }
-        let Payload::Request(request) = &frame.payload else { return };
+        let Payload::Request(request) = &frame.payload else { return true };
         let mut request = request.clone();
         request.extensions_mut().insert(router::FrameOrigin(frame.origin));
         let response = self.handle(request).await;
         drop(turn);
+        let handled = !response.status().is_server_error();
         let _ = self.federation.transmit(frame.origin, &frame.respond(response));
+        handled
     }
 
     /// [`Homeserver::admit`] then [`Homeserver::answer`].
-    pub async fn inbound(&self, inbound: Inbound) {
+    pub async fn inbound(&self, inbound: Inbound) -> bool {
         self.answer(self.admit(inbound)).await
     }
 

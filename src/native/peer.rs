@@ -3,7 +3,7 @@
 //! [`RelayClient::start`] connects a [`Homeserver`] to one or more relays and
 //! attaches itself as the node's [`Transport`]. For each relay it answers the
 //! challenge with the node key, then hands every frame that arrives to
-//! [`Homeserver::inbound`] on a task of its own and acks mailbox frames once
+//! [`Homeserver::admit`] in arrival order, answered on a task of its own, and acks mailbox frames once
 //! that returns (by then a request has been answered), so a relay forgets a
 //! frame only after the node has handled it. `stored` and frame-level `error`
 //! messages become [`Inbound::Delivery`]. A link that drops is reconnected with
@@ -341,11 +341,12 @@ impl LinkTask {
         let Ok(route) = Frame::route(&bytes) else { return };
         lock(&self.shared.routes).insert(route.origin, self.index);
         let hs = self.hs.clone();
-        // A task of its own: handling a request may take a while, and must not
-        // be cancelled half done if this link drops.
+        // Admitted here, in arrival order, so one node's transactions apply in
+        // the order they came; answered on a task of its own, since handling a
+        // request may take a while and must not be cancelled if this link drops.
+        let admitted = hs.admit(Inbound::Frame(bytes));
         tokio::spawn(async move {
-            hs.inbound(Inbound::Frame(bytes)).await;
-            if route.mailbox {
+            if hs.answer(admitted).await && route.mailbox {
                 // The link may be gone by now: the relay then hands it over again.
                 let _ = acks.send((route.origin, route.id));
             }
