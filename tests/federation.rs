@@ -62,6 +62,18 @@ async fn two_nodes_invite_join_talk_type_read_and_leave() {
     })
     .await;
 
+    // And presence.
+    let status = json!({ "presence": "unavailable", "status_msg": "lunch" });
+    ok(alice.call("PUT", &format!("presence/{}/status", enc(&alice.id)), Some(status)).await);
+    bob.sees("alice's presence", |s| {
+        let events = s["presence"]["events"].as_array()?.clone();
+        events
+            .iter()
+            .any(|e| e["sender"] == alice.id.as_str() && e["content"]["presence"] == "unavailable" && e["content"]["status_msg"] == "lunch")
+            .then_some(())
+    })
+    .await;
+
     ok(bob.call("POST", &format!("rooms/{}/leave", enc(&room)), Some(json!({}))).await);
     alice
         .eventually("bob's leave on alice's node", || async {

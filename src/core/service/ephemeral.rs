@@ -114,7 +114,8 @@ impl Ephemeral {
         }
     }
 
-    pub fn set_presence(&self, user: &UserId, state: PresenceState, status_msg: Option<Option<String>>) {
+    /// Sets a user's presence; `true` if that changed it (not just its time).
+    pub fn set_presence(&self, user: &UserId, state: PresenceState, status_msg: Option<Option<String>>) -> bool {
         let now = self.clock.now_millis();
         {
             let mut presence = lock(&self.presence);
@@ -127,12 +128,13 @@ impl Ephemeral {
                 if let Some(p) = presence.get_mut(user) {
                     p.last_active = now;
                 }
-                return;
+                return false;
             }
             let stream = self.next();
             presence.insert(user.to_owned(), Presence { state, status_msg, last_active: now, stream });
         }
         self.notifier.notify();
+        true
     }
 
     /// Notes that the user is active, without changing their presence.

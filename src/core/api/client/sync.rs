@@ -82,12 +82,18 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     // Syncing marks an offline user online, but leaves a status the user set
     // (unavailable, say) alone, as Synapse does.
     let current = hs.ephemeral().presence(&session.user_id).map(|p| p.state);
-    match request.set_presence {
+    let changed = match request.set_presence {
         PresenceState::Online if matches!(current, None | Some(PresenceState::Offline)) => {
             hs.ephemeral().set_presence(&session.user_id, PresenceState::Online, None)
         }
         PresenceState::Unavailable => hs.ephemeral().set_presence(&session.user_id, PresenceState::Unavailable, None),
-        _ => hs.ephemeral().touch(&session.user_id),
+        _ => {
+            hs.ephemeral().touch(&session.user_id);
+            false
+        }
+    };
+    if changed {
+        crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
     }
     let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(MAX_TIMEOUT_MS);
     let deadline = hs.clock().now_millis() + timeout;

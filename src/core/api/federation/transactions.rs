@@ -254,7 +254,7 @@ async fn receive_edu(hs: &Homeserver, origin: &ServerName, edu: &RawValue) -> Re
             let presence: Presence = serde_json::from_str(edu.content.get())?;
             for update in presence.push {
                 from_origin(&update.user_id)?;
-                hs.ephemeral().set_presence(&update.user_id, update.presence, Some(update.status_msg));
+                let _ = hs.ephemeral().set_presence(&update.user_id, update.presence, Some(update.status_msg));
             }
         }
         // Device lists and to-device messages arrive with end-to-end encryption.
@@ -300,6 +300,33 @@ pub(crate) async fn send_receipt(
         "content": { room_id.as_str(): { "m.read": { user.as_str(): { "event_ids": [event_id], "data": data } } } },
     });
     queue_in_room(hs, room_id, &edu).await
+}
+
+/// Tells the servers of every room `user` is in of their presence now.
+pub(crate) async fn send_presence(hs: &Homeserver, user: &UserId) -> Result<(), Error> {
+    let Some(presence) = hs.ephemeral().presence(user) else { return Ok(()) };
+    let mut servers = std::collections::BTreeSet::new();
+    for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
+        if membership.membership == MembershipState::Join {
+            servers.extend(hs.sender().servers_in(hs, room_id).await?.iter().cloned());
+        }
+    }
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let ago = hs.clock().now_millis().saturating_sub(presence.last_active);
+    let edu = json!({
+        "edu_type": "m.presence",
+        "content": { "push": [{
+            "user_id": user,
+            "presence": presence.state,
+            "status_msg": presence.status_msg,
+            "last_active_ago": ago,
+            "currently_active": presence.state == PresenceState::Online,
+        }] },
+    });
+    hs.sender().queue_edu(&servers.into_iter().collect::<Vec<_>>(), &edu);
+    Ok(())
 }
 
 async fn queue_in_room(hs: &Homeserver, room_id: &RoomId, edu: &Value) -> Result<(), Error> {
