@@ -69,7 +69,11 @@ async fn two_nodes_invite_join_talk_type_read_and_leave() {
         let events = s["presence"]["events"].as_array()?.clone();
         events
             .iter()
-            .any(|e| e["sender"] == alice.id.as_str() && e["content"]["presence"] == "unavailable" && e["content"]["status_msg"] == "lunch")
+            .any(|e| {
+                e["sender"] == alice.id.as_str()
+                    && e["content"]["presence"] == "unavailable"
+                    && e["content"]["status_msg"] == "lunch"
+            })
             .then_some(())
     })
     .await;

@@ -496,7 +496,7 @@ async fn published_rooms_are_listed_here_and_through_federation() {
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
 
     // The client API lists this node's rooms, and another node's through it.
-    let here = a.call("GET", "/_matrix/client/v3/publicRooms", None, None).await;
+    let here = a.call("GET", &format!("/_matrix/client/v3/publicRooms?server={}", a.name), None, None).await;
     let names = |body: &Value| -> Vec<String> {
         body["chunk"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
     };
@@ -510,8 +510,14 @@ async fn published_rooms_are_listed_here_and_through_federation() {
         ok(dave.call("POST", &remote_path, Some(json!({ "filter": { "generic_search_term": "attic" } }))).await);
     assert_eq!(names(&searched), ["Attic"]);
     assert_eq!(searched["total_room_count_estimate"], 1);
-    let own = ok(dave.call("POST", "publicRooms", Some(json!({}))).await);
+    let own = ok(dave.call("POST", &format!("publicRooms?server={}", b.name), Some(json!({}))).await);
     assert_eq!(own["chunk"], json!([]), "B publishes nothing");
+    // With no server named, the directory spans the nodes online now.
+    let network_wide = ok(dave.call("POST", "publicRooms", Some(json!({}))).await);
+    assert_eq!(names(&network_wide), ["The Lobby", "Attic"]);
+    let searched =
+        ok(dave.call("POST", "publicRooms", Some(json!({ "filter": { "generic_search_term": "lobby" } }))).await);
+    assert_eq!(names(&searched), ["The Lobby"]);
 
     // A node that cannot be reached is the client's clear 502.
     let mut gone = Node::start(&network).await;

@@ -116,6 +116,8 @@ struct LinkState {
     frames: Option<mpsc::Sender<Bytes>>,
     last_error: Option<String>,
     welcomes: u64,
+    /// The keys the relay last said are online.
+    peers: Vec<PeerKey>,
 }
 
 impl RelayClient {
@@ -204,6 +206,17 @@ impl Transport for RelayTransport {
             mpsc::error::TrySendError::Full(_) => fail("the relay link's send queue is full"),
             mpsc::error::TrySendError::Closed(_) => fail("the relay link just closed"),
         })
+    }
+
+    fn peers(&self) -> Vec<PeerKey> {
+        let mut peers = std::collections::BTreeSet::new();
+        for link in &self.0.links {
+            let state = lock(&link.state);
+            if state.frames.is_some() {
+                peers.extend(state.peers.iter().copied());
+            }
+        }
+        peers.into_iter().collect()
     }
 }
 
@@ -365,8 +378,11 @@ impl LinkTask {
                 lock(&self.link().state).last_error = Some(format!("{}: {message}", code_name(code)));
                 return;
             }
-            // Signalling and peer lists are for the browser's WebRTC, which a
-            // native node does not speak.
+            Control::Peers { keys } => {
+                lock(&self.link().state).peers = keys.iter().filter_map(|key| protocol::parse_key(key)).collect();
+                return;
+            }
+            // Signalling is for the browser's WebRTC, which a native node does not speak.
             _ => return,
         };
         if let Some(to) = protocol::parse_key(&to) {
@@ -409,6 +425,9 @@ where
 
 /// Writes queued frames and acks, flushing once per batch; acks that pile up
 /// go as one message.
+/// How often a link asks its relay who is online.
+const PEERS_EVERY: Duration = Duration::from_secs(10);
+
 async fn write_loop<S>(
     mut sink: S,
     mut frames: mpsc::Receiver<Bytes>,
@@ -419,8 +438,11 @@ where
 {
     const BATCH: usize = 256;
     let mut acks_open = true;
+    // Who is online changes all the time; the directory asks often enough.
+    let mut peers = tokio::time::interval(PEERS_EVERY);
     loop {
         tokio::select! {
+            _ = peers.tick() => sink.feed(text(&Control::Peers { keys: Vec::new() })).await?,
             frame = frames.recv() => {
                 let Some(frame) = frame else { break };
                 sink.feed(Message::Binary(frame)).await?;

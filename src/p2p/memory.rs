@@ -77,6 +77,10 @@ pub struct MemoryTransport {
 }
 
 impl Transport for MemoryTransport {
+    fn peers(&self) -> Vec<PeerKey> {
+        lock(&self.network.inner).online.keys().copied().filter(|key| *key != self.origin).collect()
+    }
+
     fn send(&self, destination: PeerKey, frame: Bytes) -> Result<(), TransportError> {
         let route = Frame::route(&frame).map_err(|err| TransportError { to: destination, reason: err.to_string() })?;
         let mut inner = lock(&self.network.inner);

@@ -38,4 +38,10 @@ pub struct TransportError {
 /// back as [`Inbound`] through whatever drives the node.
 pub trait Transport: crate::store::SendSync {
     fn send(&self, destination: PeerKey, frame: bytes::Bytes) -> Result<(), TransportError>;
+
+    /// The nodes this transport last learned are online, for listings that
+    /// span the network (the room directory).
+    fn peers(&self) -> Vec<PeerKey> {
+        Vec::new()
+    }
 }

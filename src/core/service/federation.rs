@@ -160,6 +160,13 @@ impl Federation {
         }
     }
 
+    /// The other nodes the network last said are online.
+    pub fn peers(&self) -> Vec<PeerKey> {
+        let me = self.me();
+        let transport = lock(&self.transport).clone();
+        transport.map(|t| t.peers()).unwrap_or_default().into_iter().filter(|key| *key != me).collect()
+    }
+
     /// A place in line behind the transactions `origin` sent before, taken as
     /// a frame arrives.
     pub(crate) fn turn(&self, origin: PeerKey) -> Turn {

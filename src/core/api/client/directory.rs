@@ -1,5 +1,6 @@
 //! The room directory: publishing rooms, and listing the published rooms of
-//! this node or, through federation, of another.
+//! this node, of another through federation, or (with no server named) of
+//! every node online on the network, a directory no one has to run.
 
 use ruma::{
     api::{
@@ -96,8 +97,12 @@ pub(crate) async fn public_rooms(
         let answer = hs.federation().request(server, ask, false).await?;
         return Ok(page_into!(get_public_rooms::v3::Response::new(Vec::new()), answer));
     }
-    let since = request.since.as_deref();
-    let page = local_public_rooms(hs, request.limit, since, &Filter::new(), &RoomNetwork::Matrix).await?;
+    let (since, filter, network) = (request.since.as_deref(), Filter::new(), RoomNetwork::Matrix);
+    let page = match request.server {
+        // This node's own rooms, when it is named.
+        Some(_) => local_public_rooms(hs, request.limit, since, &filter, &network).await?,
+        None => network_public_rooms(hs, request.limit, since, &filter, &network).await?,
+    };
     Ok(page_into!(get_public_rooms::v3::Response::new(Vec::new()), page))
 }
 
@@ -116,8 +121,11 @@ pub(crate) async fn public_rooms_filtered(
         let answer = hs.federation().request(server, ask, false).await?;
         return Ok(page_into!(get_public_rooms_filtered::v3::Response::new(), answer));
     }
-    let since = request.since.as_deref();
-    let page = local_public_rooms(hs, request.limit, since, &request.filter, &request.room_network).await?;
+    let (since, filter, network) = (request.since.as_deref(), &request.filter, &request.room_network);
+    let page = match request.server {
+        Some(_) => local_public_rooms(hs, request.limit, since, filter, network).await?,
+        None => network_public_rooms(hs, request.limit, since, filter, network).await?,
+    };
     Ok(page_into!(get_public_rooms_filtered::v3::Response::new(), page))
 }
 
@@ -143,10 +151,54 @@ pub(crate) async fn local_public_rooms(
     filter: &Filter,
     network: &RoomNetwork,
 ) -> Result<PublicRooms, Error> {
-    let start = match since {
-        None => 0,
-        Some(token) => token.parse().map_err(|_| Error::InvalidParam(format!("not a public rooms token: {token}")))?,
-    };
+    let start = start_of(since)?;
+    paged(published(hs, filter, network).await?, start, limit)
+}
+
+/// The network-wide directory: the rooms this node publishes and those of
+/// every node online now, each asked at once and given a short while, so one
+/// slow node does not hold up the list.
+async fn network_public_rooms(
+    hs: &Homeserver,
+    limit: Option<UInt>,
+    since: Option<&str>,
+    filter: &Filter,
+    network: &RoomNetwork,
+) -> Result<PublicRooms, Error> {
+    let start = start_of(since)?;
+    let mut rooms = published(hs, filter, network).await?;
+    let asks = hs.federation().peers().into_iter().map(|peer| async move {
+        let mut ask = remote::get_public_rooms_filtered::v1::Request::new();
+        ask.filter = filter.clone();
+        ask.room_network = network.clone();
+        let server = peer.server_name();
+        let answer = std::pin::pin!(hs.federation().request(&server, ask, false));
+        match futures_util::future::select(answer, hs.clock().sleep(PEER_WAIT_MS)).await {
+            futures_util::future::Either::Left((Ok(answer), _)) => answer.chunk,
+            _ => Vec::new(),
+        }
+    });
+    let mut seen: std::collections::HashSet<_> = rooms.iter().map(|room| room.room_id.clone()).collect();
+    for chunk in futures_util::future::join_all(asks).await.into_iter().flatten() {
+        if seen.insert(chunk.room_id.clone()) {
+            rooms.push(chunk);
+        }
+    }
+    paged(rooms, start, limit)
+}
+
+/// How long the network-wide directory waits for each node.
+const PEER_WAIT_MS: u64 = 3_000;
+
+fn start_of(since: Option<&str>) -> Result<usize, Error> {
+    match since {
+        None => Ok(0),
+        Some(token) => token.parse().map_err(|_| Error::InvalidParam(format!("not a public rooms token: {token}"))),
+    }
+}
+
+/// Every room this node publishes that matches `filter`.
+async fn published(hs: &Homeserver, filter: &Filter, network: &RoomNetwork) -> Result<Vec<PublicRoomsChunk>, Error> {
     let mut rooms = Vec::new();
     // glia bridges no third-party networks: their directories are empty.
     if !matches!(network, RoomNetwork::ThirdParty(_)) {
@@ -158,6 +210,11 @@ pub(crate) async fn local_public_rooms(
             }
         }
     }
+    Ok(rooms)
+}
+
+/// `rooms`, most joined members first, as the page of `limit` from `start`.
+fn paged(mut rooms: Vec<PublicRoomsChunk>, start: usize, limit: Option<UInt>) -> Result<PublicRooms, Error> {
     rooms.sort_by(|a, b| b.num_joined_members.cmp(&a.num_joined_members).then_with(|| a.room_id.cmp(&b.room_id)));
     let total = UInt::try_from(rooms.len()).ok();
     let limit = limit.map_or(usize::MAX, |limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX));
