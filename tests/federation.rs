@@ -182,3 +182,35 @@ async fn same_state(room: &str, users: &[&User<'_>]) -> String {
     })
     .await
 }
+
+/// What a node queued for another stays queued through a restart, and goes out
+/// once the other is reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_queue_survives_a_restart() {
+    let network = MemoryNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start_on_disk(&network, dir.path()).await;
+    let b = Node::start(&network).await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
+    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    alice.sees_joined(&room, &bob.id).await;
+
+    network.partition(a.key, b.key);
+    alice.say(&room, "queued through a restart").await;
+    let (id, token) = (alice.id.clone(), alice.token.clone());
+    drop(alice);
+    let key = a.key;
+    a.stop().await;
+
+    let a = Node::start_on_disk(&network, dir.path()).await;
+    assert_eq!(a.key, key, "the node keeps its key");
+    network.heal(a.key, b.key);
+    let alice = a.session(&id, &token);
+    bob.sees_message(&room, "queued through a restart").await;
+    alice.say(&room, "and after it").await;
+    bob.sees_message(&room, "and after it").await;
+}

@@ -21,18 +21,43 @@ pub struct Node {
     pub name: String,
     network: MemoryNetwork,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sender: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
     pub async fn start(network: &MemoryNetwork) -> Self {
-        let store = Arc::new(MemoryStore::new(SCHEMA));
+        Self::start_on(network, Arc::new(MemoryStore::new(SCHEMA))).await
+    }
+
+    /// A node on the on-disk store in `dir`: stopped and started again, it is
+    /// the same node with what it had stored.
+    pub async fn start_on_disk(network: &MemoryNetwork, dir: &std::path::Path) -> Self {
+        // A write the stopped node had started may still hold the file for a moment.
+        let store = eventually("the store to be free", || async {
+            glia::store::DiskStore::open(dir.join("glia.redb"), SCHEMA).await.ok()
+        })
+        .await;
+        Self::start_on(network, Arc::new(store)).await
+    }
+
+    async fn start_on(network: &MemoryNetwork, store: Arc<dyn glia::store::Store>) -> Self {
         let hs = Arc::new(Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap());
         let key = hs.federation().me();
-        let sender = hs.clone();
-        tokio::spawn(async move { sender.run_sender().await });
-        let node = Self { name: key.to_string(), hs, key, network: network.clone(), driver: Default::default() };
+        let running = hs.clone();
+        let sender = tokio::spawn(async move { running.run_sender().await });
+        let node =
+            Self { name: key.to_string(), hs, key, network: network.clone(), driver: Default::default(), sender };
         node.connect();
         node
+    }
+
+    /// Stops the node as a killed process would stop: its tasks end where they
+    /// are, and only what it stored remains.
+    pub async fn stop(self) {
+        self.disconnect();
+        self.sender.abort();
+        let _ = self.sender.await;
+        assert_eq!(Arc::strong_count(&self.hs), 1, "the node is still in use");
     }
 
     /// Brings the node (back) online; what waited in its mailbox arrives.
@@ -54,6 +79,11 @@ impl Node {
         if let Some(driver) = self.driver.lock().unwrap().take() {
             driver.abort();
         }
+    }
+
+    /// A user of this node whose session is already stored.
+    pub fn session(&self, id: &str, token: &str) -> User<'_> {
+        User { node: self, id: id.to_owned(), token: token.to_owned() }
     }
 
     /// A raw request to this node's core.
