@@ -140,7 +140,7 @@ async fn three_nodes_agree_catch_up_and_heal() {
     assert!(states.contains("m.room.topic"), "{states}");
 
     // Carol's node goes offline for 100 messages, then catches up by itself.
-    c.disconnect();
+    c.disconnect().await;
     for n in 0..100 {
         alice.say(&room, &format!("while carol was away {n}")).await;
     }

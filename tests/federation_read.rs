@@ -520,8 +520,8 @@ async fn published_rooms_are_listed_here_and_through_federation() {
     assert_eq!(names(&searched), ["The Lobby"]);
 
     // A node that cannot be reached is the client's clear 502.
-    let mut gone = Node::start(&network).await;
-    gone.disconnect();
+    let gone = Node::start(&network).await;
+    gone.disconnect().await;
     let (status, body) =
         b.call("GET", &format!("/_matrix/client/v3/publicRooms?server={}", gone.name), None, None).await;
     assert_eq!((status, body["errcode"].as_str()), (502, Some("M_UNKNOWN")), "{body}");

@@ -48,6 +48,18 @@ impl MemoryNetwork {
         lock(&self.inner).online.remove(&key);
     }
 
+    /// Takes back frames a node received but did not handle before it went
+    /// offline: those that may wait go to its mailbox, as a relay keeps the
+    /// frames a node had not acked when it dropped.
+    pub fn unhandled(&self, key: PeerKey, frames: impl IntoIterator<Item = Bytes>) {
+        let mut inner = lock(&self.inner);
+        for frame in frames {
+            if Frame::route(&frame).is_ok_and(|route| route.mailbox) {
+                inner.mailboxes.entry(key).or_default().push(frame);
+            }
+        }
+    }
+
     pub fn partition(&self, a: PeerKey, b: PeerKey) {
         lock(&self.inner).cut.insert(pair(a, b));
     }

@@ -15,12 +15,17 @@ use glia::{
 };
 use serde_json::{json, Value};
 
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::enc;
+
 pub struct Node {
     pub hs: Arc<Homeserver>,
     pub key: PeerKey,
     pub name: String,
     network: MemoryNetwork,
-    driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Stops the driver, which then hands back the frames it had not taken.
+    driver: std::sync::Mutex<Option<(futures_channel::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     sender: tokio::task::JoinHandle<()>,
 }
 
@@ -54,30 +59,50 @@ impl Node {
     /// Stops the node as a killed process would stop: its tasks end where they
     /// are, and only what it stored remains.
     pub async fn stop(self) {
-        self.disconnect();
+        self.disconnect().await;
         self.sender.abort();
         let _ = self.sender.await;
-        assert_eq!(Arc::strong_count(&self.hs), 1, "the node is still in use");
+        // Requests taken in before the stop finish their answers.
+        eventually("the node's last answers", || async { (Arc::strong_count(&self.hs) == 1).then_some(()) }).await;
     }
 
     /// Brings the node (back) online; what waited in its mailbox arrives.
     pub fn connect(&self) {
         let (transport, mut inbound) = self.network.connect(self.key);
         self.hs.attach(Arc::new(transport));
-        let hs = self.hs.clone();
-        *self.driver.lock().unwrap() = Some(tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
+        let (hs, network, key) = (self.hs.clone(), self.network.clone(), self.key);
+        let (stop, mut stopped) = futures_channel::oneshot::channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    _ = &mut stopped => break,
+                };
+                let Some(message) = message else { break };
                 let admitted = hs.admit(message);
                 let hs = hs.clone();
                 tokio::spawn(async move { hs.answer(admitted).await });
             }
-        }));
+            network.disconnect(key);
+            let left = std::iter::from_fn(|| inbound.try_recv().ok());
+            network.unhandled(
+                key,
+                left.filter_map(|message| match message {
+                    glia::p2p::Inbound::Frame(bytes) => Some(bytes),
+                    _ => None,
+                }),
+            );
+        });
+        *self.driver.lock().unwrap() = Some((stop, driver));
     }
 
-    pub fn disconnect(&self) {
-        self.network.disconnect(self.key);
-        if let Some(driver) = self.driver.lock().unwrap().take() {
-            driver.abort();
+    /// Takes the node offline, as a relay sees a node drop: what it had not
+    /// taken in yet goes back to its mailbox.
+    pub async fn disconnect(&self) {
+        let driver = self.driver.lock().unwrap().take();
+        if let Some((stop, driver)) = driver {
+            let _ = stop.send(());
+            let _ = driver.await;
         }
     }
 
@@ -191,16 +216,6 @@ static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub fn ok((status, json): (u16, Value)) -> Value {
     assert_eq!(status, 200, "{json}");
     json
-}
-
-/// Percent-encodes a path segment.
-pub fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Waits (bounded) until `check` returns `Some`, polling after each change the

@@ -30,6 +30,10 @@ use crate::{
 
 /// How long a request waits for its answer before the caller hears it failed.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// The same for a request the relay may keep: it answers at once either way
+/// (forwarded, or `stored`), so silence this long means the frame was lost
+/// (its destination dropped while holding it) and the sender should try again.
+pub const MAILBOX_TIMEOUT_MS: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
@@ -149,7 +153,7 @@ impl Federation {
             lock(&self.pending).remove(&(to, id));
             return Err(err);
         }
-        let timeout = self.clock.sleep(REQUEST_TIMEOUT_MS);
+        let timeout = self.clock.sleep(if mailbox { MAILBOX_TIMEOUT_MS } else { REQUEST_TIMEOUT_MS });
         match select(rx, timeout).await {
             Either::Left((Ok(answer), _)) => answer,
             Either::Left((Err(_), _)) => Err(FederationError::Unreachable(destination.into())),

@@ -100,8 +100,8 @@ pub(crate) async fn public_rooms(
     let (since, filter, network) = (request.since.as_deref(), Filter::new(), RoomNetwork::Matrix);
     let page = match request.server {
         // This node's own rooms, when it is named.
-        Some(_) => local_public_rooms(hs, request.limit, since, &filter, &network).await?,
-        None => network_public_rooms(hs, request.limit, since, &filter, &network).await?,
+        Some(_) => public_rooms_in(hs, Scope::Node, request.limit, since, &filter, &network).await?,
+        None => public_rooms_in(hs, Scope::Network, request.limit, since, &filter, &network).await?,
     };
     Ok(page_into!(get_public_rooms::v3::Response::new(Vec::new()), page))
 }
@@ -123,8 +123,8 @@ pub(crate) async fn public_rooms_filtered(
     }
     let (since, filter, network) = (request.since.as_deref(), &request.filter, &request.room_network);
     let page = match request.server {
-        Some(_) => local_public_rooms(hs, request.limit, since, filter, network).await?,
-        None => network_public_rooms(hs, request.limit, since, filter, network).await?,
+        Some(_) => public_rooms_in(hs, Scope::Node, request.limit, since, filter, network).await?,
+        None => public_rooms_in(hs, Scope::Network, request.limit, since, filter, network).await?,
     };
     Ok(page_into!(get_public_rooms_filtered::v3::Response::new(), page))
 }
@@ -142,24 +142,21 @@ pub(crate) struct PublicRooms {
     pub total_room_count_estimate: Option<UInt>,
 }
 
-/// The rooms this node publishes that match `filter`, most joined members
-/// first, in pages of `limit` from the token `since`.
-pub(crate) async fn local_public_rooms(
-    hs: &Homeserver,
-    limit: Option<UInt>,
-    since: Option<&str>,
-    filter: &Filter,
-    network: &RoomNetwork,
-) -> Result<PublicRooms, Error> {
-    let start = start_of(since)?;
-    paged(published(hs, filter, network).await?, start, limit)
+/// Whose rooms a listing shows.
+pub(crate) enum Scope {
+    /// This node's.
+    Node,
+    /// This node's and those of every node online now, each asked at once and
+    /// given a short while, so one slow node does not hold up the list: the
+    /// network-wide directory.
+    Network,
 }
 
-/// The network-wide directory: the rooms this node publishes and those of
-/// every node online now, each asked at once and given a short while, so one
-/// slow node does not hold up the list.
-async fn network_public_rooms(
+/// The published rooms in `scope` that match `filter`, most joined members
+/// first, in pages of `limit` from the token `since`.
+pub(crate) async fn public_rooms_in(
     hs: &Homeserver,
+    scope: Scope,
     limit: Option<UInt>,
     since: Option<&str>,
     filter: &Filter,
@@ -167,21 +164,23 @@ async fn network_public_rooms(
 ) -> Result<PublicRooms, Error> {
     let start = start_of(since)?;
     let mut rooms = published(hs, filter, network).await?;
-    let asks = hs.federation().peers().into_iter().map(|peer| async move {
-        let mut ask = remote::get_public_rooms_filtered::v1::Request::new();
-        ask.filter = filter.clone();
-        ask.room_network = network.clone();
-        let server = peer.server_name();
-        let answer = std::pin::pin!(hs.federation().request(&server, ask, false));
-        match futures_util::future::select(answer, hs.clock().sleep(PEER_WAIT_MS)).await {
-            futures_util::future::Either::Left((Ok(answer), _)) => answer.chunk,
-            _ => Vec::new(),
-        }
-    });
-    let mut seen: std::collections::HashSet<_> = rooms.iter().map(|room| room.room_id.clone()).collect();
-    for chunk in futures_util::future::join_all(asks).await.into_iter().flatten() {
-        if seen.insert(chunk.room_id.clone()) {
-            rooms.push(chunk);
+    if let Scope::Network = scope {
+        let asks = hs.federation().peers().into_iter().map(|peer| async move {
+            let mut ask = remote::get_public_rooms_filtered::v1::Request::new();
+            ask.filter = filter.clone();
+            ask.room_network = network.clone();
+            let server = peer.server_name();
+            let answer = std::pin::pin!(hs.federation().request(&server, ask, false));
+            match futures_util::future::select(answer, hs.clock().sleep(PEER_WAIT_MS)).await {
+                futures_util::future::Either::Left((Ok(answer), _)) => answer.chunk,
+                _ => Vec::new(),
+            }
+        });
+        let mut seen: std::collections::HashSet<_> = rooms.iter().map(|room| room.room_id.clone()).collect();
+        for chunk in futures_util::future::join_all(asks).await.into_iter().flatten() {
+            if seen.insert(chunk.room_id.clone()) {
+                rooms.push(chunk);
+            }
         }
     }
     paged(rooms, start, limit)

@@ -6,7 +6,7 @@ use ruma::{
 };
 
 use crate::core::{
-    api::client::directory::{local_public_rooms, page_into},
+    api::client::directory::{page_into, public_rooms_in, Scope},
     router::Origin,
     Error, Homeserver,
 };
@@ -18,7 +18,7 @@ pub(crate) async fn public_rooms(
     request: get_public_rooms::v1::Request,
 ) -> Result<get_public_rooms::v1::Response, Error> {
     let since = request.since.as_deref();
-    let page = local_public_rooms(hs, request.limit, since, &Filter::new(), &request.room_network).await?;
+    let page = public_rooms_in(hs, Scope::Node, request.limit, since, &Filter::new(), &request.room_network).await?;
     Ok(page_into!(get_public_rooms::v1::Response::new(), page))
 }
 
@@ -29,6 +29,6 @@ pub(crate) async fn public_rooms_filtered(
     request: get_public_rooms_filtered::v1::Request,
 ) -> Result<get_public_rooms_filtered::v1::Response, Error> {
     let since = request.since.as_deref();
-    let page = local_public_rooms(hs, request.limit, since, &request.filter, &request.room_network).await?;
+    let page = public_rooms_in(hs, Scope::Node, request.limit, since, &request.filter, &request.room_network).await?;
     Ok(page_into!(get_public_rooms_filtered::v1::Response::new(), page))
 }
