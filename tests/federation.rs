@@ -214,3 +214,36 @@ async fn the_send_queue_survives_a_restart() {
     alice.say(&room, "and after it").await;
     bob.sees_message(&room, "and after it").await;
 }
+
+/// A gap wider than `get_missing_events` answers at once closes on the state
+/// the sending node gives for the new event: the room goes on, and the node
+/// that missed history is back in the conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_gap_closes_on_the_senders_state() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
+    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    alice.sees_joined(&room, &bob.id).await;
+
+    b.disconnect().await;
+    for n in 0..150 {
+        alice.say(&room, &format!("lost {n}")).await;
+    }
+    ok(alice
+        .call("PUT", &format!("rooms/{}/state/m.room.topic/", enc(&room)), Some(json!({ "topic": "while away" })))
+        .await);
+    assert!(network.lose_mailbox(b.key) > 0, "nothing reached bob's mailbox");
+    b.connect();
+
+    alice.say(&room, "after the gap").await;
+    bob.sees_message(&room, "after the gap").await;
+    let topic = ok(bob.call("GET", &format!("rooms/{}/state/m.room.topic/", enc(&room)), None).await);
+    assert_eq!(topic["topic"], "while away", "the state the gap hid is known");
+    bob.say(&room, "bob after the gap").await;
+    alice.sees_message(&room, "bob after the gap").await;
+}

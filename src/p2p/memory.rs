@@ -60,6 +60,11 @@ impl MemoryNetwork {
         }
     }
 
+    /// Forgets what waits in `key`'s mailbox, as a relay that lost its disk would.
+    pub fn lose_mailbox(&self, key: PeerKey) -> usize {
+        lock(&self.inner).mailboxes.remove(&key).map_or(0, |frames| frames.len())
+    }
+
     pub fn partition(&self, a: PeerKey, b: PeerKey) {
         lock(&self.inner).cut.insert(pair(a, b));
     }

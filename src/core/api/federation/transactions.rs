@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    api::federation::{event::get_missing_events, transactions::send_transaction_message::v1},
+    api::federation::{
+        event::{get_missing_events, get_room_state},
+        transactions::send_transaction_message::v1,
+    },
     canonical_json::CanonicalJsonObject,
     events::{receipt::ReceiptThread, room::member::MembershipState},
     presence::PresenceState,
@@ -128,7 +131,9 @@ async fn event_id_of(hs: &Homeserver, room_id: &RoomId, json: &CanonicalJsonObje
 }
 
 /// Hands PDUs to the engine; those whose predecessors this node lacks are
-/// tried again after asking `origin` for what is missing, as the spec says.
+/// tried again after asking `origin` for what is missing, and, if the gap is
+/// wider than one answer spans, placed on the state `origin` says they follow,
+/// as the spec says.
 pub(crate) async fn receive(
     hs: &Homeserver,
     origin: &ServerName,
@@ -146,8 +151,10 @@ pub(crate) async fn receive(
         };
     }
     let mut outcomes = hs.rooms().receive_all(room_id, pdus.clone()).await?;
-    let missing: Vec<usize> =
-        (0..outcomes.len()).filter(|i| matches!(outcomes[*i], Err(RoomError::MissingEvents(_)))).collect();
+    let gaps = |outcomes: &[Result<Outcome, RoomError>]| -> Vec<usize> {
+        (0..outcomes.len()).filter(|i| matches!(outcomes[*i], Err(RoomError::MissingEvents(_)))).collect()
+    };
+    let missing = gaps(&outcomes);
     if missing.is_empty() {
         return Ok(outcomes);
     }
@@ -159,17 +166,26 @@ pub(crate) async fn receive(
         hs.rooms().room(room_id).await?.extremities.into_iter().map(|(id, _)| id).collect();
     let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, latest);
     request.limit = UInt::new_saturating(MISSING_LIMIT);
-    let Ok(found) = hs.federation().request(origin, request, false).await else {
-        return Ok(outcomes);
-    };
-    // Oldest first, so each one's predecessors land before it.
-    let mut fetched: Vec<CanonicalJsonObject> =
-        found.events.iter().filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect();
-    fetched.sort_by_key(|json| json.get("depth").and_then(|d| d.as_integer()).map(i64::from).unwrap_or_default());
-    hs.rooms().receive_all(room_id, fetched).await?;
-    let retried = hs.rooms().receive_all(room_id, missing.iter().map(|i| pdus[*i].clone()).collect()).await?;
-    for (i, outcome) in missing.into_iter().zip(retried) {
-        outcomes[i] = outcome;
+    if let Ok(found) = hs.federation().request(origin, request, false).await {
+        // Oldest first, so each one's predecessors land before it.
+        let mut fetched: Vec<CanonicalJsonObject> =
+            found.events.iter().filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect();
+        fetched.sort_by_key(|json| json.get("depth").and_then(|d| d.as_integer()).map(i64::from).unwrap_or_default());
+        hs.rooms().receive_all(room_id, fetched).await?;
+        let retried = hs.rooms().receive_all(room_id, missing.iter().map(|i| pdus[*i].clone()).collect()).await?;
+        for (i, outcome) in missing.into_iter().zip(retried) {
+            outcomes[i] = outcome;
+        }
+    }
+    for i in gaps(&outcomes) {
+        let Some(event_id) = event_id_of(hs, room_id, &pdus[i]).await else { continue };
+        let request = get_room_state::v1::Request::new(event_id, room_id.to_owned());
+        let Ok(state) = hs.federation().request(origin, request, false).await else { continue };
+        let parse = |raws: &[Box<RawValue>]| -> Vec<CanonicalJsonObject> {
+            raws.iter().filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect()
+        };
+        let (given, chain) = (parse(&state.pdus), parse(&state.auth_chain));
+        outcomes[i] = hs.rooms().receive_with_state(room_id, pdus[i].clone(), given, chain).await;
     }
     Ok(outcomes)
 }

@@ -145,9 +145,35 @@ impl Rooms {
         state: Vec<CanonicalJsonObject>,
         auth_chain: Vec<CanonicalJsonObject>,
     ) -> Result<Outcome, RoomError> {
+        self.land_on_state(version, join, state, auth_chain, true).await
+    }
+
+    /// Takes an event whose predecessors this node could not get, on the state
+    /// before it that another server gave (`/state`): a gap in the room's
+    /// history, closed as a join is. The event then goes through every check a
+    /// received event does, the current state's included.
+    pub async fn receive_with_state(
+        &self,
+        room_id: &RoomId,
+        event: CanonicalJsonObject,
+        state: Vec<CanonicalJsonObject>,
+        auth_chain: Vec<CanonicalJsonObject>,
+    ) -> Result<Outcome, RoomError> {
+        let version = self.room(room_id).await?.version;
+        self.land_on_state(&version, event, state, auth_chain, false).await
+    }
+
+    async fn land_on_state(
+        &self,
+        version: &RoomVersionId,
+        event: CanonicalJsonObject,
+        state: Vec<CanonicalJsonObject>,
+        auth_chain: Vec<CanonicalJsonObject>,
+        join: bool,
+    ) -> Result<Outcome, RoomError> {
         let rules = pdu::rules(version)?;
-        let join = Pdu::from_remote(join, &rules)?;
-        let room_id = join.room_id.clone();
+        let event = Pdu::from_remote(event, &rules)?;
+        let room_id = event.room_id.clone();
         let mut outliers = HashMap::new();
         let mut state_ids = Vec::new();
         let given = state.into_iter().map(|json| (true, json)).chain(auth_chain.into_iter().map(|json| (false, json)));
@@ -181,6 +207,11 @@ impl Rooms {
             let before = left.len();
             let mut waiting = Vec::new();
             for pdu in left {
+                // Events stored already keep their place: only new ones are outliers.
+                if let Some(known) = self.event_in(&c, &pdu.event_id).await? {
+                    stored.insert(pdu.event_id.clone(), known);
+                    continue;
+                }
                 let mut auths = HashMap::new();
                 let mut ready = true;
                 for id in &pdu.auth_events {
@@ -232,32 +263,36 @@ impl Rooms {
             c.events.insert(event.pdu.event_id.clone(), Arc::new(StoredEvent { pdu: event.pdu.clone(), record }));
         }
 
-        let room = RoomRecord {
-            version: version.clone(),
-            state: group,
-            extremities: vec![],
-            stream: existing.as_ref().map_or(0, |r| r.stream),
+        let room = match (join, existing) {
+            // A join starts the room here afresh: its one extremity is the join.
+            (true, existing) => RoomRecord {
+                version: version.clone(),
+                state: group,
+                extremities: vec![],
+                stream: existing.map_or(0, |r| r.stream),
+            },
+            (false, Some(existing)) => existing,
+            (false, None) => return Err(RoomError::UnknownRoom(room_id)),
         };
-        let auths = self.events_or_missing(&c, &join.auth_events).await?;
-        let outcome = self
-            .insert(
-                &mut c,
-                Some(room),
-                &rules,
-                join,
-                &auths,
-                Before { state: before, group: BeforeGroup::Stored(group) },
-                false,
-            )
-            .await?;
-        if let Some(reason) = &outcome.record.rejected {
-            return Err(RoomError::Forbidden(reason.clone()));
+        if self.event_in(&c, &event.event_id).await?.is_some() {
+            return Ok(Outcome::Duplicate);
         }
-        // The invite is answered: the room is here now.
-        let key = room_key_for_user(&outcome.pdu.sender, Some(&room_id));
-        c.batch = std::mem::take(&mut c.batch).delete(INVITES, key);
+        let auths = self.events_or_missing(&c, &event.auth_events).await?;
+        let before = Before { state: before, group: BeforeGroup::Stored(group) };
+        let stored = self.insert(&mut c, Some(room), &rules, event, &auths, before, false).await?;
+        let outcome = match (&stored.record.rejected, &stored.record.soft_failed) {
+            (Some(reason), _) if join => return Err(RoomError::Forbidden(reason.clone())),
+            (Some(reason), _) => Outcome::Rejected(reason.clone()),
+            (None, Some(reason)) => Outcome::SoftFailed(reason.clone()),
+            (None, None) => Outcome::Accepted,
+        };
+        if join {
+            // The invite is answered: the room is here now.
+            let key = room_key_for_user(&stored.pdu.sender, Some(&room_id));
+            c.batch = std::mem::take(&mut c.batch).delete(INVITES, key);
+        }
         self.commit(c).await?;
-        Ok(Outcome::Accepted)
+        Ok(outcome)
     }
 
     /// An event with no place in the timeline, gathered into `c`.
