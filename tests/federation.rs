@@ -1,5 +1,8 @@
 //! Federation between nodes in one process over the in-process network.
 
+// Native only: the nodes run on tokio, and wasm-pack builds every test crate.
+#![cfg(not(target_arch = "wasm32"))]
+
 mod mesh;
 
 use glia::p2p::memory::MemoryNetwork;

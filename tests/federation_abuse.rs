@@ -3,6 +3,9 @@
 //! refused as the spec says, nothing it sent is stored, and the honest nodes
 //! keep talking.
 
+// Native only: the nodes run on tokio, and wasm-pack builds every test crate.
+#![cfg(not(target_arch = "wasm32"))]
+
 mod mesh;
 
 use bytes::Bytes;

@@ -6,6 +6,9 @@
 //! join PDU with the remote node's key and hands it to the room's node, as a
 //! transaction would.
 
+// Native only: the nodes run on tokio, and wasm-pack builds every test crate.
+#![cfg(not(target_arch = "wasm32"))]
+
 mod mesh;
 
 use std::collections::BTreeSet;
