@@ -30,8 +30,13 @@ impl WorkerNode {
     /// Opens the node over its IndexedDB store, creating or upgrading it.
     pub async fn open() -> Result<WorkerNode, JsError> {
         let store = IndexedDbStore::open(DATABASE, SCHEMA).await?;
-        let homeserver = Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?;
-        Ok(WorkerNode { homeserver: Rc::new(homeserver) })
+        let homeserver = Rc::new(Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?);
+        // For as long as the worker lives; a new worker resumes from the store.
+        // With no transport attached yet it only empties the outbox of rooms
+        // no other node is in, and keeps the rest queued for when one is.
+        let sender = homeserver.clone();
+        wasm_bindgen_futures::spawn_local(async move { sender.run_sender().await });
+        Ok(WorkerNode { homeserver })
     }
 
     /// Answers a fetch event's request with the core's response.
