@@ -140,7 +140,7 @@ impl Error {
             Self::Room(err) => match err {
                 RoomError::UnknownRoom(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
                 RoomError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
-                RoomError::Pdu(crate::core::pdu::PduError::TooLarge { .. }) => {
+                RoomError::Pdu(crate::core::pdu::PduError::TooLarge) => {
                     (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge)
                 }
                 RoomError::Pdu(_) | RoomError::Invalid(_) | RoomError::WrongRoom { .. } => {

@@ -73,7 +73,7 @@ impl Authenticate for ServerSignatures {
 }
 
 impl Authenticate for NoAuthentication {
-    fn input<'a>(_: &'a NodeKey, _: &ServerName) {}
+    fn input(_: &NodeKey, _: &ServerName) {}
 }
 
 type Answer = Result<http::Response<Bytes>, FederationError>;

@@ -67,6 +67,12 @@ struct Backoff {
     until: u64,
 }
 
+impl Default for Sender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Sender {
     pub fn new() -> Self {
         Self {
@@ -265,10 +271,8 @@ impl Sender {
             let range = KeyRange::new(std::ops::Bound::Included(from.clone()), std::ops::Bound::Unbounded);
             let Some((key, _)) = hs.store().scan(OUTBOUND, range, Direction::Forward, 1).await?.pop() else { break };
             let Some(split) = key.iter().position(|b| *b == 0) else { break };
-            if let Ok(server) = std::str::from_utf8(&key[..split]).map(ServerName::parse) {
-                if let Ok(server) = server {
-                    pending.insert(server);
-                }
+            if let Ok(Ok(server)) = std::str::from_utf8(&key[..split]).map(ServerName::parse) {
+                pending.insert(server);
             }
             from = key[..split].to_vec();
             from.push(1);

@@ -86,7 +86,7 @@ pub(crate) async fn join_by_id_or_alias(
     let room_id = match <&RoomId>::try_from(&*request.room_id_or_alias) {
         Ok(room_id) => room_id.to_owned(),
         Err(alias) => {
-            let (room_id, servers) = super::room::resolve_alias(hs, &alias).await?;
+            let (room_id, servers) = super::room::resolve_alias(hs, alias).await?;
             via.extend(servers);
             room_id
         }

@@ -177,7 +177,7 @@ impl Sync<'_> {
 
         let mut members_seen = BTreeSet::new();
         for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
-            if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, &room_id) {
+            if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, room_id) {
                 continue;
             }
             let since_events = self.since.map(|s| s.events);
@@ -185,20 +185,20 @@ impl Sync<'_> {
             match membership.membership {
                 MembershipState::Join => {
                     let account_data = room_account_data.remove(room_id).unwrap_or_default();
-                    if let Some(joined) = self.joined(&room_id, &membership, now, account_data).await? {
+                    if let Some(joined) = self.joined(room_id, membership, now, account_data).await? {
                         response.rooms.join.insert(room_id.clone(), joined);
                     }
                     members_seen.insert(room_id.clone());
                 }
                 MembershipState::Invite if changed_since(since_events) && membership.stream <= now.events => {
-                    response.rooms.invite.insert(room_id.clone(), self.invited(&room_id, &membership).await?);
+                    response.rooms.invite.insert(room_id.clone(), self.invited(room_id, membership).await?);
                 }
                 MembershipState::Leave | MembershipState::Ban
                     if membership.stream <= now.events
                         && (since_events.is_some_and(|s| membership.stream > s) || room_filter.include_leave) =>
                 {
                     let account_data = room_account_data.remove(room_id).unwrap_or_default();
-                    response.rooms.leave.insert(room_id.clone(), self.left(&room_id, &membership, account_data).await?);
+                    response.rooms.leave.insert(room_id.clone(), self.left(room_id, membership, account_data).await?);
                 }
                 _ => {}
             }
