@@ -476,6 +476,12 @@ async fn two_homeservers_federate_through_a_relay() {
     let a_name = a.key().server_name().to_owned();
     let version = b.federation().request(&a_name, v1::Request::new(), true).await.unwrap();
     assert_eq!(version.server.unwrap().name.as_deref(), Some("glia"));
+    // Each sent a request and answered one, and the links counted those frames.
+    for links in [&links_a, &links_b] {
+        let status = &links.status()[0];
+        assert_eq!((status.sent.frames, status.received.frames), (2, 2), "{status:?}");
+        assert!(status.sent.frame_bytes > 2 * glia::p2p::frame::PREFIX_LEN as u64, "{status:?}");
+    }
 
     // Bob gone: a request that may wait is stored, one that may not fails at once.
     links_b.shutdown().await;

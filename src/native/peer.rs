@@ -16,7 +16,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -89,6 +92,53 @@ pub struct RelayStatus {
     pub last_error: Option<String>,
     /// How many times the relay has welcomed this node (1 + reconnections).
     pub welcomes: u64,
+    /// What this node sent through the relay, over all its connections.
+    pub sent: Traffic,
+    /// What the relay sent this node, over all its connections.
+    pub received: Traffic,
+}
+
+/// Messages and bytes through one relay link since [`RelayClient::start`], counted
+/// from each connection's welcome on as WebSocket message payloads: frames are the
+/// binary messages (byte for byte [`Frame::encode`]), control messages (acks,
+/// `stored`, errors...) the text ones. WebSocket's own few header bytes per
+/// message and TCP's are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub frames: u64,
+    pub frame_bytes: u64,
+    pub controls: u64,
+    pub control_bytes: u64,
+}
+
+/// [`Traffic`] as it is counted, from the link's reader and writer tasks.
+#[derive(Default)]
+struct Counters {
+    frames: AtomicU64,
+    frame_bytes: AtomicU64,
+    controls: AtomicU64,
+    control_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, message: &Message) {
+        let (count, bytes) = match message {
+            Message::Binary(_) => (&self.frames, &self.frame_bytes),
+            Message::Text(_) => (&self.controls, &self.control_bytes),
+            _ => return,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(message.len() as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Traffic {
+        Traffic {
+            frames: self.frames.load(Ordering::Relaxed),
+            frame_bytes: self.frame_bytes.load(Ordering::Relaxed),
+            controls: self.controls.load(Ordering::Relaxed),
+            control_bytes: self.control_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 pub struct RelayClient {
@@ -108,6 +158,8 @@ struct Shared {
 struct Link {
     url: String,
     state: Mutex<LinkState>,
+    sent: Arc<Counters>,
+    received: Counters,
 }
 
 #[derive(Default)]
@@ -125,7 +177,10 @@ impl RelayClient {
     /// them its transport.
     pub fn start(hs: Arc<Homeserver>, urls: Vec<String>, config: RelayClientConfig) -> Self {
         let shared = Arc::new(Shared {
-            links: urls.into_iter().map(|url| Link { url, state: Mutex::default() }).collect(),
+            links: urls
+                .into_iter()
+                .map(|url| Link { url, state: Mutex::default(), sent: Arc::default(), received: Counters::default() })
+                .collect(),
             routes: Mutex::default(),
             changes: watch::channel(0).0,
         });
@@ -157,6 +212,8 @@ impl RelayClient {
                     connected: state.frames.is_some(),
                     last_error: state.last_error.clone(),
                     welcomes: state.welcomes,
+                    sent: link.sent.get(),
+                    received: link.received.get(),
                 }
             })
             .collect()
@@ -294,7 +351,7 @@ impl LinkTask {
 
         let (frames, frame_queue) = mpsc::channel(self.config.send_queue);
         let (acks, ack_queue) = mpsc::unbounded_channel();
-        let mut writer = tokio::spawn(write_loop(sink, frame_queue, ack_queue));
+        let mut writer = tokio::spawn(write_loop(sink, frame_queue, ack_queue, self.link().sent.clone()));
         {
             let mut state = lock(&self.link().state);
             state.frames = Some(frames);
@@ -314,6 +371,9 @@ impl LinkTask {
                 }),
                 _ = self.stop.wait_for(|stopped| *stopped) => break Ok(()),
             };
+            if let Some(Ok(message)) = &message {
+                self.link().received.count(message);
+            }
             match message {
                 Some(Ok(Message::Binary(bytes))) => {
                     // Waits while `inbound_tasks` frames are being handled, which
@@ -429,13 +489,18 @@ where
 const PEERS_EVERY: Duration = Duration::from_secs(10);
 
 async fn write_loop<S>(
-    mut sink: S,
+    sink: S,
     mut frames: mpsc::Receiver<Bytes>,
     mut acks: mpsc::UnboundedReceiver<(PeerKey, u64)>,
+    sent: Arc<Counters>,
 ) -> Result<(), LinkError>
 where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
+    let mut sink = sink.with(|message: Message| {
+        sent.count(&message);
+        std::future::ready(Ok::<_, tungstenite::Error>(message))
+    });
     const BATCH: usize = 256;
     let mut acks_open = true;
     // Who is online changes all the time; the directory asks often enough.
