@@ -465,10 +465,15 @@ async fn two_homeservers_federate_through_a_relay() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path(), config()).await;
     let (a, b) = (homeserver().await, homeserver().await);
-    let links_a = RelayClient::start(a.clone(), vec![relay.url.clone()], RelayClientConfig::default());
-    let links_b = RelayClient::start(b.clone(), vec![relay.url.clone()], RelayClientConfig::default());
+    let often = RelayClientConfig { peers_every: Duration::from_millis(50), ..Default::default() };
+    let links_a = RelayClient::start(a.clone(), vec![relay.url.clone()], often.clone());
+    let links_b = RelayClient::start(b.clone(), vec![relay.url.clone()], often);
     assert!(links_a.wait_connected(1, WAIT).await && links_b.wait_connected(1, WAIT).await);
     assert!(links_a.status()[0].connected);
+    // Each learns from the relay that the other is online, for the network's directory.
+    let (a_key, b_key) = (PeerKey::of(a.key()), PeerKey::of(b.key()));
+    assert!(links_a.wait_until(WAIT, |_| a.federation().peers() == [b_key]).await, "{:?}", a.federation().peers());
+    assert!(links_b.wait_until(WAIT, |_| b.federation().peers() == [a_key]).await);
 
     let b_name = b.key().server_name().to_owned();
     let version = a.federation().request(&b_name, v1::Request::new(), false).await.unwrap();
@@ -485,7 +490,6 @@ async fn two_homeservers_federate_through_a_relay() {
 
     // Bob gone: a request that may wait is stored, one that may not fails at once.
     links_b.shutdown().await;
-    let b_key = PeerKey::of(b.key());
     assert!(relay.relay.wait_until(WAIT, |relay| !relay.online().contains(&b_key)).await);
     let err = a.federation().request(&b_name, v1::Request::new(), false).await.unwrap_err();
     assert!(err.to_string().contains("offline") || err.to_string().contains("not connected"), "{err}");

@@ -53,6 +53,8 @@ pub struct RelayClientConfig {
     pub send_queue: usize,
     /// Inbound frames handled at once; reading from the relay waits beyond it.
     pub inbound_tasks: usize,
+    /// How often to ask the relay who is online (for the network-wide directory).
+    pub peers_every: Duration,
 }
 
 impl Default for RelayClientConfig {
@@ -63,6 +65,7 @@ impl Default for RelayClientConfig {
             handshake_timeout: Duration::from_secs(10),
             send_queue: 1024,
             inbound_tasks: 256,
+            peers_every: Duration::from_secs(10),
         }
     }
 }
@@ -351,7 +354,8 @@ impl LinkTask {
 
         let (frames, frame_queue) = mpsc::channel(self.config.send_queue);
         let (acks, ack_queue) = mpsc::unbounded_channel();
-        let mut writer = tokio::spawn(write_loop(sink, frame_queue, ack_queue, self.link().sent.clone()));
+        let mut writer =
+            tokio::spawn(write_loop(sink, frame_queue, ack_queue, self.link().sent.clone(), self.config.peers_every));
         {
             let mut state = lock(&self.link().state);
             state.frames = Some(frames);
@@ -439,7 +443,11 @@ impl LinkTask {
                 return;
             }
             Control::Peers { keys } => {
-                lock(&self.link().state).peers = keys.iter().filter_map(|key| protocol::parse_key(key)).collect();
+                let peers: Vec<PeerKey> = keys.iter().filter_map(|key| protocol::parse_key(key)).collect();
+                let changed = std::mem::replace(&mut lock(&self.link().state).peers, peers.clone()) != peers;
+                if changed {
+                    self.shared.changes.send_modify(|n| *n += 1);
+                }
                 return;
             }
             // Signalling is for the browser's WebRTC, which a native node does not speak.
@@ -485,14 +493,12 @@ where
 
 /// Writes queued frames and acks, flushing once per batch; acks that pile up
 /// go as one message.
-/// How often a link asks its relay who is online.
-const PEERS_EVERY: Duration = Duration::from_secs(10);
-
 async fn write_loop<S>(
     sink: S,
     mut frames: mpsc::Receiver<Bytes>,
     mut acks: mpsc::UnboundedReceiver<(PeerKey, u64)>,
     sent: Arc<Counters>,
+    peers_every: Duration,
 ) -> Result<(), LinkError>
 where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
@@ -503,8 +509,8 @@ where
     });
     const BATCH: usize = 256;
     let mut acks_open = true;
-    // Who is online changes all the time; the directory asks often enough.
-    let mut peers = tokio::time::interval(PEERS_EVERY);
+    // Who is online changes all the time: ask again every so often.
+    let mut peers = tokio::time::interval(peers_every);
     loop {
         tokio::select! {
             _ = peers.tick() => sink.feed(text(&Control::Peers { keys: Vec::new() })).await?,
