@@ -7,7 +7,8 @@
 //! that returns (by then a request has been answered), so a relay forgets a
 //! frame only after the node has handled it. `stored` and frame-level `error`
 //! messages become [`Inbound::Delivery`]. A link that drops is reconnected with
-//! capped exponential backoff until the client shuts down.
+//! capped exponential backoff until the client shuts down; each welcome makes
+//! the node's sender retry every destination at once.
 //!
 //! With several relays, a frame goes out through the relay its destination was
 //! last heard from, or else the first relay (in the order given) that is
@@ -288,6 +289,11 @@ impl LinkTask {
             state.last_error = None;
             state.welcomes += 1;
         }
+        // What failed to go out while this link was down (for want of any relay,
+        // say) waits out a backoff of up to a minute: now that frames can leave
+        // again, retry every destination at once, as `Homeserver::attach` does
+        // when a node first joins a network.
+        self.hs.sender().retry_all();
         self.shared.changes.send_modify(|n| *n += 1);
         eprintln!("glia: relay {}: connected", self.link().url);
 

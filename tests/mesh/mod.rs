@@ -1,43 +1,83 @@
-//! Nodes in one process, joined by the in-process network: each node's
-//! inbound frames are handled on a task of its own, as a shell would.
+//! Nodes in one process, joined by the in-process network (each node's
+//! inbound frames handled on a task of its own, as a shell would) or by a
+//! real relay on loopback ([`Node::over_relay`], [`LoopbackRelay`]).
 
 #![allow(dead_code)] // Each test crate uses its own subset.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use glia::{
     core::{OsRandom, SystemClock, SCHEMA},
+    native::{
+        peer::{RelayClient, RelayClientConfig},
+        relay::{self, Relay, RelayConfig},
+    },
     p2p::{memory::MemoryNetwork, PeerKey},
     store::MemoryStore,
     Homeserver,
 };
 use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub struct Node {
     pub hs: Arc<Homeserver>,
     pub key: PeerKey,
     pub name: String,
-    network: MemoryNetwork,
+    /// The in-process network, for nodes made by [`Node::start`].
+    network: Option<MemoryNetwork>,
+    /// The links to relays, for nodes made by [`Node::over_relay`].
+    pub relays: Option<RelayClient>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Node {
-    pub async fn start(network: &MemoryNetwork) -> Self {
+    async fn open() -> Self {
         let store = Arc::new(MemoryStore::new(SCHEMA));
         let hs = Arc::new(Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap());
         let key = hs.federation().me();
         let sender = hs.clone();
         tokio::spawn(async move { sender.run_sender().await });
-        let node = Self { name: key.to_string(), hs, key, network: network.clone(), driver: Default::default() };
+        Self { name: key.to_string(), hs, key, network: None, relays: None, driver: Default::default() }
+    }
+
+    /// A node on the in-process network.
+    pub async fn start(network: &MemoryNetwork) -> Self {
+        let node = Self { network: Some(network.clone()), ..Self::open().await };
         node.connect();
         node
     }
 
+    /// A node linked to the relay at `url` as `glia node --relay` is, except that
+    /// it reconnects within 100 ms of the relay coming back; returns once the
+    /// relay has welcomed it.
+    pub async fn over_relay(url: &str) -> Self {
+        let node = Self::open().await;
+        let config = RelayClientConfig {
+            backoff_start: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let relays = RelayClient::start(node.hs.clone(), vec![url.to_owned()], config);
+        assert!(relays.wait_connected(1, WAIT).await, "{:?}", relays.status());
+        Self { relays: Some(relays), ..node }
+    }
+
+    /// The node's links to relays (a node made by [`Node::over_relay`]).
+    pub fn relays(&self) -> &RelayClient {
+        self.relays.as_ref().expect("a node linked to a relay")
+    }
+
     /// Brings the node (back) online; what waited in its mailbox arrives.
     pub fn connect(&self) {
-        let (transport, mut inbound) = self.network.connect(self.key);
+        let network = self.network.as_ref().expect("a node on the in-process network");
+        let (transport, mut inbound) = network.connect(self.key);
         self.hs.attach(Arc::new(transport));
         let hs = self.hs.clone();
         *self.driver.lock().unwrap() = Some(tokio::spawn(async move {
@@ -50,7 +90,7 @@ impl Node {
     }
 
     pub fn disconnect(&self) {
-        self.network.disconnect(self.key);
+        self.network.as_ref().expect("a node on the in-process network").disconnect(self.key);
         if let Some(driver) = self.driver.lock().unwrap().take() {
             driver.abort();
         }
@@ -180,12 +220,63 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(value) = check().await {
             return value;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long any wait of these tests may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A relay in this process on a loopback port, with its mailbox on disk in a
+/// directory of its own; it can stop and start again on the same port and
+/// directory, as `glia relay` restarted with the same `--listen` and `--data`.
+pub struct LoopbackRelay {
+    pub url: String,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    running: Option<(Relay, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl LoopbackRelay {
+    pub async fn start(dir: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut relay = Self { url: format!("ws://{addr}/"), addr, dir: dir.to_owned(), running: None };
+        relay.serve(listener).await;
+        relay
+    }
+
+    /// The relay itself (its mailbox, who is online), while it runs.
+    pub fn relay(&self) -> &Relay {
+        &self.running.as_ref().expect("a running relay").0
+    }
+
+    async fn serve(&mut self, listener: TcpListener) {
+        let relay = Relay::open(&self.dir, RelayConfig::default()).await.unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(relay::run(listener, relay.clone(), async move {
+            let _ = stopped.await;
+        }));
+        self.running = Some((relay, stop, task));
+    }
+
+    /// Stops the relay (its connections end, its store closes).
+    pub async fn stop(&mut self) {
+        let (_, stop, task) = self.running.take().expect("a running relay");
+        let _ = stop.send(());
+        tokio::time::timeout(WAIT, task).await.expect("the relay stops in time").unwrap().unwrap();
+    }
+
+    /// Starts the stopped relay again on the same port and mailbox.
+    pub async fn restart(&mut self) {
+        assert!(self.running.is_none(), "the relay is running");
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener).await;
     }
 }
