@@ -1,8 +1,9 @@
 // A stock SDK across federation: matrix-js-sdk clients on two `glia node` processes
 // that reach each other only through a `glia relay` on loopback. Alice (node A)
 // invites bob (node B) by `@bob:<B's key>`; they talk, type and read both ways; then
-// the relay goes down and comes back while alice talks, and bob's node goes down
-// while alice sends it 20 messages, which wait in the relay's mailbox.
+// the relay goes down and comes back while alice talks, bob's node goes down
+// while alice sends it 20 messages, which wait in the relay's mailbox, and goes
+// down again while the relay restarts; at last bob leaves.
 //
 // Needs Node 22 (matrix-js-sdk 43), which npm installs as the `node` package:
 //   node_modules/node/bin/node --test --test-force-exit 'tests/sdk/*.test.mjs'
@@ -369,6 +370,28 @@ step(`with node B down, ${NODE_DOWN} messages wait in the relay's mailbox and re
   const page = await bob.createMessagesRequest(roomId, null, 100, Direction.Backward);
   const history = page.chunk.filter((e) => e.type === 'm.room.message').map((e) => e.content.body).reverse();
   assert.deepEqual(history, sent);
+});
+
+// What alice sends just before the relay restarts is either on the relay's disk
+// by then or in flight, to be sent again once the relay is back: bob gets it
+// either way, once.
+step('with node B down, the relay restarts as alice talks, and bob still gets every message once, in order', async () => {
+  const { alice } = clients;
+  clients.bob.stopClient();
+  delete clients.bob;
+  await nodes.b.stop({ keepData: true });
+
+  const texts = Array.from({ length: RELAY_DOWN }, (_, i) => `while the relay restarted ${i + 1}`);
+  await sendAll(alice, texts);
+  const mark = nodes.a.mark();
+  await relay.restart(); // the same port and data directory
+  await nodes.a.waitForLog(/^glia: relay \S+: connected$/, { from: mark });
+
+  await nodes.b.start();
+  const bob = await startSyncing(nodes.b, 'bob', sessions.bob);
+  await waitUntil(bob, () => bodies(bob).includes(texts.at(-1)), `bob to see "${texts.at(-1)}"`, 2 * WAIT_MS);
+  assert.deepEqual(bodies(bob).filter((b) => b.startsWith('while the relay restarted')), texts);
+  assert.deepEqual(bodies(bob), bodies(alice).slice(-bodies(bob).length));
 });
 
 step('bob leaves and alice sees him leave', async () => {
