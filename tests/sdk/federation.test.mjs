@@ -1,9 +1,9 @@
 // A stock SDK across federation: matrix-js-sdk clients on two `glia node` processes
 // that reach each other only through a `glia relay` on loopback. Alice (node A)
-// invites bob (node B) by `@bob:<B's key>`; they talk, type and read both ways; then
-// the relay goes down and comes back while alice talks, bob's node goes down
-// while alice sends it 20 messages, which wait in the relay's mailbox, and goes
-// down again while the relay restarts; at last bob leaves.
+// invites bob (node B) by `@bob:<B's key>`; they talk, type and read both ways, and
+// carol (node C) joins them; then the relay goes down and comes back while alice
+// talks, bob's node goes down while alice sends it 20 messages, which wait in the
+// relay's mailbox, and goes down again while the relay restarts; at last bob leaves.
 //
 // Needs Node 22 (matrix-js-sdk 43), which npm installs as the `node` package:
 //   node_modules/node/bin/node --test --test-force-exit 'tests/sdk/*.test.mjs'
@@ -35,7 +35,7 @@ const trace = !!process.env.GLIA_SDK_TRACE;
 /// Every request the SDK made, in the order it made them, with the status it got.
 const requests = [];
 let relay;
-const nodes = {}; // name -> GliaProcess (node A, node B)
+const nodes = {}; // a, b, c -> GliaProcess (node A, node B, node C)
 const clients = {}; // username -> MatrixClient
 const sessions = {}; // username -> { userId, deviceId, accessToken }
 let roomId;
@@ -103,7 +103,8 @@ function step(name, fn) {
       broken = name;
       const failed = requests.filter((r) => (typeof r.status !== 'number' || r.status >= 400) && !expected(r) && !reported.has(r));
       failed.forEach((r) => reported.add(r));
-      console.error(`\n--- ${name}: relay at ${relay?.url}, node A at ${nodes.a?.url}, node B at ${nodes.b?.url}`);
+      const where = Object.values(nodes).map((node) => `${node.name} at ${node.url}`).join(', ');
+      console.error(`\n--- ${name}: relay at ${relay?.url}, ${where}`);
       if (failed.length) console.error(`--- failed requests\n${formatRequests(failed)}`);
       console.error(`--- requests made during this step\n${formatRequests(requests.slice(from))}`);
       console.error(`${processLogs()}\n`);
@@ -233,12 +234,17 @@ before(async () => {
   relay = await startRelay({ echo: trace });
   nodes.a = await startGlia(undefined, { relays: [relay.url], name: 'node A', echo: trace });
   nodes.b = await startGlia(undefined, { relays: [relay.url], name: 'node B', echo: trace });
+  nodes.c = await startGlia(undefined, { relays: [relay.url], name: 'node C', echo: trace });
 });
 
 after(async () => {
   for (const client of Object.values(clients)) client.stopClient();
-  for (const node of Object.values(nodes)) await node.stop();
-  await relay?.stop();
+  // After a failure the data directories stay, for a look at the stores.
+  const keepData = !!broken;
+  for (const child of [...Object.values(nodes), relay].filter(Boolean)) {
+    await child.stop({ keepData });
+    if (keepData) console.error(`--- ${child.name}'s data directory is kept: ${child.data}`);
+  }
   if (trace) console.error(`--- every request\n${formatRequests(requests)}`);
 });
 
@@ -328,22 +334,55 @@ step("alice sees bob's read receipt on her message", async () => {
   await receipt;
 });
 
-step('with the relay down, node A keeps what alice sends and delivers it once the relay is back', async () => {
+step('carol on node C joins too, and each of the three sees what the other two say', async () => {
+  const carolId = await register(nodes.c, 'carol');
+  sessions.carol = await login(nodes.c, 'carol');
+  const carol = await startSyncing(nodes.c, 'carol', sessions.carol);
   const { alice, bob } = clients;
-  const marks = { a: nodes.a.mark(), b: nodes.b.mark() };
+
+  const invited = waitFor(carol, RoomEvent.MyMembership, (room, membership) => room.roomId === roomId && membership === 'invite', 'carol to see her invite');
+  await alice.invite(roomId, carolId);
+  await invited;
+  const joinSeen = (client) =>
+    waitFor(
+      client,
+      RoomMemberEvent.Membership,
+      (event, member) => member.roomId === roomId && member.userId === carolId && member.membership === 'join',
+      `${client.getUserId()} to see carol join`,
+    );
+  const seen = [joinSeen(alice), joinSeen(bob)];
+  await carol.joinRoom(roomId);
+  await Promise.all(seen);
+
+  for (const [speaker, listeners] of [[carol, [alice, bob]], [bob, [alice, carol]], [alice, [bob, carol]]]) {
+    const text = `three of us: ${speaker.getUserId()}`;
+    const heard = listeners.map((client) => waitForMessage(client, speaker.getUserId(), text));
+    await speaker.sendTextMessage(roomId, text);
+    await Promise.all(heard);
+  }
+  // The last three in the same order everywhere (carol joined after the first two).
+  const last = bodies(alice).slice(-3);
+  for (const client of [bob, carol]) assert.deepEqual(bodies(client).slice(-3), last);
+});
+
+step('with the relay down, node A keeps what alice sends and delivers it once the relay is back', async () => {
+  const { alice, bob, carol } = clients;
+  const marks = Object.fromEntries(Object.entries(nodes).map(([name, node]) => [name, node.mark()]));
   await relay.stop({ keepData: true });
-  // Both nodes saw their link drop: what alice sends now cannot leave node A.
-  for (const name of ['a', 'b']) await nodes[name].waitForLog(/^glia: relay \S+: .*; reconnecting$/, { from: marks[name] });
+  // Every node saw its link drop: what alice sends now cannot leave node A.
+  for (const name in nodes) await nodes[name].waitForLog(/^glia: relay \S+: .*; reconnecting$/, { from: marks[name] });
 
   const texts = Array.from({ length: RELAY_DOWN }, (_, i) => `while the relay was down ${i + 1}`);
-  const bobSeesAll = waitUntil(bob, () => bodies(bob).includes(texts.at(-1)), `bob to see "${texts.at(-1)}"`, 2 * WAIT_MS);
+  const seeAll = [bob, carol].map((client) =>
+    waitUntil(client, () => bodies(client).includes(texts.at(-1)), `${client.getUserId()} to see "${texts.at(-1)}"`, 2 * WAIT_MS));
   await sendAll(alice, texts);
 
   await relay.start(); // the same port and data directory
-  for (const name of ['a', 'b']) await nodes[name].waitForLog(/^glia: relay \S+: connected$/, { from: marks[name] });
-  await bobSeesAll;
+  for (const name in nodes) await nodes[name].waitForLog(/^glia: relay \S+: connected$/, { from: marks[name] });
+  await Promise.all(seeAll);
   assert.deepEqual(bodies(bob).slice(-RELAY_DOWN), texts);
   assert.deepEqual(bodies(bob), bodies(alice));
+  assert.deepEqual(bodies(carol), bodies(alice).slice(-bodies(carol).length));
 });
 
 step(`with node B down, ${NODE_DOWN} messages wait in the relay's mailbox and reach bob in order, once each`, async () => {
@@ -353,9 +392,13 @@ step(`with node B down, ${NODE_DOWN} messages wait in the relay's mailbox and re
   await nodes.b.stop({ keepData: true });
 
   const texts = Array.from({ length: NODE_DOWN }, (_, i) => `while bob's node was down ${i + 1}`);
+  const carolSees = waitUntil(clients.carol, () => bodies(clients.carol).includes(texts.at(-1)), `carol to see "${texts.at(-1)}"`);
   await sendAll(alice, texts);
   const sent = bodies(alice);
   assert.deepEqual(sent.slice(-NODE_DOWN), texts);
+  // Carol, online all along, has them live.
+  await carolSees;
+  assert.deepEqual(bodies(clients.carol).slice(-NODE_DOWN), texts);
 
   // The same port, data directory and relay; the node says when the relay welcomed it.
   await nodes.b.start();
@@ -383,9 +426,9 @@ step('with node B down, the relay restarts as alice talks, and bob still gets ev
 
   const texts = Array.from({ length: RELAY_DOWN }, (_, i) => `while the relay restarted ${i + 1}`);
   await sendAll(alice, texts);
-  const mark = nodes.a.mark();
+  const marks = { a: nodes.a.mark(), c: nodes.c.mark() };
   await relay.restart(); // the same port and data directory
-  await nodes.a.waitForLog(/^glia: relay \S+: connected$/, { from: mark });
+  for (const name of ['a', 'c']) await nodes[name].waitForLog(/^glia: relay \S+: connected$/, { from: marks[name] });
 
   await nodes.b.start();
   const bob = await startSyncing(nodes.b, 'bob', sessions.bob);
@@ -394,15 +437,18 @@ step('with node B down, the relay restarts as alice talks, and bob still gets ev
   assert.deepEqual(bodies(bob), bodies(alice).slice(-bodies(bob).length));
 });
 
-step('bob leaves and alice sees him leave', async () => {
-  const { alice, bob } = clients;
-  const left = waitFor(
-    alice,
-    RoomMemberEvent.Membership,
-    (event, member) => member.roomId === roomId && member.userId === bob.getUserId() && member.membership === 'leave',
-    'alice to see bob leave',
-  );
+step('bob leaves, and alice and carol see him leave', async () => {
+  const { alice, bob, carol } = clients;
+  const left = [alice, carol].map((client) =>
+    waitFor(
+      client,
+      RoomMemberEvent.Membership,
+      (event, member) => member.roomId === roomId && member.userId === bob.getUserId() && member.membership === 'leave',
+      `${client.getUserId()} to see bob leave`,
+    ));
   await bob.leave(roomId);
-  await left;
-  assert.deepEqual(alice.getRoom(roomId).getJoinedMembers().map((m) => m.userId), [alice.getUserId()]);
+  await Promise.all(left);
+  for (const client of [alice, carol]) {
+    assert.deepEqual(client.getRoom(roomId).getJoinedMembers().map((m) => m.userId).sort(), [alice.getUserId(), carol.getUserId()].sort());
+  }
 });
