@@ -5,8 +5,10 @@
 
 mod mesh;
 
+use std::time::Duration;
+
 use glia::p2p::memory::MemoryNetwork;
-use mesh::{enc, ok, Node, User};
+use mesh::{enc, ok, LoopbackRelay, Node, User, WAIT};
 use ruma::{api::federation::discovery::get_server_version::v1, ServerName};
 use serde_json::json;
 
@@ -167,6 +169,42 @@ async fn three_nodes_agree_catch_up_and_heal() {
     bob.sees_message(&room, "alice in the partition").await;
     alice.sees_message(&room, "bob in the partition").await;
     same_state(&room, &[&alice, &bob, &carol]).await;
+}
+
+/// Two nodes linked by a relay on loopback that goes down for a few seconds
+/// while alice talks: node A's send queue backs off (0.5 s, 1 s, 2 s, 4 s...)
+/// with each attempt the missing relay fails, and the relay coming back must
+/// end that wait. A node welcomed by a relay again retries every destination at
+/// once, as it does when first attached to a network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_sends_as_soon_as_its_relay_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = LoopbackRelay::start(dir.path()).await;
+    let (a, b) = (Node::over_relay(&relay.url).await, Node::over_relay(&relay.url).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
+    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    alice.sees_joined(&room, &bob.id).await;
+
+    relay.stop().await;
+    for node in [&a, &b] {
+        assert!(node.relays().wait_until(WAIT, |links| !links[0].connected).await);
+    }
+    alice.say(&room, "while the relay was down").await;
+    // The outage itself: node A tries at about 0, 0.5, 1.5 and 3.5 s, each
+    // attempt failing at once for want of a relay, and would next try at 7.5 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.restart().await;
+    for node in [&a, &b] {
+        assert!(node.relays().wait_until(WAIT, |links| links[0].welcomes == 2).await);
+    }
+    // Delivered now, not when node A's backoff runs out 3.5 s later.
+    let delivered =
+        tokio::time::timeout(Duration::from_millis(1500), bob.sees_message(&room, "while the relay was down"));
+    delivered.await.expect("node A sends within 1.5 s of its relay welcoming it back");
 }
 
 /// Waits until every user's node has the same current state in `room`, and returns it.

@@ -540,3 +540,36 @@ async fn a_node_reconnects_when_its_relay_comes_back() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// A request whose frame went out through a relay that then drops (stopped,
+/// restarted, the network gone) will never be answered that way: it fails as
+/// soon as the link drops, so the caller (the sender, retrying a transaction)
+/// need not wait out the 30 s request timeout first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_fails_at_once_when_the_relay_it_went_through_drops() {
+    use glia::core::service::federation::{FederationError, REQUEST_TIMEOUT_MS};
+    use ruma::api::federation::discovery::get_server_version::v1;
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path(), config()).await;
+    let a = homeserver().await;
+    let links = RelayClient::start(a.clone(), vec![relay.url.clone()], RelayClientConfig::default());
+    assert!(links.wait_connected(1, WAIT).await);
+    // B is online but never answers.
+    let (mut b, _) = Client::connect(&relay.url, key(2)).await;
+    let b_name = b.me().server_name();
+    let asking = {
+        let a = a.clone();
+        tokio::spawn(async move { a.federation().request(&b_name, v1::Request::new(), true).await })
+    };
+    let request = Frame::decode(b.frame().await).unwrap();
+    assert_eq!(request.origin, PeerKey::of(a.key()));
+
+    // With the request in flight at B, the relay goes.
+    relay.stop().await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(WAIT, asking).await.expect("the request ends well before its timeout").unwrap();
+    assert!(matches!(answer, Err(FederationError::Unreachable(_))), "{answer:?}");
+    assert!(started.elapsed().as_millis() < u128::from(REQUEST_TIMEOUT_MS) / 3, "{:?}", started.elapsed());
+    links.shutdown().await;
+}

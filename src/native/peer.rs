@@ -6,8 +6,12 @@
 //! [`Homeserver::admit`] in arrival order, answered on a task of its own, and acks mailbox frames once
 //! that returns (by then a request has been answered), so a relay forgets a
 //! frame only after the node has handled it. `stored` and frame-level `error`
-//! messages become [`Inbound::Delivery`]. A link that drops is reconnected with
-//! capped exponential backoff until the client shuts down.
+//! messages become [`Inbound::Delivery`]. Requests sent through a link that
+//! drops before they are answered (or stored, or refused) fail at once, as a
+//! [`Delivery::Failed`]: no answer can come back on that connection, and their
+//! callers would otherwise wait out the request timeout. A link that drops is reconnected with
+//! capped exponential backoff until the client shuts down; each welcome makes
+//! the node's sender retry every destination at once.
 //!
 //! With several relays, a frame goes out through the relay its destination was
 //! last heard from, or else the first relay (in the order given) that is
@@ -20,7 +24,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -33,7 +37,7 @@ use tokio::{
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message, Utf8Bytes};
 
 use crate::{
-    core::lock,
+    core::{lock, service::federation::REQUEST_TIMEOUT_MS},
     p2p::{
         frame::{self, Frame},
         relay::{self as protocol, Control, ErrorCode},
@@ -169,10 +173,27 @@ struct Link {
 struct LinkState {
     /// Set while the relay has welcomed this node.
     frames: Option<mpsc::Sender<Bytes>>,
+    /// Requests sent on this connection (destination, frame id) that have had
+    /// no answer, `stored` or refusal through it yet, with when they left.
+    unanswered: HashMap<(PeerKey, u64), Instant>,
     last_error: Option<String>,
     welcomes: u64,
     /// The keys the relay last said are online.
     peers: Vec<PeerKey>,
+}
+
+/// Unanswered requests a link keeps before it forgets those older than the
+/// request timeout (answered through another relay, or given up on).
+const UNANSWERED_PRUNE_AT: usize = 1024;
+
+impl LinkState {
+    fn sent(&mut self, to: PeerKey, id: u64) {
+        if self.unanswered.len() >= UNANSWERED_PRUNE_AT {
+            let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+            self.unanswered.retain(|_, sent| sent.elapsed() < timeout);
+        }
+        self.unanswered.insert((to, id), Instant::now());
+    }
 }
 
 impl RelayClient {
@@ -257,15 +278,22 @@ impl Transport for RelayTransport {
         let fail = |reason: &str| TransportError { to: destination, reason: reason.to_owned() };
         let links = &self.0.links;
         let preferred = lock(&self.0.routes).get(&destination).copied();
-        let sender = preferred
-            .into_iter()
-            .chain(0..links.len())
-            .find_map(|index| lock(&links.get(index)?.state).frames.clone())
-            .ok_or_else(|| fail("not connected to any relay"))?;
-        sender.try_send(frame).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => fail("the relay link's send queue is full"),
-            mpsc::error::TrySendError::Closed(_) => fail("the relay link just closed"),
-        })
+        let request = Frame::route(&frame).ok().filter(|route| !route.response);
+        for link in preferred.into_iter().chain(0..links.len()).filter_map(|index| links.get(index)) {
+            // Queued and noted under one lock, so a link that drops either sees
+            // the request among its unanswered ones or was gone before it came.
+            let mut state = lock(&link.state);
+            let Some(sender) = &state.frames else { continue };
+            sender.try_send(frame).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => fail("the relay link's send queue is full"),
+                mpsc::error::TrySendError::Closed(_) => fail("the relay link just closed"),
+            })?;
+            if let Some(request) = request {
+                state.sent(request.destination, request.id);
+            }
+            return Ok(());
+        }
+        Err(fail("not connected to any relay"))
     }
 
     fn peers(&self) -> Vec<PeerKey> {
@@ -362,6 +390,11 @@ impl LinkTask {
             state.last_error = None;
             state.welcomes += 1;
         }
+        // What failed to go out while this link was down (for want of any relay,
+        // say) waits out a backoff of up to a minute: now that frames can leave
+        // again, retry every destination at once, as `Homeserver::attach` does
+        // when a node first joins a network.
+        self.hs.sender().retry_all();
         self.shared.changes.send_modify(|n| *n += 1);
         eprintln!("glia: relay {}: connected", self.link().url);
 
@@ -398,7 +431,18 @@ impl LinkTask {
             let all = u32::try_from(self.config.inbound_tasks.max(1)).unwrap_or(u32::MAX);
             let _ = tokio::time::timeout(Duration::from_secs(5), handlers.acquire_many(all)).await;
         }
-        lock(&self.link().state).frames = None;
+        let unanswered = {
+            let mut state = lock(&self.link().state);
+            state.frames = None;
+            std::mem::take(&mut state.unanswered)
+        };
+        // No answer to what went out on this connection can come back on it:
+        // its callers hear so now (a transaction is then retried, through
+        // this relay once it welcomes the node again or another one).
+        for (to, id) in unanswered.into_keys() {
+            let reason = format!("the link to relay {} dropped before {to} answered", self.link().url);
+            let _ = self.hs.admit(Inbound::Delivery { to, id, delivery: Delivery::Failed(reason) });
+        }
         self.shared.changes.send_modify(|n| *n += 1);
         // Dropping the queues' senders ends the writer, which sends the acks
         // still queued and closes the socket.
@@ -417,6 +461,9 @@ impl LinkTask {
     ) {
         let Ok(route) = Frame::route(&bytes) else { return };
         lock(&self.shared.routes).insert(route.origin, self.index);
+        if route.response {
+            lock(&self.link().state).unanswered.remove(&(route.origin, route.id));
+        }
         let hs = self.hs.clone();
         // Admitted here, in arrival order, so one node's transactions apply in
         // the order they came; answered on a task of its own, since handling a
@@ -454,6 +501,7 @@ impl LinkTask {
             _ => return,
         };
         if let Some(to) = protocol::parse_key(&to) {
+            lock(&self.link().state).unanswered.remove(&(to, id));
             self.hs.inbound(Inbound::Delivery { to, id, delivery }).await;
         }
     }

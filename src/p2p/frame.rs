@@ -179,6 +179,7 @@ impl Frame {
         let key = |at: usize| PeerKey(bytes[at..at + 32].try_into().expect("32 bytes"));
         Ok(Route {
             id: u64::from_be_bytes(bytes[3..11].try_into().expect("8 bytes")),
+            response: bytes[1] == KIND_RESPONSE,
             mailbox: bytes[2] & FLAG_MAILBOX != 0,
             origin: key(11),
             destination: key(43),
@@ -223,6 +224,8 @@ impl Frame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     pub id: u64,
+    /// A response (to the request of the same id), not a request.
+    pub response: bool,
     pub mailbox: bool,
     pub origin: PeerKey,
     pub destination: PeerKey,

@@ -1,19 +1,30 @@
-//! Nodes in one process, joined by the in-process network: each node's
-//! inbound frames are handled on a task of its own, as a shell would.
+//! Nodes in one process, joined by the in-process network (each node's
+//! inbound frames handled on a task of its own, as a shell would) or by a
+//! real relay on loopback ([`Node::over_relay`], [`LoopbackRelay`]).
 
 #![allow(dead_code)] // Each test crate uses its own subset.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use glia::{
     core::{OsRandom, SystemClock, SCHEMA},
+    native::{
+        peer::{RelayClient, RelayClientConfig},
+        relay::{self, Relay, RelayConfig},
+    },
     p2p::{memory::MemoryNetwork, PeerKey},
     store::MemoryStore,
     Homeserver,
 };
 use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -23,15 +34,38 @@ pub struct Node {
     pub hs: Arc<Homeserver>,
     pub key: PeerKey,
     pub name: String,
-    network: MemoryNetwork,
+    /// The in-process network, for nodes made by [`Node::start`].
+    network: Option<MemoryNetwork>,
+    /// The links to relays, for nodes made by [`Node::over_relay`].
+    pub relays: Option<RelayClient>,
     /// Stops the driver, which then hands back the frames it had not taken.
-    driver: std::sync::Mutex<Option<(futures_channel::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
-    sender: tokio::task::JoinHandle<()>,
+    driver: std::sync::Mutex<Option<(futures_channel::oneshot::Sender<()>, JoinHandle<()>)>>,
+    sender: JoinHandle<()>,
 }
 
 impl Node {
     pub async fn start(network: &MemoryNetwork) -> Self {
         Self::start_on(network, Arc::new(MemoryStore::new(SCHEMA))).await
+    }
+
+    /// A node linked to the relay at `url` as `glia node --relay` is, except that
+    /// it reconnects within 100 ms of the relay coming back; returns once the
+    /// relay has welcomed it.
+    pub async fn over_relay(url: &str) -> Self {
+        let node = Self::open(Arc::new(MemoryStore::new(SCHEMA))).await;
+        let config = RelayClientConfig {
+            backoff_start: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let relays = RelayClient::start(node.hs.clone(), vec![url.to_owned()], config);
+        assert!(relays.wait_connected(1, WAIT).await, "{:?}", relays.status());
+        Self { relays: Some(relays), ..node }
+    }
+
+    /// The node's links to relays (a node made by [`Node::over_relay`]).
+    pub fn relays(&self) -> &RelayClient {
+        self.relays.as_ref().expect("a node linked to a relay")
     }
 
     /// A node on the on-disk store in `dir`: stopped and started again, it is
@@ -46,14 +80,21 @@ impl Node {
     }
 
     async fn start_on(network: &MemoryNetwork, store: Arc<dyn glia::store::Store>) -> Self {
+        let node = Self { network: Some(network.clone()), ..Self::open(store).await };
+        node.connect();
+        node
+    }
+
+    async fn open(store: Arc<dyn glia::store::Store>) -> Self {
         let hs = Arc::new(Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap());
         let key = hs.federation().me();
         let running = hs.clone();
         let sender = tokio::spawn(async move { running.run_sender().await });
-        let node =
-            Self { name: key.to_string(), hs, key, network: network.clone(), driver: Default::default(), sender };
-        node.connect();
-        node
+        Self { name: key.to_string(), hs, key, network: None, relays: None, driver: Default::default(), sender }
+    }
+
+    fn network(&self) -> &MemoryNetwork {
+        self.network.as_ref().expect("a node on the in-process network")
     }
 
     /// Stops the node as a killed process would stop: its tasks end where they
@@ -68,9 +109,9 @@ impl Node {
 
     /// Brings the node (back) online; what waited in its mailbox arrives.
     pub fn connect(&self) {
-        let (transport, mut inbound) = self.network.connect(self.key);
+        let (transport, mut inbound) = self.network().connect(self.key);
         self.hs.attach(Arc::new(transport));
-        let (hs, network, key) = (self.hs.clone(), self.network.clone(), self.key);
+        let (hs, network, key) = (self.hs.clone(), self.network().clone(), self.key);
         let (stop, mut stopped) = futures_channel::oneshot::channel();
         let driver = tokio::spawn(async move {
             loop {
@@ -225,12 +266,63 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(value) = check().await {
             return value;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long any wait of these tests may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A relay in this process on a loopback port, with its mailbox on disk in a
+/// directory of its own; it can stop and start again on the same port and
+/// directory, as `glia relay` restarted with the same `--listen` and `--data`.
+pub struct LoopbackRelay {
+    pub url: String,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    running: Option<(Relay, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl LoopbackRelay {
+    pub async fn start(dir: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut relay = Self { url: format!("ws://{addr}/"), addr, dir: dir.to_owned(), running: None };
+        relay.serve(listener).await;
+        relay
+    }
+
+    /// The relay itself (its mailbox, who is online), while it runs.
+    pub fn relay(&self) -> &Relay {
+        &self.running.as_ref().expect("a running relay").0
+    }
+
+    async fn serve(&mut self, listener: TcpListener) {
+        let relay = Relay::open(&self.dir, RelayConfig::default()).await.unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(relay::run(listener, relay.clone(), async move {
+            let _ = stopped.await;
+        }));
+        self.running = Some((relay, stop, task));
+    }
+
+    /// Stops the relay (its connections end, its store closes).
+    pub async fn stop(&mut self) {
+        let (_, stop, task) = self.running.take().expect("a running relay");
+        let _ = stop.send(());
+        tokio::time::timeout(WAIT, task).await.expect("the relay stops in time").unwrap().unwrap();
+    }
+
+    /// Starts the stopped relay again on the same port and mailbox.
+    pub async fn restart(&mut self) {
+        assert!(self.running.is_none(), "the relay is running");
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener).await;
     }
 }

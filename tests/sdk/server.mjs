@@ -6,6 +6,14 @@
 //   ... server.url ...                          // http://127.0.0.1:PORT; server.pid: its process
 //   await server.stop();
 //
+// For federation, a `glia relay` and nodes connected to it, each of which can be
+// stopped and started again on the same port and data directory:
+//
+//   const relay = await startRelay();                          // relay.url: ws://127.0.0.1:PORT/
+//   const node = await startGlia(undefined, { relays: [relay.url], name: 'node A' });
+//   await relay.stop({ keepData: true }); await relay.start(); // or relay.restart()
+//   await node.waitForLog(/connected/, { from: mark });        // mark = node.mark(), taken before
+//
 // GLIA_BIN names another glia binary. Synapse is installed on first use into a
 // virtualenv under target/synapse/ (pip, from PyPI) and runs on SQLite in a temporary
 // directory, with open registration and its rate limits raised out of the way.
@@ -35,44 +43,160 @@ export async function startServer(kind = process.env.GLIA_TEST_SERVER ?? 'glia')
 }
 
 /// `glia node` on 127.0.0.1:0 with a fresh data directory; resolves once it prints
-/// the address it listens on.
-export async function startGlia(bin = process.env.GLIA_BIN ?? 'target/debug/glia') {
-  bin = path.resolve(root, bin);
-  if (!existsSync(bin)) throw new Error(`${bin} is missing: cargo build --bin glia`);
-  const data = await mkdtemp(path.join(tmpdir(), 'glia-sdk-'));
-  const child = spawn(bin, ['node', '--listen', '127.0.0.1:0', '--data', data], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'inherit'],
+/// the address it listens on (and, given relays, once each has welcomed it).
+///
+/// Options, all optional: `relays` (relay URLs, each passed as `--relay URL`),
+/// `data` (a data directory to use and keep; by default a fresh one, removed by
+/// `stop()`), `listen` (default `127.0.0.1:0`), `name` (in logs and errors) and
+/// `echo` (copy the process's output to this one's stderr, prefixed with the name;
+/// by default only without a name, as before).
+export async function startGlia(bin = process.env.GLIA_BIN ?? 'target/debug/glia', options = {}) {
+  const { relays = [], name = 'glia node' } = options;
+  const node = new GliaProcess({
+    ...options,
+    bin,
+    kind: 'glia',
+    name,
+    prefix: 'glia-sdk-',
+    args: (listen, data) => ['node', '--listen', listen, '--data', data, ...relays.flatMap((url) => ['--relay', url])],
+    ready: /^glia: serving .* at (http:\/\/\S+?)\/?$/,
+    waitFor: relays.map((url) => new RegExp(`^glia: relay ${escapeRegExp(url)}: connected$`)),
   });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  const lines = createInterface({ input: child.stdout });
-  try {
-    const url = await withTimeout(
-      new Promise((resolve, reject) => {
-        exited.then((code) => reject(new Error(`glia node exited with ${code} before listening`)));
-        lines.on('line', (line) => {
-          const match = line.match(/^glia: serving .* at (http:\/\/\S+?)\/?$/);
-          if (match) resolve(match[1]);
-        });
-      }),
-      30_000,
-      'glia node to print its address',
-    );
-    return {
-      kind: 'glia',
-      url,
-      pid: child.pid,
-      async stop() {
-        if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
-        await withTimeout(exited, 10_000, 'glia node to exit').catch(() => child.kill('SIGKILL'));
-        await rm(data, { recursive: true, force: true });
-      },
-    };
-  } catch (err) {
-    child.kill('SIGKILL');
-    await rm(data, { recursive: true, force: true });
+  await node.start().catch(async (err) => {
+    await node.stop(); // removes the data directory made for it
     throw err;
+  });
+  return node;
+}
+
+/// `glia relay` on 127.0.0.1:0 (or `listen`) with a fresh data directory (or
+/// `data`); resolves once it prints its `ws://ADDR/` URL. `restart()` brings it
+/// back on the same port and data directory, mailbox included.
+export async function startRelay(options = {}) {
+  const relay = new GliaProcess({
+    bin: process.env.GLIA_BIN ?? 'target/debug/glia',
+    name: 'relay',
+    echo: false,
+    ...options,
+    kind: 'relay',
+    prefix: 'glia-relay-',
+    args: (listen, data) => ['relay', '--listen', listen, '--data', data],
+    ready: /^glia: relay at (ws:\/\/\S+)$/,
+  });
+  await relay.start().catch(async (err) => {
+    await relay.stop();
+    throw err;
+  });
+  return relay;
+}
+
+/// One `glia` process that can be stopped and started again on the same address
+/// and data directory. Every line it writes (stdout and stderr, across restarts)
+/// is kept in `log`, for waiting on (`waitForLog`) and for failure reports.
+export class GliaProcess {
+  constructor({ bin, kind, name, prefix, args, ready, waitFor = [], data, listen = '127.0.0.1:0', echo }) {
+    this.bin = path.resolve(root, bin);
+    Object.assign(this, { kind, name, prefix, args, ready, waitFor, data, listen });
+    this.ownsData = !data; // a directory made here is removed by stop()
+    this.echo = echo ?? name === 'glia node';
+    this.log = [];
+    this.listeners = new Set();
+    this.child = undefined;
+    this.url = undefined;
   }
+
+  get pid() {
+    return this.child?.pid;
+  }
+
+  get running() {
+    return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /// Spawns the process and resolves once it prints its address (and the lines
+  /// in `waitFor`); the first start binds `listen`, later ones the address it got.
+  async start(ms = 30_000) {
+    if (this.running) throw new Error(`${this.name} is already running`);
+    if (!existsSync(this.bin)) throw new Error(`${this.bin} is missing: cargo build --bin glia`);
+    this.data ??= await mkdtemp(path.join(tmpdir(), this.prefix));
+    const from = this.log.length;
+    const child = spawn(this.bin, this.args(this.listen, this.data), { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(signal ?? code)));
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on('line', (line) => this.#line(line));
+    }
+    const died = this.exited.then((code) => {
+      throw new Error(`${this.name} exited with ${code} before it was ready:\n${this.log.slice(from).join('\n')}`);
+    });
+    died.catch(() => {}); // only raced below: a later exit is no error here
+    try {
+      const [, url] = await Promise.race([this.waitForLog(this.ready, { from, ms }), died]);
+      this.url = url;
+      // Restarts listen where the first start did, even if that was port 0.
+      this.listen = new URL(url).host;
+      await Promise.race([Promise.all(this.waitFor.map((re) => this.waitForLog(re, { from, ms }))), died]);
+    } catch (err) {
+      child.kill('SIGKILL');
+      await this.exited;
+      throw err;
+    }
+    return this;
+  }
+
+  /// Ends the process with SIGINT (SIGKILL if it has not exited within 10 s);
+  /// removes the data directory made for it unless `keepData`.
+  async stop({ keepData = false } = {}) {
+    if (this.child) {
+      if (this.running) this.child.kill('SIGINT');
+      await withTimeout(this.exited, 10_000, `${this.name} to exit`).catch(async () => {
+        this.child.kill('SIGKILL');
+        await this.exited;
+      });
+    }
+    if (!keepData && this.ownsData && this.data) {
+      await rm(this.data, { recursive: true, force: true });
+      this.data = undefined;
+    }
+  }
+
+  /// Stops the process (keeping its data) and starts it again on the same
+  /// address and data directory.
+  async restart() {
+    await this.stop({ keepData: true });
+    return this.start();
+  }
+
+  /// Where `log` ends now: pass it as `from` to wait only for lines after it.
+  mark() {
+    return this.log.length;
+  }
+
+  /// Resolves with the match of the first line at or after `from` (default: any
+  /// line to come) that matches `pattern`; rejects after `ms`.
+  waitForLog(pattern, { from = this.log.length, ms = 15_000 } = {}) {
+    const found = this.log.slice(from).map((line) => line.match(pattern)).find(Boolean);
+    if (found) return Promise.resolve(found);
+    let listener;
+    const seen = new Promise((resolve) => {
+      listener = (line) => {
+        const match = line.match(pattern);
+        if (match) resolve(match);
+      };
+      this.listeners.add(listener);
+    });
+    return withTimeout(seen, ms, `${this.name} to log ${pattern}`).finally(() => this.listeners.delete(listener));
+  }
+
+  #line(line) {
+    this.log.push(line);
+    if (this.echo) process.stderr.write(this.name === 'glia node' ? `${line}\n` : `[${this.name}] ${line}\n`);
+    for (const listener of this.listeners) listener(line);
+  }
+}
+
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /// Installs Synapse into target/synapse/venv unless it is there already.
