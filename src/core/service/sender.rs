@@ -141,10 +141,9 @@ impl Sender {
         loop {
             // The engine's commits write the outbox and wake the notifier.
             let listener = select(self.wake.listen(), hs.notifier().listen());
-            if let Err(err) = self.fan_out(hs).await {
-                // The store failing now may not fail later: the outbox stays.
-                let _ = err;
-            }
+            // A store that fails now may not later; the outbox keeps what it
+            // has until the next wake-up tries again.
+            let _ = self.fan_out(hs).await;
             let now = hs.clock().now_millis();
             for server in self.ready(hs, now).await {
                 if busy.insert(server.clone()) {
@@ -216,7 +215,14 @@ impl Sender {
                 done = done.delete(OUTBOX, key);
                 let Some(split) = value.iter().position(|b| *b == 0) else { continue };
                 let Ok(Ok(room_id)) = std::str::from_utf8(&value[..split]).map(RoomId::parse) else { continue };
-                for server in self.servers_in(hs, &room_id).await?.iter() {
+                let servers = match self.servers_in(hs, &room_id).await {
+                    Ok(servers) => servers,
+                    // A room gone from the store has no one to send to; one
+                    // entry must not hold up the rest of the outbox.
+                    Err(err) if !err.is_internal() => continue,
+                    Err(err) => return Err(err),
+                };
+                for server in servers.iter() {
                     queued.push((server.clone(), value.clone()));
                 }
             }

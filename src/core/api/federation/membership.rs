@@ -161,14 +161,11 @@ pub(crate) async fn invite(
         return Err(Error::NotFound(format!("no user {invitee}")));
     }
     pdu::countersign(hs.key(), &rules, &mut json).map_err(RoomError::from)?;
-    match hs.rooms().room(&request.room_id).await {
-        // In the room already: the invite arrives with the room's other events.
-        Ok(_) => {}
-        Err(RoomError::UnknownRoom(_)) => {
-            let state = request.invite_room_state.iter().filter_map(stripped).collect();
-            hs.rooms().remote_invite(request.room_version.clone(), json.clone(), state).await?;
-        }
-        Err(err) => return Err(err.into()),
+    // A node with a user in the room gets the invite with the room's other
+    // events; one without keeps it aside, as its user's way in.
+    if !resident(hs, &request.room_id).await? {
+        let state = request.invite_room_state.iter().filter_map(stripped).collect();
+        hs.rooms().remote_invite(request.room_version.clone(), json.clone(), state).await?;
     }
     let event = serde_json::value::to_raw_value(&json).map_err(Error::internal)?;
     Ok(create_invite::v2::Response::new(event))
