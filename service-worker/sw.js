@@ -13,7 +13,17 @@ const BUILD = '__GLIA_BUILD__';
 importScripts(`pkg/glia.js?v=${BUILD}`);
 
 const node = wasm_bindgen({ module_or_path: `pkg/glia_bg.wasm?v=${BUILD}` })
-  .then(() => wasm_bindgen.WorkerNode.open());
+  .then(() => wasm_bindgen.WorkerNode.open())
+  .then((n) => {
+    // Frames for other nodes go to this worker's pages; the one that owns the
+    // relay connections (www/transport.js) sends them on.
+    n.attach((bytes) => {
+      self.clients.matchAll({ type: 'window' }).then((pages) => {
+        for (const page of pages) page.postMessage({ glia: 'frame', bytes });
+      });
+    });
+    return n;
+  });
 
 const MATRIX_PREFIXES = ['/_matrix/', '/.well-known/matrix/'];
 
@@ -32,6 +42,29 @@ self.addEventListener('fetch', (event) => {
   if (url.origin !== self.location.origin) return;
   if (!MATRIX_PREFIXES.some((prefix) => url.pathname.startsWith(prefix))) return;
   event.respondWith(node.then((n) => n.handle(event.request)).catch(workerFailed));
+});
+
+// The page's transport talks to the node: frames that came from the relay, what
+// the relay said of frames sent, and its challenge to sign. Each message that
+// wants an answer brings a port for it; a message also wakes a stopped worker.
+self.addEventListener('message', (event) => {
+  const message = event.data ?? {};
+  const reply = (value) => event.ports[0]?.postMessage(value);
+  const work = node.then((n) => {
+    switch (message.glia) {
+      case 'frame':
+        return n.receive(new Uint8Array(message.bytes)).then((handled) => reply({ handled }));
+      case 'delivery':
+        return n.delivery(message.to, BigInt(message.id), message.stored, message.reason ?? '');
+      case 'connected':
+        return n.connected();
+      case 'hello': {
+        const [key, sig] = n.hello(message.nonce);
+        return reply({ key, sig });
+      }
+    }
+  });
+  event.waitUntil(work.catch((err) => reply({ error: String(err) })));
 });
 
 function workerFailed(err) {

@@ -1,5 +1,8 @@
 // The shell page: registers glia's Service Worker, shows start-up progress, then
-// what the homeserver inside this browser answers.
+// what the homeserver inside this browser answers, and connects it to the
+// network through the relays (www/transport.js).
+
+import { startTransport } from './transport.js';
 
 const stepsList = document.getElementById('steps');
 const started = performance.now();
@@ -84,6 +87,21 @@ async function main() {
   document.getElementById('raw').textContent = JSON.stringify(body, null, 2);
   document.getElementById('node').hidden = false;
   document.body.dataset.state = 'ready';
+  startTransport({ onStatus: showTransport });
+}
+
+/// The relay links as the status panel shows them; `data-relay` on the body is
+/// `connected` while any relay has welcomed this node.
+function showTransport(status) {
+  const list = document.getElementById('relays');
+  list.replaceChildren(...status.relays.map((relay) => {
+    const item = document.createElement('li');
+    item.textContent = `${relay.url}: ${status.owner ? relay.state : 'driven by another tab'}`;
+    if (relay.error) item.textContent += ` (${relay.error})`;
+    return item;
+  }));
+  const connected = status.relays.some((relay) => relay.state === 'connected');
+  document.body.dataset.relay = connected ? 'connected' : status.owner ? 'connecting' : 'other-tab';
 }
 
 main().catch((err) => console.error('glia shell:', err));

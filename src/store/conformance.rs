@@ -27,7 +27,7 @@ macro_rules! store_conformance {
     ($open:path) => {
         store_conformance!(@tests $open;
             get_put_delete, get_many_reads_in_order, tables_are_separate, binary_key_order, scans_with_bounds_and_limits,
-            empty_scans, failing_batch_writes_nothing, batch_spans_tables, unknown_table_is_an_error,
+            empty_scans, empty_batches, failing_batch_writes_nothing, batch_spans_tables, unknown_table_is_an_error,
             large_values);
     };
     (@tests $open:path; $($name:ident),*) => {
@@ -139,6 +139,13 @@ pub async fn scans_with_bounds_and_limits(store: &impl Store) {
     assert_eq!(scan(before, Backward, 2).await, vec![a(9), a(8)]);
     let after = KeyRange::new(Excluded(a(9)), Unbounded);
     assert_eq!(scan(after, Forward, 1).await, vec![vec![b'b', 0]]);
+}
+
+/// A batch with nothing in it commits nothing and succeeds: a commit may find
+/// nothing to do (every PDU of a transaction already stored, say).
+pub async fn empty_batches(store: &impl Store) {
+    store.write(Batch::new()).await.unwrap();
+    assert_eq!(store.scan("one", KeyRange::all(), Direction::Forward, 10).await.unwrap(), vec![]);
 }
 
 pub async fn empty_scans(store: &impl Store) {

@@ -178,6 +178,10 @@ impl Store for IndexedDbStore {
 
     async fn write(&self, batch: Batch) -> Result<()> {
         let tables = batch.tables();
+        // IndexedDB refuses a transaction over no object stores.
+        if tables.is_empty() {
+            return Ok(());
+        }
         let txn = self.transaction(&tables, TransactionMode::ReadWrite)?;
         if let Err(err) = apply(&txn, &batch).await {
             // A failed request has usually aborted the transaction already.

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod transport;
 
 use std::{rc::Rc, sync::Arc};
 
@@ -12,8 +13,11 @@ use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 use web_sys::{Headers, Request, Response, ResponseInit, Url};
 
+use ruma::serde::{base64::Standard, Base64};
+
 use crate::{
     core::{Homeserver, OsRandom, SystemClock, SCHEMA},
+    p2p::{Delivery, Inbound, PeerKey},
     store::IndexedDbStore,
 };
 
@@ -37,6 +41,45 @@ impl WorkerNode {
         let sender = homeserver.clone();
         wasm_bindgen_futures::spawn_local(async move { sender.run_sender().await });
         Ok(WorkerNode { homeserver })
+    }
+
+    /// Sends frames to other nodes through `post(bytes)`, which hands them to
+    /// the page that owns the relay connections.
+    pub fn attach(&self, post: js_sys::Function) {
+        self.homeserver.attach(Arc::new(transport::PageTransport::new(post)));
+    }
+
+    /// A frame from another node, from the page: resolves once it is handled,
+    /// `true` if a relay's mailbox may forget it.
+    pub fn receive(&self, frame: Uint8Array) -> Promise {
+        let homeserver = self.homeserver.clone();
+        let admitted = homeserver.admit(Inbound::Frame(Bytes::from(frame.to_vec())));
+        future_to_promise(async move { Ok(homeserver.answer(admitted).await.into()) })
+    }
+
+    /// What the relay said of a frame this node sent (`to` in hex): kept in
+    /// the destination's mailbox, or refused with `reason`.
+    pub fn delivery(&self, to: &str, id: u64, stored: bool, reason: String) {
+        let Some(to) = crate::p2p::relay::parse_key(to) else { return };
+        let delivery = if stored { Delivery::Stored } else { Delivery::Failed(reason) };
+        let _ = self.homeserver.admit(Inbound::Delivery { to, id, delivery });
+    }
+
+    /// The page reached a relay: whatever waits to be sent goes now.
+    pub fn connected(&self) {
+        self.homeserver.sender().retry_all();
+    }
+
+    /// The relay's challenge answered: this node's key (hex) and its signature
+    /// of the nonce (base64), as `[key, sig]`.
+    pub fn hello(&self, nonce: &str) -> Result<Array, JsError> {
+        let nonce = Base64::<Standard>::parse(nonce).map_err(|err| JsError::new(&err.to_string()))?;
+        let key = self.homeserver.key();
+        let sig = key.sign(&crate::p2p::relay::hello_message(nonce.as_bytes()));
+        let pair = Array::new();
+        pair.push(&PeerKey::of(key).to_string().into());
+        pair.push(&Base64::<Standard, _>::new(sig).encode().into());
+        Ok(pair)
     }
 
     /// Answers a fetch event's request with the core's response.

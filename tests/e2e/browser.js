@@ -79,3 +79,16 @@ export function withShell(hooks) {
   });
   return shell;
 }
+
+/// A JSON request made by `page` (so through its Service Worker).
+export async function api(page, method, path, body, token) {
+  return page.evaluate(
+    async ([method, path, body, token]) => {
+      const headers = { 'Content-Type': 'application/json' };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      return { status: res.status, server: res.headers.get('server'), json: await res.json() };
+    },
+    [method, path, body, token],
+  );
+}

@@ -4,22 +4,11 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { withShell } from './browser.js';
+import { api, withShell } from './browser.js';
 
 const shell = withShell({ before, after });
 
-/// A JSON request made by the page (so through its Service Worker).
-async function call(method, path, body, token) {
-  return shell.page.evaluate(
-    async ([method, path, body, token]) => {
-      const headers = { 'Content-Type': 'application/json' };
-      if (token) headers.Authorization = `Bearer ${token}`;
-      const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-      return { status: res.status, server: res.headers.get('server'), json: await res.json() };
-    },
-    [method, path, body, token],
-  );
-}
+const call = (method, path, body, token) => api(shell.page, method, path, body, token);
 
 /// Messages of `roomId` in a sync response's timeline.
 function bodies(sync, roomId) {

@@ -98,7 +98,9 @@ impl Federation {
             clock,
             transport: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(u64::from_be_bytes(seed) >> 1),
+            // 52 bits: the relay's JSON control messages carry ids as numbers,
+            // which a browser page reads as doubles.
+            next_id: AtomicU64::new(u64::from_be_bytes(seed) >> 12),
             lines: Arc::default(),
         }
     }

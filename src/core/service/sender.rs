@@ -15,6 +15,8 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    pin::{pin, Pin},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -141,11 +143,13 @@ impl Sender {
         loop {
             // The engine's commits write the outbox and wake the notifier.
             let listener = select(self.wake.listen(), hs.notifier().listen());
-            // A store that fails now may not later; the outbox keeps what it
-            // has until the next wake-up tries again.
-            let _ = self.fan_out(hs).await;
-            let now = hs.clock().now_millis();
-            for server in self.ready(hs, now).await {
+            let step = pin!(async {
+                // A store that fails now may not later; the outbox keeps what
+                // it has until the next wake-up tries again.
+                let _ = self.fan_out(hs).await;
+                self.ready(hs, hs.clock().now_millis()).await
+            });
+            for server in self.alongside(hs, &mut in_flight, &mut busy, step).await {
                 if busy.insert(server.clone()) {
                     in_flight.push(async move {
                         let result = self.deliver(hs, &server).await;
@@ -153,20 +157,38 @@ impl Sender {
                     });
                 }
             }
+            let now = hs.clock().now_millis();
             let next_retry = lock(&self.retry).values().map(|b| b.until).min();
             let wait = next_retry.map_or(MAX_BACKOFF_MS, |until| until.saturating_sub(now).max(1));
-            let sleep = hs.clock().sleep(wait);
-            let woken = select(listener, sleep);
+            let woken = pin!(select(listener, hs.clock().sleep(wait)));
+            self.alongside(hs, &mut in_flight, &mut busy, woken).await;
+        }
+    }
+
+    /// Runs `work` to its end while the deliveries in flight go on, settling
+    /// each that ends meanwhile. They must never wait unpolled: on IndexedDB a
+    /// read whose transaction sees no one take its result never completes.
+    async fn alongside<T, F>(
+        &self,
+        hs: &Homeserver,
+        in_flight: &mut FuturesUnordered<F>,
+        busy: &mut HashSet<OwnedServerName>,
+        mut work: Pin<&mut impl Future<Output = T>>,
+    ) -> T
+    where
+        F: Future<Output = (OwnedServerName, Result<bool, FederationError>)>,
+    {
+        loop {
             if in_flight.is_empty() {
-                woken.await;
-                continue;
+                return work.await;
             }
-            match select(in_flight.next(), woken).await {
-                Either::Left((Some((server, result)), _)) => {
+            match select(work.as_mut(), in_flight.next()).await {
+                Either::Left((done, _)) => return done,
+                Either::Right((Some((server, result)), _)) => {
                     busy.remove(&server);
                     self.settle(hs, &server, result);
                 }
-                Either::Left((None, _)) | Either::Right(_) => {}
+                Either::Right((None, _)) => {}
             }
         }
     }
