@@ -69,7 +69,8 @@ export async function openShell(context, url) {
 export function withShell(hooks) {
   const shell = {};
   hooks.before(async () => {
-    shell.glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
+    // One node alone: no relay, so test files running at once share no mailbox.
+    shell.glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist', '--no-relay']);
     shell.browser = await launchBrowser();
     shell.page = await openShell(shell.browser.context, shell.glia.url);
   });
