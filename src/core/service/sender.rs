@@ -160,14 +160,24 @@ impl Sender {
             let now = hs.clock().now_millis();
             let next_retry = lock(&self.retry).values().map(|b| b.until).min();
             let wait = next_retry.map_or(MAX_BACKOFF_MS, |until| until.saturating_sub(now).max(1));
-            let woken = pin!(select(listener, hs.clock().sleep(wait)));
-            self.alongside(hs, &mut in_flight, &mut busy, woken).await;
+            let woken = select(listener, hs.clock().sleep(wait));
+            if in_flight.is_empty() {
+                woken.await;
+                continue;
+            }
+            // Until something changes, or a delivery ends and the next retry
+            // (or the rest of a long queue) wants working out again.
+            if let Either::Right((Some((server, result)), _)) = select(woken, in_flight.next()).await {
+                busy.remove(&server);
+                self.settle(hs, &server, result);
+            }
         }
     }
 
     /// Runs `work` to its end while the deliveries in flight go on, settling
-    /// each that ends meanwhile. They must never wait unpolled: on IndexedDB a
-    /// read whose transaction sees no one take its result never completes.
+    /// each that ends meanwhile. They must never wait unpolled, here or
+    /// anywhere: on IndexedDB a read whose transaction sees no one take its
+    /// result never completes.
     async fn alongside<T, F>(
         &self,
         hs: &Homeserver,
