@@ -99,8 +99,7 @@ async fn an_invite_refused_goes_back_to_the_inviting_node() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({})).await;
-    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
-    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
+    alice.invite(&room, &bob).await;
     ok(bob.call("POST", &format!("rooms/{}/leave", enc(&room)), Some(json!({}))).await);
     bob.sees("the invite gone", |s| s["rooms"]["invite"][&room].is_null().then_some(())).await;
     let member =
@@ -184,10 +183,7 @@ async fn a_node_sends_as_soon_as_its_relay_is_back() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({})).await;
-    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
-    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
-    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
-    alice.sees_joined(&room, &bob.id).await;
+    alice.brings_in(&room, &bob).await;
 
     relay.stop().await;
     for node in [&a, &b] {
@@ -235,10 +231,7 @@ async fn the_send_queue_survives_a_restart() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({})).await;
-    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
-    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
-    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
-    alice.sees_joined(&room, &bob.id).await;
+    alice.brings_in(&room, &bob).await;
 
     network.partition(a.key, b.key);
     alice.say(&room, "queued through a restart").await;
@@ -266,10 +259,7 @@ async fn a_wide_gap_closes_on_the_senders_state() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({})).await;
-    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
-    bob.sees("the invite", |s| s["rooms"]["invite"][&room].is_object().then_some(())).await;
-    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
-    alice.sees_joined(&room, &bob.id).await;
+    alice.brings_in(&room, &bob).await;
 
     b.disconnect().await;
     for n in 0..150 {

@@ -69,10 +69,7 @@ async fn a_malicious_peer_changes_nothing() {
     let bob = b.user("bob").await;
     let mallory = rogue.user("mallory").await;
     let room_id = alice.create_room(json!({ "preset": "private_chat" })).await;
-    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room_id)), Some(json!({ "user_id": bob.id }))).await);
-    bob.sees("the invite", |s| s["rooms"]["invite"][&room_id].is_object().then_some(())).await;
-    ok(bob.call("POST", &format!("join/{}", enc(&room_id)), Some(json!({}))).await);
-    alice.sees_joined(&room_id, &bob.id).await;
+    alice.brings_in(&room_id, &bob).await;
     let room = RoomId::parse(&room_id).unwrap();
     let latest = EventId::parse(alice.last_event(&room_id).await).unwrap();
     let state = a.hs.rooms().current_state(&room).await.unwrap();
@@ -161,8 +158,7 @@ async fn a_replayed_transaction_applies_once() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room_id = alice.create_room(json!({})).await;
-    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room_id)), Some(json!({ "user_id": bob.id }))).await);
-    bob.sees("the invite", |s| s["rooms"]["invite"][&room_id].is_object().then_some(())).await;
+    alice.invite(&room_id, &bob).await;
     ok(bob.call("POST", &format!("join/{}", enc(&room_id)), Some(json!({}))).await);
     bob.say(&room_id, "once").await;
     alice.sees_message(&room_id, "once").await;

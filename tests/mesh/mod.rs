@@ -199,6 +199,21 @@ impl User<'_> {
         room["room_id"].as_str().unwrap().to_owned()
     }
 
+    /// Invites `other` (of another node) to `room` and waits until their sync
+    /// shows the invite.
+    pub async fn invite(&self, room: &str, other: &User<'_>) {
+        ok(self.call("POST", &format!("rooms/{}/invite", enc(room)), Some(json!({ "user_id": other.id }))).await);
+        other.sees("the invite", |s| s["rooms"]["invite"][room].is_object().then_some(())).await;
+    }
+
+    /// Invites `other` to `room`, has them join, and waits until this node
+    /// sees them in it.
+    pub async fn brings_in(&self, room: &str, other: &User<'_>) {
+        self.invite(room, other).await;
+        ok(other.call("POST", &format!("join/{}", enc(room)), Some(json!({}))).await);
+        self.sees_joined(room, &other.id).await;
+    }
+
     /// Sends a text message and returns its event ID.
     pub async fn say(&self, room: &str, body: &str) -> String {
         let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

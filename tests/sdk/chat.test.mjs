@@ -13,57 +13,16 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { ClientEvent, createClient, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
-import { logger as sdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import { formatRequests, recordingFetch, requests, silent } from './requests.mjs';
 import { startServer, withTimeout } from './server.mjs';
 
-// matrix-js-sdk logs every sync at debug level: silence its global logger and the
-// children made from it later, and give each client a silent logger of its own.
-const mute = () => () => {};
-sdkLogger.methodFactory = mute;
-sdkLogger.disableAll();
-const silent = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {}, getChild: () => silent };
 
 const WAIT_MS = 15_000;
 const PASSWORD = 'correct horse battery staple';
 
-/// Every request the SDK made, in the order it made them, with the status it got.
-const requests = [];
 let server;
 const clients = {};
 let roomId;
-
-/// A fetch that records the SDK's requests (and the bodies of failed ones).
-function recordingFetch(who) {
-  return async (input, init = {}) => {
-    const url = new URL(input instanceof Request ? input.url : input);
-    const entry = { who, method: init.method ?? 'GET', path: url.pathname + url.search, status: 'pending' };
-    requests.push(entry);
-    try {
-      const res = await fetch(input, init);
-      entry.status = res.status;
-      if (!res.ok) {
-        entry.request = typeof init.body === 'string' ? init.body.slice(0, 500) : undefined;
-        entry.response = (await res.clone().text()).slice(0, 500);
-      }
-      return res;
-    } catch (err) {
-      entry.status = err.name;
-      throw err;
-    }
-  };
-}
-
-function formatRequests(list) {
-  return list
-    .map((r) => {
-      const path = r.path.replace(/access_token=[^&]+/, 'access_token=…');
-      let line = `${r.who.padEnd(5)} ${r.method.padEnd(6)} ${path} -> ${r.status}`;
-      if (r.request) line += `\n        request:  ${r.request}`;
-      if (r.response) line += `\n        response: ${r.response}`;
-      return line;
-    })
-    .join('\n');
-}
 
 /// Answers that are no failure: the 401 that opens user-interactive auth, and the
 /// 404 for an unstable endpoint the SDK probes (MSC4143 RTC transports).
