@@ -53,9 +53,10 @@ export async function launchBrowser() {
   };
 }
 
-/// Opens the shell page and waits until the worker has taken the page and answered.
-export async function openShell(context, url) {
-  const page = context.pages()[0] ?? (await context.newPage());
+/// Opens the shell page (in the context's first tab, or a new one) and waits
+/// until the worker has taken the page and answered.
+export async function openShell(context, url, { newPage = false } = {}) {
+  const page = (!newPage && context.pages()[0]) || (await context.newPage());
   await page.goto(url);
   await page.waitForFunction(() => ['ready', 'failed'].includes(document.body.dataset.state), null, {
     timeout: 60_000,

@@ -118,3 +118,19 @@ test('bob closes his tab; alice sends 20; bob opens it again and gets all 20 in 
     Array.from({ length: 20 }, (_, n) => `while away ${n}`),
   );
 });
+
+test('two tabs of one profile: one drives the transport, the other takes over when it closes', async () => {
+  const { alice, bob } = people;
+  const second = await openShell(alice.browser.context, glia.url, { newPage: true });
+  await second.waitForFunction(() => document.body.dataset.relay === 'other-tab', null, { timeout: WAIT_MS });
+  await say(bob, 'to both tabs', 't1');
+  assert.deepEqual(await messages({ ...alice, page: second }, 'to both tabs', 1), ['to both tabs']);
+
+  await alice.page.close();
+  alice.page = second;
+  await second.waitForFunction(() => document.body.dataset.relay === 'connected', null, { timeout: WAIT_MS });
+  await say(bob, 'to the tab left', 't2');
+  await say(alice, 'from the tab left', 't3');
+  assert.deepEqual(await messages(alice, 'to the tab left', 1), ['to the tab left']);
+  assert.deepEqual(await messages(bob, 'from the tab left', 1), ['from the tab left']);
+});
