@@ -11,13 +11,14 @@
 // with another glia binary; GLIA_SDK_TRACE=1 prints every request the clients made. A failing step prints the failed requests with their bodies.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, before } from 'node:test';
 import { ClientEvent, createClient, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
-import { formatRequests, recordingFetch, requests, silent } from './requests.mjs';
-import { startServer, withTimeout } from './server.mjs';
+import {
+  aliceSeesBobsReceipt, bobSeesAliceTyping, formatRequests, recordingFetch, requests, silent, stepper, WAIT_MS, waitFor,
+} from './harness.mjs';
+import { startServer } from './server.mjs';
 
 
-const WAIT_MS = 15_000;
 const PASSWORD = 'correct horse battery staple';
 
 let server;
@@ -28,42 +29,10 @@ let roomId;
 /// 404 for an unstable endpoint the SDK probes (MSC4143 RTC transports).
 const expected = (r) =>
   (r.status === 401 && r.path.endsWith('/register')) || (r.status === 404 && r.path.includes('/unstable/'));
-const reported = new Set();
-let broken; // the step that failed: the later ones build on it
 
-/// Runs one step of the conversation; on failure prints the requests that went
-/// wrong (not yet printed) and those of this step, which is what a homeserver
-/// developer needs.
-function step(name, fn) {
-  test(name, { timeout: 4 * WAIT_MS }, async (t) => {
-    if (broken) return t.skip(`an earlier step failed: ${broken}`);
-    const from = requests.length;
-    try {
-      await fn();
-    } catch (err) {
-      broken = name;
-      const failed = requests.filter((r) => (typeof r.status !== 'number' || r.status >= 400) && !expected(r) && !reported.has(r));
-      failed.forEach((r) => reported.add(r));
-      console.error(`\n--- ${name}: ${server?.kind} at ${server?.url}`);
-      if (failed.length) console.error(`--- failed requests\n${formatRequests(failed)}`);
-      console.error(`--- requests made during this step\n${formatRequests(requests.slice(from))}\n`);
-      throw err;
-    }
-  });
-}
-
-/// Resolves with the arguments of the first `event` from `emitter` for which
-/// `match(...args)` holds; fails after WAIT_MS. Subscribe before causing the event.
-function waitFor(emitter, event, match, what) {
-  let listener;
-  const seen = new Promise((resolve) => {
-    listener = (...args) => {
-      if (match(...args)) resolve(args);
-    };
-    emitter.on(event, listener);
-  });
-  return withTimeout(seen, WAIT_MS, what).finally(() => emitter.off(event, listener));
-}
+/// Runs one step of the conversation; a failure prints the requests that went
+/// wrong, which is what a homeserver developer needs.
+const step = stepper({ expected, describe: { where: () => `${server?.kind} at ${server?.url}` } });
 
 /// Registers `username` with the m.login.dummy stage of user-interactive auth.
 async function register(username) {
@@ -187,32 +156,6 @@ step('each sees the message the other sent, through its own sync', async () => {
   assert.deepEqual(bodies(bob), ['hello bob', 'hello alice']);
 });
 
-step('bob sees alice typing, then stop typing', async () => {
-  const { alice, bob } = clients;
-  const typing = (state) =>
-    waitFor(bob, RoomMemberEvent.Typing, (event, member) => member.roomId === roomId && member.userId === alice.getUserId() && member.typing === state, `bob to see alice typing=${state}`);
+step('bob sees alice typing, then stop typing', () => bobSeesAliceTyping(clients, roomId));
 
-  const started = typing(true);
-  await alice.sendTyping(roomId, true, 30_000);
-  await started;
-
-  const stopped = typing(false);
-  await alice.sendTyping(roomId, false, 0);
-  await stopped;
-});
-
-step("alice sees bob's read receipt on her message", async () => {
-  const { alice, bob } = clients;
-  const aliceMessage = bob.getRoom(roomId).getLiveTimeline().getEvents()
-    .find((e) => e.getSender() === alice.getUserId() && e.getType() === 'm.room.message');
-  const eventId = aliceMessage.getId();
-
-  const receipt = waitFor(
-    alice,
-    RoomEvent.Receipt,
-    (event, room) => room.roomId === roomId && event.getContent()[eventId]?.['m.read']?.[bob.getUserId()] !== undefined,
-    "alice to see bob's read receipt",
-  );
-  await bob.sendReadReceipt(aliceMessage);
-  await receipt;
-});
+step("alice sees bob's read receipt on her message", () => aliceSeesBobsReceipt(clients, roomId));

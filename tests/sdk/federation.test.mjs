@@ -13,13 +13,15 @@
 // step prints the failed requests with their bodies and what each process logged.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, before } from 'node:test';
 import { ClientEvent, createClient, Direction, Filter, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
-import { formatRequests, recordingFetch, requests, silent } from './requests.mjs';
+import {
+  aliceSeesBobsReceipt, awaitedLater, bobSeesAliceTyping, formatRequests, recordingFetch, requests, silent, stepper, WAIT_MS,
+  waitFor,
+} from './harness.mjs';
 import { startGlia, startRelay, withTimeout } from './server.mjs';
 
 
-const WAIT_MS = 15_000;
 const PASSWORD = 'correct horse battery staple';
 /// Messages alice sends while the relay is down, and while bob's node is.
 const RELAY_DOWN = 3;
@@ -39,8 +41,6 @@ const expected = (r) =>
   (r.status === 401 && r.path.endsWith('/register')) ||
   (r.status === 404 && r.path.includes('/unstable/')) ||
   (r.status === 'AbortError' && r.path.includes('/sync'));
-const reported = new Set();
-let broken; // the step that failed: the later ones build on it
 
 /// What each process logged, the last lines of each, for a failure report.
 function processLogs() {
@@ -50,47 +50,15 @@ function processLogs() {
     .join('\n');
 }
 
-/// Runs one step of the scenario; on failure prints the requests that went wrong
-/// (not yet printed) and those of this step, and what the processes logged.
-function step(name, fn) {
-  test(name, { timeout: 4 * WAIT_MS }, async (t) => {
-    if (broken) return t.skip(`an earlier step failed: ${broken}`);
-    const from = requests.length;
-    try {
-      await fn();
-    } catch (err) {
-      broken = name;
-      const failed = requests.filter((r) => (typeof r.status !== 'number' || r.status >= 400) && !expected(r) && !reported.has(r));
-      failed.forEach((r) => reported.add(r));
-      const where = Object.values(nodes).map((node) => `${node.name} at ${node.url}`).join(', ');
-      console.error(`\n--- ${name}: relay at ${relay?.url}, ${where}`);
-      if (failed.length) console.error(`--- failed requests\n${formatRequests(failed)}`);
-      console.error(`--- requests made during this step\n${formatRequests(requests.slice(from))}`);
-      console.error(`${processLogs()}\n`);
-      throw err;
-    }
-  });
-}
-
-/// Resolves with the arguments of the first `event` from `emitter` for which
-/// `match(...args)` holds; fails after WAIT_MS. Subscribe before causing the event.
-function waitFor(emitter, event, match, what, ms = WAIT_MS) {
-  let listener;
-  const seen = new Promise((resolve) => {
-    listener = (...args) => {
-      if (match(...args)) resolve(args);
-    };
-    emitter.on(event, listener);
-  });
-  return awaitedLater(withTimeout(seen, ms, what).finally(() => emitter.off(event, listener)));
-}
-
-/// `promise`, marked as handled: a wait set up before an action that fails is
-/// then not reported a second time, as an unhandled rejection after its step.
-function awaitedLater(promise) {
-  promise.catch(() => {});
-  return promise;
-}
+/// Runs one step of the scenario; a failure prints the requests that went wrong
+/// and what the processes logged.
+const step = stepper({
+  expected,
+  describe: {
+    where: () => `relay at ${relay?.url}, ${Object.values(nodes).map((node) => `${node.name} at ${node.url}`).join(', ')}`,
+    more: processLogs,
+  },
+});
 
 /// Resolves once `check()` holds, looking now and after each timeline event and
 /// sync the client reports; fails after `ms`.
@@ -199,7 +167,7 @@ before(async () => {
 after(async () => {
   for (const client of Object.values(clients)) client.stopClient();
   // After a failure the data directories stay, for a look at the stores.
-  const keepData = !!broken;
+  const keepData = !!step.failed();
   for (const child of [...Object.values(nodes), relay].filter(Boolean)) {
     await child.stop({ keepData });
     if (keepData) console.error(`--- ${child.name}'s data directory is kept: ${child.data}`);
@@ -263,35 +231,9 @@ step('each sees the message the other sent, through its own node and sync', asyn
   assert.deepEqual(bodies(bob), ['hello bob', 'hello alice']);
 });
 
-step('bob sees alice typing, then stop typing', async () => {
-  const { alice, bob } = clients;
-  const typing = (state) =>
-    waitFor(bob, RoomMemberEvent.Typing, (event, member) => member.roomId === roomId && member.userId === alice.getUserId() && member.typing === state, `bob to see alice typing=${state}`);
+step('bob sees alice typing, then stop typing', () => bobSeesAliceTyping(clients, roomId));
 
-  const started = typing(true);
-  await alice.sendTyping(roomId, true, 30_000);
-  await started;
-
-  const stopped = typing(false);
-  await alice.sendTyping(roomId, false, 0);
-  await stopped;
-});
-
-step("alice sees bob's read receipt on her message", async () => {
-  const { alice, bob } = clients;
-  const aliceMessage = bob.getRoom(roomId).getLiveTimeline().getEvents()
-    .find((e) => e.getSender() === alice.getUserId() && e.getType() === 'm.room.message');
-  const eventId = aliceMessage.getId();
-
-  const receipt = waitFor(
-    alice,
-    RoomEvent.Receipt,
-    (event, room) => room.roomId === roomId && event.getContent()[eventId]?.['m.read']?.[bob.getUserId()] !== undefined,
-    "alice to see bob's read receipt",
-  );
-  await bob.sendReadReceipt(aliceMessage);
-  await receipt;
-});
+step("alice sees bob's read receipt on her message", () => aliceSeesBobsReceipt(clients, roomId));
 
 step('carol on node C joins too, and each of the three sees what the other two say', async () => {
   const carolId = await register(nodes.c, 'carol');
