@@ -58,6 +58,8 @@ self.addEventListener('message', (event) => {
         return n.delivery(message.to, BigInt(message.id), message.stored, message.reason ?? '');
       case 'connected':
         return n.connected();
+      case 'status':
+        return n.status().then(reply);
       case 'hello': {
         const [key, sig] = n.hello(message.nonce);
         return reply({ key, sig });

@@ -235,6 +235,7 @@ async fn the_send_queue_survives_a_restart() {
 
     network.partition(a.key, b.key);
     alice.say(&room, "queued through a restart").await;
+    mesh::eventually("the message in node A's send queue", || async { (queued(&a).await > 0).then_some(()) }).await;
     let (id, token) = (alice.id.clone(), alice.token.clone());
     drop(alice);
     let key = a.key;
@@ -242,11 +243,17 @@ async fn the_send_queue_survives_a_restart() {
 
     let a = Node::start_on_disk(&network, dir.path()).await;
     assert_eq!(a.key, key, "the node keeps its key");
+    assert!(queued(&a).await > 0, "the queue is on disk");
     network.heal(a.key, b.key);
     let alice = a.session(&id, &token);
     bob.sees_message(&room, "queued through a restart").await;
+    mesh::eventually("node A's send queue emptied", || async { (queued(&a).await == 0).then_some(()) }).await;
     alice.say(&room, "and after it").await;
     bob.sees_message(&room, "and after it").await;
+}
+
+async fn queued(node: &Node) -> usize {
+    node.hs.sender().queued(&node.hs).await.unwrap()
 }
 
 /// A gap wider than `get_missing_events` answers at once closes on the state

@@ -96,7 +96,7 @@ pub struct Homeserver {
     unread_counts: UnreadCounts,
 }
 
-/// The node's rate limits, per key.
+/// The node's rate limits, per key, and how long a request may wait.
 pub(crate) struct Limits {
     /// Registrations (and availability checks) on this node: a burst, then one every 2 s.
     pub register: RateLimit,
@@ -105,7 +105,13 @@ pub(crate) struct Limits {
     /// Federation requests per origin server: room for a node catching up on a
     /// mailbox, not for a flood.
     pub federation: RateLimit,
+    /// The longest a `/sync` long-poll waits, in milliseconds.
+    pub long_poll_ms: u64,
 }
+
+/// What clients ask for anyway; a shell whose requests live shorter lowers it
+/// with [`Homeserver::cap_long_polls`].
+const LONG_POLL_MS: u64 = 30_000;
 
 impl Homeserver {
     /// Opens the node over `store`, making its key on first start.
@@ -131,6 +137,7 @@ impl Homeserver {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
                 federation: RateLimit::new(500, 200.0),
+                long_poll_ms: LONG_POLL_MS,
             },
             uiaa: Uiaa::default(),
             unread_counts: UnreadCounts::default(),
@@ -145,6 +152,12 @@ impl Homeserver {
     /// error becomes a Matrix error response here.
     pub async fn handle(&self, request: http::Request<Bytes>) -> http::Response<Bytes> {
         router::handle(self, request).await
+    }
+
+    /// Keeps `/sync` long-polls under `ms`: a Service Worker may be stopped
+    /// while a fetch waits longer than the browser allows.
+    pub fn cap_long_polls(&mut self, ms: u64) {
+        self.limits.long_poll_ms = self.limits.long_poll_ms.min(ms);
     }
 
     /// Connects the node to other nodes: federation requests and answers leave

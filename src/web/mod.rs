@@ -24,6 +24,10 @@ use crate::{
 /// The IndexedDB database holding a browser node's store.
 const DATABASE: &str = "glia";
 
+/// The longest a `/sync` waits in the worker: well inside the time a browser
+/// lets a fetch event run before it may stop the worker.
+const LONG_POLL_MS: u64 = 20_000;
+
 #[wasm_bindgen]
 pub struct WorkerNode {
     homeserver: Rc<Homeserver>,
@@ -34,7 +38,9 @@ impl WorkerNode {
     /// Opens the node over its IndexedDB store, creating or upgrading it.
     pub async fn open() -> Result<WorkerNode, JsError> {
         let store = IndexedDbStore::open(DATABASE, SCHEMA).await?;
-        let homeserver = Rc::new(Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?);
+        let mut homeserver = Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?;
+        homeserver.cap_long_polls(LONG_POLL_MS);
+        let homeserver = Rc::new(homeserver);
         // For as long as the worker lives; a new worker resumes from the store.
         // With no transport attached yet it only empties the outbox of rooms
         // no other node is in, and keeps the rest queued for when one is.
@@ -68,6 +74,18 @@ impl WorkerNode {
     /// The page reached a relay: whatever waits to be sent goes now.
     pub fn connected(&self) {
         self.homeserver.sender().retry_all();
+    }
+
+    /// The node's state for the shell's status panel: `{ queued }`, what waits
+    /// in the durable send queue.
+    pub fn status(&self) -> Promise {
+        let homeserver = self.homeserver.clone();
+        future_to_promise(async move {
+            let queued = homeserver.sender().queued(&homeserver).await.map_err(|err| JsError::new(&err.to_string()))?;
+            let status = js_sys::Object::new();
+            js_sys::Reflect::set(&status, &"queued".into(), &(queued as f64).into())?;
+            Ok(status.into())
+        })
     }
 
     /// The relay's challenge answered: this node's key (hex) and its signature

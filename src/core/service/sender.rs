@@ -49,6 +49,8 @@ const FIRST_BACKOFF_MS: u64 = 500;
 const MAX_BACKOFF_MS: u64 = 60_000;
 /// EDUs kept per destination while it is unreachable: the newest win.
 const MAX_QUEUED_EDUS: usize = 1_000;
+/// How far [`Sender::queued`] counts the durable queue: a status, not an audit.
+const MAX_COUNTED: usize = 10_000;
 
 pub struct Sender {
     wake: Event,
@@ -119,6 +121,14 @@ impl Sender {
         }
         drop(edus);
         self.wake();
+    }
+
+    /// How much waits to be sent: an entry per event and destination (counted
+    /// up to 10,000) and the EDUs held for unreachable destinations.
+    pub async fn queued(&self, hs: &Homeserver) -> Result<usize, RoomError> {
+        let pdus = hs.store().scan(OUTBOUND, KeyRange::all(), Direction::Forward, MAX_COUNTED).await?.len();
+        let edus: usize = lock(&self.edus).values().map(VecDeque::len).sum();
+        Ok(pdus + edus)
     }
 
     /// The servers other than this one with a user joined to the room now.

@@ -46,10 +46,6 @@ use crate::{
     store::Direction,
 };
 
-/// The longest a long-poll waits: under a Service Worker's fetch lifetime, and
-/// what clients ask for anyway.
-const MAX_TIMEOUT_MS: u64 = 30_000;
-
 /// Timeline events per room when the filter names no limit.
 const DEFAULT_LIMIT: usize = 10;
 
@@ -95,7 +91,7 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     if changed {
         crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
     }
-    let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(MAX_TIMEOUT_MS);
+    let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(hs.limits().long_poll_ms);
     let deadline = hs.clock().now_millis() + timeout;
     let sync = Sync { hs, session: &session, since, filter: &filter, full_state: request.full_state };
     loop {
@@ -513,5 +509,65 @@ impl Sync<'_> {
             response.presence.events.push(format::to_raw(&event)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
+
+    use crate::{
+        core::{Clock, Homeserver, OsRandom, Sleep, SCHEMA},
+        store::MemoryStore,
+    };
+
+    /// A clock whose sleeps end at once and move it on, so a long-poll's whole
+    /// wait passes without the test waiting for it.
+    struct Skipping(AtomicU64);
+
+    impl Clock for Skipping {
+        fn now_millis(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+
+        fn sleep(&self, millis: u64) -> Sleep {
+            self.0.fetch_add(millis, Ordering::SeqCst);
+            Box::pin(std::future::ready(()))
+        }
+    }
+
+    /// How long a `/sync` asking to wait 30 s with nothing new waits on `hs`.
+    async fn waited(hs: &Homeserver, clock: &Skipping) -> u64 {
+        let user = ruma::UserId::parse(format!("@alice:{}", hs.key().server_name())).unwrap();
+        let login = hs.accounts().register(&user, Some("pw"), Some((None, None))).await.unwrap().unwrap();
+        let sync = |query: String| {
+            let request = http::Request::get(format!("/_matrix/client/v3/sync?{query}"))
+                .header("authorization", format!("Bearer {}", login.access_token))
+                .body(bytes::Bytes::new())
+                .unwrap();
+            hs.handle(request)
+        };
+        let first: serde_json::Value = serde_json::from_slice(sync("timeout=0".into()).await.body()).unwrap();
+        let since = first["next_batch"].as_str().unwrap().to_owned();
+        let start = clock.now_millis();
+        let response = sync(format!("since={since}&timeout=30000")).await;
+        assert_eq!(response.status(), 200);
+        clock.now_millis() - start
+    }
+
+    #[tokio::test]
+    async fn long_polls_wait_as_asked_up_to_the_nodes_cap() {
+        for (cap, expected) in [(None, 30_000), (Some(20_000), 20_000)] {
+            let clock = Arc::new(Skipping(AtomicU64::new(1_700_000_000_000)));
+            let mut hs =
+                Homeserver::open(Arc::new(MemoryStore::new(SCHEMA)), clock.clone(), Arc::new(OsRandom)).await.unwrap();
+            if let Some(cap) = cap {
+                hs.cap_long_polls(cap);
+            }
+            assert_eq!(waited(&hs, &clock).await, expected, "cap {cap:?}");
+        }
     }
 }
