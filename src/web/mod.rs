@@ -76,14 +76,17 @@ impl WorkerNode {
         self.homeserver.sender().retry_all();
     }
 
-    /// The node's state for the shell's status panel: `{ queued }`, what waits
-    /// in the durable send queue.
+    /// The node's state for the shell's status panel: `{ queued, memory }`,
+    /// what waits in the durable send queue and the bytes of the homeserver's
+    /// wasm memory (which only grows).
     pub fn status(&self) -> Promise {
         let homeserver = self.homeserver.clone();
         future_to_promise(async move {
             let queued = homeserver.sender().queued(&homeserver).await.map_err(|err| JsError::new(&err.to_string()))?;
+            let memory = core::arch::wasm32::memory_size(0) * 65_536;
             let status = js_sys::Object::new();
             js_sys::Reflect::set(&status, &"queued".into(), &(queued as f64).into())?;
+            js_sys::Reflect::set(&status, &"memory".into(), &(memory as f64).into())?;
             Ok(status.into())
         })
     }

@@ -94,3 +94,17 @@ export async function api(page, method, path, body, token) {
     [method, path, body, token],
   );
 }
+
+/// Runs in a page: what its Service Worker says of itself (`{ queued, memory }`).
+const askStatus = () =>
+  new Promise((resolve, reject) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = ({ data }) => (data?.error ? reject(new Error(data.error)) : resolve(data));
+    navigator.serviceWorker.controller.postMessage({ glia: 'status' }, [channel.port2]);
+  });
+
+export const workerStatus = (page) => page.evaluate(askStatus);
+
+/// Waits until the page's Service Worker has sent everything it queued.
+export const sentEverything = (page, timeout) =>
+  page.waitForFunction(`(${askStatus})().then((status) => status.queued === 0)`, null, { timeout });

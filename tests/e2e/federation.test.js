@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { api, launchBrowser, openShell, startGlia } from './browser.js';
+import { api, launchBrowser, openShell, sentEverything, startGlia } from './browser.js';
 
 const v3 = '/_matrix/client/v3';
 const WAIT_MS = 30_000;
@@ -133,4 +133,51 @@ test('two tabs of one profile: one drives the transport, the other takes over wh
   await say(alice, 'from the tab left', 't3');
   assert.deepEqual(await messages(alice, 'to the tab left', 1), ['to the tab left']);
   assert.deepEqual(await messages(bob, 'from the tab left', 1), ['from the tab left']);
+});
+
+test("alice's worker is stopped twice mid-burst: every message reaches bob once and in order", async (t) => {
+  const { alice, bob } = people;
+  const count = 100;
+  const path = `${v3}/rooms/${encodeURIComponent(roomId)}/send/m.room.message`;
+  // The page sends the burst as a client does: one PUT after another, sending a
+  // request again under the same transaction ID when the worker stopped beneath it.
+  const burst = alice.page.evaluate(async ([path, token, count]) => {
+    window.burstAcked = 0;
+    let retries = 0;
+    for (let n = 0; n < count; n++) {
+      for (let attempt = 0; ; attempt++) {
+        if (attempt === 20) throw new Error(`message ${n} was never acknowledged`);
+        try {
+          const res = await fetch(`${path}/k${n}`, {
+            method: 'PUT',
+            headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+            body: JSON.stringify({ msgtype: 'm.text', body: `burst ${n}` }),
+          });
+          if (res.ok) break;
+        } catch {
+          // The worker stopped under this request.
+        }
+        retries++;
+      }
+      window.burstAcked = n + 1;
+    }
+    return retries;
+  }, [path, alice.token, count]);
+  const cdp = await alice.browser.context.newCDPSession(alice.page);
+  const statuses = [];
+  cdp.on('ServiceWorker.workerVersionUpdated', ({ versions }) =>
+    statuses.push(...versions.map((v) => v.runningStatus)));
+  await cdp.send('ServiceWorker.enable');
+  for (const acked of [30, 60]) {
+    await alice.page.waitForFunction((n) => window.burstAcked >= n, acked, { timeout: WAIT_MS });
+    await cdp.send('ServiceWorker.stopAllWorkers');
+  }
+  t.diagnostic(`${await burst} requests sent again after a stop`);
+  assert.equal(statuses.filter((s) => s === 'stopped').length, 2, `the worker went ${statuses.join(', ')}`);
+  const sent = Array.from({ length: count }, (_, n) => `burst ${n}`);
+  assert.deepEqual(await messages(bob, 'burst ', count), sent);
+  assert.deepEqual(await messages(alice, 'burst ', count), sent, "alice's own history has each once");
+  await say(bob, 'after the burst', 'ab');
+  assert.deepEqual(await messages(alice, 'after the burst', 1), ['after the burst']);
+  await sentEverything(alice.page, WAIT_MS);
 });
