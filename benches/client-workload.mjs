@@ -4,10 +4,10 @@
 // Service Worker. What it measures is described in benches/client.mjs.
 
 const PASSWORD = 'bench password';
-const LIMIT_10 = JSON.stringify({ room: { timeline: { limit: 10 } } });
+export const LIMIT_10 = JSON.stringify({ room: { timeline: { limit: 10 } } });
 
 /// One user's view of the homeserver.
-class Client {
+export class Client {
   constructor(base, token, userId) {
     Object.assign(this, { base, token, userId, txn: 0, tag: Math.random().toString(36).slice(2, 10) });
   }
@@ -92,7 +92,7 @@ export function median(values) {
 }
 
 /// Runs `worker(item)` over `items`, `concurrency` at a time.
-async function pool(items, concurrency, worker) {
+export async function pool(items, concurrency, worker) {
   let next = 0;
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
     while (next < items.length) await worker(items[next++]);

@@ -37,10 +37,11 @@ export async function startGlia(args) {
   return { url, stop: () => child.kill('SIGINT') };
 }
 
-/// A Chromium with a profile of its own in a fresh directory.
-export async function launchBrowser() {
-  const profile = await mkdtemp(path.join(tmpdir(), 'glia-e2e-'));
-  const context = await chromium.launchPersistentContext(profile, {
+/// A Chromium with a profile of its own: in a fresh directory, removed on close,
+/// or in `profile`, kept for the next launch.
+export async function launchBrowser({ profile } = {}) {
+  const dir = profile ?? (await mkdtemp(path.join(tmpdir(), 'glia-e2e-')));
+  const context = await chromium.launchPersistentContext(dir, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: CHROMIUM_ARGS,
   });
@@ -48,7 +49,7 @@ export async function launchBrowser() {
     context,
     async close() {
       await context.close();
-      await rm(profile, { recursive: true, force: true });
+      if (!profile) await rm(dir, { recursive: true, force: true });
     },
   };
 }

@@ -1,0 +1,120 @@
+// Cold start of the browser node, and its memory: how long from opening the page
+// until the homeserver in the Service Worker has answered a client's first
+// `/sync`, for a returning user whose browser was closed (so no worker runs), with
+// an empty account and with one in 20 rooms × 500 messages; how long a first visit
+// takes until the worker controls the page; and the worker's wasm memory.
+//
+//   node benches/cold-start.mjs [--rooms 20] [--events 500] [--runs 3]
+//
+// Needs dist/ (scripts/build-web) and the glia binary (GLIA_BIN or target/debug/glia).
+
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { launchBrowser, openShell, startGlia, workerStatus } from '../tests/e2e/browser.js';
+import { median } from './client-workload.mjs';
+
+const { values: opts } = parseArgs({
+  options: { rooms: { type: 'string', default: '20' }, events: { type: 'string', default: '500' }, runs: { type: 'string', default: '3' } },
+});
+const [ROOMS, EVENTS, RUNS] = [opts.rooms, opts.events, opts.runs].map(Number);
+const progress = (text) => process.stderr.write(`cold-start bench: ${text}\n`);
+
+/// Runs in the page before its own scripts: records when a worker controls the
+/// page and then, given a stored session, asks for the first `/sync` as a
+/// client does (ms since the navigation began).
+function firstSync() {
+  const token = localStorage.getItem('bench-token');
+  window.coldStart = new Promise((resolve, reject) => {
+    const go = async () => {
+      const controlled = performance.now();
+      if (!token) return resolve({ controlled });
+      const filter = encodeURIComponent(JSON.stringify({ room: { timeline: { limit: 10 } } }));
+      const res = await fetch(`/_matrix/client/v3/sync?timeout=0&filter=${filter}`, {
+        headers: { Authorization: `Bearer ${token}` },
+      });
+      const body = await res.json();
+      if (!res.ok) throw new Error(JSON.stringify(body));
+      resolve({ controlled, synced: performance.now(), rooms: Object.keys(body.rooms?.join ?? {}).length });
+    };
+    const start = () => go().catch(reject);
+    if (navigator.serviceWorker.controller) start();
+    else navigator.serviceWorker.addEventListener('controllerchange', start, { once: true });
+  });
+}
+
+/// Opens the page in a browser started afresh on `profile` (or a new one) and
+/// waits for its first sync.
+async function coldStart(url, profile) {
+  const browser = await launchBrowser({ profile });
+  try {
+    await browser.context.addInitScript(firstSync);
+    const page = browser.context.pages()[0] ?? (await browser.context.newPage());
+    await page.goto(url);
+    const times = await page.evaluate(() => window.coldStart);
+    return { ...times, memory: (await workerStatus(page)).memory };
+  } finally {
+    await browser.close();
+  }
+}
+
+const glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist', '--no-relay']);
+const profile = await mkdtemp(path.join(tmpdir(), 'glia-cold-'));
+try {
+  // A first visit: the worker installs, compiles the wasm, makes the node key
+  // and opens IndexedDB before it controls the page.
+  const firstVisits = [];
+  for (let run = 0; run < RUNS; run++) firstVisits.push((await coldStart(glia.url)).controlled);
+
+  progress('registering');
+  let browser = await launchBrowser({ profile });
+  let page = await openShell(browser.context, glia.url);
+  const workload = await readFile(path.join(import.meta.dirname, 'client-workload.mjs'), 'utf8');
+  await page.addScriptTag({ type: 'module', content: `${workload}\nwindow.gliaBench = { Client, pool };` });
+  await page.waitForFunction(() => window.gliaBench);
+  await page.evaluate(async () => {
+    const client = await window.gliaBench.Client.register(location.origin, 'cold');
+    localStorage.setItem('bench-token', client.token);
+  });
+  await browser.close();
+
+  const empty = [];
+  for (let run = 0; run < RUNS; run++) empty.push(await coldStart(glia.url, profile));
+
+  progress(`filling ${ROOMS} rooms with ${EVENTS} messages each`);
+  browser = await launchBrowser({ profile });
+  page = await openShell(browser.context, glia.url);
+  await page.addScriptTag({ type: 'module', content: `${workload}\nwindow.gliaBench = { Client, pool };` });
+  await page.waitForFunction(() => window.gliaBench);
+  await page.evaluate(async ([rooms, events]) => {
+    const { Client, pool } = window.gliaBench;
+    const client = new Client(location.origin, localStorage.getItem('bench-token'));
+    const ids = [];
+    for (let r = 0; r < rooms; r++) ids.push(await client.createRoom({ name: `room ${r}` }));
+    const sends = ids.flatMap((id) => Array.from({ length: events }, (_, n) => [id, n]));
+    await pool(sends, 8, ([id, n]) => client.send(id, `message ${n}`));
+  }, [ROOMS, EVENTS]);
+  const filledMemory = (await workerStatus(page)).memory;
+  await browser.close();
+
+  const full = [];
+  for (let run = 0; run < RUNS; run++) full.push(await coldStart(glia.url, profile));
+  if (full.some((f) => f.rooms !== ROOMS)) throw new Error(`a first sync saw ${full.map((f) => f.rooms)} rooms`);
+
+  const ms = (values) => `${median(values).toFixed(0)} (${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)})`;
+  const mib = (bytes) => (bytes / 2 ** 20).toFixed(1);
+  console.log(`Browser node cold start, headless Chromium; median (min–max) of ${RUNS} runs, ms since the page was opened.`);
+  console.log();
+  console.log('| | figure | target |');
+  console.log('|---|---:|---:|');
+  console.log(`| first visit: page open → worker controlling (install, wasm, key, IndexedDB) | ${ms(firstVisits)} | |`);
+  console.log(`| browser restarted, empty account: page open → worker controlling | ${ms(empty.map((e) => e.controlled))} | |`);
+  console.log(`| … → first /sync answered | ${ms(empty.map((e) => e.synced))} | < 300 |`);
+  console.log(`| browser restarted, ${ROOMS} rooms × ${EVENTS} messages: → first /sync answered | ${ms(full.map((e) => e.synced))} | < 1000 |`);
+  console.log(`| worker wasm memory after sending ${ROOMS * EVENTS} messages, MiB | ${mib(filledMemory)} | |`);
+  console.log(`| worker wasm memory after a cold start and first /sync of them, MiB | ${mib(median(full.map((f) => f.memory)))} | |`);
+} finally {
+  glia.stop();
+  await rm(profile, { recursive: true, force: true });
+}
