@@ -27,6 +27,8 @@ const INFLIGHT_MS = 30_000;
 /// names the attempt, so signals of an older one are told apart and ignored.
 export function directLinks({ iceServers, signal, relay, receive, changed }) {
   const peers = new Map();
+  // Some browsers turn WebRTC off; then every frame goes through the relay.
+  const webrtc = typeof RTCPeerConnection === 'function';
 
   const peer = (key) => {
     let p = peers.get(key);
@@ -79,7 +81,7 @@ export function directLinks({ iceServers, signal, relay, receive, changed }) {
   };
 
   const dial = (p, me) => {
-    if (p.link || me > p.key || Date.now() < p.retryAt) return;
+    if (!webrtc || p.link || me > p.key || Date.now() < p.retryAt) return;
     const link = open(p, crypto.randomUUID());
     attach(p, link, link.pc.createDataChannel('glia'));
     step(p, link, async () => {
@@ -154,6 +156,11 @@ export function directLinks({ iceServers, signal, relay, receive, changed }) {
     /// other: the offerer starts afresh each time it dials.
     signalled(from, data) {
       const p = peer(from);
+      if (!webrtc) {
+        // Spares the offerer its wait for a link that will never come.
+        if (data?.description) signal(from, { link: data.link, bye: true });
+        return;
+      }
       if (data?.description?.type === 'offer' && p.link?.id !== data.link) {
         if (p.link) drop(p, p.link);
         const link = open(p, data.link);

@@ -39,7 +39,7 @@ function tell(message) {
 ///
 /// `window.gliaTransport` is for tests and diagnostics: `status()` adds to
 /// each peer how many frames went each way on each path, and `closeDirect(key)`
-/// closes the direct link to a peer as if it had failed.
+/// closes the direct link to a peer as if it had broken.
 export function startTransport({ relays = [defaultRelay()], iceServers = [], onStatus = () => {} } = {}) {
   const status = { owner: false, relays: relays.map((url) => ({ url, state: 'waiting' })), peers: [] };
   const changed = () => {

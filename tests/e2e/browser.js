@@ -22,9 +22,6 @@ export const CHROMIUM_ARGS = [
   '--disable-sync',
 ];
 
-/// Leaves WebRTC without candidates, so browsers on loopback reach each other
-/// only through the relay (and never through this machine's own address).
-const NO_WEBRTC = '--force-webrtc-ip-handling-policy=disable_non_proxied_udp';
 
 /// Starts the `glia` binary with `args` (inside `host`'s network namespace if
 /// given, tests/e2e/netns.js) and resolves with its base URL once it prints the
@@ -55,11 +52,16 @@ export async function launchBrowser({ host, origin } = {}) {
         // Raw host candidates: mDNS names would need multicast across the bridge.
         '--disable-features=WebRtcHideLocalIpsWithMdns',
       ]
-    : [NO_WEBRTC];
+    : [];
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: host?.chromium ?? process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: [...CHROMIUM_ARGS, ...args],
   });
+  // Outside a test namespace WebRTC would gather this machine's own addresses
+  // (and `--force-webrtc-ip-handling-policy=disable_non_proxied_udp` does not
+  // stop Chromium 156 from offering UDP host candidates): without it, the
+  // transport keeps to the relay, as in a browser with WebRTC turned off.
+  if (!host) await context.addInitScript(() => delete window.RTCPeerConnection);
   return {
     context,
     async close() {

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { messages, openShell, person, say, shareRoom, startGlia, WAIT_MS } from './browser.js';
+import { messages, openShell, peerOf, person, say, shareRoom, startGlia, WAIT_MS } from './browser.js';
 
 let glia, relayData;
 const people = {};
@@ -42,6 +42,7 @@ test('200 messages each way arrive once and in order', async () => {
   for (let n = 0; n < count; n++) await say(bob, roomId, `bob ${n}`, `b${n}`);
   assert.deepEqual(await messages(bob, roomId, 'alice ', count), sent('alice'));
   assert.deepEqual(await messages(alice, roomId, 'bob ', count), sent('bob'));
+  assert.equal((await peerOf(alice, bob)).sent.direct, 0, 'all through the relay');
 });
 
 test('bob closes his tab; alice sends 20; bob opens it again and gets all 20 in order', async () => {

@@ -13,7 +13,7 @@ import { messages, onPath, peerOf, person, say, shareRoom, startGlia } from './b
 import { createNetwork, netnsUnavailable } from './netns.js';
 
 const skip = netnsUnavailable() ?? false;
-if (skip) console.log(`# webrtc.test.js: skipping, ${skip}`);
+if (skip) console.log(`webrtc.test.js: skipping, ${skip}`);
 let network, glia, relayData, roomId;
 const people = {};
 
