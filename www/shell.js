@@ -99,6 +99,10 @@ function showTransport(status) {
     item.textContent = `${relay.url}: ${status.owner ? relay.state : 'driven by another tab'}`;
     if (relay.error) item.textContent += ` (${relay.error})`;
     return item;
+  }), ...status.peers.map((peer) => {
+    const item = document.createElement('li');
+    item.textContent = `peer ${peer.key.slice(0, 16)}…: ${peer.path}`;
+    return item;
   }));
   const connected = status.relays.some((relay) => relay.state === 'connected');
   document.body.dataset.relay = connected ? 'connected' : status.owner ? 'connecting' : 'other-tab';
