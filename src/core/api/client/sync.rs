@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use futures_util::future::select;
+use futures_util::{future::select, stream, StreamExt, TryStreamExt};
 use ruma::{
     api::client::{
         filter::{FilterDefinition, RoomEventFilter},
@@ -45,6 +45,23 @@ use crate::{
     },
     store::Direction,
 };
+
+/// Rooms a sync builds at once.
+const ROOMS_AT_ONCE: usize = 16;
+
+/// How a room appears in a sync, decided before it is built; with the account
+/// data of the room that goes with it.
+enum Build {
+    Joined(Vec<Value>),
+    Invited,
+    Left(Vec<Value>),
+}
+
+enum Built {
+    Joined(Option<v3::JoinedRoom>),
+    Invited(v3::InvitedRoom),
+    Left(v3::LeftRoom),
+}
 
 /// Timeline events per room when the filter names no limit.
 const DEFAULT_LIMIT: usize = 10;
@@ -171,32 +188,47 @@ impl Sync<'_> {
             response.account_data.events.push(format::to_raw(&push::default_rules_event(user)?)?);
         }
 
+        // Which rooms to build and how, then the rooms built at once: on
+        // IndexedDB each read is a round trip, and a room's reads overlap
+        // other rooms' instead of queueing behind them.
         let mut members_seen = BTreeSet::new();
-        for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
+        let mut builds = Vec::new();
+        let rooms = hs.rooms().rooms_of(user).await?;
+        for (room_id, membership) in rooms.iter() {
             if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, room_id) {
                 continue;
             }
             let since_events = self.since.map(|s| s.events);
             let changed_since = |since: Option<u64>| since.is_none_or(|since| membership.stream > since);
-            match membership.membership {
+            let build = match membership.membership {
                 MembershipState::Join => {
-                    let account_data = room_account_data.remove(room_id).unwrap_or_default();
-                    if let Some(joined) = self.joined(room_id, membership, now, account_data).await? {
-                        response.rooms.join.insert(room_id.clone(), joined);
-                    }
                     members_seen.insert(room_id.clone());
+                    Build::Joined(room_account_data.remove(room_id).unwrap_or_default())
                 }
                 MembershipState::Invite if changed_since(since_events) && membership.stream <= now.events => {
-                    response.rooms.invite.insert(room_id.clone(), self.invited(room_id, membership).await?);
+                    Build::Invited
                 }
                 MembershipState::Leave | MembershipState::Ban
                     if membership.stream <= now.events
                         && (since_events.is_some_and(|s| membership.stream > s) || room_filter.include_leave) =>
                 {
-                    let account_data = room_account_data.remove(room_id).unwrap_or_default();
-                    response.rooms.leave.insert(room_id.clone(), self.left(room_id, membership, account_data).await?);
+                    Build::Left(room_account_data.remove(room_id).unwrap_or_default())
                 }
-                _ => {}
+                _ => continue,
+            };
+            builds.push((room_id, membership, build));
+        }
+        let mut rooms_built = Vec::with_capacity(builds.len());
+        for (room_id, membership, build) in builds {
+            rooms_built.push(self.room(room_id, membership, now, build));
+        }
+        let built: Vec<_> = stream::iter(rooms_built).buffered(ROOMS_AT_ONCE).try_collect().await?;
+        for (room_id, room) in built {
+            match room {
+                Built::Joined(Some(joined)) => drop(response.rooms.join.insert(room_id, joined)),
+                Built::Joined(None) => {}
+                Built::Invited(invited) => drop(response.rooms.invite.insert(room_id, invited)),
+                Built::Left(left) => drop(response.rooms.leave.insert(room_id, left)),
             }
         }
         self.presence(&mut response, &members_seen, now).await?;
@@ -252,6 +284,21 @@ impl Sync<'_> {
                 return Ok((events, false));
             }
         }
+    }
+
+    async fn room(
+        &self,
+        room_id: &RoomId,
+        membership: &UserMembership,
+        now: SyncToken,
+        build: Build,
+    ) -> Result<(OwnedRoomId, Built), Error> {
+        let room = match build {
+            Build::Joined(account_data) => Built::Joined(self.joined(room_id, membership, now, account_data).await?),
+            Build::Invited => Built::Invited(self.invited(room_id, membership).await?),
+            Build::Left(account_data) => Built::Left(self.left(room_id, membership, account_data).await?),
+        };
+        Ok((room_id.to_owned(), room))
     }
 
     async fn joined(
