@@ -302,15 +302,10 @@ pub(crate) async fn joined_members(
 
 /// The member events of `state`, with their contents.
 pub(crate) async fn members_in(hs: &Homeserver, state: &State) -> Result<Vec<(Arc<Pdu>, MemberContent)>, Error> {
-    let mut members = Vec::new();
-    for ((kind, _), id) in state.iter() {
-        if *kind == StateEventType::RoomMember {
-            if let Some(event) = hs.rooms().event(id).await? {
-                members.push((event.pdu.clone(), member_content(&event.pdu.content)));
-            }
-        }
-    }
-    Ok(members)
+    let ids: Vec<_> =
+        state.iter().filter(|((kind, _), _)| *kind == StateEventType::RoomMember).map(|(_, id)| &**id).collect();
+    let events = hs.rooms().events(&ids).await?;
+    Ok(events.into_iter().flatten().map(|event| (event.pdu.clone(), member_content(&event.pdu.content))).collect())
 }
 
 #[derive(Deserialize)]

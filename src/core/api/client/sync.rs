@@ -412,7 +412,7 @@ impl Sync<'_> {
     ) -> Result<StateEvents, Error> {
         let filter = &self.filter.room.state;
         let lazy = !filter.lazy_load_options.is_disabled() || !self.timeline_filter().lazy_load_options.is_disabled();
-        let mut pdus = Vec::new();
+        let mut ids = Vec::new();
         for (key, id) in state.iter() {
             if before.is_some_and(|before| before.get(key) == Some(id)) {
                 continue;
@@ -423,11 +423,18 @@ impl Sync<'_> {
                     continue;
                 }
             }
-            let Some(event) = self.hs.rooms().event(id).await? else { continue };
-            if filter::room_event_matches(filter, &event.pdu) {
-                pdus.push(event.pdu.clone());
-            }
+            ids.push(&**id);
         }
+        let pdus: Vec<_> = self
+            .hs
+            .rooms()
+            .events(&ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|event| filter::room_event_matches(filter, &event.pdu))
+            .map(|event| event.pdu.clone())
+            .collect();
         let mut events = StateEvents::new();
         events.events = self.formatted(pdus.iter()).await?;
         Ok(events)
