@@ -96,7 +96,8 @@ async function main() {
     onChange({ section, userId }) {
       document.body.dataset.client = section;
       showUser(userId);
-      offerAccount(section === 'login');
+      // Hydrogen's sign-in screen, or its list of sessions to pick from: no one is signed in.
+      offerAccount(['login', 'picker'].includes(section));
     },
   });
 }

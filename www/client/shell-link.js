@@ -27,7 +27,9 @@ export function linkToShell(root, platform) {
 /// the session is Hydrogen's from the start. Resolves with Hydrogen's login
 /// failure, or null once the session is loading.
 async function signIn(root, { username, password }) {
-  if (!['login', 'redirecting'].includes(root.activeSection)) return 'someone is signed in already';
+  if (['session', 'loading'].includes(root.activeSection)) return 'someone is signed in already';
+  // From the session picker (after signing out, say), as its own Sign In link does.
+  if (root.activeSection === 'picker') root.navigation.push('login');
   const login = await until(root, () => root.loginViewModel);
   // Hydrogen asks the homeserver for its login flows first; its password form
   // appears once it has them.
