@@ -1,6 +1,6 @@
-// The shell page around the stock client: its status panel, and the client's own
-// sign-in, which still works beside the one-click account (that one is driven in
-// hydrogen.test.js).
+// The shell page around the stock client: its status panel, the client's own
+// sign-in, which still works beside the one-click account (driven across two
+// browsers in hydrogen.test.js), and the account offered again after signing out.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -63,4 +63,22 @@ test("the client's own sign-in works, and the panel shows who signed in", async 
   assert.equal(await page.isVisible('[data-copy="user-id"]'), true);
   assert.equal(await page.isVisible('#account'), false, 'no account offered once signed in');
   assert.equal(await page.evaluate(() => document.body.dataset.account), undefined);
+});
+
+test('signing out of the client offers an account again, and one click signs it in', async () => {
+  const { page } = shell;
+  const ui = page.frames().find((f) => new URL(f.url()).pathname === '/client/');
+  const before = await page.evaluate(() => document.body.dataset.userId);
+  await ui.locator('.LeftPanel a.settings').click();
+  await ui.locator('.Settings button', { hasText: 'Log out' }).click();
+  await ui.locator('.LogoutScreen button.destructive', { hasText: 'Log out' }).click();
+  await page.waitForFunction(() => document.body.dataset.account === 'offered' && !document.body.dataset.userId,
+    null, { timeout: WAIT_MS });
+  assert.equal(await page.textContent('#user-id'), 'not signed in');
+
+  await page.click('#create-account');
+  await page.waitForFunction(() => document.body.dataset.account === 'created' && document.body.dataset.userId,
+    null, { timeout: WAIT_MS });
+  assert.notEqual(await page.evaluate(() => document.body.dataset.userId), before);
+  await ui.locator('.SessionView').waitFor({ timeout: WAIT_MS });
 });
