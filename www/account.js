@@ -11,7 +11,7 @@ const MIXED = `${LOWER}ABCDEFGHIJKLMNOPQRSTUVWXYZ`;
 
 /// Wires the panel's account offer to `signIn(username, password)`, which signs
 /// the embedded client in. Returns `offer(yes)`: whether to offer an account now
-/// (while the client shows its sign-in screen).
+/// (while no one is signed in to the client).
 export function setUpAccount(signIn) {
   const offer = document.getElementById('account');
   const button = document.getElementById('create-account');
