@@ -1,7 +1,12 @@
-// The shell page: registers glia's Service Worker, shows start-up progress, then
-// what the homeserver inside this browser answers, and connects it to the
-// network through the relays (www/transport.js).
+// The shell page: registers glia's Service Worker and shows start-up progress;
+// then connects the homeserver inside this browser to the network through the
+// relays (www/transport.js), shows its status (www/status.js), embeds the stock
+// client (www/embed.js) and, while no one is signed in, offers a one-click
+// account (www/account.js).
 
+import { setUpAccount } from './account.js';
+import { embedClient } from './embed.js';
+import { showNode, showTransport, showUser, watchQueue } from './status.js';
 import { startTransport } from './transport.js';
 
 const stepsList = document.getElementById('steps');
@@ -78,34 +83,37 @@ async function main() {
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return res;
   });
-  const body = await response.json();
+  const { versions } = await response.json();
   const keys = await fetch('/_matrix/key/v2/server').then((res) => res.json());
-  document.getElementById('server-name').textContent = keys.server_name;
-  document.getElementById('server').textContent = response.headers.get('Server') ?? '(unknown)';
-  document.getElementById('versions').textContent =
-    body.versions.length ? body.versions.join(', ') : 'none yet: the Client-Server API is still being built';
-  document.getElementById('raw').textContent = JSON.stringify(body, null, 2);
-  document.getElementById('node').hidden = false;
+  showNode({ serverName: keys.server_name, server: response.headers.get('Server'), versions });
+  document.getElementById('startup').open = false;
   document.body.dataset.state = 'ready';
   startTransport({ onStatus: showTransport });
+  watchQueue();
+
+  const offerAccount = setUpAccount((username, password) => client.signIn(username, password));
+  const client = embedClient(document.getElementById('client'), {
+    onChange({ section, userId }) {
+      document.body.dataset.client = section;
+      showUser(userId);
+      // Hydrogen's sign-in screen, or its list of sessions to pick from: no one is signed in.
+      offerAccount(['login', 'picker'].includes(section));
+    },
+  });
 }
 
-/// The relay links as the status panel shows them; `data-relay` on the body is
-/// `connected` while any relay has welcomed this node.
-function showTransport(status) {
-  const list = document.getElementById('relays');
-  list.replaceChildren(...status.relays.map((relay) => {
-    const item = document.createElement('li');
-    item.textContent = `${relay.url}: ${status.owner ? relay.state : 'driven by another tab'}`;
-    if (relay.error) item.textContent += ` (${relay.error})`;
-    return item;
-  }), ...status.peers.map((peer) => {
-    const item = document.createElement('li');
-    item.textContent = `peer ${peer.key.slice(0, 16)}…: ${peer.path}`;
-    return item;
-  }));
-  const connected = status.relays.some((relay) => relay.state === 'connected');
-  document.body.dataset.relay = connected ? 'connected' : status.owner ? 'connecting' : 'other-tab';
+/// A `data-copy` button copies the text of the element it names.
+async function copyOnClick({ target }) {
+  const button = target.closest('button[data-copy]');
+  if (!button) return;
+  try {
+    await navigator.clipboard.writeText(document.getElementById(button.dataset.copy).textContent);
+    button.textContent = 'Copied';
+  } catch {
+    button.textContent = 'Copy failed';
+  }
+  setTimeout(() => (button.textContent = 'Copy'), 1_500);
 }
 
+document.addEventListener('click', copyOnClick);
 main().catch((err) => console.error('glia shell:', err));
