@@ -74,6 +74,10 @@ async function main() {
     step('Service Workers are unavailable').fail(
       new Error('open this page over https or http://localhost in a current browser'));
   }
+  // The client loads as soon as a worker controls the page (at once on a
+  // return visit), while the worker may still be loading the homeserver: its
+  // requests wait for the worker, not for the steps below.
+  controlled().then(embed);
   const registration = await run('Registering the Service Worker', () =>
     navigator.serviceWorker.register('sw.js', { scope: './' }));
   await run('Loading the homeserver (wasm) and opening its store', () => activated(registration));
@@ -90,7 +94,10 @@ async function main() {
   document.body.dataset.state = 'ready';
   startTransport({ onStatus: showTransport });
   watchQueue();
+}
 
+/// The stock client in its frame, and the one-click account while no one is signed in to it.
+function embed() {
   const offerAccount = setUpAccount((username, password) => client.signIn(username, password));
   const client = embedClient(document.getElementById('client'), {
     onChange({ section, userId }) {
