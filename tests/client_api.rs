@@ -1125,6 +1125,9 @@ fn sync_api() {
     let name = stripped.iter().find(|e| e["type"] == "m.room.name").unwrap();
     assert_eq!(name["content"]["name"], "Invite only");
     assert!(stripped.iter().any(|e| e["type"] == "m.room.create"));
+    // And who asks: the inviter's own membership.
+    let inviter = stripped.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str());
+    assert_eq!(inviter.expect("the inviter's membership")["content"]["membership"], "join");
     assert!(!section(&next, "join").contains_key(&private));
     since = next["next_batch"].as_str().unwrap().to_owned();
 

@@ -33,6 +33,7 @@ async fn two_nodes_invite_join_talk_type_read_and_leave() {
     let state =
         bob.sees("bob's invite", |s| s["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned()).await;
     assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "P2P"), "{state:?}");
+    assert!(state.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == alice.id.as_str()), "{state:?}");
 
     ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
     let members = ok(bob.call("GET", &format!("rooms/{}/joined_members", enc(&room)), None).await);

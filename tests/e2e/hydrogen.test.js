@@ -165,9 +165,8 @@ test('A creates a room in the client and invites B; B sees the invite and joins'
   const invite = client(b.page).locator('.RoomList li a', { hasText: ROOM });
   await invite.waitFor({ timeout: WAIT_MS });
   await invite.click();
-  // Hydrogen names the inviter when the invite's stripped state holds the
-  // inviter's membership, which glia's does not send yet.
-  await client(b.page).locator('.InviteView', { hasText: 'You were invited to join' })
+  // The invite's stripped state holds the inviter's membership, so Hydrogen names them.
+  await client(b.page).locator('.InviteView', { hasText: `(${a.id}) invited you.` })
     .locator('.InviteView_roomProfile', { hasText: ROOM }).waitFor({ timeout: WAIT_MS });
   await client(b.page).locator('.InviteView button', { hasText: 'Accept' }).click();
   await client(b.page).locator('.RoomView .MessageComposer_input textarea').waitFor({ timeout: WAIT_MS });

@@ -70,14 +70,26 @@ const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
 
 /// The state types a client gets in an invite, to show the room before joining.
-pub(crate) const INVITE_STATE: &[&str] = &[
+const INVITE_STATE: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
     "m.room.avatar",
+    "m.room.topic",
     "m.room.canonical_alias",
     "m.room.encryption",
 ];
+
+/// The events of `state` an invite from `inviter` shows: [`INVITE_STATE`] and
+/// the inviter's own membership, so the invitee sees who asks.
+pub(crate) fn invite_state<'s>(state: &'s RoomState, inviter: &ruma::UserId) -> Vec<&'s ruma::EventId> {
+    INVITE_STATE
+        .iter()
+        .map(|kind| ((*kind).into(), String::new()))
+        .chain([(StateEventType::RoomMember, inviter.to_string())])
+        .filter_map(|key| state.get(&key).map(|id| &**id))
+        .collect()
+}
 
 /// `GET /_matrix/client/v3/sync`
 pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request) -> Result<v3::Response, Error> {
@@ -497,12 +509,10 @@ impl Sync<'_> {
             }
             return Ok(room);
         }
+        let Some(invite) = hs.rooms().event(&membership.event_id).await? else { return Ok(room) };
         let state = hs.rooms().current_state(room_id).await?;
-        let mut ids: Vec<_> =
-            INVITE_STATE.iter().filter_map(|kind| state.get(&((*kind).into(), String::new()))).collect();
-        ids.push(&membership.event_id);
-        for id in ids {
-            let Some(event) = hs.rooms().event(id).await? else { continue };
+        let ids = invite_state(&state, &invite.pdu.sender);
+        for event in hs.rooms().events(&ids).await?.into_iter().flatten().chain([invite]) {
             room.invite_state.events.push(format::to_raw(&stripped(&event.pdu)?)?);
         }
         Ok(room)

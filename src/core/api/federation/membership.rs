@@ -217,14 +217,11 @@ pub(crate) async fn invite_remote(
     let pdu = hs.rooms().prepare(room_id, sender, &event).await?;
     let version = hs.rooms().room(room_id).await?.version;
     let state = hs.rooms().current_state(room_id).await?;
+    let ids = crate::core::api::client::sync::invite_state(&state, sender);
     let mut invite_state = Vec::new();
-    for kind in crate::core::api::client::sync::INVITE_STATE {
-        if let Some(id) = state.get(&((*kind).into(), String::new())) {
-            if let Some(event) = hs.rooms().event(id).await? {
-                let raw = serde_json::value::to_raw_value(&event.pdu.federation_json()).map_err(Error::internal)?;
-                invite_state.push(RawStrippedState::Pdu(raw));
-            }
-        }
+    for event in hs.rooms().events(&ids).await?.into_iter().flatten() {
+        let raw = serde_json::value::to_raw_value(&event.pdu.federation_json()).map_err(Error::internal)?;
+        invite_state.push(RawStrippedState::Pdu(raw));
     }
     let raw = serde_json::value::to_raw_value(&pdu.json).map_err(Error::internal)?;
     let request =
