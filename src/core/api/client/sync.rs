@@ -576,7 +576,7 @@ impl Sync<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use std::sync::{
         atomic::{AtomicU64, Ordering},
