@@ -7,6 +7,7 @@ pub mod directory;
 pub mod ephemeral;
 pub mod events;
 pub mod federation;
+pub mod keys;
 pub mod notifier;
 pub mod rooms;
 pub mod sender;

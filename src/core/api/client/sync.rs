@@ -24,12 +24,12 @@ use ruma::{
     events::{room::member::MembershipState, StateEventType},
     presence::PresenceState,
     serde::Raw,
-    OneTimeKeyAlgorithm, OwnedRoomId, OwnedUserId, RoomId, UInt,
+    OwnedRoomId, OwnedUserId, RoomId, UInt,
 };
 use serde_json::{json, Value};
 
 use super::{
-    filter, format, push,
+    filter, format, keys, push,
     tokens::{self, SyncToken},
     visibility,
 };
@@ -156,7 +156,10 @@ fn stripped(pdu: &Pdu) -> Result<Value, Error> {
 }
 
 fn has_news(response: &v3::Response) -> bool {
-    !response.rooms.is_empty() || !response.presence.is_empty() || !response.account_data.is_empty()
+    !response.rooms.is_empty()
+        || !response.presence.is_empty()
+        || !response.account_data.is_empty()
+        || !response.device_lists.is_empty()
 }
 
 struct Sync<'a> {
@@ -172,12 +175,9 @@ impl Sync<'_> {
         let hs = self.hs;
         let user = &self.session.user_id;
         let mut response = v3::Response::new(now.to_string());
-        // No key upload endpoints yet (end-to-end encryption comes later): the
-        // honest counts are none, which also tells clients the fields exist.
-        response.device_unused_fallback_key_types = Some(Vec::new());
-        response.device_one_time_keys_count.insert(OneTimeKeyAlgorithm::SignedCurve25519, UInt::MIN);
         let room_filter = &self.filter.room;
         let since_user = self.since.map_or(0, |s| s.user);
+        self.encryption(&mut response, now).await?;
 
         // Account data of the user and of each room, changed since `since`.
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Value>> = HashMap::new();
@@ -245,6 +245,20 @@ impl Sync<'_> {
         }
         self.presence(&mut response, &members_seen, now).await?;
         Ok(response)
+    }
+
+    /// The device's key counts, and whose devices
+    /// changed since `since` among the users it may encrypt for.
+    async fn encryption(&self, response: &mut v3::Response, now: SyncToken) -> Result<(), Error> {
+        let (hs, session) = (self.hs, self.session);
+        response.device_one_time_keys_count = keys::one_time_key_counts(hs, session).await?;
+        let fallback = hs.keys().unused_fallback_types(&session.user_id, &session.device_id).await?;
+        response.device_unused_fallback_key_types = Some(fallback);
+        if let Some(since) = self.since {
+            let changed = keys::changed_devices(hs, &session.user_id, since.user, now.user).await?;
+            response.device_lists.changed = changed.into_iter().collect();
+        }
+        Ok(())
     }
 
     fn timeline_filter(&self) -> &RoomEventFilter {
