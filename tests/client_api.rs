@@ -1583,6 +1583,62 @@ fn end_to_end_encryption_keys() {
     assert_eq!(devices, [&alice.device_id]);
 }
 
+fn to_device_events(sync: &Value) -> Vec<Value> {
+    sync["to_device"]["events"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn send_to_device() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let bob2 = login_client(addr, "bob");
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+
+    let send =
+        |txn: &str, messages: Value| alice.put(&format!("sendToDevice/m.test/{txn}"), json!({ "messages": messages }));
+    assert_eq!(send("one", json!({ &bob.user_id: { &bob.device_id: { "n": 1 } } })).ok(), json!({}));
+    // A retried transaction sends nothing more.
+    send("one", json!({ &bob.user_id: { &bob.device_id: { "n": 1 } } })).ok();
+    send("two", json!({ &bob.user_id: { "*": { "n": 2 } }, "@someone:example.org": { "*": { "n": 3 } } })).ok();
+    send("three", json!({ &bob.user_id: { "NOSUCHDEVICE": { "n": 4 } } })).ok();
+    send("four", json!({ &bob.user_id: { &bob.device_id: "not an object" } })).err(400, "M_BAD_JSON");
+    alice.raw("PUT", "sendToDevice/m.test/five", b"{").err(400, "M_NOT_JSON");
+    let mut bogus = alice.clone();
+    bogus.token = Some("nope".into());
+    bogus.put("sendToDevice/m.test/six", json!({ "messages": {} })).err(401, "M_UNKNOWN_TOKEN");
+
+    let expected = |n: u64| json!({ "sender": &alice.user_id, "type": "m.test", "content": { "n": n } });
+    let first = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(to_device_events(&first), [expected(1), expected(2)]);
+    // Not acknowledged until the client syncs from the batch that carried them.
+    let again = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(to_device_events(&again), [expected(1), expected(2)]);
+    let next = again["next_batch"].as_str().unwrap();
+    assert_eq!(to_device_events(&sync(&bob, &format!("since={next}&timeout=0"))), Vec::<Value>::new());
+    assert_eq!(to_device_events(&sync(&bob, "")), Vec::<Value>::new());
+    // Bob's other device got the message for all his devices only.
+    assert_eq!(to_device_events(&sync(&bob2, "")), [expected(2)]);
+
+    // A message wakes a waiting sync.
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+    let waiting = {
+        let bob = bob.clone();
+        std::thread::spawn(move || (Instant::now(), sync(&bob, &format!("since={since}&timeout=20000"))))
+    };
+    send("seven", json!({ &bob.user_id: { &bob.device_id: { "n": 7 } } })).ok();
+    let (started, woken) = waiting.join().unwrap();
+    assert_eq!(to_device_events(&woken), [expected(7)]);
+    assert!(started.elapsed() < Duration::from_secs(15), "the sync waited out its timeout");
+
+    // A deleted device's messages go with it.
+    send("eight", json!({ &bob.user_id: { &bob2.device_id: { "n": 8 } } })).ok();
+    bob2.post("logout", json!({})).ok();
+    let bob2_again = login_client(addr, "bob");
+    assert_eq!(to_device_events(&sync(&bob2_again, "")), Vec::<Value>::new());
+}
+
 #[test]
 fn data_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();

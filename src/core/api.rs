@@ -18,6 +18,7 @@ pub(crate) mod client {
     pub(crate) mod room;
     pub(crate) mod state;
     pub(crate) mod sync;
+    pub(crate) mod to_device;
     pub(crate) mod tokens;
     pub(crate) mod visibility;
 }
@@ -100,6 +101,7 @@ macro_rules! endpoints {
             c::keys::get_keys::v3::Request => client::keys::query,
             c::keys::claim_keys::v3::Request => client::keys::claim,
             c::keys::get_key_changes::v3::Request => client::keys::changes,
+            c::to_device::send_event_to_device::v3::Request => client::to_device::send,
             c::typing::create_typing_event::v3::Request => client::ephemeral::typing,
             c::receipt::create_receipt::v3::Request => client::ephemeral::receipt,
             c::read_marker::set_read_marker::v3::Request => client::ephemeral::read_markers,

@@ -23,7 +23,8 @@ use self::{
     limits::RateLimit,
     service::{
         accounts::Accounts, aliases::Aliases, directory::Directory, ephemeral::Ephemeral, federation::Federation,
-        keys::Keys, notifier::Notifier, rooms::Rooms, sender::Sender, transactions::Transactions, user_data::UserData,
+        keys::Keys, notifier::Notifier, rooms::Rooms, sender::Sender, to_device::ToDevice, transactions::Transactions,
+        user_data::UserData,
     },
 };
 pub use self::{
@@ -64,6 +65,7 @@ pub const SCHEMA: Schema = Schema {
         service::keys::ONE_TIME_KEYS,
         service::keys::FALLBACK_KEYS,
         service::keys::KEY_CHANGES,
+        service::to_device::TO_DEVICE,
     ],
 };
 
@@ -94,6 +96,7 @@ pub struct Homeserver {
     directory: Directory,
     transactions: Transactions,
     keys: Keys,
+    to_device: ToDevice,
     federation: Federation,
     sender: Sender,
     limits: Limits,
@@ -139,6 +142,7 @@ impl Homeserver {
             directory: Directory::new(store.clone()),
             transactions: Transactions::new(store.clone()),
             keys: Keys::new(store.clone()),
+            to_device: ToDevice::new(store.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
@@ -285,6 +289,10 @@ impl Homeserver {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    pub fn to_device(&self) -> &ToDevice {
+        &self.to_device
     }
 
     pub fn federation(&self) -> &Federation {

@@ -12,6 +12,7 @@ pub mod notifier;
 pub mod rooms;
 pub mod sender;
 pub mod state;
+pub mod to_device;
 pub mod transactions;
 pub mod user_data;
 

@@ -1,7 +1,8 @@
 //! What users keep on their node besides rooms: account data (global and per
 //! room), read receipts and stored sync filters. Account data and receipts are
 //! numbered in one stream of their own, so `/sync` hands out what changed since
-//! a position; device list changes are numbered in it too ([`UserData::write_at_next`]).
+//! a position; device list changes and to-device messages are numbered in it
+//! too ([`UserData::write_at_next`]).
 //!
 //! Key encodings:
 //! - `account_data`: user ID, 0, room ID (empty for global), 0, type → [`Entry`]

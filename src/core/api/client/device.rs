@@ -78,9 +78,10 @@ pub(crate) async fn delete_many(
     Ok(delete_devices::v3::Response::new())
 }
 
-/// Drops what deleted devices leave behind: their keys, which other users'
-/// devices then hear of.
+/// Drops what deleted devices leave behind: their keys (which other users'
+/// devices then hear of) and the to-device messages no one will fetch.
 pub(crate) async fn forget(hs: &Homeserver, user: &UserId, deleted: &[OwnedDeviceId]) -> Result<(), Error> {
     hs.keys().forget_devices(hs.user_data(), user, deleted).await?;
+    hs.to_device().forget_devices(user, deleted).await?;
     Ok(())
 }

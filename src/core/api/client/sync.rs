@@ -26,7 +26,7 @@ use ruma::{
     serde::Raw,
     OwnedRoomId, OwnedUserId, RoomId, UInt,
 };
-use serde_json::{json, Value};
+use serde_json::{json, value::to_raw_value, Value};
 
 use super::{
     filter, format, keys, push,
@@ -120,6 +120,10 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     if changed {
         crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
     }
+    if let Some(since) = since {
+        // The client has what the response that handed out `since` carried.
+        hs.to_device().acknowledge(&session.user_id, &session.device_id, since.user).await?;
+    }
     let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(hs.limits().long_poll_ms);
     let deadline = hs.clock().now_millis() + timeout;
     let sync = Sync { hs, session: &session, since, filter: &filter, full_state: request.full_state };
@@ -159,6 +163,7 @@ fn has_news(response: &v3::Response) -> bool {
     !response.rooms.is_empty()
         || !response.presence.is_empty()
         || !response.account_data.is_empty()
+        || !response.to_device.is_empty()
         || !response.device_lists.is_empty()
 }
 
@@ -247,13 +252,16 @@ impl Sync<'_> {
         Ok(response)
     }
 
-    /// The device's key counts, and whose devices
+    /// The device's key counts, its to-device messages, and whose devices
     /// changed since `since` among the users it may encrypt for.
     async fn encryption(&self, response: &mut v3::Response, now: SyncToken) -> Result<(), Error> {
         let (hs, session) = (self.hs, self.session);
         response.device_one_time_keys_count = keys::one_time_key_counts(hs, session).await?;
         let fallback = hs.keys().unused_fallback_types(&session.user_id, &session.device_id).await?;
         response.device_unused_fallback_key_types = Some(fallback);
+        for message in hs.to_device().pending(&session.user_id, &session.device_id, now.user).await? {
+            response.to_device.events.push(Raw::from_json(to_raw_value(&message).map_err(Error::internal)?));
+        }
         if let Some(since) = self.since {
             let changed = keys::changed_devices(hs, &session.user_id, since.user, now.user).await?;
             response.device_lists.changed = changed.into_iter().collect();
