@@ -1581,6 +1581,24 @@ fn end_to_end_encryption_keys() {
     let keys = bob.post("keys/query", json!({ "device_keys": { &alice.user_id: [] } })).ok();
     let devices: Vec<&String> = keys["device_keys"][&alice.user_id].as_object().unwrap().keys().collect();
     assert_eq!(devices, [&alice.device_id]);
+
+    // Carol joining a room with Bob makes her devices his business; leaving
+    // the only room they share, no longer.
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+    join(&carol, &room);
+    let next = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(changed(&next), [carol.user_id.as_str()]);
+    let joined = next["next_batch"].as_str().unwrap().to_owned();
+    carol.post(&format!("rooms/{}/leave", enc(&room)), json!({})).ok();
+    let next = sync(&bob, &format!("since={joined}&timeout=0"));
+    assert_eq!(next["device_lists"]["left"], json!([carol.user_id]));
+    assert_eq!(changed(&next), Vec::<String>::new());
+    let now = next["next_batch"].as_str().unwrap();
+    let changes = bob.get(&format!("keys/changes?from={joined}&to={now}")).ok();
+    assert_eq!(changes, json!({ "changed": [], "left": [carol.user_id] }));
+    // Joined and gone again between two positions: nothing to tell.
+    let changes = bob.get(&format!("keys/changes?from={since}&to={now}")).ok();
+    assert_eq!(changes, json!({ "changed": [], "left": [] }));
 }
 
 fn to_device_events(sync: &Value) -> Vec<Value> {

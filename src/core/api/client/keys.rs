@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ruma::{
     api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys},
     encryption::DeviceKeys,
-    events::room::member::MembershipState,
+    events::{room::member::MembershipState, StateEventType},
     serde::Raw,
     OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, ServerName, UInt, UserId,
 };
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::tokens::SyncToken;
 use crate::core::{
-    service::{accounts::Session, keys::Upload},
+    service::{accounts::Session, keys::Upload, rooms::RoomError, state::State},
     Error, Homeserver,
 };
 
@@ -162,36 +162,80 @@ pub(crate) async fn changes(
     session: Session,
     request: get_key_changes::v3::Request,
 ) -> Result<get_key_changes::v3::Response, Error> {
-    let from = SyncToken::parse(&request.from)?.user;
-    let to = SyncToken::parse(&request.to)?.user;
-    let changed = changed_devices(hs, &session.user_id, from, to).await?;
-    Ok(get_key_changes::v3::Response::new(changed.into_iter().collect(), Vec::new()))
+    let (from, to) = (SyncToken::parse(&request.from)?, SyncToken::parse(&request.to)?);
+    let (changed, left) = device_list_changes(hs, &session.user_id, from, to).await?;
+    Ok(get_key_changes::v3::Response::new(changed.into_iter().collect(), left.into_iter().collect()))
 }
 
-/// The users whose devices changed after user data stream position `from` up
-/// to `to`, of those `user` shares a joined room with, and `user`.
-pub(crate) async fn changed_devices(
+/// How the device lists `user`'s devices follow moved between two sync
+/// positions: who to look at again (`changed`: users sharing a joined room
+/// whose devices changed or who came to share one, and `user`'s own) and who
+/// to forget (`left`: users who no longer share any).
+pub(crate) async fn device_list_changes(
     hs: &Homeserver,
     user: &UserId,
-    from: u64,
-    to: u64,
-) -> Result<BTreeSet<OwnedUserId>, Error> {
-    let changed = hs.keys().changed(from, to).await?;
-    if changed.is_empty() {
-        return Ok(changed);
-    }
+    from: SyncToken,
+    to: SyncToken,
+) -> Result<(BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>), Error> {
     let mine = joined_rooms(hs, user).await?;
-    let mut shared = BTreeSet::new();
-    for other in changed {
-        if other == user || !joined_rooms(hs, &other).await?.is_disjoint(&mine) {
-            shared.insert(other);
+    let mut changed = BTreeSet::new();
+    for other in hs.keys().changed(from.user, to.user).await? {
+        if other == user || shares_room(hs, &mine, &other).await? {
+            changed.insert(other);
         }
     }
-    Ok(shared)
+    let mut lost = BTreeSet::new();
+    for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
+        let room = match hs.rooms().room(room_id).await {
+            Ok(room) => room,
+            // An invite refused to a room this node never had: no members here.
+            Err(RoomError::UnknownRoom(_)) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        if room.stream <= from.events {
+            continue;
+        }
+        let before = super::sync::state_after_position(hs, room_id, from.events).await?;
+        let now = hs.rooms().current_state(room_id).await?;
+        // Most new events change no membership: then nothing more is read.
+        let moved = now.iter().any(|(key, id)| key.0 == StateEventType::RoomMember && before.get(key) != Some(id));
+        if !moved {
+            continue;
+        }
+        let (before, now) = (joined_members(hs, &before).await?, joined_members(hs, &now).await?);
+        // A side counts only while `user` is joined on it.
+        let before = if before.contains(user) { before } else { BTreeSet::new() };
+        let now = if membership.membership == MembershipState::Join { now } else { BTreeSet::new() };
+        changed.extend(now.difference(&before).filter(|other| *other != user).cloned());
+        lost.extend(before.difference(&now).filter(|other| *other != user).cloned());
+    }
+    let mut left = BTreeSet::new();
+    for other in lost {
+        if !shares_room(hs, &mine, &other).await? {
+            left.insert(other);
+        }
+    }
+    Ok((changed, left))
 }
 
 async fn joined_rooms(hs: &Homeserver, user: &UserId) -> Result<BTreeSet<OwnedRoomId>, Error> {
     let rooms = hs.rooms().rooms_of(user).await?;
     let joined = rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join);
     Ok(joined.map(|(room, _)| room.clone()).collect())
+}
+
+/// Whether `other`, a user of any server, is joined to one of `rooms`.
+async fn shares_room(hs: &Homeserver, rooms: &BTreeSet<OwnedRoomId>, other: &UserId) -> Result<bool, Error> {
+    for room in rooms {
+        if hs.rooms().membership(room, other).await? == Some(MembershipState::Join) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn joined_members(hs: &Homeserver, state: &State) -> Result<BTreeSet<OwnedUserId>, Error> {
+    let members = super::membership::members_in(hs, state).await?;
+    let joined = members.into_iter().filter(|(_, content)| content.membership == MembershipState::Join);
+    Ok(joined.filter_map(|(pdu, _)| UserId::parse(pdu.state_key.as_deref()?).ok()).collect())
 }

@@ -153,6 +153,22 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     }
 }
 
+/// The room's state after its last event at or before stream position `position`.
+pub(crate) async fn state_after_position(
+    hs: &Homeserver,
+    room_id: &RoomId,
+    position: StreamPosition,
+) -> Result<Arc<RoomState>, Error> {
+    let last = hs.rooms().timeline(room_id, Some(position + 1), Direction::Backward, 1).await?;
+    let Some((_, pdu)) = last.first() else { return Ok(Arc::default()) };
+    let event = hs.rooms().event(&pdu.event_id).await?;
+    let group = event.map(|e| e.record.state_after);
+    match group {
+        Some(group) => Ok(hs.rooms().state_group(group).await?),
+        None => Ok(Arc::default()),
+    }
+}
+
 /// A state event as an invite shows it.
 fn stripped(pdu: &Pdu) -> Result<Value, Error> {
     let content: Value = serde_json::from_str(pdu.content.get()).map_err(Error::internal)?;
@@ -252,8 +268,8 @@ impl Sync<'_> {
         Ok(response)
     }
 
-    /// The device's key counts, its to-device messages, and whose devices
-    /// changed since `since` among the users it may encrypt for.
+    /// The device's key counts, its to-device messages, and whose devices it
+    /// must look at again or may forget since `since`.
     async fn encryption(&self, response: &mut v3::Response, now: SyncToken) -> Result<(), Error> {
         let (hs, session) = (self.hs, self.session);
         response.device_one_time_keys_count = keys::one_time_key_counts(hs, session).await?;
@@ -263,8 +279,9 @@ impl Sync<'_> {
             response.to_device.events.push(Raw::from_json(to_raw_value(&message).map_err(Error::internal)?));
         }
         if let Some(since) = self.since {
-            let changed = keys::changed_devices(hs, &session.user_id, since.user, now.user).await?;
+            let (changed, left) = keys::device_list_changes(hs, &session.user_id, since, now).await?;
             response.device_lists.changed = changed.into_iter().collect();
+            response.device_lists.left = left.into_iter().collect();
         }
         Ok(())
     }
@@ -367,7 +384,7 @@ impl Sync<'_> {
             };
             let before = match since_events {
                 _ if full => None,
-                Some(since) if limited => Some(self.state_after_position(room_id, since).await?),
+                Some(since) if limited => Some(state_after_position(hs, room_id, since).await?),
                 _ => Some(start.clone()),
             };
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
@@ -421,18 +438,6 @@ impl Sync<'_> {
         // Counts change with new events and with the user's own receipts.
         joined.unread_notifications = self.unread(room_id, now.events).await?;
         Ok(Some(joined))
-    }
-
-    /// The room's state after its last event at or before stream position `position`.
-    async fn state_after_position(&self, room_id: &RoomId, position: StreamPosition) -> Result<Arc<RoomState>, Error> {
-        let last = self.hs.rooms().timeline(room_id, Some(position + 1), Direction::Backward, 1).await?;
-        let Some((_, pdu)) = last.first() else { return Ok(Arc::default()) };
-        let event = self.hs.rooms().event(&pdu.event_id).await?;
-        let group = event.map(|e| e.record.state_after);
-        match group {
-            Some(group) => Ok(self.hs.rooms().state_group(group).await?),
-            None => Ok(Arc::default()),
-        }
     }
 
     /// The entries of `state` not in `before` (all of them without `before`),
