@@ -1654,7 +1654,18 @@ fn send_to_device() {
     send("eight", json!({ &bob.user_id: { &bob2.device_id: { "n": 8 } } })).ok();
     bob2.post("logout", json!({})).ok();
     let bob2_again = login_client(addr, "bob");
-    assert_eq!(to_device_events(&sync(&bob2_again, "")), Vec::<Value>::new());
+    let first = sync(&bob2_again, "");
+    assert_eq!(to_device_events(&first), Vec::<Value>::new());
+
+    // At most 100 a response; the rest come with the next.
+    for n in 0..101 {
+        send(&format!("many{n}"), json!({ &bob.user_id: { &bob2_again.device_id: { "n": n } } })).ok();
+    }
+    let since = first["next_batch"].as_str().unwrap();
+    let batch = sync(&bob2_again, &format!("since={since}&timeout=0"));
+    assert_eq!(to_device_events(&batch), (0..100).map(expected).collect::<Vec<_>>());
+    let since = batch["next_batch"].as_str().unwrap();
+    assert_eq!(to_device_events(&sync(&bob2_again, &format!("since={since}&timeout=0"))), [expected(100)]);
 }
 
 #[test]

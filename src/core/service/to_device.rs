@@ -61,10 +61,27 @@ impl ToDevice {
         Ok(())
     }
 
-    /// The device's messages up to stream position `to`, oldest first.
-    pub async fn pending(&self, user: &UserId, device: &DeviceId, to: u64) -> Result<Vec<Message>, RoomError> {
-        let entries = self.store.scan(TO_DEVICE, up_to(user, device, to), Direction::Forward, usize::MAX).await?;
-        entries.into_iter().map(|(_, value)| serde_json::from_slice(&value).map_err(RoomError::corrupt)).collect()
+    /// The device's first `limit` messages up to stream position `to`, oldest
+    /// first, and the position up to which they are all of them: `to`, or
+    /// the last one's when more wait.
+    pub async fn pending(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        to: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, u64), RoomError> {
+        let mut entries = self.store.scan(TO_DEVICE, up_to(user, device, to), Direction::Forward, limit + 1).await?;
+        let mut through = to;
+        if entries.len() > limit {
+            entries.truncate(limit);
+            if let Some((key, _)) = entries.last() {
+                let position = key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok());
+                through = u64::from_be_bytes(position.ok_or_else(|| RoomError::corrupt("bad to-device key"))?);
+            }
+        }
+        let messages = entries.into_iter().map(|(_, value)| serde_json::from_slice(&value).map_err(RoomError::corrupt));
+        Ok((messages.collect::<Result<_, _>>()?, through))
     }
 
     /// Deletes the device's messages up to stream position `to`: its client

@@ -40,6 +40,7 @@ use crate::{
             accounts::Session,
             rooms::{StreamPosition, UserMembership},
             state::State as RoomState,
+            to_device::Message,
         },
         Error, Homeserver,
     },
@@ -62,6 +63,9 @@ enum Built {
     Invited(v3::InvitedRoom),
     Left(v3::LeftRoom),
 }
+
+/// To-device messages per response, as the spec suggests.
+const TO_DEVICE_AT_ONCE: usize = 100;
 
 /// Timeline events per room when the filter names no limit.
 const DEFAULT_LIMIT: usize = 10;
@@ -192,13 +196,18 @@ struct Sync<'a> {
 }
 
 impl Sync<'_> {
-    async fn build(&self, now: SyncToken) -> Result<v3::Response, Error> {
+    async fn build(&self, mut now: SyncToken) -> Result<v3::Response, Error> {
         let hs = self.hs;
         let user = &self.session.user_id;
+        // A response hands out the user data stream only up to its last
+        // to-device message, so that syncing from it acknowledges no more.
+        let device = &self.session.device_id;
+        let (to_device, through) = hs.to_device().pending(user, device, now.user, TO_DEVICE_AT_ONCE).await?;
+        now.user = through;
         let mut response = v3::Response::new(now.to_string());
         let room_filter = &self.filter.room;
         let since_user = self.since.map_or(0, |s| s.user);
-        self.encryption(&mut response, now).await?;
+        self.encryption(&mut response, now, to_device).await?;
 
         // Account data of the user and of each room, changed since `since`.
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Value>> = HashMap::new();
@@ -270,12 +279,17 @@ impl Sync<'_> {
 
     /// The device's key counts, its to-device messages, and whose devices it
     /// must look at again or may forget since `since`.
-    async fn encryption(&self, response: &mut v3::Response, now: SyncToken) -> Result<(), Error> {
+    async fn encryption(
+        &self,
+        response: &mut v3::Response,
+        now: SyncToken,
+        to_device: Vec<Message>,
+    ) -> Result<(), Error> {
         let (hs, session) = (self.hs, self.session);
         response.device_one_time_keys_count = keys::one_time_key_counts(hs, session).await?;
         let fallback = hs.keys().unused_fallback_types(&session.user_id, &session.device_id).await?;
         response.device_unused_fallback_key_types = Some(fallback);
-        for message in hs.to_device().pending(&session.user_id, &session.device_id, now.user).await? {
+        for message in to_device {
             response.to_device.events.push(Raw::from_json(to_raw_value(&message).map_err(Error::internal)?));
         }
         if let Some(since) = self.since {
