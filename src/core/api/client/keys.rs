@@ -186,6 +186,10 @@ pub(crate) async fn device_list_changes(
     }
     let mut lost = BTreeSet::new();
     for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
+        // A room left before `from` brings no one into sight or out of it.
+        if membership.membership != MembershipState::Join && membership.stream <= from.events {
+            continue;
+        }
         let room = match hs.rooms().room(room_id).await {
             Ok(room) => room,
             // An invite refused to a room this node never had: no members here.
