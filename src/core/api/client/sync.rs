@@ -6,6 +6,10 @@
 //! and the start of that timeline, its ephemeral events (typing, receipts) and
 //! account data. Rooms the user joined since, and every room on an initial sync,
 //! come with their whole state at the start of the timeline.
+//!
+//! Beside rooms come the device's to-device messages, kept until a sync from
+//! a later position acknowledges them, its one-time key counts, and whose
+//! device lists changed or were left.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
