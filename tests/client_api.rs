@@ -1446,6 +1446,228 @@ fn ephemeral_account_data_and_push_rules() {
         .err(405, "M_BAD_JSON");
 }
 
+/// Device keys as a client uploads them for its own device; the node checks
+/// their shape and that the device's ed25519 key signed them, not the signature.
+fn device_keys(client: &Client) -> Value {
+    let (user, device) = (&client.user_id, &client.device_id);
+    json!({
+        "user_id": user,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{device}"): "curve", format!("ed25519:{device}"): "ed" },
+        "signatures": { user: { format!("ed25519:{device}"): "signature" } },
+    })
+}
+
+/// A signed curve25519 key as a client uploads it.
+fn signed_key(client: &Client, key: &str) -> Value {
+    json!({ "key": key, "signatures": { &client.user_id: { format!("ed25519:{}", client.device_id): "sig" } } })
+}
+
+/// Claims one `signed_curve25519` key of `owner`'s device and returns its ID, if any.
+#[track_caller]
+fn claim(client: &Client, owner: &Client) -> Option<String> {
+    let body = json!({ "one_time_keys": { &owner.user_id: { &owner.device_id: "signed_curve25519" } } });
+    let claimed = client.post("keys/claim", body).ok();
+    let keys = claimed["one_time_keys"][&owner.user_id][&owner.device_id].as_object().cloned().unwrap_or_default();
+    assert!(keys.len() <= 1, "one key per device: {claimed}");
+    keys.keys().next().cloned()
+}
+
+fn changed(sync: &Value) -> Vec<String> {
+    let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    changed.iter().map(|user| user.as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn end_to_end_encryption_keys() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &room);
+    let initial = sync(&bob, "");
+    assert_eq!(initial["device_one_time_keys_count"], json!({ "signed_curve25519": 0 }));
+    assert_eq!(initial["device_unused_fallback_key_types"], json!([]));
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // Only the session's own device's keys, signed by its ed25519 key.
+    alice.post("keys/upload", json!({ "device_keys": device_keys(&bob) })).err(400, "M_INVALID_PARAM");
+    let mut unsigned = device_keys(&alice);
+    unsigned["signatures"] = json!({});
+    alice.post("keys/upload", json!({ "device_keys": unsigned })).err(400, "M_INVALID_PARAM");
+    alice.post("keys/upload", json!({ "device_keys": { "user_id": 5 } })).err(400, "M_BAD_JSON");
+    alice.raw("POST", "keys/upload", b"{").err(400, "M_NOT_JSON");
+    let mut bogus = alice.clone();
+    bogus.token = Some("nope".into());
+    bogus.post("keys/upload", json!({})).err(401, "M_UNKNOWN_TOKEN");
+    bogus.post("keys/query", json!({ "device_keys": {} })).err(401, "M_UNKNOWN_TOKEN");
+
+    let upload = json!({
+        "device_keys": device_keys(&alice),
+        "one_time_keys": {
+            "signed_curve25519:AAAA": signed_key(&alice, "one"),
+            "signed_curve25519:AAAB": signed_key(&alice, "two"),
+        },
+        "fallback_keys": { "signed_curve25519:FFFF": signed_key(&alice, "fallback") },
+    });
+    let counts = alice.post("keys/upload", upload.clone()).ok();
+    assert_eq!(counts["one_time_key_counts"], json!({ "signed_curve25519": 2 }));
+    // The same keys again are no new keys; another key under a known ID is refused.
+    assert_eq!(alice.post("keys/upload", upload).ok()["one_time_key_counts"]["signed_curve25519"], 2);
+    let clash = json!({ "one_time_keys": { "signed_curve25519:AAAA": signed_key(&alice, "other") } });
+    alice.post("keys/upload", clash).err(400, "M_BAD_JSON");
+    let synced = sync(&alice, "");
+    assert_eq!(synced["device_one_time_keys_count"]["signed_curve25519"], 2);
+    assert_eq!(synced["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+
+    // Bob shares a room with Alice: her new keys show in his sync and in /keys/changes.
+    let next = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(changed(&next), [alice.user_id.as_str()]);
+    let now = next["next_batch"].as_str().unwrap();
+    let changes = bob.get(&format!("keys/changes?from={since}&to={now}")).ok();
+    assert_eq!(changes["changed"], json!([alice.user_id]));
+    bob.get(&format!("keys/changes?from=nonsense&to={now}")).err(400, "M_INVALID_PARAM");
+
+    // /keys/query: all of a user's devices, named ones, and other servers' users as failures.
+    let query = json!({ "device_keys": { &alice.user_id: [], "@someone:example.org": [] } });
+    let keys = bob.post("keys/query", query).ok();
+    assert_eq!(keys["device_keys"][&alice.user_id][&alice.device_id], device_keys(&alice));
+    assert!(keys["failures"]["example.org"].is_object(), "{keys}");
+    let query = json!({ "device_keys": { &alice.user_id: ["NOSUCHDEVICE"], &carol.user_id: [] } });
+    let keys = bob.post("keys/query", query).ok();
+    assert_eq!(keys["device_keys"], json!({ &alice.user_id: {}, &carol.user_id: {} }));
+    bob.put(&format!("devices/{}", bob.device_id), json!({ "display_name": "Bob's phone" })).ok();
+    bob.post("keys/upload", json!({ "device_keys": device_keys(&bob) })).ok();
+    let keys = alice.post("keys/query", json!({ "device_keys": { &bob.user_id: [&bob.device_id] } })).ok();
+    let keys = &keys["device_keys"][&bob.user_id][&bob.device_id];
+    assert_eq!(keys["unsigned"]["device_display_name"], "Bob's phone");
+    assert_eq!(keys["signatures"], device_keys(&bob)["signatures"]);
+
+    // Each one-time key is handed out once, then the fallback key, marked used.
+    let first = claim(&bob, &alice).expect("a one-time key");
+    let second = claim(&carol, &alice).expect("another one-time key");
+    let mut both = [first, second];
+    both.sort();
+    assert_eq!(both, ["signed_curve25519:AAAA", "signed_curve25519:AAAB"]);
+    assert_eq!(claim(&bob, &alice).as_deref(), Some("signed_curve25519:FFFF"));
+    assert_eq!(claim(&carol, &alice).as_deref(), Some("signed_curve25519:FFFF"));
+    assert_eq!(claim(&bob, &carol), None);
+    let remote = json!({ "one_time_keys": { "@someone:example.org": { "DEVICE": "signed_curve25519" } } });
+    assert!(bob.post("keys/claim", remote).ok()["failures"]["example.org"].is_object());
+    let synced = sync(&alice, "");
+    assert_eq!(synced["device_one_time_keys_count"], json!({ "signed_curve25519": 0 }));
+    assert_eq!(synced["device_unused_fallback_key_types"], json!([]));
+    let fresh = json!({ "fallback_keys": { "signed_curve25519:FFFG": signed_key(&alice, "fallbac2") } });
+    alice.post("keys/upload", fresh).ok();
+    assert_eq!(sync(&alice, "")["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+
+    // Carol shares no room with Bob: her keys are none of his business.
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+    carol.post("keys/upload", json!({ "device_keys": device_keys(&carol) })).ok();
+    assert_eq!(changed(&sync(&bob, &format!("since={since}&timeout=0"))), Vec::<String>::new());
+
+    // Alice's second device and its deletion show in Bob's device list changes,
+    // and its keys go with it.
+    let alice2 = login_client(addr, "alice");
+    alice2.post("keys/upload", json!({ "device_keys": device_keys(&alice2) })).ok();
+    let next = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(changed(&next), [alice.user_id.as_str()]);
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    alice2.post("logout", json!({})).ok();
+    assert_eq!(changed(&sync(&bob, &format!("since={since}&timeout=0"))), [alice.user_id.as_str()]);
+    let keys = bob.post("keys/query", json!({ "device_keys": { &alice.user_id: [] } })).ok();
+    let devices: Vec<&String> = keys["device_keys"][&alice.user_id].as_object().unwrap().keys().collect();
+    assert_eq!(devices, [&alice.device_id]);
+
+    // Carol joining a room with Bob makes her devices his business; leaving
+    // the only room they share, no longer.
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+    join(&carol, &room);
+    let next = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(changed(&next), [carol.user_id.as_str()]);
+    let joined = next["next_batch"].as_str().unwrap().to_owned();
+    carol.post(&format!("rooms/{}/leave", enc(&room)), json!({})).ok();
+    let next = sync(&bob, &format!("since={joined}&timeout=0"));
+    assert_eq!(next["device_lists"]["left"], json!([carol.user_id]));
+    assert_eq!(changed(&next), Vec::<String>::new());
+    let now = next["next_batch"].as_str().unwrap();
+    let changes = bob.get(&format!("keys/changes?from={joined}&to={now}")).ok();
+    assert_eq!(changes, json!({ "changed": [], "left": [carol.user_id] }));
+    // Joined and gone again between two positions: nothing to tell.
+    let changes = bob.get(&format!("keys/changes?from={since}&to={now}")).ok();
+    assert_eq!(changes, json!({ "changed": [], "left": [] }));
+}
+
+fn to_device_events(sync: &Value) -> Vec<Value> {
+    sync["to_device"]["events"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn send_to_device() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let bob2 = login_client(addr, "bob");
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+
+    let send =
+        |txn: &str, messages: Value| alice.put(&format!("sendToDevice/m.test/{txn}"), json!({ "messages": messages }));
+    assert_eq!(send("one", json!({ &bob.user_id: { &bob.device_id: { "n": 1 } } })).ok(), json!({}));
+    // A retried transaction sends nothing more.
+    send("one", json!({ &bob.user_id: { &bob.device_id: { "n": 1 } } })).ok();
+    send("two", json!({ &bob.user_id: { "*": { "n": 2 } }, "@someone:example.org": { "*": { "n": 3 } } })).ok();
+    send("three", json!({ &bob.user_id: { "NOSUCHDEVICE": { "n": 4 } } })).ok();
+    send("four", json!({ &bob.user_id: { &bob.device_id: "not an object" } })).err(400, "M_BAD_JSON");
+    alice.raw("PUT", "sendToDevice/m.test/five", b"{").err(400, "M_NOT_JSON");
+    let mut bogus = alice.clone();
+    bogus.token = Some("nope".into());
+    bogus.put("sendToDevice/m.test/six", json!({ "messages": {} })).err(401, "M_UNKNOWN_TOKEN");
+
+    let expected = |n: u64| json!({ "sender": &alice.user_id, "type": "m.test", "content": { "n": n } });
+    let first = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(to_device_events(&first), [expected(1), expected(2)]);
+    // Not acknowledged until the client syncs from the batch that carried them.
+    let again = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(to_device_events(&again), [expected(1), expected(2)]);
+    let next = again["next_batch"].as_str().unwrap();
+    assert_eq!(to_device_events(&sync(&bob, &format!("since={next}&timeout=0"))), Vec::<Value>::new());
+    assert_eq!(to_device_events(&sync(&bob, "")), Vec::<Value>::new());
+    // Bob's other device got the message for all his devices only.
+    assert_eq!(to_device_events(&sync(&bob2, "")), [expected(2)]);
+
+    // A message wakes a waiting sync.
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+    let waiting = {
+        let bob = bob.clone();
+        std::thread::spawn(move || (Instant::now(), sync(&bob, &format!("since={since}&timeout=20000"))))
+    };
+    send("seven", json!({ &bob.user_id: { &bob.device_id: { "n": 7 } } })).ok();
+    let (started, woken) = waiting.join().unwrap();
+    assert_eq!(to_device_events(&woken), [expected(7)]);
+    assert!(started.elapsed() < Duration::from_secs(15), "the sync waited out its timeout");
+
+    // A deleted device's messages go with it.
+    send("eight", json!({ &bob.user_id: { &bob2.device_id: { "n": 8 } } })).ok();
+    bob2.post("logout", json!({})).ok();
+    let bob2_again = login_client(addr, "bob");
+    let first = sync(&bob2_again, "");
+    assert_eq!(to_device_events(&first), Vec::<Value>::new());
+
+    // At most 100 a response; the rest come with the next.
+    for n in 0..101 {
+        send(&format!("many{n}"), json!({ &bob.user_id: { &bob2_again.device_id: { "n": n } } })).ok();
+    }
+    let since = first["next_batch"].as_str().unwrap();
+    let batch = sync(&bob2_again, &format!("since={since}&timeout=0"));
+    assert_eq!(to_device_events(&batch), (0..100).map(expected).collect::<Vec<_>>());
+    let since = batch["next_batch"].as_str().unwrap();
+    assert_eq!(to_device_events(&sync(&bob2_again, &format!("since={since}&timeout=0"))), [expected(100)]);
+}
+
 #[test]
 fn data_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();

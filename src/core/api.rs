@@ -10,6 +10,7 @@ pub(crate) mod client {
     pub(crate) mod ephemeral;
     pub(crate) mod filter;
     pub(crate) mod format;
+    pub(crate) mod keys;
     pub(crate) mod membership;
     pub(crate) mod message;
     pub(crate) mod profile;
@@ -17,6 +18,7 @@ pub(crate) mod client {
     pub(crate) mod room;
     pub(crate) mod state;
     pub(crate) mod sync;
+    pub(crate) mod to_device;
     pub(crate) mod tokens;
     pub(crate) mod visibility;
 }
@@ -95,6 +97,11 @@ macro_rules! endpoints {
             c::filter::create_filter::v3::Request => client::filter::create,
             c::filter::get_filter::v3::Request => client::filter::get,
             c::sync::sync_events::v3::Request => client::sync::sync,
+            c::keys::upload_keys::v3::Request => client::keys::upload,
+            c::keys::get_keys::v3::Request => client::keys::query,
+            c::keys::claim_keys::v3::Request => client::keys::claim,
+            c::keys::get_key_changes::v3::Request => client::keys::changes,
+            c::to_device::send_event_to_device::v3::Request => client::to_device::send,
             c::typing::create_typing_event::v3::Request => client::ephemeral::typing,
             c::receipt::create_receipt::v3::Request => client::ephemeral::receipt,
             c::read_marker::set_read_marker::v3::Request => client::ephemeral::read_markers,

@@ -23,7 +23,8 @@ use self::{
     limits::RateLimit,
     service::{
         accounts::Accounts, aliases::Aliases, directory::Directory, ephemeral::Ephemeral, federation::Federation,
-        notifier::Notifier, rooms::Rooms, sender::Sender, transactions::Transactions, user_data::UserData,
+        keys::Keys, notifier::Notifier, rooms::Rooms, sender::Sender, to_device::ToDevice, transactions::Transactions,
+        user_data::UserData,
     },
 };
 pub use self::{
@@ -36,7 +37,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 6,
+    version: 7,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -60,6 +61,11 @@ pub const SCHEMA: Schema = Schema {
         service::rooms::INVITES,
         service::sender::OUTBOUND,
         api::federation::transactions::FEDERATION_TXNS,
+        service::keys::DEVICE_KEYS,
+        service::keys::ONE_TIME_KEYS,
+        service::keys::FALLBACK_KEYS,
+        service::keys::KEY_CHANGES,
+        service::to_device::TO_DEVICE,
     ],
 };
 
@@ -89,6 +95,8 @@ pub struct Homeserver {
     aliases: Aliases,
     directory: Directory,
     transactions: Transactions,
+    keys: Keys,
+    to_device: ToDevice,
     federation: Federation,
     sender: Sender,
     limits: Limits,
@@ -133,6 +141,8 @@ impl Homeserver {
             aliases: Aliases::new(store.clone()),
             directory: Directory::new(store.clone()),
             transactions: Transactions::new(store.clone()),
+            keys: Keys::new(store.clone()),
+            to_device: ToDevice::new(store.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
@@ -275,6 +285,14 @@ impl Homeserver {
 
     pub fn transactions(&self) -> &Transactions {
         &self.transactions
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn to_device(&self) -> &ToDevice {
+        &self.to_device
     }
 
     pub fn federation(&self) -> &Federation {

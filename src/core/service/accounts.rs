@@ -246,22 +246,32 @@ impl Accounts {
         Ok(())
     }
 
-    /// Deletes the devices and revokes their tokens. Unknown devices are skipped,
-    /// as `POST /delete_devices` asks.
-    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<(), AccountError> {
+    /// Deletes the devices and revokes their tokens, and returns those it
+    /// deleted. Unknown devices are skipped, as `POST /delete_devices` asks.
+    pub async fn delete_devices(
+        &self,
+        user_id: &UserId,
+        device_ids: &[OwnedDeviceId],
+    ) -> Result<Vec<OwnedDeviceId>, AccountError> {
         let mut batch = Batch::new();
+        let mut deleted = Vec::new();
         for device_id in device_ids {
             if let Some(device) = self.device(user_id, device_id).await? {
                 batch = batch.delete(TOKENS, hex_decode(&device.token)).delete(DEVICES, device_key(user_id, device_id));
+                deleted.push(device_id.clone());
             }
         }
         self.store.write(batch).await?;
         self.forget_sessions(|s| s.user_id == user_id && device_ids.contains(&s.device_id));
-        Ok(())
+        Ok(deleted)
     }
 
-    /// Every device of the user but `keep`.
-    pub async fn delete_other_devices(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<(), AccountError> {
+    /// Every device of the user but `keep`; returns those it deleted.
+    pub async fn delete_other_devices(
+        &self,
+        user_id: &UserId,
+        keep: Option<&DeviceId>,
+    ) -> Result<Vec<OwnedDeviceId>, AccountError> {
         let others: Vec<OwnedDeviceId> =
             self.devices(user_id).await?.into_iter().map(|(id, _)| id).filter(|id| Some(&**id) != keep).collect();
         self.delete_devices(user_id, &others).await
@@ -274,8 +284,8 @@ impl Accounts {
     }
 
     /// Marks the account deactivated (its ID stays taken, as the spec requires),
-    /// drops its password and profile, and logs out every device.
-    pub async fn deactivate(&self, user_id: &UserId) -> Result<(), AccountError> {
+    /// drops its password and profile, and logs out every device, which it returns.
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<Vec<OwnedDeviceId>, AccountError> {
         let record = UserRecord { password: None, deactivated: true, displayname: None, avatar_url: None };
         self.put_user(user_id, &record).await?;
         self.delete_other_devices(user_id, None).await

@@ -7,10 +7,12 @@ pub mod directory;
 pub mod ephemeral;
 pub mod events;
 pub mod federation;
+pub mod keys;
 pub mod notifier;
 pub mod rooms;
 pub mod sender;
 pub mod state;
+pub mod to_device;
 pub mod transactions;
 pub mod user_data;
 

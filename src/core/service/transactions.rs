@@ -3,7 +3,7 @@
 //!
 //! Key encodings, in one table `transactions`:
 //! - `t`, user ID, 0, device ID, 0, scope (the request path's variable part), 0,
-//!   transaction ID → event ID
+//!   transaction ID → event ID (empty for a request that sends no event)
 //! - `e`, event ID → device ID, 0, transaction ID: for the sender's `unsigned`,
 //!   which names the transaction to the device that sent it
 
@@ -60,11 +60,8 @@ impl Transactions {
         Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
         E: From<RoomError>,
     {
-        let key =
-            [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", scope.as_bytes(), b"\0", txn.as_bytes()].concat();
-        let slot = lock(&self.in_flight).entry(key.clone()).or_default().clone();
-        let guard = slot.lock().await;
-        let result = async {
+        let key = txn_key(user, device, scope, txn);
+        self.exclusive(key.clone(), async {
             if let Some(bytes) = self.store.get(TRANSACTIONS, &key).await.map_err(RoomError::from)? {
                 let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
                 return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
@@ -79,8 +76,42 @@ impl Transactions {
             let event_id = send(also).await?;
             self.known.insert(event_id.clone(), Some((device.to_owned(), txn.to_owned())), 1);
             Ok(event_id)
-        }
-        .await;
+        })
+        .await
+    }
+
+    /// As [`Transactions::once`], for requests that send no event (to-device
+    /// messages): `send` must land the batch it is given with its writes, and
+    /// a retry does nothing.
+    pub async fn once_without_event<F, Fut, E>(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        scope: &str,
+        txn: &TransactionId,
+        send: F,
+    ) -> Result<(), E>
+    where
+        F: FnOnce(Batch) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: From<RoomError>,
+    {
+        let key = txn_key(user, device, scope, txn);
+        self.exclusive(key.clone(), async {
+            if self.store.get(TRANSACTIONS, &key).await.map_err(RoomError::from)?.is_some() {
+                return Ok(());
+            }
+            send(Batch::new().put(TRANSACTIONS, key.clone(), Vec::new())).await
+        })
+        .await
+    }
+
+    /// Runs `run` while no other holder of `key` runs, so a retry racing the
+    /// first attempt waits for it.
+    async fn exclusive<T>(&self, key: Vec<u8>, run: impl std::future::Future<Output = T>) -> T {
+        let slot = lock(&self.in_flight).entry(key.clone()).or_default().clone();
+        let guard = slot.lock().await;
+        let result = run.await;
         drop(guard);
         let mut in_flight = lock(&self.in_flight);
         // The last one out removes the entry (the map holds one reference).
@@ -123,6 +154,10 @@ impl Transactions {
         }
         Ok(())
     }
+}
+
+fn txn_key(user: &UserId, device: &DeviceId, scope: &str, txn: &TransactionId) -> Vec<u8> {
+    [b"t", user.as_bytes(), b"\0", device.as_bytes(), b"\0", scope.as_bytes(), b"\0", txn.as_bytes()].concat()
 }
 
 fn reverse_key(event_id: &EventId) -> Vec<u8> {

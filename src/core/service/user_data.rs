@@ -1,7 +1,8 @@
 //! What users keep on their node besides rooms: account data (global and per
 //! room), read receipts and stored sync filters. Account data and receipts are
 //! numbered in one stream of their own, so `/sync` hands out what changed since
-//! a position.
+//! a position; device list changes and to-device messages are numbered in it
+//! too ([`UserData::write_at_next`]).
 //!
 //! Key encodings:
 //! - `account_data`: user ID, 0, room ID (empty for global), 0, type → [`Entry`]
@@ -121,6 +122,11 @@ impl UserData {
         drop(stream);
         self.notifier.notify();
         Ok(next)
+    }
+
+    /// Writes another service's batch at the next position, waking `/sync`.
+    pub async fn write_at_next(&self, put: impl FnOnce(u64) -> Result<Batch, RoomError>) -> Result<u64, RoomError> {
+        self.write_next(put, || ()).await
     }
 
     pub async fn set_account_data(

@@ -98,7 +98,8 @@ pub(crate) async fn logout(
     session: Session,
     _: logout::v3::Request,
 ) -> Result<logout::v3::Response, Error> {
-    hs.accounts().delete_devices(&session.user_id, &[session.device_id]).await?;
+    let deleted = hs.accounts().delete_devices(&session.user_id, &[session.device_id]).await?;
+    super::device::forget(hs, &session.user_id, &deleted).await?;
     Ok(logout::v3::Response::new())
 }
 
@@ -108,7 +109,8 @@ pub(crate) async fn logout_all(
     session: Session,
     _: logout_all::v3::Request,
 ) -> Result<logout_all::v3::Response, Error> {
-    hs.accounts().delete_other_devices(&session.user_id, None).await?;
+    let deleted = hs.accounts().delete_other_devices(&session.user_id, None).await?;
+    super::device::forget(hs, &session.user_id, &deleted).await?;
     Ok(logout_all::v3::Response::new())
 }
 
@@ -134,7 +136,8 @@ pub(crate) async fn change_password(
     hs.uiaa().complete(request.auth.as_ref(), &[AuthType::Password], Some(&session), hs).await?;
     hs.accounts().set_password(&session.user_id, &request.new_password).await?;
     if request.logout_devices {
-        hs.accounts().delete_other_devices(&session.user_id, Some(&session.device_id)).await?;
+        let deleted = hs.accounts().delete_other_devices(&session.user_id, Some(&session.device_id)).await?;
+        super::device::forget(hs, &session.user_id, &deleted).await?;
     }
     Ok(change_password::v3::Response::new())
 }
@@ -155,7 +158,8 @@ pub(crate) async fn deactivate(
                 .await?;
         }
     }
-    hs.accounts().deactivate(&session.user_id).await?;
+    let deleted = hs.accounts().deactivate(&session.user_id).await?;
+    super::device::forget(hs, &session.user_id, &deleted).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
 }
 

@@ -18,10 +18,11 @@ fn settable(kind: &str) -> Result<(), Error> {
     }
 }
 
-fn object(raw: &serde_json::value::RawValue) -> Result<Box<serde_json::value::RawValue>, Error> {
+/// The content as given, if it is a JSON object.
+pub(crate) fn object(raw: &serde_json::value::RawValue) -> Result<Box<serde_json::value::RawValue>, Error> {
     match serde_json::from_str::<serde_json::Value>(raw.get()) {
         Ok(serde_json::Value::Object(_)) => Ok(raw.to_owned()),
-        _ => Err(Error::BadJson("account data content must be a JSON object".into())),
+        _ => Err(Error::BadJson("content must be a JSON object".into())),
     }
 }
 

@@ -5,7 +5,7 @@ use ruma::{
         device::{delete_device, delete_devices, get_device, get_devices, update_device, Device},
         uiaa::AuthType,
     },
-    MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt,
+    MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt, UserId,
 };
 
 use crate::core::{
@@ -61,7 +61,8 @@ pub(crate) async fn delete(
         return Err(AccountError::UnknownDevice(request.device_id).into());
     }
     hs.uiaa().complete(request.auth.as_ref(), &[AuthType::Password], Some(&session), hs).await?;
-    hs.accounts().delete_devices(&session.user_id, &[request.device_id]).await?;
+    let deleted = hs.accounts().delete_devices(&session.user_id, &[request.device_id]).await?;
+    forget(hs, &session.user_id, &deleted).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -72,6 +73,15 @@ pub(crate) async fn delete_many(
     request: delete_devices::v3::Request,
 ) -> Result<delete_devices::v3::Response, Error> {
     hs.uiaa().complete(request.auth.as_ref(), &[AuthType::Password], Some(&session), hs).await?;
-    hs.accounts().delete_devices(&session.user_id, &request.devices).await?;
+    let deleted = hs.accounts().delete_devices(&session.user_id, &request.devices).await?;
+    forget(hs, &session.user_id, &deleted).await?;
     Ok(delete_devices::v3::Response::new())
+}
+
+/// Drops what deleted devices leave behind: their keys (which other users'
+/// devices then hear of) and the to-device messages no one will fetch.
+pub(crate) async fn forget(hs: &Homeserver, user: &UserId, deleted: &[OwnedDeviceId]) -> Result<(), Error> {
+    hs.keys().forget_devices(hs.user_data(), user, deleted).await?;
+    hs.to_device().forget_devices(user, deleted).await?;
+    Ok(())
 }

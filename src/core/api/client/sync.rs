@@ -6,6 +6,10 @@
 //! and the start of that timeline, its ephemeral events (typing, receipts) and
 //! account data. Rooms the user joined since, and every room on an initial sync,
 //! come with their whole state at the start of the timeline.
+//!
+//! Beside rooms come the device's to-device messages, kept until a sync from
+//! a later position acknowledges them, its one-time key counts, and whose
+//! device lists changed or were left.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -24,12 +28,12 @@ use ruma::{
     events::{room::member::MembershipState, StateEventType},
     presence::PresenceState,
     serde::Raw,
-    OneTimeKeyAlgorithm, OwnedRoomId, OwnedUserId, RoomId, UInt,
+    OwnedRoomId, OwnedUserId, RoomId, UInt,
 };
-use serde_json::{json, Value};
+use serde_json::{json, value::to_raw_value, Value};
 
 use super::{
-    filter, format, push,
+    filter, format, keys, push,
     tokens::{self, SyncToken},
     visibility,
 };
@@ -40,6 +44,7 @@ use crate::{
             accounts::Session,
             rooms::{StreamPosition, UserMembership},
             state::State as RoomState,
+            to_device::Message,
         },
         Error, Homeserver,
     },
@@ -62,6 +67,9 @@ enum Built {
     Invited(v3::InvitedRoom),
     Left(v3::LeftRoom),
 }
+
+/// To-device messages per response, as the spec suggests.
+const TO_DEVICE_AT_ONCE: usize = 100;
 
 /// Timeline events per room when the filter names no limit.
 const DEFAULT_LIMIT: usize = 10;
@@ -120,6 +128,10 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     if changed {
         crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
     }
+    if let Some(since) = since {
+        // The client has what the response that handed out `since` carried.
+        hs.to_device().acknowledge(&session.user_id, &session.device_id, since.user).await?;
+    }
     let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(hs.limits().long_poll_ms);
     let deadline = hs.clock().now_millis() + timeout;
     let sync = Sync { hs, session: &session, since, filter: &filter, full_state: request.full_state };
@@ -149,6 +161,22 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     }
 }
 
+/// The room's state after its last event at or before stream position `position`.
+pub(crate) async fn state_after_position(
+    hs: &Homeserver,
+    room_id: &RoomId,
+    position: StreamPosition,
+) -> Result<Arc<RoomState>, Error> {
+    let last = hs.rooms().timeline(room_id, Some(position + 1), Direction::Backward, 1).await?;
+    let Some((_, pdu)) = last.first() else { return Ok(Arc::default()) };
+    let event = hs.rooms().event(&pdu.event_id).await?;
+    let group = event.map(|e| e.record.state_after);
+    match group {
+        Some(group) => Ok(hs.rooms().state_group(group).await?),
+        None => Ok(Arc::default()),
+    }
+}
+
 /// A state event as an invite shows it.
 fn stripped(pdu: &Pdu) -> Result<Value, Error> {
     let content: Value = serde_json::from_str(pdu.content.get()).map_err(Error::internal)?;
@@ -156,7 +184,11 @@ fn stripped(pdu: &Pdu) -> Result<Value, Error> {
 }
 
 fn has_news(response: &v3::Response) -> bool {
-    !response.rooms.is_empty() || !response.presence.is_empty() || !response.account_data.is_empty()
+    !response.rooms.is_empty()
+        || !response.presence.is_empty()
+        || !response.account_data.is_empty()
+        || !response.to_device.is_empty()
+        || !response.device_lists.is_empty()
 }
 
 struct Sync<'a> {
@@ -168,16 +200,18 @@ struct Sync<'a> {
 }
 
 impl Sync<'_> {
-    async fn build(&self, now: SyncToken) -> Result<v3::Response, Error> {
+    async fn build(&self, mut now: SyncToken) -> Result<v3::Response, Error> {
         let hs = self.hs;
         let user = &self.session.user_id;
+        // A response hands out the user data stream only up to its last
+        // to-device message, so that syncing from it acknowledges no more.
+        let device = &self.session.device_id;
+        let (to_device, through) = hs.to_device().pending(user, device, now.user, TO_DEVICE_AT_ONCE).await?;
+        now.user = through;
         let mut response = v3::Response::new(now.to_string());
-        // No key upload endpoints yet (end-to-end encryption comes later): the
-        // honest counts are none, which also tells clients the fields exist.
-        response.device_unused_fallback_key_types = Some(Vec::new());
-        response.device_one_time_keys_count.insert(OneTimeKeyAlgorithm::SignedCurve25519, UInt::MIN);
         let room_filter = &self.filter.room;
         let since_user = self.since.map_or(0, |s| s.user);
+        self.encryption(&mut response, now, to_device).await?;
 
         // Account data of the user and of each room, changed since `since`.
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Value>> = HashMap::new();
@@ -245,6 +279,29 @@ impl Sync<'_> {
         }
         self.presence(&mut response, &members_seen, now).await?;
         Ok(response)
+    }
+
+    /// The device's key counts, its to-device messages, and whose devices it
+    /// must look at again or may forget since `since`.
+    async fn encryption(
+        &self,
+        response: &mut v3::Response,
+        now: SyncToken,
+        to_device: Vec<Message>,
+    ) -> Result<(), Error> {
+        let (hs, session) = (self.hs, self.session);
+        response.device_one_time_keys_count = keys::one_time_key_counts(hs, session).await?;
+        let fallback = hs.keys().unused_fallback_types(&session.user_id, &session.device_id).await?;
+        response.device_unused_fallback_key_types = Some(fallback);
+        for message in to_device {
+            response.to_device.events.push(Raw::from_json(to_raw_value(&message).map_err(Error::internal)?));
+        }
+        if let Some(since) = self.since {
+            let (changed, left) = keys::device_list_changes(hs, &session.user_id, since, now).await?;
+            response.device_lists.changed = changed.into_iter().collect();
+            response.device_lists.left = left.into_iter().collect();
+        }
+        Ok(())
     }
 
     fn timeline_filter(&self) -> &RoomEventFilter {
@@ -345,7 +402,7 @@ impl Sync<'_> {
             };
             let before = match since_events {
                 _ if full => None,
-                Some(since) if limited => Some(self.state_after_position(room_id, since).await?),
+                Some(since) if limited => Some(state_after_position(hs, room_id, since).await?),
                 _ => Some(start.clone()),
             };
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
@@ -399,18 +456,6 @@ impl Sync<'_> {
         // Counts change with new events and with the user's own receipts.
         joined.unread_notifications = self.unread(room_id, now.events).await?;
         Ok(Some(joined))
-    }
-
-    /// The room's state after its last event at or before stream position `position`.
-    async fn state_after_position(&self, room_id: &RoomId, position: StreamPosition) -> Result<Arc<RoomState>, Error> {
-        let last = self.hs.rooms().timeline(room_id, Some(position + 1), Direction::Backward, 1).await?;
-        let Some((_, pdu)) = last.first() else { return Ok(Arc::default()) };
-        let event = self.hs.rooms().event(&pdu.event_id).await?;
-        let group = event.map(|e| e.record.state_after);
-        match group {
-            Some(group) => Ok(self.hs.rooms().state_group(group).await?),
-            None => Ok(Arc::default()),
-        }
     }
 
     /// The entries of `state` not in `before` (all of them without `before`),

@@ -1,0 +1,286 @@
+//! End-to-end encryption keys of this node's devices: each device's signed
+//! identity keys, its one-time keys (each handed out once) and a fallback key
+//! per algorithm (handed out when the one-time keys run out). Changes to a
+//! user's devices are numbered in the user data stream, so `/sync` and
+//! `/keys/changes` can tell whose device lists moved between two positions.
+//!
+//! Key encodings:
+//! - `device_keys`: user ID, 0, device ID → the device keys JSON as uploaded
+//! - `one_time_keys`: user ID, 0, device ID, 0, algorithm, 0, upload number
+//!   (u64 BE), key ID (`algorithm:name`) → the key JSON. The upload number
+//!   hands keys out in the order they came, as the spec asks.
+//! - `fallback_keys`: user ID, 0, device ID, 0, algorithm → [`Fallback`]
+//! - `key_changes`: user data stream position (u64 BE) → the user ID whose
+//!   devices or device keys changed then
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Bound,
+    sync::Arc,
+};
+
+use ruma::{
+    encryption::{DeviceKeys, OneTimeKey},
+    serde::Raw,
+    DeviceId, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{rooms::RoomError, user_data::UserData};
+use crate::store::{Batch, Direction, KeyRange, Store};
+
+pub(crate) const DEVICE_KEYS: &str = "device_keys";
+pub(crate) const ONE_TIME_KEYS: &str = "one_time_keys";
+pub(crate) const FALLBACK_KEYS: &str = "fallback_keys";
+pub(crate) const KEY_CHANGES: &str = "key_changes";
+
+#[derive(Serialize, Deserialize)]
+struct Fallback {
+    key_id: OwnedOneTimeKeyId,
+    key: Box<RawValue>,
+    /// Whether it was handed out; the client replaces a used one.
+    used: bool,
+}
+
+/// The keys of one upload, already checked by the endpoint.
+pub struct Upload {
+    pub device_keys: Option<Raw<DeviceKeys>>,
+    pub one_time_keys: BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+    pub fallback_keys: BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+}
+
+pub struct Keys {
+    store: Arc<dyn Store>,
+    /// Held by every write: one-time keys are numbered and claimed under it,
+    /// so no key is numbered twice or handed out twice.
+    write: async_lock::Mutex<()>,
+}
+
+impl Keys {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, write: async_lock::Mutex::new(()) }
+    }
+
+    /// Stores a device's keys. New or changed device keys are recorded as a
+    /// change of the user's devices. A one-time key ID uploaded again must
+    /// come with the same key.
+    pub async fn upload(
+        &self,
+        user_data: &UserData,
+        user: &UserId,
+        device: &DeviceId,
+        upload: Upload,
+    ) -> Result<(), RoomError> {
+        let _write = self.write.lock().await;
+        let mut batch = Batch::new();
+        let existing = self.one_time_keys(user, device).await?;
+        let mut next = existing.iter().map(|(number, ..)| number + 1).max().unwrap_or(0);
+        for (key_id, key) in upload.one_time_keys {
+            match existing.iter().find(|(_, id, _)| *id == key_id) {
+                Some((_, _, old)) if old.get() == key.json().get() => continue,
+                Some(_) => {
+                    return Err(RoomError::Invalid(format!("one-time key {key_id} was uploaded with another key")))
+                }
+                None => {}
+            }
+            let key_name = [&device_prefix(user, device)[..], key_id.algorithm().as_str().as_bytes(), b"\0"].concat();
+            let key_name = [&key_name[..], &next.to_be_bytes(), key_id.as_bytes()].concat();
+            batch = batch.put(ONE_TIME_KEYS, key_name, key.json().get());
+            next += 1;
+        }
+        for (key_id, key) in upload.fallback_keys {
+            let fallback = Fallback { key: key.into_json(), used: false, key_id };
+            let value = serde_json::to_vec(&fallback).map_err(RoomError::corrupt)?;
+            batch = batch.put(FALLBACK_KEYS, fallback_key(user, device, fallback.key_id.algorithm()), value);
+        }
+        let changed = match &upload.device_keys {
+            Some(keys) => {
+                let key = device_prefix_of(user, device);
+                let old = self.store.get(DEVICE_KEYS, &key).await?;
+                batch = batch.put(DEVICE_KEYS, key, keys.json().get());
+                old.as_deref() != Some(keys.json().get().as_bytes())
+            }
+            None => false,
+        };
+        match changed {
+            true => drop(
+                user_data
+                    .write_at_next(|position| Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes())))
+                    .await?,
+            ),
+            false => self.store.write(batch).await?,
+        }
+        Ok(())
+    }
+
+    /// The device's keys as uploaded.
+    pub async fn device_keys(&self, user: &UserId, device: &DeviceId) -> Result<Option<Raw<DeviceKeys>>, RoomError> {
+        let bytes = self.store.get(DEVICE_KEYS, &device_prefix_of(user, device)).await?;
+        bytes.map(raw).transpose()
+    }
+
+    /// Every device of the user that uploaded keys, with them.
+    pub async fn user_keys(&self, user: &UserId) -> Result<Vec<(OwnedDeviceId, Raw<DeviceKeys>)>, RoomError> {
+        let prefix = [user.as_bytes(), b"\0"].concat();
+        let entries = self.store.scan(DEVICE_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let device = std::str::from_utf8(&key[prefix.len()..]).map_err(RoomError::corrupt)?;
+                Ok((device.into(), raw(value)?))
+            })
+            .collect()
+    }
+
+    /// How many one-time keys of each algorithm the device has left.
+    pub async fn counts(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>, RoomError> {
+        let mut counts: BTreeMap<OneTimeKeyAlgorithm, UInt> = BTreeMap::new();
+        for (_, key_id, _) in self.one_time_keys(user, device).await? {
+            *counts.entry(key_id.algorithm()).or_default() += UInt::from(1u8);
+        }
+        Ok(counts)
+    }
+
+    /// The algorithms of the device's fallback keys not yet handed out.
+    pub async fn unused_fallback_types(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<Vec<OneTimeKeyAlgorithm>, RoomError> {
+        let prefix = device_prefix(user, device);
+        let entries = self.store.scan(FALLBACK_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        let mut types = Vec::new();
+        for (_, value) in entries {
+            let fallback: Fallback = serde_json::from_slice(&value).map_err(RoomError::corrupt)?;
+            if !fallback.used {
+                types.push(fallback.key_id.algorithm());
+            }
+        }
+        Ok(types)
+    }
+
+    /// Hands out the device's oldest one-time key of `algorithm`, deleting it;
+    /// when none is left, its fallback key, marked used.
+    pub async fn claim(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        algorithm: &OneTimeKeyAlgorithm,
+    ) -> Result<Option<(OwnedOneTimeKeyId, Raw<OneTimeKey>)>, RoomError> {
+        let _write = self.write.lock().await;
+        let prefix = [&device_prefix(user, device)[..], algorithm.as_str().as_bytes(), b"\0"].concat();
+        let oldest = self.store.scan(ONE_TIME_KEYS, KeyRange::prefix(&prefix), Direction::Forward, 1).await?;
+        if let Some((key, value)) = oldest.into_iter().next() {
+            let key_id = parse_key_id(key.get(prefix.len() + 8..).unwrap_or_default())?;
+            self.store
+                .write(Batch::new().expect(ONE_TIME_KEYS, key.clone(), Some(value.clone())).delete(ONE_TIME_KEYS, key))
+                .await?;
+            return Ok(Some((key_id, raw(value)?)));
+        }
+        let key = fallback_key(user, device, algorithm.clone());
+        let Some(bytes) = self.store.get(FALLBACK_KEYS, &key).await? else { return Ok(None) };
+        let mut fallback: Fallback = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+        if !fallback.used {
+            fallback.used = true;
+            self.store.put(FALLBACK_KEYS, &key, &serde_json::to_vec(&fallback).map_err(RoomError::corrupt)?).await?;
+        }
+        Ok(Some((fallback.key_id, Raw::from_json(fallback.key))))
+    }
+
+    /// The users whose devices changed after stream position `from` up to `to`.
+    pub async fn changed(&self, from: u64, to: u64) -> Result<BTreeSet<OwnedUserId>, RoomError> {
+        if to <= from {
+            return Ok(BTreeSet::new());
+        }
+        let range =
+            KeyRange::new(Bound::Excluded(from.to_be_bytes().to_vec()), Bound::Included(to.to_be_bytes().to_vec()));
+        let entries = self.store.scan(KEY_CHANGES, range, Direction::Forward, usize::MAX).await?;
+        entries
+            .into_iter()
+            .map(|(_, user)| {
+                let user = String::from_utf8(user).map_err(RoomError::corrupt)?;
+                UserId::parse(user).map_err(RoomError::corrupt)
+            })
+            .collect()
+    }
+
+    /// Deletes the keys of devices that are gone, recording the change.
+    pub async fn forget_devices(
+        &self,
+        user_data: &UserData,
+        user: &UserId,
+        devices: &[OwnedDeviceId],
+    ) -> Result<(), RoomError> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let _write = self.write.lock().await;
+        let mut batch = Batch::new();
+        for device in devices {
+            let prefix = device_prefix(user, device);
+            batch = batch.delete(DEVICE_KEYS, device_prefix_of(user, device));
+            for table in [ONE_TIME_KEYS, FALLBACK_KEYS] {
+                for (key, _) in
+                    self.store.scan(table, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?
+                {
+                    batch = batch.delete(table, key);
+                }
+            }
+        }
+        user_data.write_at_next(|position| Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()))).await?;
+        Ok(())
+    }
+
+    /// The device's one-time keys: upload number, key ID and key.
+    async fn one_time_keys(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<Vec<(u64, OwnedOneTimeKeyId, Box<RawValue>)>, RoomError> {
+        let prefix = device_prefix(user, device);
+        let entries = self.store.scan(ONE_TIME_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let rest = &key[prefix.len()..];
+                let algorithm_end = rest.iter().position(|b| *b == 0).ok_or_else(|| RoomError::corrupt("bad key"))?;
+                let number =
+                    rest.get(algorithm_end + 1..algorithm_end + 9).ok_or_else(|| RoomError::corrupt("bad key"))?;
+                let number = u64::from_be_bytes(number.try_into().map_err(RoomError::corrupt)?);
+                let key_id = parse_key_id(&rest[algorithm_end + 9..])?;
+                let value = RawValue::from_string(String::from_utf8(value).map_err(RoomError::corrupt)?)
+                    .map_err(RoomError::corrupt)?;
+                Ok((number, key_id, value))
+            })
+            .collect()
+    }
+}
+
+fn raw<T>(bytes: Vec<u8>) -> Result<Raw<T>, RoomError> {
+    let text = String::from_utf8(bytes).map_err(RoomError::corrupt)?;
+    Ok(Raw::from_json(RawValue::from_string(text).map_err(RoomError::corrupt)?))
+}
+
+fn parse_key_id(bytes: &[u8]) -> Result<OwnedOneTimeKeyId, RoomError> {
+    OneTimeKeyId::parse(std::str::from_utf8(bytes).map_err(RoomError::corrupt)?).map_err(RoomError::corrupt)
+}
+
+/// User ID, 0, device ID: a device's key in `device_keys`.
+fn device_prefix_of(user: &UserId, device: &DeviceId) -> Vec<u8> {
+    [user.as_bytes(), b"\0", device.as_bytes()].concat()
+}
+
+/// User ID, 0, device ID, 0: the prefix of a device's keys in `one_time_keys`
+/// and `fallback_keys`.
+fn device_prefix(user: &UserId, device: &DeviceId) -> Vec<u8> {
+    [&device_prefix_of(user, device)[..], b"\0"].concat()
+}
+
+fn fallback_key(user: &UserId, device: &DeviceId, algorithm: OneTimeKeyAlgorithm) -> Vec<u8> {
+    [&device_prefix(user, device)[..], algorithm.as_str().as_bytes()].concat()
+}

@@ -1,0 +1,119 @@
+//! To-device messages for this node's devices: kept until the device's client
+//! acknowledges them by syncing from a position at or after the one that
+//! carried them, as the spec asks, so a lost `/sync` response loses nothing.
+//!
+//! Key encodings:
+//! - `to_device`: user ID, 0, device ID, 0, user data stream position (u64 BE)
+//!   → [`Message`]. One request's messages share a position: a device named
+//!   twice in one request (by ID and by `*`) keeps one of its messages.
+
+use std::{ops::Bound, sync::Arc};
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{rooms::RoomError, user_data::UserData};
+use crate::store::{Batch, Direction, KeyRange, Store};
+
+pub(crate) const TO_DEVICE: &str = "to_device";
+
+/// A message as `/sync` hands it out.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Message {
+    pub sender: OwnedUserId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub content: Box<RawValue>,
+}
+
+pub struct ToDevice {
+    store: Arc<dyn Store>,
+}
+
+impl ToDevice {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Stores one message of `kind` from `sender` for each (user, device), with
+    /// `also` (the request's transaction record) in the same write.
+    pub async fn send(
+        &self,
+        user_data: &UserData,
+        sender: &UserId,
+        kind: &str,
+        messages: Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)>,
+        also: Batch,
+    ) -> Result<(), RoomError> {
+        let mut values = Vec::with_capacity(messages.len());
+        for (user, device, content) in messages {
+            let message = Message { sender: sender.to_owned(), kind: kind.to_owned(), content };
+            values.push((prefix(&user, &device), serde_json::to_vec(&message).map_err(RoomError::corrupt)?));
+        }
+        user_data
+            .write_at_next(|position| {
+                Ok(values.into_iter().fold(also, |batch, (prefix, value)| {
+                    batch.put(TO_DEVICE, [&prefix[..], &position.to_be_bytes()].concat(), value)
+                }))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The device's first `limit` messages up to stream position `to`, oldest
+    /// first, and the position up to which they are all of them: `to`, or
+    /// the last one's when more wait.
+    pub async fn pending(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        to: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, u64), RoomError> {
+        let mut entries = self.store.scan(TO_DEVICE, up_to(user, device, to), Direction::Forward, limit + 1).await?;
+        let mut through = to;
+        if entries.len() > limit {
+            entries.truncate(limit);
+            if let Some((key, _)) = entries.last() {
+                let position = key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok());
+                through = u64::from_be_bytes(position.ok_or_else(|| RoomError::corrupt("bad to-device key"))?);
+            }
+        }
+        let messages = entries.into_iter().map(|(_, value)| serde_json::from_slice(&value).map_err(RoomError::corrupt));
+        Ok((messages.collect::<Result<_, _>>()?, through))
+    }
+
+    /// Deletes the device's messages up to stream position `to`: its client
+    /// synced from there, so it has them.
+    pub async fn acknowledge(&self, user: &UserId, device: &DeviceId, to: u64) -> Result<(), RoomError> {
+        let entries = self.store.scan(TO_DEVICE, up_to(user, device, to), Direction::Forward, usize::MAX).await?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        Ok(self
+            .store
+            .write(entries.into_iter().fold(Batch::new(), |batch, (key, _)| batch.delete(TO_DEVICE, key)))
+            .await?)
+    }
+
+    /// Deletes every message of devices that are gone.
+    pub async fn forget_devices(&self, user: &UserId, devices: &[OwnedDeviceId]) -> Result<(), RoomError> {
+        let mut batch = Batch::new();
+        for device in devices {
+            let entries =
+                self.store.scan(TO_DEVICE, up_to(user, device, u64::MAX), Direction::Forward, usize::MAX).await?;
+            batch = entries.into_iter().fold(batch, |batch, (key, _)| batch.delete(TO_DEVICE, key));
+        }
+        Ok(self.store.write(batch).await?)
+    }
+}
+
+fn prefix(user: &UserId, device: &DeviceId) -> Vec<u8> {
+    [user.as_bytes(), b"\0", device.as_bytes(), b"\0"].concat()
+}
+
+fn up_to(user: &UserId, device: &DeviceId, to: u64) -> KeyRange {
+    let prefix = prefix(user, device);
+    KeyRange::new(Bound::Included(prefix.clone()), Bound::Included([&prefix[..], &to.to_be_bytes()].concat()))
+}
