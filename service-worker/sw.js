@@ -16,10 +16,13 @@ const node = wasm_bindgen({ module_or_path: `pkg/glia_bg.wasm?v=${BUILD}` })
   .then(() => wasm_bindgen.WorkerNode.open())
   .then((n) => {
     // Frames for other nodes go to this worker's pages; the one that owns the
-    // relay connections (www/transport.js) sends them on.
+    // relay connections (www/transport.js) sends them on. Frames such as the
+    // embedded client's never own them.
     n.attach((bytes) => {
       self.clients.matchAll({ type: 'window' }).then((pages) => {
-        for (const page of pages) page.postMessage({ glia: 'frame', bytes });
+        for (const page of pages) {
+          if (page.frameType === 'top-level') page.postMessage({ glia: 'frame', bytes });
+        }
       });
     });
     return n;
