@@ -49,6 +49,8 @@ const FIRST_BACKOFF_MS: u64 = 500;
 const MAX_BACKOFF_MS: u64 = 60_000;
 /// EDUs kept per destination while it is unreachable: the newest win.
 const MAX_QUEUED_EDUS: usize = 1_000;
+/// Outbox entries moved to the queues at once.
+const OUTBOX_PAGE: usize = 256;
 /// How far [`Sender::queued`] counts the durable queue: a status, not an audit.
 const MAX_COUNTED: usize = 10_000;
 
@@ -247,10 +249,13 @@ impl Sender {
     /// Moves the events in `outbox` to the queues of their rooms' servers.
     async fn fan_out(&self, hs: &Homeserver) -> Result<(), RoomError> {
         loop {
-            let entries = hs.store().scan(OUTBOX, KeyRange::all(), Direction::Forward, 256).await?;
+            let entries = hs.store().scan(OUTBOX, KeyRange::all(), Direction::Forward, OUTBOX_PAGE).await?;
             if entries.is_empty() {
                 return Ok(());
             }
+            // A short page emptied the outbox: whatever lands after it wakes
+            // the sender again, so looking once more would only cost a read.
+            let drained = entries.len() < OUTBOX_PAGE;
             let mut done = Batch::new();
             let mut queued = Vec::new();
             for (key, value) in entries {
@@ -269,6 +274,9 @@ impl Sender {
                 }
             }
             self.enqueue(hs, queued, done).await?;
+            if drained {
+                return Ok(());
+            }
         }
     }
 
@@ -280,6 +288,10 @@ impl Sender {
         entries: Vec<(OwnedServerName, Vec<u8>)>,
         also: Batch,
     ) -> Result<(), RoomError> {
+        // Events of rooms no other server is in: only the outbox entries go.
+        if entries.is_empty() {
+            return Ok(hs.store().write(also).await?);
+        }
         let mut position = self.position.lock().await;
         let mut next = match *position {
             Some(p) => p,
