@@ -51,7 +51,7 @@ test('register, create a room, send, and sync it back through the worker; histor
     call('PUT', `${v3}/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t2`,
       { msgtype: 'm.text', body: 'second' }, token),
   ]);
-  assert.deepEqual(bodies(next.json, roomId), ['second']);
+  assert.deepEqual(bodies(next.json, roomId), ['second'], JSON.stringify(next.json));
 
   const cdp = await shell.browser.context.newCDPSession(shell.page);
   await cdp.send('ServiceWorker.enable');

@@ -24,14 +24,17 @@ test('peers show with their path, and none without', async () => {
   assert.equal(await page.textContent('#peers'), 'none');
   const direct = 'a'.repeat(64);
   const relayed = 'b'.repeat(64);
-  // The transport's status as www/transport.js reports it, peers included.
-  await page.evaluate(async (peers) => {
+  // The transport's status as www/transport.js reports it, peers included,
+  // read back in the same task: the page's own transport reports too.
+  const shown = await page.evaluate(async ([peers, direct, relayed]) => {
     const { showTransport } = await import('/status.js');
     showTransport({ owner: true, relays: [], peers });
-  }, [{ key: direct, path: 'direct' }, { key: relayed, path: 'relayed' }]);
-  assert.equal(await page.evaluate(() => document.body.dataset.peers), '2');
-  assert.match(await page.textContent(`#peers li[data-key="${direct}"][data-path="direct"]`), /direct \(WebRTC\)/);
-  assert.match(await page.textContent(`#peers li[data-key="${relayed}"][data-path="relayed"]`), /relayed/);
+    const text = (key, path) => document.querySelector(`#peers li[data-key="${key}"][data-path="${path}"]`)?.textContent;
+    return { count: document.body.dataset.peers, direct: text(direct, 'direct'), relayed: text(relayed, 'relayed') };
+  }, [[{ key: direct, path: 'direct' }, { key: relayed, path: 'relayed' }], direct, relayed]);
+  assert.equal(shown.count, '2');
+  assert.match(shown.direct, /direct \(WebRTC\)/);
+  assert.match(shown.relayed, /relayed/);
 });
 
 test('the frames queued are asked of the worker: a count, or unknown when it does not say', async () => {

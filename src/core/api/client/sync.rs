@@ -449,7 +449,11 @@ impl Sync<'_> {
         for event in account_data {
             joined.account_data.events.push(format::to_raw(&event)?);
         }
-        let empty = !new_events && joined.ephemeral.events.is_empty() && joined.account_data.events.is_empty();
+        // The room's record can be ahead of `now` (a commit that landed while
+        // this sync read): nothing up to `now` is news then either.
+        let no_state = matches!(&joined.state, State::Before(state) if state.events.is_empty());
+        let nothing_new = !new_events || (joined.timeline.events.is_empty() && no_state);
+        let empty = nothing_new && joined.ephemeral.events.is_empty() && joined.account_data.events.is_empty();
         if since.is_some() && empty {
             return Ok(None);
         }
