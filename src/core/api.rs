@@ -24,6 +24,7 @@ pub(crate) mod client {
 }
 
 pub(crate) mod federation {
+    pub(crate) mod devices;
     pub(crate) mod directory;
     pub(crate) mod discovery;
     pub(crate) mod event;
@@ -101,6 +102,8 @@ macro_rules! endpoints {
             c::keys::get_keys::v3::Request => client::keys::query,
             c::keys::claim_keys::v3::Request => client::keys::claim,
             c::keys::get_key_changes::v3::Request => client::keys::changes,
+            c::keys::upload_signing_keys::v3::Request => client::keys::upload_signing_keys,
+            c::keys::upload_signatures::v3::Request => client::keys::upload_signatures,
             c::to_device::send_event_to_device::v3::Request => client::to_device::send,
             c::typing::create_typing_event::v3::Request => client::ephemeral::typing,
             c::receipt::create_receipt::v3::Request => client::ephemeral::receipt,
@@ -123,6 +126,9 @@ macro_rules! endpoints {
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
             f::discovery::get_server_version::v1::Request => federation::discovery::version,
             f::transactions::send_transaction_message::v1::Request => federation::transactions::send,
+            f::keys::get_keys::v1::Request => federation::devices::query_keys,
+            f::keys::claim_keys::v1::Request => federation::devices::claim_keys,
+            f::device::get_devices::v1::Request => federation::devices::user_devices,
             f::membership::prepare_join_event::v1::Request => federation::membership::make_join,
             f::membership::create_join_event::v2::Request => federation::membership::send_join,
             f::membership::prepare_leave_event::v1::Request => federation::membership::make_leave,

@@ -37,7 +37,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 7,
+    version: 8,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -60,12 +60,17 @@ pub const SCHEMA: Schema = Schema {
         service::rooms::OUTBOX,
         service::rooms::INVITES,
         service::sender::OUTBOUND,
+        service::sender::OUTBOUND_EDUS,
         api::federation::transactions::FEDERATION_TXNS,
         service::keys::DEVICE_KEYS,
         service::keys::ONE_TIME_KEYS,
         service::keys::FALLBACK_KEYS,
         service::keys::KEY_CHANGES,
+        service::keys::DEVICE_STREAMS,
+        service::keys::CROSS_SIGNING_KEYS,
+        service::keys::KEY_SIGNATURES,
         service::to_device::TO_DEVICE,
+        service::to_device::SEEN,
     ],
 };
 

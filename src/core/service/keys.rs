@@ -11,7 +11,16 @@
 //!   hands keys out in the order they came, as the spec asks.
 //! - `fallback_keys`: user ID, 0, device ID, 0, algorithm → [`Fallback`]
 //! - `key_changes`: user data stream position (u64 BE) → the user ID whose
-//!   devices or device keys changed then
+//!   devices, device keys or cross-signing keys changed then (users of other
+//!   servers too, as their servers tell)
+//! - `device_streams`: user ID → the position of the user's last change (u64
+//!   BE), for this node's users: the `stream_id` and `prev_id` other servers
+//!   are told
+//! - `cross_signing_keys`: user ID, 0, usage (`master`, `self_signing`,
+//!   `user_signing`) → the key JSON, with every signature it was given
+//! - `key_signatures`: signer's user ID, 0, signed user's ID, 0, the signed key
+//!   → the signer's signatures as JSON: what a user signed of another's keys,
+//!   which only the signer sees
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,7 +29,7 @@ use std::{
 };
 
 use ruma::{
-    encryption::{DeviceKeys, OneTimeKey},
+    encryption::{CrossSigningKey, DeviceKeys, OneTimeKey},
     serde::Raw,
     DeviceId, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt, UserId,
 };
@@ -34,6 +43,9 @@ pub(crate) const DEVICE_KEYS: &str = "device_keys";
 pub(crate) const ONE_TIME_KEYS: &str = "one_time_keys";
 pub(crate) const FALLBACK_KEYS: &str = "fallback_keys";
 pub(crate) const KEY_CHANGES: &str = "key_changes";
+pub(crate) const DEVICE_STREAMS: &str = "device_streams";
+pub(crate) const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
+pub(crate) const KEY_SIGNATURES: &str = "key_signatures";
 
 #[derive(Serialize, Deserialize)]
 struct Fallback {
@@ -41,6 +53,28 @@ struct Fallback {
     key: Box<RawValue>,
     /// Whether it was handed out; the client replaces a used one.
     used: bool,
+}
+
+/// A change to a user's devices or keys as other servers are told of it: its
+/// position, and the one of the change before it.
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    pub stream: u64,
+    pub prev: Option<u64>,
+}
+
+/// A user's cross-signing keys, as far as uploaded.
+#[derive(Default)]
+pub struct CrossSigning {
+    pub master: Option<Raw<CrossSigningKey>>,
+    pub self_signing: Option<Raw<CrossSigningKey>>,
+    pub user_signing: Option<Raw<CrossSigningKey>>,
+}
+
+impl CrossSigning {
+    fn usages(&self) -> [(&'static str, &Option<Raw<CrossSigningKey>>); 3] {
+        [("master", &self.master), ("self_signing", &self.self_signing), ("user_signing", &self.user_signing)]
+    }
 }
 
 /// The keys of one upload, already checked by the endpoint.
@@ -71,7 +105,7 @@ impl Keys {
         user: &UserId,
         device: &DeviceId,
         upload: Upload,
-    ) -> Result<(), RoomError> {
+    ) -> Result<Option<Change>, RoomError> {
         let _write = self.write.lock().await;
         let mut batch = Batch::new();
         let existing = self.one_time_keys(user, device).await?;
@@ -104,14 +138,144 @@ impl Keys {
             None => false,
         };
         match changed {
-            true => drop(
-                user_data
-                    .write_at_next(|position| Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes())))
-                    .await?,
-            ),
-            false => self.store.write(batch).await?,
+            true => Ok(Some(self.record(user_data, user, batch).await?)),
+            false => Ok(self.store.write(batch).await.map(|()| None)?),
         }
+    }
+
+    /// Writes `batch` with a change of this node's `user`'s devices or keys.
+    /// The caller holds the write lock, so changes of a user never interleave.
+    async fn record(&self, user_data: &UserData, user: &UserId, batch: Batch) -> Result<Change, RoomError> {
+        let prev = self.store.get(DEVICE_STREAMS, user.as_bytes()).await?;
+        let prev = prev.map(|bytes| bytes.try_into().map(u64::from_be_bytes)).transpose();
+        let prev = prev.map_err(|_| RoomError::corrupt("a device stream position is not 8 bytes"))?;
+        let stream = user_data
+            .write_at_next(|position| {
+                Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()).put(
+                    DEVICE_STREAMS,
+                    user.as_bytes(),
+                    position.to_be_bytes(),
+                ))
+            })
+            .await?;
+        Ok(Change { stream, prev })
+    }
+
+    /// The position of this node's `user`'s last change of devices or keys.
+    pub async fn stream(&self, user: &UserId) -> Result<u64, RoomError> {
+        let bytes = self.store.get(DEVICE_STREAMS, user.as_bytes()).await?;
+        let bytes = bytes.map(<[u8; 8]>::try_from).transpose();
+        Ok(bytes
+            .map_err(|_| RoomError::corrupt("a device stream position is not 8 bytes"))?
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Notes that another server's `user` changed their devices or keys, so
+    /// the clients who follow them look again.
+    pub async fn remote_changed(&self, user_data: &UserData, user: &UserId) -> Result<(), RoomError> {
+        user_data
+            .write_at_next(|position| Ok(Batch::new().put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes())))
+            .await?;
         Ok(())
+    }
+
+    /// The user's cross-signing keys.
+    pub async fn cross_signing(&self, user: &UserId) -> Result<CrossSigning, RoomError> {
+        let prefix = [user.as_bytes(), b"\0"].concat();
+        let entries =
+            self.store.scan(CROSS_SIGNING_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        let mut keys = CrossSigning::default();
+        for (key, value) in entries {
+            let slot = match &key[prefix.len()..] {
+                b"master" => &mut keys.master,
+                b"self_signing" => &mut keys.self_signing,
+                b"user_signing" => &mut keys.user_signing,
+                _ => continue,
+            };
+            *slot = Some(raw(value)?);
+        }
+        Ok(keys)
+    }
+
+    /// Stores the cross-signing keys `keys` has (the others stay), as a change.
+    pub async fn upload_cross_signing(
+        &self,
+        user_data: &UserData,
+        user: &UserId,
+        keys: CrossSigning,
+    ) -> Result<Change, RoomError> {
+        let _write = self.write.lock().await;
+        let mut batch = Batch::new();
+        for (usage, key) in keys.usages() {
+            if let Some(key) = key {
+                batch = batch.put(CROSS_SIGNING_KEYS, cross_signing_key(user, usage), key.json().get());
+            }
+        }
+        self.record(user_data, user, batch).await
+    }
+
+    /// Replaces the stored device keys or cross-signing key of this node's
+    /// `user` by `signed`, the same key with more signatures, as a change.
+    /// `signed` must be what [`Keys::signable`] gave, merged.
+    pub async fn replace_signed(
+        &self,
+        user_data: &UserData,
+        user: &UserId,
+        target: &Signable,
+        signed: &RawValue,
+    ) -> Result<Change, RoomError> {
+        let _write = self.write.lock().await;
+        let (table, key) = match target {
+            Signable::Device(device) => (DEVICE_KEYS, device_prefix_of(user, device)),
+            Signable::CrossSigning(usage) => (CROSS_SIGNING_KEYS, cross_signing_key(user, usage)),
+        };
+        self.record(user_data, user, Batch::new().put(table, key, signed.get())).await
+    }
+
+    /// What of `user`'s keys `key` names, as `/keys/signatures/upload` names
+    /// them (a device ID, or a cross-signing key's public key), with its JSON.
+    pub async fn signable(&self, user: &UserId, key: &str) -> Result<Option<(Signable, Box<RawValue>)>, RoomError> {
+        let cross_signing = self.cross_signing(user).await?;
+        for (usage, stored) in cross_signing.usages() {
+            let Some(stored) = stored else { continue };
+            let parsed: CrossSigningKey = stored.deserialize().map_err(RoomError::corrupt)?;
+            if parsed.keys.keys().any(|id| id.key_name() == key) {
+                return Ok(Some((Signable::CrossSigning(usage), stored.json().to_owned())));
+            }
+        }
+        let device: &DeviceId = key.into();
+        let keys = self.device_keys(user, device).await?;
+        Ok(keys.map(|keys| (Signable::Device(device.to_owned()), keys.into_json())))
+    }
+
+    /// Keeps `signer`'s signatures of another user's key, for the signer's eyes.
+    pub async fn keep_signatures(
+        &self,
+        signer: &UserId,
+        user: &UserId,
+        key: &str,
+        signatures: &RawValue,
+    ) -> Result<(), RoomError> {
+        let name = [signer.as_bytes(), b"\0", user.as_bytes(), b"\0", key.as_bytes()].concat();
+        Ok(self.store.put(KEY_SIGNATURES, &name, signatures.get().as_bytes()).await?)
+    }
+
+    /// The signatures `signer` made of `user`'s keys, by the public key signed.
+    pub async fn kept_signatures(
+        &self,
+        signer: &UserId,
+        user: &UserId,
+    ) -> Result<Vec<(String, Box<RawValue>)>, RoomError> {
+        let prefix = [signer.as_bytes(), b"\0", user.as_bytes(), b"\0"].concat();
+        let entries =
+            self.store.scan(KEY_SIGNATURES, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let key = String::from_utf8(key[prefix.len()..].to_vec()).map_err(RoomError::corrupt)?;
+                Ok((key, raw::<()>(value)?.into_json()))
+            })
+            .collect()
     }
 
     /// The device's keys as uploaded.
@@ -215,9 +379,9 @@ impl Keys {
         user_data: &UserData,
         user: &UserId,
         devices: &[OwnedDeviceId],
-    ) -> Result<(), RoomError> {
+    ) -> Result<Option<Change>, RoomError> {
         if devices.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let _write = self.write.lock().await;
         let mut batch = Batch::new();
@@ -232,8 +396,7 @@ impl Keys {
                 }
             }
         }
-        user_data.write_at_next(|position| Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()))).await?;
-        Ok(())
+        self.record(user_data, user, batch).await.map(Some)
     }
 
     /// The device's one-time keys: upload number, key ID and key.
@@ -279,6 +442,16 @@ fn device_prefix_of(user: &UserId, device: &DeviceId) -> Vec<u8> {
 /// and `fallback_keys`.
 fn device_prefix(user: &UserId, device: &DeviceId) -> Vec<u8> {
     [&device_prefix_of(user, device)[..], b"\0"].concat()
+}
+
+fn cross_signing_key(user: &UserId, usage: &str) -> Vec<u8> {
+    [user.as_bytes(), b"\0", usage.as_bytes()].concat()
+}
+
+/// A key of a user's that others sign: a device's keys, or a cross-signing key.
+pub enum Signable {
+    Device(OwnedDeviceId),
+    CrossSigning(&'static str),
 }
 
 fn fallback_key(user: &UserId, device: &DeviceId, algorithm: OneTimeKeyAlgorithm) -> Vec<u8> {

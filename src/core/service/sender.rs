@@ -5,13 +5,17 @@
 //! PDUs are durable: the event engine writes every local event to `outbox` in the
 //! event's own commit; [`Sender::run`] moves each to the queue of every other
 //! server in its room, and a queue entry goes only once its destination (or a
-//! relay's mailbox for it) took the transaction. EDUs are ephemeral and wait in
-//! memory.
+//! relay's mailbox for it) took the transaction. EDUs that must not be lost
+//! (to-device messages, device list changes) are queued durably beside them;
+//! the rest (typing, receipts, presence) are ephemeral and wait in memory.
 //!
 //! Key encodings:
 //! - `outbound`: destination server name, 0, queue position (u64 BE) → room ID,
 //!   0, event ID
-//! - `meta`: `outbound_position` → the last queue position handed out (u64 BE)
+//! - `outbound_edus`: destination server name, 0, queue position (u64 BE) → the
+//!   EDU (`{"edu_type", "content"}`) as JSON
+//! - `meta`: `outbound_position` → the last queue position handed out (u64 BE),
+//!   for both queues
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -41,6 +45,7 @@ use crate::{
 };
 
 pub(crate) const OUTBOUND: &str = "outbound";
+pub(crate) const OUTBOUND_EDUS: &str = "outbound_edus";
 const POSITION: &[u8] = b"outbound_position";
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
@@ -125,12 +130,28 @@ impl Sender {
         self.wake();
     }
 
-    /// How much waits to be sent: an entry per event and destination (counted
-    /// up to 10,000) and the EDUs held for unreachable destinations.
+    /// Queues an EDU for `servers` durably: it survives a restart and goes
+    /// until each destination took it, as PDUs do.
+    pub async fn queue_durable_edu(
+        &self,
+        hs: &Homeserver,
+        servers: &[OwnedServerName],
+        edu: &serde_json::Value,
+    ) -> Result<(), RoomError> {
+        let value = serde_json::to_vec(edu).map_err(RoomError::corrupt)?;
+        let entries = servers.iter().map(|server| (server.clone(), value.clone())).collect();
+        self.enqueue(hs, OUTBOUND_EDUS, entries, Batch::new()).await
+    }
+
+    /// How much waits to be sent: an entry per event or durable EDU and
+    /// destination (counted up to 10,000 each) and the EDUs held in memory for
+    /// unreachable destinations.
     pub async fn queued(&self, hs: &Homeserver) -> Result<usize, RoomError> {
-        let pdus = hs.store().scan(OUTBOUND, KeyRange::all(), Direction::Forward, MAX_COUNTED).await?.len();
-        let edus: usize = lock(&self.edus).values().map(VecDeque::len).sum();
-        Ok(pdus + edus)
+        let mut queued: usize = lock(&self.edus).values().map(VecDeque::len).sum();
+        for table in [OUTBOUND, OUTBOUND_EDUS] {
+            queued += hs.store().scan(table, KeyRange::all(), Direction::Forward, MAX_COUNTED).await?.len();
+        }
+        Ok(queued)
     }
 
     /// The servers other than this one with a user joined to the room now.
@@ -243,7 +264,7 @@ impl Sender {
             .filter(|s| **s != except)
             .map(|s| (s.clone(), value.clone()))
             .collect();
-        self.enqueue(hs, entries, Batch::new()).await
+        self.enqueue(hs, OUTBOUND, entries, Batch::new()).await
     }
 
     /// Moves the events in `outbox` to the queues of their rooms' servers.
@@ -273,18 +294,19 @@ impl Sender {
                     queued.push((server.clone(), value.clone()));
                 }
             }
-            self.enqueue(hs, queued, done).await?;
+            self.enqueue(hs, OUTBOUND, queued, done).await?;
             if drained {
                 return Ok(());
             }
         }
     }
 
-    /// Writes `entries` (destination; room ID, 0, event ID) at the next queue
-    /// positions, with `also`, in one batch.
+    /// Writes `entries` (destination; the queue's value) into `table` at the
+    /// next queue positions, with `also`, in one batch.
     async fn enqueue(
         &self,
         hs: &Homeserver,
+        table: &'static str,
         entries: Vec<(OwnedServerName, Vec<u8>)>,
         also: Batch,
     ) -> Result<(), RoomError> {
@@ -306,7 +328,7 @@ impl Sender {
         let mut servers = HashSet::new();
         for (server, value) in entries {
             next += 1;
-            batch = batch.put(OUTBOUND, queue_key(&server, next), value);
+            batch = batch.put(table, queue_key(&server, next), value);
             servers.insert(server);
         }
         batch = batch.put("meta", POSITION, next.to_be_bytes());
@@ -325,17 +347,19 @@ impl Sender {
             return Ok(pending);
         }
         let mut pending = HashSet::new();
-        let mut from: Vec<u8> = Vec::new();
-        // One read per destination: skip to the key after each one's prefix.
-        loop {
-            let range = KeyRange::new(std::ops::Bound::Included(from.clone()), std::ops::Bound::Unbounded);
-            let Some((key, _)) = hs.store().scan(OUTBOUND, range, Direction::Forward, 1).await?.pop() else { break };
-            let Some(split) = key.iter().position(|b| *b == 0) else { break };
-            if let Ok(Ok(server)) = std::str::from_utf8(&key[..split]).map(ServerName::parse) {
-                pending.insert(server);
+        for table in [OUTBOUND, OUTBOUND_EDUS] {
+            let mut from: Vec<u8> = Vec::new();
+            // One read per destination: skip to the key after each one's prefix.
+            loop {
+                let range = KeyRange::new(std::ops::Bound::Included(from.clone()), std::ops::Bound::Unbounded);
+                let Some((key, _)) = hs.store().scan(table, range, Direction::Forward, 1).await?.pop() else { break };
+                let Some(split) = key.iter().position(|b| *b == 0) else { break };
+                if let Ok(Ok(server)) = std::str::from_utf8(&key[..split]).map(ServerName::parse) {
+                    pending.insert(server);
+                }
+                from = key[..split].to_vec();
+                from.push(1);
             }
-            from = key[..split].to_vec();
-            from.push(1);
         }
         *lock(&self.pending) = Some(pending.clone());
         Ok(pending)
@@ -357,10 +381,15 @@ impl Sender {
             .scan(OUTBOUND, KeyRange::prefix(&prefix), Direction::Forward, MAX_PDUS)
             .await
             .map_err(|err| FederationError::Request(err.to_string()))?;
+        let durable = hs
+            .store()
+            .scan(OUTBOUND_EDUS, KeyRange::prefix(&prefix), Direction::Forward, MAX_EDUS)
+            .await
+            .map_err(|err| FederationError::Request(err.to_string()))?;
         let edus: Vec<Box<RawValue>> = {
             let mut queues = lock(&self.edus);
             let queue = queues.entry(server.to_owned()).or_default();
-            let n = queue.len().min(MAX_EDUS);
+            let n = queue.len().min(MAX_EDUS - durable.len());
             queue.drain(..n).collect()
         };
         let mut pdus = Vec::with_capacity(entries.len());
@@ -375,7 +404,7 @@ impl Sender {
                 }
             }
         }
-        if entries.is_empty() && edus.is_empty() {
+        if entries.is_empty() && durable.is_empty() && edus.is_empty() {
             lock(&self.pending).get_or_insert_with(HashSet::new).remove(server);
             return Ok(false);
         }
@@ -385,15 +414,22 @@ impl Sender {
         let txn: ruma::OwnedTransactionId = format!("{}.{attempt}", hs.clock().now_millis()).into();
         let mut request = v1::Request::new(txn, hs.key().server_name().to_owned(), now(hs));
         request.pdus = pdus;
-        request.edus = edus.iter().map(|edu| Raw::from_json(edu.clone())).collect();
+        // A durable EDU the store holds as something else than JSON is dropped
+        // with its queue entry below rather than holding up the queue.
+        let stored =
+            durable.iter().filter_map(|(_, value)| RawValue::from_string(String::from_utf8(value.clone()).ok()?).ok());
+        request.edus = stored.chain(edus.iter().cloned()).map(Raw::from_json).collect();
         match hs.federation().request(server, request, true).await {
             Ok(_) | Err(FederationError::Stored(_)) => {
                 let mut batch = Batch::new();
                 for (key, _) in &entries {
                     batch = batch.delete(OUTBOUND, key.clone());
                 }
+                for (key, _) in &durable {
+                    batch = batch.delete(OUTBOUND_EDUS, key.clone());
+                }
                 hs.store().write(batch).await.map_err(|err| FederationError::Request(err.to_string()))?;
-                if entries.len() == MAX_PDUS {
+                if entries.len() == MAX_PDUS || durable.len() == MAX_EDUS {
                     self.wake();
                 }
                 Ok(true)

@@ -6,6 +6,8 @@
 //! - `to_device`: user ID, 0, device ID, 0, user data stream position (u64 BE)
 //!   → [`Message`]. One request's messages share a position: a device named
 //!   twice in one request (by ID and by `*`) keeps one of its messages.
+//! - `to_device_seen`: sender user ID, 0, message ID → empty: messages of
+//!   other servers' users stored already (their servers send again when unsure)
 
 use std::{ops::Bound, sync::Arc};
 
@@ -17,6 +19,7 @@ use super::{rooms::RoomError, user_data::UserData};
 use crate::store::{Batch, Direction, KeyRange, Store};
 
 pub(crate) const TO_DEVICE: &str = "to_device";
+pub(crate) const SEEN: &str = "to_device_seen";
 
 /// A message as `/sync` hands it out.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +62,23 @@ impl ToDevice {
             })
             .await?;
         Ok(())
+    }
+
+    /// Stores the messages another server passed on from its user `sender`,
+    /// unless a message of that ID was stored already.
+    pub async fn receive(
+        &self,
+        user_data: &UserData,
+        sender: &UserId,
+        message_id: &str,
+        kind: &str,
+        messages: Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)>,
+    ) -> Result<(), RoomError> {
+        let seen = [sender.as_bytes(), b"\0", message_id.as_bytes()].concat();
+        if self.store.get(SEEN, &seen).await?.is_some() {
+            return Ok(());
+        }
+        self.send(user_data, sender, kind, messages, Batch::new().put(SEEN, seen, Vec::new())).await
     }
 
     /// The device's first `limit` messages up to stream position `to`, oldest

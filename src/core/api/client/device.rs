@@ -81,7 +81,11 @@ pub(crate) async fn delete_many(
 /// Drops what deleted devices leave behind: their keys (which other users'
 /// devices then hear of) and the to-device messages no one will fetch.
 pub(crate) async fn forget(hs: &Homeserver, user: &UserId, deleted: &[OwnedDeviceId]) -> Result<(), Error> {
-    hs.keys().forget_devices(hs.user_data(), user, deleted).await?;
+    if let Some(change) = hs.keys().forget_devices(hs.user_data(), user, deleted).await? {
+        for device in deleted {
+            super::keys::announce_device(hs, user, device, change, None).await?;
+        }
+    }
     hs.to_device().forget_devices(user, deleted).await?;
     Ok(())
 }

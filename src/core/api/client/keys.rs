@@ -1,22 +1,37 @@
 //! End-to-end encryption keys: devices publish their identity keys and
-//! one-time keys, and other devices look them up and claim one-time keys to
-//! start encrypted sessions. Only this node's users for now: users of other
-//! servers are answered in `failures` until device keys federate.
+//! one-time keys, users their cross-signing keys, and other devices look them
+//! up (asking other users' servers over federation) and claim one-time keys to
+//! start encrypted sessions. Changes reach the servers of everyone sharing a
+//! room with the user as `m.device_list_update` and `m.signing_key_update`
+//! EDUs, queued durably.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::{
-    api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys},
-    encryption::DeviceKeys,
+    api::{
+        client::{
+            keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
+            uiaa::AuthType,
+        },
+        federation::keys::{claim_keys as federation_claim, get_keys as federation_query},
+    },
+    encryption::{CrossSigningKey, DeviceKeys, OneTimeKey},
     events::{room::member::MembershipState, StateEventType},
     serde::Raw,
-    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, ServerName, UInt, UserId,
+    DeviceId, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedRoomId, OwnedServerName, OwnedUserId,
+    ServerName, UInt, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{json, value::RawValue, Value};
 
 use super::tokens::SyncToken;
 use crate::core::{
-    service::{accounts::Session, keys::Upload, rooms::RoomError, state::State},
+    api::federation::transactions::servers_sharing_rooms_with,
+    service::{
+        accounts::Session,
+        keys::{Change, CrossSigning, Signable, Upload},
+        rooms::RoomError,
+        state::State,
+    },
     Error, Homeserver,
 };
 
@@ -37,7 +52,11 @@ pub(crate) async fn upload(
         one_time_keys: request.one_time_keys,
         fallback_keys: request.fallback_keys,
     };
-    hs.keys().upload(hs.user_data(), &session.user_id, &session.device_id, upload).await?;
+    let device_keys = upload.device_keys.clone();
+    let change = hs.keys().upload(hs.user_data(), &session.user_id, &session.device_id, upload).await?;
+    if let Some(change) = change {
+        announce_device(hs, &session.user_id, &session.device_id, change, device_keys.as_ref()).await?;
+    }
     Ok(upload_keys::v3::Response::new(one_time_key_counts(hs, &session).await?))
 }
 
@@ -73,23 +92,87 @@ pub(crate) async fn one_time_key_counts(
     Ok(counts)
 }
 
-/// What `failures` says of a server whose users' keys were asked for.
-fn not_federated(server: &ServerName) -> (String, Value) {
-    let error = "this node does not fetch keys from other servers yet";
-    (server.to_string(), json!({ "errcode": "M_UNRECOGNIZED", "error": error }))
+/// Tells the servers sharing a room with this node's `user` that one of their
+/// devices changed: its keys, or, without keys, that it is gone.
+pub(crate) async fn announce_device(
+    hs: &Homeserver,
+    user: &UserId,
+    device: &DeviceId,
+    change: Change,
+    keys: Option<&Raw<DeviceKeys>>,
+) -> Result<(), Error> {
+    let mut content = json!({
+        "user_id": user,
+        "device_id": device,
+        "stream_id": change.stream,
+        "prev_id": change.prev.into_iter().collect::<Vec<_>>(),
+    });
+    match keys {
+        Some(keys) => {
+            content["keys"] = serde_json::from_str(keys.json().get()).map_err(Error::internal)?;
+            let name = hs.accounts().device(user, device).await?.and_then(|d| d.display_name);
+            if let Some(name) = name {
+                content["device_display_name"] = name.into();
+            }
+        }
+        None => content["deleted"] = true.into(),
+    }
+    announce(hs, user, json!({ "edu_type": "m.device_list_update", "content": content })).await
 }
 
-/// `POST /_matrix/client/v3/keys/query`
-pub(crate) async fn query(
+/// Tells the servers sharing a room with this node's `user` of their public
+/// cross-signing keys (the user-signing key stays on this node).
+async fn announce_signing_keys(hs: &Homeserver, user: &UserId) -> Result<(), Error> {
+    let keys = hs.keys().cross_signing(user).await?;
+    let content = json!({ "user_id": user, "master_key": keys.master, "self_signing_key": keys.self_signing });
+    announce(hs, user, json!({ "edu_type": "m.signing_key_update", "content": content })).await
+}
+
+async fn announce(hs: &Homeserver, user: &UserId, edu: Value) -> Result<(), Error> {
+    let servers = servers_sharing_rooms_with(hs, user).await?;
+    if !servers.is_empty() {
+        hs.sender().queue_durable_edu(hs, &servers, &edu).await?;
+    }
+    Ok(())
+}
+
+/// What `failures` says of a server that did not answer.
+fn unreachable(server: &ServerName, err: impl std::fmt::Display) -> (String, Value) {
+    (server.to_string(), json!({ "errcode": "M_UNKNOWN", "error": format!("{server} did not answer: {err}") }))
+}
+
+/// Groups `requested` by server: this node's users first, as `None`.
+fn by_server<T>(
     hs: &Homeserver,
-    _: Session,
-    request: get_keys::v3::Request,
-) -> Result<get_keys::v3::Response, Error> {
-    let mut response = get_keys::v3::Response::new();
-    for (user, devices) in request.device_keys {
+    requested: BTreeMap<OwnedUserId, T>,
+) -> BTreeMap<Option<OwnedServerName>, BTreeMap<OwnedUserId, T>> {
+    let mut servers: BTreeMap<Option<OwnedServerName>, BTreeMap<OwnedUserId, T>> = BTreeMap::new();
+    for (user, value) in requested {
+        let server = (user.server_name() != hs.key().server_name()).then(|| user.server_name().to_owned());
+        servers.entry(server).or_default().insert(user, value);
+    }
+    servers
+}
+
+/// The keys of this node's users, as `/keys/query` over either API answers.
+#[derive(Default)]
+pub(crate) struct LocalKeys {
+    pub(crate) device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>>,
+    pub(crate) master_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
+    pub(crate) self_signing_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
+    pub(crate) user_signing_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
+}
+
+/// The keys of this node's `users` (all their devices when none are named);
+/// `requester`'s own user-signing key too, when asked for.
+pub(crate) async fn local_keys(
+    hs: &Homeserver,
+    users: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    requester: Option<&UserId>,
+) -> Result<LocalKeys, Error> {
+    let mut found = LocalKeys::default();
+    for (user, devices) in users {
         if user.server_name() != hs.key().server_name() {
-            // Federation hook: ask the user's server (`/federation/v1/user/keys/query`).
-            response.failures.extend([not_federated(user.server_name())]);
             continue;
         }
         let keys = match devices.is_empty() {
@@ -109,9 +192,96 @@ pub(crate) async fn query(
             let device_keys = with_display_name(hs, &user, &device, device_keys).await?;
             named.insert(device, device_keys);
         }
-        response.device_keys.insert(user, named);
+        let CrossSigning { master, self_signing, user_signing } = hs.keys().cross_signing(&user).await?;
+        found.master_keys.extend(master.map(|key| (user.clone(), key)));
+        found.self_signing_keys.extend(self_signing.map(|key| (user.clone(), key)));
+        if requester == Some(&*user) {
+            found.user_signing_keys.extend(user_signing.map(|key| (user.clone(), key)));
+        }
+        found.device_keys.insert(user, named);
+    }
+    Ok(found)
+}
+
+/// `POST /_matrix/client/v3/keys/query`
+pub(crate) async fn query(
+    hs: &Homeserver,
+    session: Session,
+    request: get_keys::v3::Request,
+) -> Result<get_keys::v3::Response, Error> {
+    let mut response = get_keys::v3::Response::new();
+    let mut remote = Vec::new();
+    for (server, users) in by_server(hs, request.device_keys) {
+        match server {
+            None => {
+                let local = local_keys(hs, users, Some(&session.user_id)).await?;
+                response.device_keys.extend(local.device_keys);
+                response.master_keys.extend(local.master_keys);
+                response.self_signing_keys.extend(local.self_signing_keys);
+                response.user_signing_keys.extend(local.user_signing_keys);
+            }
+            Some(server) => remote.push(async move {
+                let answer = hs.federation().request(&server, federation_query::v1::Request::new(users), false).await;
+                (server, answer)
+            }),
+        }
+    }
+    for (server, answer) in futures_util::future::join_all(remote).await {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                response.failures.extend([unreachable(&server, err)]);
+                continue;
+            }
+        };
+        // A server speaks for its own users only.
+        let own = |user: &OwnedUserId| user.server_name() == server;
+        response.device_keys.extend(answer.device_keys.into_iter().filter(|(user, _)| own(user)));
+        response.master_keys.extend(answer.master_keys.into_iter().filter(|(user, _)| own(user)));
+        response.self_signing_keys.extend(answer.self_signing_keys.into_iter().filter(|(user, _)| own(user)));
+    }
+    // What the requester signed of others' master keys, which only they see.
+    for (user, key) in response.master_keys.iter_mut() {
+        if *user != session.user_id {
+            *key = with_kept_signatures(hs, &session.user_id, user, key).await?;
+        }
     }
     Ok(response)
+}
+
+async fn with_kept_signatures(
+    hs: &Homeserver,
+    signer: &UserId,
+    user: &UserId,
+    key: &Raw<CrossSigningKey>,
+) -> Result<Raw<CrossSigningKey>, Error> {
+    let kept = hs.keys().kept_signatures(signer, user).await?;
+    if kept.is_empty() {
+        return Ok(key.clone());
+    }
+    let mut value: Value = key.deserialize_as().map_err(Error::internal)?;
+    let public_keys: Vec<String> = value["keys"].as_object().map(|k| k.keys().cloned().collect()).unwrap_or_default();
+    for (signed, signatures) in kept {
+        if !public_keys.iter().any(|id| id.split_once(':').map(|(_, name)| name) == Some(&*signed)) {
+            continue;
+        }
+        let signatures: Value = serde_json::from_str(signatures.get()).map_err(Error::internal)?;
+        merge_signatures(&mut value, signer, &signatures);
+    }
+    Raw::new(&value).map(Raw::cast_unchecked).map_err(Error::internal)
+}
+
+/// Adds `signatures` (key ID → signature) to `signer`'s in `value`.
+fn merge_signatures(value: &mut Value, signer: &UserId, signatures: &Value) {
+    if !value["signatures"].is_object() {
+        value["signatures"] = json!({});
+    }
+    if !value["signatures"][signer.as_str()].is_object() {
+        value["signatures"][signer.as_str()] = json!({});
+    }
+    if let (Some(into), Some(from)) = (value["signatures"][signer.as_str()].as_object_mut(), signatures.as_object()) {
+        into.extend(from.iter().map(|(id, signature)| (id.clone(), signature.clone())));
+    }
 }
 
 /// The keys with the device's display name in `unsigned`, where the spec
@@ -131,18 +301,16 @@ async fn with_display_name(
     Raw::new(&value).map(Raw::cast_unchecked).map_err(Error::internal)
 }
 
-/// `POST /_matrix/client/v3/keys/claim`
-pub(crate) async fn claim(
+type Claimed = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>>>;
+
+/// Claims a one-time key of each named device of this node's users.
+pub(crate) async fn claim_local(
     hs: &Homeserver,
-    _: Session,
-    request: claim_keys::v3::Request,
-) -> Result<claim_keys::v3::Response, Error> {
-    let mut claimed: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
-    let mut failures = BTreeMap::new();
-    for (user, devices) in request.one_time_keys {
+    claims: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+) -> Result<Claimed, Error> {
+    let mut claimed: Claimed = BTreeMap::new();
+    for (user, devices) in claims {
         if user.server_name() != hs.key().server_name() {
-            // Federation hook: claim from the user's server (`/federation/v1/user/keys/claim`).
-            failures.extend([not_federated(user.server_name())]);
             continue;
         }
         for (device, algorithm) in devices {
@@ -151,9 +319,188 @@ pub(crate) async fn claim(
             }
         }
     }
+    Ok(claimed)
+}
+
+/// `POST /_matrix/client/v3/keys/claim`
+pub(crate) async fn claim(
+    hs: &Homeserver,
+    _: Session,
+    request: claim_keys::v3::Request,
+) -> Result<claim_keys::v3::Response, Error> {
+    let mut claimed = Claimed::new();
+    let mut failures = BTreeMap::new();
+    let mut remote = Vec::new();
+    for (server, claims) in by_server(hs, request.one_time_keys) {
+        match server {
+            None => claimed.extend(claim_local(hs, claims).await?),
+            Some(server) => remote.push(async move {
+                let answer = hs.federation().request(&server, federation_claim::v1::Request::new(claims), false).await;
+                (server, answer)
+            }),
+        }
+    }
+    for (server, answer) in futures_util::future::join_all(remote).await {
+        match answer {
+            Ok(answer) => {
+                claimed.extend(answer.one_time_keys.into_iter().filter(|(user, _)| user.server_name() == server))
+            }
+            Err(err) => failures.extend([unreachable(&server, err)]),
+        }
+    }
     let mut response = claim_keys::v3::Response::new(claimed);
     response.failures = failures;
     Ok(response)
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`
+pub(crate) async fn upload_signing_keys(
+    hs: &Homeserver,
+    session: Session,
+    request: upload_signing_keys::v3::Request,
+) -> Result<upload_signing_keys::v3::Response, Error> {
+    let user = &session.user_id;
+    let stored = hs.keys().cross_signing(user).await?;
+    let given = CrossSigning {
+        master: request.master_key,
+        self_signing: request.self_signing_key,
+        user_signing: request.user_signing_key,
+    };
+    // The spec asks for no authentication to set the first keys, or to send
+    // the same keys again (a retry after a lost response).
+    let same = |given: &Option<Raw<CrossSigningKey>>, stored: &Option<Raw<CrossSigningKey>>| match (given, stored) {
+        (None, _) => true,
+        (Some(given), Some(stored)) => same_json(given.json(), stored.json()),
+        (Some(_), None) => false,
+    };
+    let first = stored.master.is_none();
+    let repeated = stored.master.is_some()
+        && same(&given.master, &stored.master)
+        && same(&given.self_signing, &stored.self_signing)
+        && same(&given.user_signing, &stored.user_signing);
+    if repeated {
+        return Ok(upload_signing_keys::v3::Response::new());
+    }
+    if !first {
+        hs.uiaa().complete(request.auth.as_ref(), &[AuthType::Password], Some(&session), hs).await?;
+    }
+    let master = match (&given.master, &stored.master) {
+        (Some(master), _) => check_cross_signing_key(user, master, "master", None)?,
+        (None, Some(master)) => master.deserialize().map_err(Error::internal)?,
+        (None, None) if given.self_signing.is_none() && given.user_signing.is_none() => {
+            return Ok(upload_signing_keys::v3::Response::new())
+        }
+        (None, None) => return Err(Error::InvalidParam("upload a master key first".into())),
+    };
+    let master_id = master.keys.keys().next().ok_or_else(|| Error::InvalidParam("the master key has no key".into()))?;
+    for (key, usage) in [(&given.self_signing, "self_signing"), (&given.user_signing, "user_signing")] {
+        if let Some(key) = key {
+            check_cross_signing_key(user, key, usage, Some(master_id.as_str()))?;
+        }
+    }
+    hs.keys().upload_cross_signing(hs.user_data(), user, given).await?;
+    announce_signing_keys(hs, user).await?;
+    Ok(upload_signing_keys::v3::Response::new())
+}
+
+fn same_json(a: &RawValue, b: &RawValue) -> bool {
+    serde_json::from_str::<Value>(a.get()).ok() == serde_json::from_str::<Value>(b.get()).ok()
+}
+
+/// A cross-signing key must be the user's, for `usage`, with one key, and
+/// signed by the master key `signed_by` names (if any).
+fn check_cross_signing_key(
+    user: &UserId,
+    key: &Raw<CrossSigningKey>,
+    usage: &str,
+    signed_by: Option<&str>,
+) -> Result<CrossSigningKey, Error> {
+    let parsed = key.deserialize().map_err(|err| Error::BadJson(format!("{usage} key: {err}")))?;
+    if parsed.user_id != user {
+        return Err(Error::InvalidParam(format!("the {usage} key is for {}, not {user}", parsed.user_id)));
+    }
+    if !parsed.usage.iter().any(|u| u.as_str() == usage) {
+        return Err(Error::InvalidParam(format!("the {usage} key does not say it is for {usage}")));
+    }
+    if parsed.keys.len() != 1 {
+        return Err(Error::InvalidParam(format!("the {usage} key must hold exactly one key")));
+    }
+    if let Some(master) = signed_by {
+        let value: Value = key.deserialize_as().map_err(Error::internal)?;
+        if !value["signatures"][user.as_str()][master].is_string() {
+            return Err(Error::InvalidParam(format!("the {usage} key is not signed by the master key {master}")));
+        }
+    }
+    Ok(parsed)
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`
+pub(crate) async fn upload_signatures(
+    hs: &Homeserver,
+    session: Session,
+    request: upload_signatures::v3::Request,
+) -> Result<upload_signatures::v3::Response, Error> {
+    let signer = &session.user_id;
+    let mut response = upload_signatures::v3::Response::new();
+    for (user, keys) in request.signed_keys {
+        for (key, signed) in keys.iter() {
+            if let Err(reason) = add_signatures(hs, signer, &user, key, signed).await? {
+                let failure = json!({ "errcode": "M_INVALID_SIGNATURE", "error": reason });
+                let failure = serde_json::from_value(failure).map_err(Error::internal)?;
+                response.failures.entry(user.clone()).or_default().insert(key.to_owned(), failure);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// Stores `signer`'s new signatures of `user`'s `key`; the inner error says
+/// why they were refused.
+async fn add_signatures(
+    hs: &Homeserver,
+    signer: &UserId,
+    user: &UserId,
+    key: &str,
+    signed: &RawValue,
+) -> Result<Result<(), String>, Error> {
+    let Ok(mut signed) = serde_json::from_str::<Value>(signed.get()) else { return Ok(Err("not JSON".into())) };
+    let signatures = signed["signatures"][signer.as_str()].take();
+    if !signatures.as_object().is_some_and(|s| !s.is_empty() && s.values().all(Value::is_string)) {
+        return Ok(Err(format!("no signatures of {signer}")));
+    }
+    if user != signer {
+        // Another user's master key, signed with the signer's user-signing key.
+        let signatures = serde_json::value::to_raw_value(&signatures).map_err(Error::internal)?;
+        hs.keys().keep_signatures(signer, user, key, &signatures).await?;
+        hs.keys().remote_changed(hs.user_data(), signer).await?;
+        return Ok(Ok(()));
+    }
+    let Some((target, stored)) = hs.keys().signable(user, key).await? else {
+        return Ok(Err(format!("{user} has no key {key}")));
+    };
+    let mut stored: Value = serde_json::from_str(stored.get()).map_err(Error::internal)?;
+    let unsigned = |value: &Value| {
+        let mut value = value.clone();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("signatures");
+            object.remove("unsigned");
+        }
+        value
+    };
+    if unsigned(&signed) != unsigned(&stored) {
+        return Ok(Err("the signed object is not the key as uploaded".into()));
+    }
+    merge_signatures(&mut stored, signer, &signatures);
+    let stored = serde_json::value::to_raw_value(&stored).map_err(Error::internal)?;
+    let change = hs.keys().replace_signed(hs.user_data(), user, &target, &stored).await?;
+    match target {
+        Signable::Device(device) => {
+            let keys = Raw::from_json(stored);
+            announce_device(hs, user, &device, change, Some(&keys)).await?;
+        }
+        Signable::CrossSigning(_) => announce_signing_keys(hs, user).await?,
+    }
+    Ok(Ok(()))
 }
 
 /// `GET /_matrix/client/v3/keys/changes`

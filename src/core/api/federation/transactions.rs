@@ -15,13 +15,15 @@ use ruma::{
     canonical_json::CanonicalJsonObject,
     events::{receipt::ReceiptThread, room::member::MembershipState},
     presence::PresenceState,
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName, UInt, UserId,
+    to_device::DeviceIdOrAllDevices,
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UInt, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
 use crate::{
     core::{
+        api::client::{account_data::object, to_device::local_devices},
         pdu,
         router::Origin,
         service::rooms::{Outcome, RoomError},
@@ -207,6 +209,8 @@ enum EduError {
     NotInRoom(OwnedUserId),
     #[error(transparent)]
     Room(#[from] RoomError),
+    #[error(transparent)]
+    Node(#[from] Error),
 }
 
 async fn receive_edu(hs: &Homeserver, origin: &ServerName, edu: &RawValue) -> Result<(), EduError> {
@@ -273,7 +277,42 @@ async fn receive_edu(hs: &Homeserver, origin: &ServerName, edu: &RawValue) -> Re
                 let _ = hs.ephemeral().set_presence(&update.user_id, update.presence, Some(update.status_msg));
             }
         }
-        // Device lists and to-device messages arrive with end-to-end encryption.
+        "m.direct_to_device" => {
+            #[derive(Deserialize)]
+            struct Direct {
+                sender: OwnedUserId,
+                #[serde(rename = "type")]
+                kind: String,
+                message_id: String,
+                messages: BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Box<RawValue>>>,
+            }
+            let direct: Direct = serde_json::from_str(edu.content.get())?;
+            from_origin(&direct.sender)?;
+            let mut local = Vec::new();
+            for (user, targets) in direct.messages {
+                if user.server_name() != hs.key().server_name() {
+                    continue;
+                }
+                for (target, content) in targets {
+                    let content = object(&content)?;
+                    for device in local_devices(hs, &user, target).await? {
+                        local.push((user.clone(), device, content.clone()));
+                    }
+                }
+            }
+            hs.to_device().receive(hs.user_data(), &direct.sender, &direct.message_id, &direct.kind, local).await?;
+        }
+        // This node keeps no copy of other servers' device lists: it tells its
+        // clients to ask again, and they ask the user's server.
+        "m.device_list_update" | "m.signing_key_update" => {
+            #[derive(Deserialize)]
+            struct Update {
+                user_id: OwnedUserId,
+            }
+            let update: Update = serde_json::from_str(edu.content.get())?;
+            from_origin(&update.user_id)?;
+            hs.keys().remote_changed(hs.user_data(), &update.user_id).await?;
+        }
         _ => {}
     }
     Ok(())
@@ -321,12 +360,7 @@ pub(crate) async fn send_receipt(
 /// Tells the servers of every room `user` is in of their presence now.
 pub(crate) async fn send_presence(hs: &Homeserver, user: &UserId) -> Result<(), Error> {
     let Some(presence) = hs.ephemeral().presence(user) else { return Ok(()) };
-    let mut servers = std::collections::BTreeSet::new();
-    for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
-        if membership.membership == MembershipState::Join {
-            servers.extend(hs.sender().servers_in(hs, room_id).await?.iter().cloned());
-        }
-    }
+    let servers = servers_sharing_rooms_with(hs, user).await?;
     if servers.is_empty() {
         return Ok(());
     }
@@ -341,8 +375,19 @@ pub(crate) async fn send_presence(hs: &Homeserver, user: &UserId) -> Result<(), 
             "currently_active": presence.state == PresenceState::Online,
         }] },
     });
-    hs.sender().queue_edu(&servers.into_iter().collect::<Vec<_>>(), &edu);
+    hs.sender().queue_edu(&servers, &edu);
     Ok(())
+}
+
+/// The other servers with a user joined to a room this node's `user` is in.
+pub(crate) async fn servers_sharing_rooms_with(hs: &Homeserver, user: &UserId) -> Result<Vec<OwnedServerName>, Error> {
+    let mut servers = std::collections::BTreeSet::new();
+    for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
+        if membership.membership == MembershipState::Join {
+            servers.extend(hs.sender().servers_in(hs, room_id).await?.iter().cloned());
+        }
+    }
+    Ok(servers.into_iter().collect())
 }
 
 async fn queue_in_room(hs: &Homeserver, room_id: &RoomId, edu: &Value) -> Result<(), Error> {
