@@ -1601,6 +1601,118 @@ fn end_to_end_encryption_keys() {
     assert_eq!(changes, json!({ "changed": [], "left": [] }));
 }
 
+/// A cross-signing key of `client`'s for `usage`, signed by their master key
+/// (except the master key itself); the node checks the shape only.
+fn cross_signing_key(client: &Client, usage: &str, name: &str) -> Value {
+    let mut key = json!({ "user_id": client.user_id, "usage": [usage], "keys": { format!("ed25519:{name}"): name } });
+    if usage != "master" {
+        key["signatures"] = json!({ &client.user_id: { "ed25519:master": "by-master" } });
+    }
+    key
+}
+
+#[test]
+fn cross_signing_keys_and_signatures() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &room);
+    alice.post("keys/upload", json!({ "device_keys": device_keys(&alice) })).ok();
+    let since = sync(&bob, "")["next_batch"].as_str().unwrap().to_owned();
+
+    // Bad keys change nothing.
+    let master = cross_signing_key(&alice, "master", "master");
+    let wrong_user = json!({ "master_key": cross_signing_key(&bob, "master", "master") });
+    alice.post("keys/device_signing/upload", wrong_user).err(400, "M_INVALID_PARAM");
+    let wrong_usage = json!({ "master_key": cross_signing_key(&alice, "self_signing", "master") });
+    alice.post("keys/device_signing/upload", wrong_usage).err(400, "M_INVALID_PARAM");
+    let unsigned = json!({ "master_key": master, "self_signing_key": cross_signing_key(&alice, "master", "x") });
+    alice.post("keys/device_signing/upload", unsigned).err(400, "M_INVALID_PARAM");
+    let mut not_by_master = cross_signing_key(&alice, "self_signing", "self");
+    not_by_master["signatures"] = json!({ &alice.user_id: { "ed25519:other": "sig" } });
+    let body = json!({ "master_key": master, "self_signing_key": not_by_master });
+    alice.post("keys/device_signing/upload", body).err(400, "M_INVALID_PARAM");
+    alice.post("keys/device_signing/upload", json!({ "master_key": { "user_id": 1 } })).err(400, "M_BAD_JSON");
+    let orphan = json!({ "self_signing_key": cross_signing_key(&alice, "self_signing", "self") });
+    alice.post("keys/device_signing/upload", orphan).err(400, "M_INVALID_PARAM");
+    let keys = bob.post("keys/query", json!({ "device_keys": { &alice.user_id: [] } })).ok();
+    assert!(keys["master_keys"].as_object().is_none_or(|k| k.is_empty()), "{keys}");
+
+    // The first keys need no password (spec 1.11), and sending them again is
+    // a retry, not a change; new keys then need the password.
+    let keys = json!({
+        "master_key": master,
+        "self_signing_key": cross_signing_key(&alice, "self_signing", "self"),
+        "user_signing_key": cross_signing_key(&alice, "user_signing", "user"),
+    });
+    alice.post("keys/device_signing/upload", keys.clone()).ok();
+    alice.post("keys/device_signing/upload", keys.clone()).ok();
+    let replaced = json!({ "self_signing_key": cross_signing_key(&alice, "self_signing", "self2") });
+    let challenge = alice.post("keys/device_signing/upload", replaced.clone());
+    password_challenge(&challenge);
+    with_password(&alice, "POST", "keys/device_signing/upload", replaced.clone()).ok();
+
+    // Bob sees Alice's master and self-signing keys, and that they changed;
+    // only Alice sees her user-signing key.
+    let next = sync(&bob, &format!("since={since}&timeout=0"));
+    assert_eq!(changed(&next), [alice.user_id.as_str()]);
+    let query = json!({ "device_keys": { &alice.user_id: [] } });
+    let seen = bob.post("keys/query", query.clone()).ok();
+    assert_eq!(seen["master_keys"][&alice.user_id], master);
+    assert_eq!(seen["self_signing_keys"][&alice.user_id], replaced["self_signing_key"]);
+    assert!(seen["user_signing_keys"].as_object().is_none_or(|k| k.is_empty()), "{seen}");
+    let own = alice.post("keys/query", query).ok();
+    assert_eq!(own["user_signing_keys"][&alice.user_id], keys["user_signing_key"]);
+
+    // Alice signs her device with her self-signing key: everyone sees it.
+    let mut signed = device_keys(&alice);
+    signed["signatures"][&alice.user_id] = json!({ "ed25519:self2": "self-signed" });
+    let answer = alice.post("keys/signatures/upload", json!({ &alice.user_id: { &alice.device_id: signed } })).ok();
+    assert!(answer["failures"].as_object().is_none_or(|f| f.is_empty()), "{answer}");
+    let seen = bob.post("keys/query", json!({ "device_keys": { &alice.user_id: [&alice.device_id] } })).ok();
+    let signatures = &seen["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id];
+    assert_eq!(signatures["ed25519:self2"], "self-signed", "{seen}");
+    assert_eq!(signatures[format!("ed25519:{}", alice.device_id)], "signature", "the device's own signature stays");
+
+    // Refused, each with its reason: another object than the key, no
+    // signatures of the uploader's, a key that does not exist.
+    let mut forged = device_keys(&alice);
+    forged["keys"][format!("ed25519:{}", alice.device_id)] = json!("another key");
+    forged["signatures"][&alice.user_id] = json!({ "ed25519:self2": "sig" });
+    let unsigned = device_keys(&bob);
+    let body = json!({
+        &alice.user_id: { &alice.device_id: forged, "NOSUCHKEY": signed },
+        &bob.user_id: { &bob.device_id: unsigned },
+    });
+    let answer = alice.post("keys/signatures/upload", body).ok();
+    for (user, key) in
+        [(&alice.user_id, &alice.device_id), (&alice.user_id, &"NOSUCHKEY".to_owned()), (&bob.user_id, &bob.device_id)]
+    {
+        assert_eq!(answer["failures"][user][key]["errcode"], "M_INVALID_SIGNATURE", "{user} {key}: {answer}");
+    }
+    let seen = bob.post("keys/query", json!({ "device_keys": { &alice.user_id: [&alice.device_id] } })).ok();
+    let stored = &seen["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(stored["keys"], device_keys(&alice)["keys"], "a refused signature changes nothing");
+
+    // Bob signs Alice's master key with his user-signing key: only he sees it.
+    let bob_keys = json!({
+        "master_key": cross_signing_key(&bob, "master", "master"),
+        "user_signing_key": cross_signing_key(&bob, "user_signing", "bobuser"),
+    });
+    bob.post("keys/device_signing/upload", bob_keys).ok();
+    let mut vouched = master.clone();
+    vouched["signatures"] = json!({ &bob.user_id: { "ed25519:bobuser": "bob vouches" } });
+    let answer = bob.post("keys/signatures/upload", json!({ &alice.user_id: { "master": vouched } })).ok();
+    assert!(answer["failures"].as_object().is_none_or(|f| f.is_empty()), "{answer}");
+    let query = json!({ "device_keys": { &alice.user_id: [] } });
+    let seen = bob.post("keys/query", query.clone()).ok();
+    assert_eq!(seen["master_keys"][&alice.user_id]["signatures"][&bob.user_id]["ed25519:bobuser"], "bob vouches");
+    let own = alice.post("keys/query", query).ok();
+    assert_eq!(own["master_keys"][&alice.user_id], master, "{own}");
+}
+
 fn to_device_events(sync: &Value) -> Vec<Value> {
     sync["to_device"]["events"].as_array().cloned().unwrap_or_default()
 }
