@@ -164,7 +164,6 @@ async fn to_device_messages_wait_through_a_restart() {
         (a.hs.sender().queued(&a.hs).await.unwrap() == 0).then_some(())
     })
     .await;
-    let _ = token;
 }
 
 async fn device_of(user: &User<'_>) -> String {
