@@ -1469,6 +1469,8 @@ fn signed_key(client: &Client, key: &str) -> Value {
 fn claim(client: &Client, owner: &Client) -> Option<String> {
     let body = json!({ "one_time_keys": { &owner.user_id: { &owner.device_id: "signed_curve25519" } } });
     let claimed = client.post("keys/claim", body).ok();
+    // Always there, empty or not: Hydrogen reads it without looking.
+    assert!(claimed["failures"].is_object(), "{claimed}");
     let keys = claimed["one_time_keys"][&owner.user_id][&owner.device_id].as_object().cloned().unwrap_or_default();
     assert!(keys.len() <= 1, "one key per device: {claimed}");
     keys.keys().next().cloned()

@@ -100,7 +100,7 @@ macro_rules! endpoints {
             c::sync::sync_events::v3::Request => client::sync::sync,
             c::keys::upload_keys::v3::Request => client::keys::upload,
             c::keys::get_keys::v3::Request => client::keys::query,
-            c::keys::claim_keys::v3::Request => client::keys::claim,
+            client::keys::ClaimKeys => client::keys::claim,
             c::keys::get_key_changes::v3::Request => client::keys::changes,
             c::keys::upload_signing_keys::v3::Request => client::keys::upload_signing_keys,
             c::keys::upload_signatures::v3::Request => client::keys::upload_signatures,

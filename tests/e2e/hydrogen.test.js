@@ -1,6 +1,7 @@
 // The stock client in two browsers, driven through its own UI: each person makes
-// an account with the shell's one-click button; A creates a room in Hydrogen and
-// invites B, who sees the invite and joins through the relay; they talk; B closes
+// an account with the shell's one-click button; A creates a room in Hydrogen,
+// end-to-end encrypted, and invites B, who sees the invite and joins through the
+// relay; they talk, each client decrypting the other's messages; B closes
 // the tab while A sends 20 messages and catches up when it comes back; A reloads
 // and has the whole history. Hydrogen 0.3.1 neither sends nor shows typing
 // notifications and shows no read receipts (only the unread counts the server
@@ -143,8 +144,8 @@ test('A creates a room in the client and invites B; B sees the invite and joins'
   await ui.locator('.LeftPanel button.create').click();
   await ui.locator('.menu button', { hasText: 'Create Room' }).click();
   await ui.locator('.CreateRoomView #name').fill(ROOM);
-  // No olm on this client (www/client/main.js), so no encryption.
-  await ui.locator('.CreateRoomView #isEncrypted').uncheck();
+  // End-to-end encrypted, as Hydrogen offers by default.
+  assert.equal(await ui.locator('.CreateRoomView #isEncrypted').isChecked(), true);
   await ui.locator('.CreateRoomView button[type=submit]').click();
   // Hydrogen 0.3.1 means to open the new room but navigates to no room (its
   // CreateRoomViewModel takes the id of the promise Session.createRoom returns),
@@ -161,6 +162,8 @@ test('A creates a room in the client and invites B; B sees the invite and joins'
 
   const joined = await call(a, 'GET', `${v3}/joined_rooms`);
   [roomId] = joined.json.joined_rooms;
+  const encryption = await call(a, 'GET', `${v3}/rooms/${encodeURIComponent(roomId)}/state/m.room.encryption/`);
+  assert.equal(encryption.json.algorithm, 'm.megolm.v1.aes-sha2', JSON.stringify(encryption.json));
 
   const invite = client(b.page).locator('.RoomList li a', { hasText: ROOM });
   await invite.waitFor({ timeout: WAIT_MS });
@@ -172,12 +175,21 @@ test('A creates a room in the client and invites B; B sees the invite and joins'
   await client(b.page).locator('.RoomView .MessageComposer_input textarea').waitFor({ timeout: WAIT_MS });
 });
 
-test('they talk both ways, see each other type, and B reading sends a receipt A sees', async () => {
+/// The types of the room's messages as the server has them, oldest first.
+async function storedTypes(who) {
+  const messages = await call(who, 'GET', `${v3}/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=100`);
+  assert.equal(messages.status, 200, JSON.stringify(messages.json));
+  return messages.json.chunk.filter((e) => e.state_key === undefined && e.type.startsWith('m.room.')).map((e) => e.type).reverse();
+}
+
+test('they talk both ways, encrypted, see each other type, and B reading sends a receipt A sees', async () => {
   const { a, b } = people;
   await say(a.page, 'Hello B');
   assert.deepEqual(await messages(b.page, { prefix: 'Hello B' }), ['Hello B']);
   await say(b.page, 'Hello A');
   assert.deepEqual(await messages(a.page, { prefix: 'Hello A' }), ['Hello A']);
+  // Each client decrypted what the other's encrypted: the nodes hold ciphertext only.
+  for (const who of [a, b]) assert.deepEqual(await storedTypes(who), ['m.room.encrypted', 'm.room.encrypted']);
 
   for (const [typist, watcher] of [[a, b], [b, a]]) {
     const typing = await call(typist, 'PUT', `${v3}/rooms/${encodeURIComponent(roomId)}/typing/${encodeURIComponent(typist.id)}`,

@@ -7,10 +7,13 @@
 import { FeatureSet, Platform, RootViewModel, createNavigation, createRouter } from 'hydrogen-view-sdk';
 import { linkToShell } from './shell-link.js';
 
-// No `olm`, so no end-to-end encryption: with olm, Hydrogen uploads device keys
-// as it signs in, and glia does not serve /keys/upload yet (a 404 there fails the
-// sign-in). Without it Hydrogen never calls the key endpoints.
-const assetPaths = { downloadSandbox: 'assets/download-sandbox.html' };
+// Olm (npm @matrix-org/olm, copied beside the theme by scripts/build-web) is
+// what gives Hydrogen end-to-end encryption; it runs on the page's thread, as
+// Hydrogen does when `assetPaths` names no worker.
+const assetPaths = {
+  downloadSandbox: 'assets/download-sandbox.html',
+  olm: { wasm: 'assets/olm.wasm', wasmBundle: 'assets/olm.js', legacyBundle: 'assets/olm_legacy.js' },
+};
 
 /// Hydrogen with glia's Service Worker in place of its own. Registered here, Hydrogen's
 /// worker would replace glia's, which holds this scope (answering the Matrix paths
