@@ -214,3 +214,73 @@ fn cross_signing_keys(user: &User<'_>) -> Value {
         "user_signing_key": key("user_signing", "user"),
     })
 }
+
+/// A peer speaking for users of other servers, or sending what does not
+/// parse, changes nothing: its EDUs are dropped and its queries answered for
+/// this node's users only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_key_edus_and_queries_change_nothing() {
+    use ruma::api::federation::{keys::get_keys::v1 as query, transactions::send_transaction_message::v1 as send};
+
+    let network = MemoryNetwork::new();
+    let (a, b, rogue) = (Node::start(&network).await, Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mallory = rogue.user("mallory").await;
+    let alice_device = device_of(&alice).await;
+    let room = alice.create_room(json!({})).await;
+    alice.brings_in(&room, &bob).await;
+    alice.brings_in(&room, &mallory).await;
+    let since = next_batch(&alice).await;
+
+    let to_device = |sender: &str, messages: Value| {
+        json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": sender, "type": "m.glia.test", "message_id": format!("m{}", unique()), "messages": messages,
+        } })
+    };
+    let edus = [
+        // Bob is not the rogue node's to speak for.
+        to_device(&bob.id, json!({ &alice.id: { &alice_device: { "forged": true } } })),
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": bob.id, "device_id": "FORGED", "stream_id": 1, "prev_id": [], "deleted": true,
+        } }),
+        json!({ "edu_type": "m.signing_key_update", "content": { "user_id": bob.id } }),
+        // Its own user's messages must be objects.
+        to_device(&mallory.id, json!({ &alice.id: { &alice_device: "not an object" } })),
+        to_device(&mallory.id, json!("not a map")),
+        // And a message that does check out, to know the others were looked at.
+        to_device(&mallory.id, json!({ &alice.id: { &alice_device: { "honest": true } } })),
+    ];
+    let mut request = send::Request::new("forged".into(), rogue.hs.key().server_name().to_owned(), now());
+    request.edus = edus.iter().map(|edu| ruma::serde::Raw::new(edu).unwrap().cast_unchecked()).collect();
+    let a_name = ServerName::parse(&a.name).unwrap();
+    rogue.hs.federation().request(&a_name, request, false).await.unwrap();
+
+    let sync = ok(alice.call("GET", &format!("sync?timeout=0&since={since}"), None).await);
+    let events = sync["to_device"]["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["content"], json!({ "honest": true }));
+    assert_eq!(events[0]["sender"], mallory.id.as_str());
+    let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(!changed.iter().any(|user| user == bob.id.as_str()), "{sync}");
+
+    // Queries are answered for node A's users only.
+    let users = [(UserId::parse(&bob.id).unwrap(), Vec::new()), (UserId::parse(&alice.id).unwrap(), Vec::new())];
+    let answer = rogue.hs.federation().request(&a_name, query::Request::new(users.into()), false).await.unwrap();
+    assert_eq!(answer.device_keys.keys().map(|u| u.as_str()).collect::<Vec<_>>(), [alice.id.as_str()]);
+    let bob_id = UserId::parse(&bob.id).unwrap();
+    let refused = rogue.hs.federation().request(&a_name, devices::Request::new(bob_id), false).await;
+    assert!(
+        matches!(refused, Err(glia::core::service::federation::FederationError::Remote { status: 400, .. })),
+        "{refused:?}"
+    );
+}
+
+fn now() -> ruma::MilliSecondsSinceUnixEpoch {
+    ruma::MilliSecondsSinceUnixEpoch::now()
+}
+
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
