@@ -36,7 +36,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{rooms::RoomError, user_data::UserData};
+use super::{memo::Memo, rooms::RoomError, user_data::UserData};
 use crate::store::{Batch, Direction, KeyRange, Store};
 
 pub(crate) const DEVICE_KEYS: &str = "device_keys";
@@ -84,16 +84,29 @@ pub struct Upload {
     pub fallback_keys: BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
 }
 
+/// What a device has left to hand out: its one-time keys by algorithm, and the
+/// algorithms of its fallback keys not handed out yet. Every sync tells it.
+#[derive(Clone, Default)]
+pub struct Available {
+    pub counts: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    pub unused_fallback: Vec<OneTimeKeyAlgorithm>,
+}
+
 pub struct Keys {
     store: Arc<dyn Store>,
     /// Held by every write: one-time keys are numbered and claimed under it,
     /// so no key is numbered twice or handed out twice.
     write: async_lock::Mutex<()>,
+    /// Devices' [`Available`], so a sync reads no keys while none changed.
+    available: Memo<(OwnedUserId, OwnedDeviceId), Available>,
 }
+
+/// Devices whose [`Available`] is kept at most.
+const KEPT_AVAILABLE: usize = 4_096;
 
 impl Keys {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, write: async_lock::Mutex::new(()) }
+        Self { store, write: async_lock::Mutex::new(()), available: Memo::new(KEPT_AVAILABLE) }
     }
 
     /// Stores a device's keys. New or changed device keys are recorded as a
@@ -137,10 +150,12 @@ impl Keys {
             }
             None => false,
         };
-        match changed {
-            true => Ok(Some(self.record(user_data, user, batch).await?)),
-            false => Ok(self.store.write(batch).await.map(|()| None)?),
-        }
+        let change = match changed {
+            true => Some(self.record(user_data, user, batch).await?),
+            false => self.store.write(batch).await.map(|()| None)?,
+        };
+        self.available.wrote([&(user.to_owned(), device.to_owned())]);
+        Ok(change)
     }
 
     /// Writes `batch` with a change of this node's `user`'s devices or keys.
@@ -297,35 +312,27 @@ impl Keys {
             .collect()
     }
 
-    /// How many one-time keys of each algorithm the device has left.
-    pub async fn counts(
-        &self,
-        user: &UserId,
-        device: &DeviceId,
-    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>, RoomError> {
-        let mut counts: BTreeMap<OneTimeKeyAlgorithm, UInt> = BTreeMap::new();
-        for (_, key_id, _) in self.one_time_keys(user, device).await? {
-            *counts.entry(key_id.algorithm()).or_default() += UInt::from(1u8);
+    /// What the device has left to hand out.
+    pub async fn available(&self, user: &UserId, device: &DeviceId) -> Result<Available, RoomError> {
+        let key = (user.to_owned(), device.to_owned());
+        if let Some(available) = self.available.get(&key) {
+            return Ok(available);
         }
-        Ok(counts)
-    }
-
-    /// The algorithms of the device's fallback keys not yet handed out.
-    pub async fn unused_fallback_types(
-        &self,
-        user: &UserId,
-        device: &DeviceId,
-    ) -> Result<Vec<OneTimeKeyAlgorithm>, RoomError> {
+        let mark = self.available.mark();
+        let mut available = Available::default();
+        for (_, key_id, _) in self.one_time_keys(user, device).await? {
+            *available.counts.entry(key_id.algorithm()).or_default() += UInt::from(1u8);
+        }
         let prefix = device_prefix(user, device);
         let entries = self.store.scan(FALLBACK_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
-        let mut types = Vec::new();
         for (_, value) in entries {
             let fallback: Fallback = serde_json::from_slice(&value).map_err(RoomError::corrupt)?;
             if !fallback.used {
-                types.push(fallback.key_id.algorithm());
+                available.unused_fallback.push(fallback.key_id.algorithm());
             }
         }
-        Ok(types)
+        self.available.keep(key, available.clone(), mark);
+        Ok(available)
     }
 
     /// Hands out the device's oldest one-time key of `algorithm`, deleting it;
@@ -344,6 +351,7 @@ impl Keys {
             self.store
                 .write(Batch::new().expect(ONE_TIME_KEYS, key.clone(), Some(value.clone())).delete(ONE_TIME_KEYS, key))
                 .await?;
+            self.available.wrote([&(user.to_owned(), device.to_owned())]);
             return Ok(Some((key_id, raw(value)?)));
         }
         let key = fallback_key(user, device, algorithm.clone());
@@ -352,6 +360,7 @@ impl Keys {
         if !fallback.used {
             fallback.used = true;
             self.store.put(FALLBACK_KEYS, &key, &serde_json::to_vec(&fallback).map_err(RoomError::corrupt)?).await?;
+            self.available.wrote([&(user.to_owned(), device.to_owned())]);
         }
         Ok(Some((fallback.key_id, Raw::from_json(fallback.key))))
     }
@@ -396,7 +405,10 @@ impl Keys {
                 }
             }
         }
-        self.record(user_data, user, batch).await.map(Some)
+        let change = self.record(user_data, user, batch).await?;
+        let gone: Vec<_> = devices.iter().map(|device| (user.to_owned(), device.clone())).collect();
+        self.available.wrote(&gone);
+        Ok(Some(change))
     }
 
     /// The device's one-time keys: upload number, key ID and key.

@@ -8,6 +8,7 @@ pub mod ephemeral;
 pub mod events;
 pub mod federation;
 pub mod keys;
+pub(crate) mod memo;
 pub mod notifier;
 pub mod rooms;
 pub mod sender;

@@ -15,7 +15,7 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{rooms::RoomError, user_data::UserData};
+use super::{memo::Memo, rooms::RoomError, user_data::UserData};
 use crate::store::{Batch, Direction, KeyRange, Store};
 
 pub(crate) const TO_DEVICE: &str = "to_device";
@@ -32,11 +32,17 @@ pub struct Message {
 
 pub struct ToDevice {
     store: Arc<dyn Store>,
+    /// Devices seen to have no messages waiting: most syncs find none, and
+    /// then read nothing (on IndexedDB each read is a transaction).
+    empty: Memo<(OwnedUserId, OwnedDeviceId), ()>,
 }
+
+/// Devices whose emptiness is kept at most.
+const KEPT_EMPTY: usize = 4_096;
 
 impl ToDevice {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self { store, empty: Memo::new(KEPT_EMPTY) }
     }
 
     /// Stores one message of `kind` from `sender` for each (user, device), with
@@ -50,9 +56,11 @@ impl ToDevice {
         also: Batch,
     ) -> Result<(), RoomError> {
         let mut values = Vec::with_capacity(messages.len());
+        let mut devices = Vec::with_capacity(messages.len());
         for (user, device, content) in messages {
             let message = Message { sender: sender.to_owned(), kind: kind.to_owned(), content };
             values.push((prefix(&user, &device), serde_json::to_vec(&message).map_err(RoomError::corrupt)?));
+            devices.push((user, device));
         }
         user_data
             .write_at_next(|position| {
@@ -61,6 +69,7 @@ impl ToDevice {
                 }))
             })
             .await?;
+        self.empty.wrote(&devices);
         Ok(())
     }
 
@@ -91,7 +100,20 @@ impl ToDevice {
         to: u64,
         limit: usize,
     ) -> Result<(Vec<Message>, u64), RoomError> {
-        let mut entries = self.store.scan(TO_DEVICE, up_to(user, device, to), Direction::Forward, limit + 1).await?;
+        let device = (user.to_owned(), device.to_owned());
+        if self.empty.get(&device).is_some() {
+            return Ok((Vec::new(), to));
+        }
+        // Past `to` too: only a device with no message at all is kept as empty.
+        let mark = self.empty.mark();
+        let all = up_to(&device.0, &device.1, u64::MAX);
+        let mut entries = self.store.scan(TO_DEVICE, all, Direction::Forward, limit + 1).await?;
+        if entries.is_empty() {
+            self.empty.keep(device, (), mark);
+            return Ok((Vec::new(), to));
+        }
+        let wanted = up_to(&device.0, &device.1, to);
+        entries.retain(|(key, _)| wanted.contains(key));
         let mut through = to;
         if entries.len() > limit {
             entries.truncate(limit);
@@ -107,6 +129,9 @@ impl ToDevice {
     /// Deletes the device's messages up to stream position `to`: its client
     /// synced from there, so it has them.
     pub async fn acknowledge(&self, user: &UserId, device: &DeviceId, to: u64) -> Result<(), RoomError> {
+        if self.empty.get(&(user.to_owned(), device.to_owned())).is_some() {
+            return Ok(());
+        }
         let entries = self.store.scan(TO_DEVICE, up_to(user, device, to), Direction::Forward, usize::MAX).await?;
         if entries.is_empty() {
             return Ok(());
@@ -125,7 +150,10 @@ impl ToDevice {
                 self.store.scan(TO_DEVICE, up_to(user, device, u64::MAX), Direction::Forward, usize::MAX).await?;
             batch = entries.into_iter().fold(batch, |batch, (key, _)| batch.delete(TO_DEVICE, key));
         }
-        Ok(self.store.write(batch).await?)
+        self.store.write(batch).await?;
+        let gone: Vec<_> = devices.iter().map(|device| (user.to_owned(), device.clone())).collect();
+        self.empty.wrote(&gone);
+        Ok(())
     }
 }
 

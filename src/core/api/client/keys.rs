@@ -59,7 +59,8 @@ pub(crate) async fn upload(
     if let Some(change) = change {
         announce_device(hs, &session.user_id, &session.device_id, change, device_keys.as_ref()).await?;
     }
-    Ok(upload_keys::v3::Response::new(one_time_key_counts(hs, &session).await?))
+    let available = hs.keys().available(&session.user_id, &session.device_id).await?;
+    Ok(upload_keys::v3::Response::new(client_counts(available.counts)))
 }
 
 /// Device keys must be the session's own device's, carry its ed25519 key and
@@ -83,15 +84,11 @@ fn check_device_keys(session: &Session, keys: &Raw<DeviceKeys>) -> Result<(), Er
     Ok(())
 }
 
-/// The device's one-time key counts; `signed_curve25519` always, as clients
-/// read its absence as an old server.
-pub(crate) async fn one_time_key_counts(
-    hs: &Homeserver,
-    session: &Session,
-) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>, Error> {
-    let mut counts = hs.keys().counts(&session.user_id, &session.device_id).await?;
+/// One-time key counts as clients get them: with `signed_curve25519` always,
+/// as clients read its absence as an old server.
+pub(crate) fn client_counts(mut counts: BTreeMap<OneTimeKeyAlgorithm, UInt>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
     counts.entry(OneTimeKeyAlgorithm::SignedCurve25519).or_default();
-    Ok(counts)
+    counts
 }
 
 /// Tells the servers sharing a room with this node's `user` that one of their

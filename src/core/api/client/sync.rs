@@ -290,9 +290,9 @@ impl Sync<'_> {
         to_device: Vec<Message>,
     ) -> Result<(), Error> {
         let (hs, session) = (self.hs, self.session);
-        response.device_one_time_keys_count = keys::one_time_key_counts(hs, session).await?;
-        let fallback = hs.keys().unused_fallback_types(&session.user_id, &session.device_id).await?;
-        response.device_unused_fallback_key_types = Some(fallback);
+        let available = hs.keys().available(&session.user_id, &session.device_id).await?;
+        response.device_one_time_keys_count = keys::client_counts(available.counts);
+        response.device_unused_fallback_key_types = Some(available.unused_fallback);
         for message in to_device {
             response.to_device.events.push(Raw::from_json(to_raw_value(&message).map_err(Error::internal)?));
         }
