@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{memo::Memo, rooms::RoomError, user_data::UserData};
+use crate::core::lock;
 use crate::store::{Batch, Direction, KeyRange, Store};
 
 pub(crate) const DEVICE_KEYS: &str = "device_keys";
@@ -99,6 +100,10 @@ pub struct Keys {
     write: async_lock::Mutex<()>,
     /// Devices' [`Available`], so a sync reads no keys while none changed.
     available: Memo<(OwnedUserId, OwnedDeviceId), Available>,
+    /// The position of the newest `key_changes` entry, once known, so a sync
+    /// with none after its `since` reads nothing. Raised before each change is
+    /// written: no sync sees a position before its write landed.
+    latest_change: std::sync::Mutex<Option<u64>>,
 }
 
 /// Devices whose [`Available`] is kept at most.
@@ -106,7 +111,12 @@ const KEPT_AVAILABLE: usize = 4_096;
 
 impl Keys {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, write: async_lock::Mutex::new(()), available: Memo::new(KEPT_AVAILABLE) }
+        Self {
+            store,
+            write: async_lock::Mutex::new(()),
+            available: Memo::new(KEPT_AVAILABLE),
+            latest_change: std::sync::Mutex::new(None),
+        }
     }
 
     /// Stores a device's keys. New or changed device keys are recorded as a
@@ -166,6 +176,7 @@ impl Keys {
         let prev = prev.map_err(|_| RoomError::corrupt("a device stream position is not 8 bytes"))?;
         let stream = user_data
             .write_at_next(|position| {
+                self.raise_latest_change(position);
                 Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()).put(
                     DEVICE_STREAMS,
                     user.as_bytes(),
@@ -174,6 +185,11 @@ impl Keys {
             })
             .await?;
         Ok(Change { stream, prev })
+    }
+
+    fn raise_latest_change(&self, position: u64) {
+        let mut latest = lock(&self.latest_change);
+        *latest = Some(latest.map_or(position, |known| known.max(position)));
     }
 
     /// The position of this node's `user`'s last change of devices or keys.
@@ -189,7 +205,10 @@ impl Keys {
     /// the clients who follow them look again.
     pub async fn remote_changed(&self, user_data: &UserData, user: &UserId) -> Result<(), RoomError> {
         user_data
-            .write_at_next(|position| Ok(Batch::new().put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes())))
+            .write_at_next(|position| {
+                self.raise_latest_change(position);
+                Ok(Batch::new().put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()))
+            })
             .await?;
         Ok(())
     }
@@ -368,6 +387,21 @@ impl Keys {
     /// The users whose devices changed after stream position `from` up to `to`.
     pub async fn changed(&self, from: u64, to: u64) -> Result<BTreeSet<OwnedUserId>, RoomError> {
         if to <= from {
+            return Ok(BTreeSet::new());
+        }
+        let known = *lock(&self.latest_change);
+        let latest = match known {
+            Some(latest) => latest,
+            None => {
+                let newest = self.store.scan(KEY_CHANGES, KeyRange::all(), Direction::Backward, 1).await?;
+                let newest = newest.first().map(|(key, _)| key.as_slice().try_into().map(u64::from_be_bytes));
+                let newest =
+                    newest.transpose().map_err(|_| RoomError::corrupt("a key change position is not 8 bytes"))?;
+                self.raise_latest_change(newest.unwrap_or(0));
+                newest.unwrap_or(0)
+            }
+        };
+        if latest <= from {
             return Ok(BTreeSet::new());
         }
         let range =
