@@ -1715,6 +1715,121 @@ fn cross_signing_keys_and_signatures() {
     assert_eq!(own["master_keys"][&alice.user_id], master, "{own}");
 }
 
+/// A backed-up session key as a client uploads it (the server reads only the
+/// three fields it ranks keys by).
+fn backed_up(first_message_index: u64, forwarded_count: u64, is_verified: bool, data: &str) -> Value {
+    json!({
+        "first_message_index": first_message_index,
+        "forwarded_count": forwarded_count,
+        "is_verified": is_verified,
+        "session_data": { "ephemeral": data, "ciphertext": data, "mac": data },
+    })
+}
+
+#[test]
+fn key_backup() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let algorithm = json!({
+        "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+        "auth_data": { "public_key": "abcdefg", "signatures": {} },
+    });
+    let (room, other_room) = ("!room:example.org", "!other:example.org");
+
+    alice.get("room_keys/version").err(404, "M_NOT_FOUND");
+    alice.post("room_keys/version", json!({ "algorithm": 5 })).err(400, "M_BAD_JSON");
+    alice.raw("POST", "room_keys/version", b"{").err(400, "M_NOT_JSON");
+    let first = alice.post("room_keys/version", algorithm.clone()).ok()["version"].as_str().unwrap().to_owned();
+    let info = alice.get("room_keys/version").ok();
+    assert_eq!(info["version"], first.as_str());
+    assert_eq!(info["algorithm"], algorithm["algorithm"]);
+    assert_eq!(info["auth_data"], algorithm["auth_data"]);
+    assert_eq!(info["count"], 0);
+    bob.get("room_keys/version").err(404, "M_NOT_FOUND");
+    bob.get(&format!("room_keys/version/{first}")).err(404, "M_NOT_FOUND");
+
+    // Keys go into the current version, by session, by room, or all at once.
+    let path = |rest: &str, version: &str| format!("room_keys/keys{rest}?version={version}");
+    let put = alice.put(&path(&format!("/{}/s1", enc(room)), &first), backed_up(5, 1, false, "a"));
+    let one = put.ok();
+    assert_eq!(one["count"], 1);
+    let sessions = json!({ "sessions": { "s2": backed_up(0, 0, false, "b") } });
+    let two = alice.put(&path(&format!("/{}", enc(room)), &first), sessions).ok();
+    assert_eq!(two["count"], 2);
+    assert_ne!(two["etag"], one["etag"], "the etag moves with the keys");
+    let rooms = json!({ "rooms": { other_room: { "sessions": { "s3": backed_up(0, 0, true, "c") } } } });
+    assert_eq!(alice.put(&path("", &first), rooms).ok()["count"], 3);
+    alice
+        .put(&path("", &first), json!({ "rooms": { room: { "sessions": { "s4": { "first_message_index": "x" } } } } }))
+        .err(400, "M_INVALID_PARAM");
+    alice.put(&path("", "nonsense"), json!({ "rooms": {} })).err(404, "M_NOT_FOUND");
+    alice.put(&path("", "99"), json!({ "rooms": {} })).err(404, "M_NOT_FOUND");
+
+    // A stored key gives way only to a better one: verified, then an earlier
+    // first message, then fewer forwards.
+    let session = path(&format!("/{}/s1", enc(room)), &first);
+    let etag = alice.get("room_keys/version").ok()["etag"].clone();
+    for worse in [backed_up(6, 0, false, "worse"), backed_up(5, 2, false, "worse"), backed_up(5, 1, false, "same")] {
+        alice.put(&session, worse).ok();
+    }
+    assert_eq!(alice.get(&session).ok()["session_data"]["ciphertext"], "a");
+    assert_eq!(alice.get("room_keys/version").ok()["etag"], etag, "no change, no new etag");
+    for (better, data) in [
+        (backed_up(5, 0, false, "fewer"), "fewer"),
+        (backed_up(4, 9, false, "earlier"), "earlier"),
+        (backed_up(9, 9, true, "verified"), "verified"),
+    ] {
+        alice.put(&session, better).ok();
+        assert_eq!(alice.get(&session).ok()["session_data"]["ciphertext"], data);
+    }
+
+    // Reading back: all, by room (none is no error), by session.
+    let all = alice.get(&path("", &first)).ok();
+    let mut found: Vec<String> = all["rooms"][room]["sessions"].as_object().unwrap().keys().cloned().collect();
+    found.extend(all["rooms"][other_room]["sessions"].as_object().unwrap().keys().cloned());
+    assert_eq!(found, ["s1", "s2", "s3"]);
+    assert_eq!(alice.get(&path(&format!("/{}", enc("!none:example.org")), &first)).ok()["sessions"], json!({}));
+    alice.get(&path(&format!("/{}/nosuch", enc(room)), &first)).err(404, "M_NOT_FOUND");
+    bob.get(&path("", &first)).err(404, "M_NOT_FOUND");
+
+    // A new version becomes current: the old one takes no more keys.
+    let second = alice.post("room_keys/version", algorithm.clone()).ok()["version"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(alice.get("room_keys/version").ok()["version"], second.as_str());
+    let stale = alice.put(&path(&format!("/{}/s5", enc(room)), &first), backed_up(0, 0, false, "d"));
+    assert_eq!(stale.err(403, "M_WRONG_ROOM_KEYS_VERSION")["current_version"], second.as_str());
+    assert_eq!(alice.get(&format!("room_keys/version/{first}")).ok()["count"], 3, "the old keys stay readable");
+
+    // Updating: new auth data, the same algorithm, this version.
+    let mut updated = algorithm.clone();
+    updated["auth_data"]["public_key"] = json!("hijklmn");
+    alice.put(&format!("room_keys/version/{second}"), updated.clone()).ok();
+    assert_eq!(alice.get("room_keys/version").ok()["auth_data"]["public_key"], "hijklmn");
+    let mut other_algorithm = updated.clone();
+    other_algorithm["algorithm"] = json!("m.other");
+    alice.put(&format!("room_keys/version/{second}"), other_algorithm).err(400, "M_INVALID_PARAM");
+    let mut other_version = updated.clone();
+    other_version["version"] = json!(first);
+    alice.put(&format!("room_keys/version/{second}"), other_version).err(400, "M_INVALID_PARAM");
+    alice.put("room_keys/version/99", updated).err(404, "M_NOT_FOUND");
+
+    // Deleting keys, then versions: counts and etags follow; numbers are not reused.
+    let deleted = alice.delete(&path(&format!("/{}/s2", enc(room)), &first)).ok();
+    assert_eq!(deleted["count"], 2);
+    assert_eq!(alice.delete(&path(&format!("/{}", enc(room)), &first)).ok()["count"], 1);
+    assert_eq!(alice.delete(&path("", &first)).ok()["count"], 0);
+    alice.delete(&format!("room_keys/version/{first}")).ok();
+    alice.get(&format!("room_keys/version/{first}")).err(404, "M_NOT_FOUND");
+    alice.delete(&format!("room_keys/version/{first}")).err(404, "M_NOT_FOUND");
+    alice.delete(&format!("room_keys/version/{second}")).ok();
+    alice.get("room_keys/version").err(404, "M_NOT_FOUND");
+    let third = alice.post("room_keys/version", algorithm).ok()["version"].as_str().unwrap().to_owned();
+    assert!(third != first && third != second, "{third}");
+    assert_eq!(alice.get(&path("", &third)).ok()["rooms"], json!({}));
+}
+
 fn to_device_events(sync: &Value) -> Vec<Value> {
     sync["to_device"]["events"].as_array().cloned().unwrap_or_default()
 }

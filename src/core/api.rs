@@ -4,6 +4,7 @@
 pub(crate) mod client {
     pub(crate) mod account;
     pub(crate) mod account_data;
+    pub(crate) mod backup;
     pub(crate) mod device;
     pub(crate) mod directory;
     pub(crate) mod discovery;
@@ -105,6 +106,20 @@ macro_rules! endpoints {
             c::keys::upload_signing_keys::v3::Request => client::keys::upload_signing_keys,
             c::keys::upload_signatures::v3::Request => client::keys::upload_signatures,
             c::to_device::send_event_to_device::v3::Request => client::to_device::send,
+            c::backup::create_backup_version::v3::Request => client::backup::create_version,
+            c::backup::get_latest_backup_info::v3::Request => client::backup::latest_version,
+            c::backup::get_backup_info::v3::Request => client::backup::version,
+            c::backup::update_backup_version::v3::Request => client::backup::update_version,
+            c::backup::delete_backup_version::v3::Request => client::backup::delete_version,
+            c::backup::add_backup_keys::v3::Request => client::backup::put_keys,
+            c::backup::add_backup_keys_for_room::v3::Request => client::backup::put_room_keys,
+            c::backup::add_backup_keys_for_session::v3::Request => client::backup::put_session_key,
+            c::backup::get_backup_keys::v3::Request => client::backup::keys,
+            c::backup::get_backup_keys_for_room::v3::Request => client::backup::room_keys,
+            c::backup::get_backup_keys_for_session::v3::Request => client::backup::session_key,
+            c::backup::delete_backup_keys::v3::Request => client::backup::delete_keys,
+            c::backup::delete_backup_keys_for_room::v3::Request => client::backup::delete_room_keys,
+            c::backup::delete_backup_keys_for_session::v3::Request => client::backup::delete_session_key,
             c::typing::create_typing_event::v3::Request => client::ephemeral::typing,
             c::receipt::create_receipt::v3::Request => client::ephemeral::receipt,
             c::read_marker::set_read_marker::v3::Request => client::ephemeral::read_markers,

@@ -7,7 +7,7 @@ use ruma::api::{
     OutgoingResponseExt,
 };
 
-use super::service::{accounts::AccountError, federation::FederationError, rooms::RoomError};
+use super::service::{accounts::AccountError, backup::BackupError, federation::FederationError, rooms::RoomError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,8 @@ pub enum Error {
     Account(#[from] AccountError),
     #[error(transparent)]
     Room(#[from] RoomError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A request this node made to another server on a client's behalf failed.
@@ -150,6 +152,18 @@ impl Error {
                 RoomError::Resolution(_) | RoomError::Corrupt(_) | RoomError::Store(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown)
                 }
+            },
+            Self::Backup(err) => match err {
+                BackupError::NoVersion(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+                BackupError::NotCurrent { current, .. } => (
+                    StatusCode::FORBIDDEN,
+                    ErrorKind::WrongRoomKeysVersion(ruma::api::error::WrongRoomKeysVersionErrorData::new(
+                        current.clone(),
+                    )),
+                ),
+                BackupError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+                // Only the store and corrupt data fail inside a backup.
+                BackupError::Room(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
             },
             // A name that is no glia node's can never be asked: the caller's mistake.
             Self::Federation(FederationError::NotGlia(_)) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),

@@ -22,9 +22,9 @@ use self::{
     identity::NodeKey,
     limits::RateLimit,
     service::{
-        accounts::Accounts, aliases::Aliases, directory::Directory, ephemeral::Ephemeral, federation::Federation,
-        keys::Keys, notifier::Notifier, rooms::Rooms, sender::Sender, to_device::ToDevice, transactions::Transactions,
-        user_data::UserData,
+        accounts::Accounts, aliases::Aliases, backup::Backups, directory::Directory, ephemeral::Ephemeral,
+        federation::Federation, keys::Keys, notifier::Notifier, rooms::Rooms, sender::Sender, to_device::ToDevice,
+        transactions::Transactions, user_data::UserData,
     },
 };
 pub use self::{
@@ -71,6 +71,9 @@ pub const SCHEMA: Schema = Schema {
         service::keys::KEY_SIGNATURES,
         service::to_device::TO_DEVICE,
         service::to_device::SEEN,
+        service::backup::BACKUP_VERSIONS,
+        service::backup::BACKUP_KEYS,
+        service::backup::BACKUP_COUNTERS,
     ],
 };
 
@@ -102,6 +105,7 @@ pub struct Homeserver {
     transactions: Transactions,
     keys: Keys,
     to_device: ToDevice,
+    backups: Backups,
     federation: Federation,
     sender: Sender,
     limits: Limits,
@@ -148,6 +152,7 @@ impl Homeserver {
             transactions: Transactions::new(store.clone()),
             keys: Keys::new(store.clone()),
             to_device: ToDevice::new(store.clone()),
+            backups: Backups::new(store.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
@@ -298,6 +303,10 @@ impl Homeserver {
 
     pub fn to_device(&self) -> &ToDevice {
         &self.to_device
+    }
+
+    pub fn backups(&self) -> &Backups {
+        &self.backups
     }
 
     pub fn federation(&self) -> &Federation {

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod aliases;
+pub mod backup;
 pub(crate) mod cache;
 pub mod directory;
 pub mod ephemeral;
