@@ -12,14 +12,13 @@
 
 import assert from 'node:assert/strict';
 import { after, before } from 'node:test';
-import { ClientEvent, createClient, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
+import { createClient, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
 import {
-  aliceSeesBobsReceipt, bobSeesAliceTyping, formatRequests, recordingFetch, requests, silent, stepper, WAIT_MS, waitFor,
+  aliceSeesBobsReceipt, bobSeesAliceTyping, formatRequests, login as loginAs, recordingFetch, register, requests, silent,
+  startSync, stepper, WAIT_MS, waitFor,
 } from './harness.mjs';
 import { startServer } from './server.mjs';
 
-
-const PASSWORD = 'correct horse battery staple';
 
 let server;
 const clients = {};
@@ -34,53 +33,19 @@ const expected = (r) =>
 /// wrong, which is what a homeserver developer needs.
 const step = stepper({ expected, describe: { where: () => `${server?.kind} at ${server?.url}` } });
 
-/// Registers `username` with the m.login.dummy stage of user-interactive auth.
-async function register(username) {
-  const client = createClient({ baseUrl: server.url, fetchFn: recordingFetch(username), logger: silent });
-  // Without auth the homeserver answers 401 with a session and the flows it offers.
-  const challenge = await client.registerRequest({ username, password: PASSWORD }).then(
-    (res) => assert.fail(`registration without auth succeeded: ${JSON.stringify(res)}`),
-    (err) => err,
-  );
-  assert.equal(challenge.httpStatus, 401, `first /register: ${challenge}`);
-  const { session, flows } = challenge.data;
-  assert.ok(session, 'a UIA session id');
-  assert.ok(flows.some((f) => f.stages.length === 1 && f.stages[0] === 'm.login.dummy'), JSON.stringify(flows));
-
-  const res = await client.registerRequest({ username, password: PASSWORD, auth: { type: 'm.login.dummy', session } });
-  assert.match(res.user_id, new RegExp(`^@${username}:`));
-  assert.ok(res.access_token);
-  return res.user_id;
-}
-
 /// Logs in with m.login.password and starts a client of its own with its sync loop.
 async function loginAndStart(username, userId) {
   const fetchFn = recordingFetch(username);
-  const anonymous = createClient({ baseUrl: server.url, fetchFn, logger: silent });
-  const login = await anonymous.loginRequest({
-    type: 'm.login.password',
-    identifier: { type: 'm.id.user', user: username },
-    password: PASSWORD,
-    initial_device_display_name: `glia sdk test (${username})`,
-  });
-  assert.equal(login.user_id, userId);
-  assert.ok(login.access_token && login.device_id);
+  const login = await loginAs(server.url, username, `glia sdk test (${username})`);
+  assert.equal(login.userId, userId);
 
   const client = createClient({
     baseUrl: server.url,
     fetchFn,
     logger: silent,
-    userId: login.user_id,
-    deviceId: login.device_id,
-    accessToken: login.access_token,
+    ...login,
   });
-  const prepared = waitFor(client, ClientEvent.Sync, (state) => state === 'PREPARED', `${username}'s first sync`);
-  const failed = waitFor(client, ClientEvent.Sync, (state) => state === 'ERROR', 'never').then(() => {
-    throw new Error(`${username}'s sync loop reported ERROR`);
-  });
-  failed.catch(() => {}); // only raced below
-  await client.startClient({ initialSyncLimit: 10 });
-  await Promise.race([prepared, failed]);
+  await startSync(client, username, { initialSyncLimit: 10 });
   return client;
 }
 
@@ -110,8 +75,8 @@ after(async () => {
 });
 
 step('alice and bob register with m.login.dummy, log in with a password and sync', async () => {
-  const alice = await register('alice');
-  const bob = await register('bob');
+  const alice = await register(server.url, 'alice');
+  const bob = await register(server.url, 'bob');
   clients.alice = await loginAndStart('alice', alice);
   clients.bob = await loginAndStart('bob', bob);
 });

@@ -16,13 +16,11 @@ import assert from 'node:assert/strict';
 import { after, before } from 'node:test';
 import { ClientEvent, createClient, Direction, Filter, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
 import {
-  aliceSeesBobsReceipt, awaitedLater, bobSeesAliceTyping, formatRequests, recordingFetch, requests, silent, stepper, WAIT_MS,
-  waitFor,
+  aliceSeesBobsReceipt, awaitedLater, bobSeesAliceTyping, formatRequests, login as loginAs, recordingFetch, register as registerAs,
+  requests, silent, startSync, stepper, WAIT_MS, waitFor,
 } from './harness.mjs';
 import { startGlia, startRelay, withTimeout } from './server.mjs';
 
-
-const PASSWORD = 'correct horse battery staple';
 /// Messages alice sends while the relay is down, and while bob's node is.
 const RELAY_DOWN = 3;
 const NODE_DOWN = 20;
@@ -80,32 +78,8 @@ function waitUntil(client, check, what, ms = WAIT_MS) {
   );
 }
 
-/// Registers `username` on `node` with the m.login.dummy stage of user-interactive auth.
-async function register(node, username) {
-  const client = createClient({ baseUrl: node.url, fetchFn: recordingFetch(username), logger: silent });
-  const challenge = await client.registerRequest({ username, password: PASSWORD }).then(
-    (res) => assert.fail(`registration without auth succeeded: ${JSON.stringify(res)}`),
-    (err) => err,
-  );
-  assert.equal(challenge.httpStatus, 401, `first /register: ${challenge}`);
-  const { session } = challenge.data;
-  const res = await client.registerRequest({ username, password: PASSWORD, auth: { type: 'm.login.dummy', session } });
-  assert.match(res.user_id, new RegExp(`^@${username}:[0-9a-f]{64}$`), 'a user ID on a server named by its key');
-  return res.user_id;
-}
-
-/// Logs in with m.login.password on `node`; returns the session.
-async function login(node, username) {
-  const anonymous = createClient({ baseUrl: node.url, fetchFn: recordingFetch(username), logger: silent });
-  const res = await anonymous.loginRequest({
-    type: 'm.login.password',
-    identifier: { type: 'm.id.user', user: username },
-    password: PASSWORD,
-    initial_device_display_name: `glia sdk federation test (${username})`,
-  });
-  assert.ok(res.access_token && res.device_id);
-  return { userId: res.user_id, deviceId: res.device_id, accessToken: res.access_token };
-}
+const register = (node, username) => registerAs(node.url, username);
+const login = (node, username) => loginAs(node.url, username, `glia sdk federation test (${username})`);
 
 /// A client of `node` for `session`, with its sync loop started and its first
 /// sync done. Every sync asks for up to 50 timeline events per room, so that what
@@ -119,13 +93,7 @@ async function startSyncing(node, username, session) {
   });
   const filter = new Filter(session.userId);
   filter.setDefinition({ room: { timeline: { limit: 50 } } });
-  const prepared = waitFor(client, ClientEvent.Sync, (state) => state === 'PREPARED', `${username}'s first sync`);
-  const failed = waitFor(client, ClientEvent.Sync, (state) => state === 'ERROR', 'never').then(() => {
-    throw new Error(`${username}'s sync loop reported ERROR`);
-  });
-  failed.catch(() => {}); // only raced below
-  await client.startClient({ initialSyncLimit: 50, filter });
-  await Promise.race([prepared, failed]);
+  await startSync(client, username, { initialSyncLimit: 50, filter });
   clients[username] = client;
   return client;
 }

@@ -2,12 +2,14 @@
 // clients made (printed when a step fails), steps that stop the scenario at the
 // first failure, waits on the SDK's events, and the steps both scenarios take.
 
+import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
+import { ClientEvent, createClient, RoomEvent, RoomMemberEvent } from 'matrix-js-sdk';
 import { logger as sdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import { withTimeout } from './server.mjs';
 
 export const WAIT_MS = 15_000;
+export const PASSWORD = 'correct horse battery staple';
 
 // matrix-js-sdk logs every sync at debug level: silence its global logger and the
 // children made from it later, and give each client a silent logger of its own.
@@ -129,4 +131,49 @@ export async function aliceSeesBobsReceipt({ alice, bob }, roomId) {
   );
   await bob.sendReadReceipt(aliceMessage);
   await receipt;
+}
+
+/// Registers `username` on the homeserver at `baseUrl` with the m.login.dummy
+/// stage of user-interactive auth; returns the user ID.
+export async function register(baseUrl, username) {
+  const client = createClient({ baseUrl, fetchFn: recordingFetch(username), logger: silent });
+  // Without auth the homeserver answers 401 with a session and the flows it offers.
+  const challenge = await client.registerRequest({ username, password: PASSWORD }).then(
+    (res) => assert.fail(`registration without auth succeeded: ${JSON.stringify(res)}`),
+    (err) => err,
+  );
+  assert.equal(challenge.httpStatus, 401, `first /register: ${challenge}`);
+  const { session, flows } = challenge.data;
+  assert.ok(session, 'a UIA session id');
+  assert.ok(flows.some((f) => f.stages.length === 1 && f.stages[0] === 'm.login.dummy'), JSON.stringify(flows));
+  const res = await client.registerRequest({ username, password: PASSWORD, auth: { type: 'm.login.dummy', session } });
+  assert.match(res.user_id, new RegExp(`^@${username}:`));
+  assert.ok(res.access_token);
+  return res.user_id;
+}
+
+/// Logs `username` in with m.login.password as a new device named `device`;
+/// returns the session, as `createClient` takes it.
+export async function login(baseUrl, username, device) {
+  const anonymous = createClient({ baseUrl, fetchFn: recordingFetch(username), logger: silent });
+  const res = await anonymous.loginRequest({
+    type: 'm.login.password',
+    identifier: { type: 'm.id.user', user: username },
+    password: PASSWORD,
+    initial_device_display_name: device,
+  });
+  assert.ok(res.access_token && res.device_id);
+  return { userId: res.user_id, deviceId: res.device_id, accessToken: res.access_token };
+}
+
+/// Starts `client`'s sync loop with `options` and resolves once its first sync
+/// is done; fails if the loop reports an error first.
+export async function startSync(client, who, options) {
+  const prepared = waitFor(client, ClientEvent.Sync, (state) => state === 'PREPARED', `${who}'s first sync`);
+  const failed = waitFor(client, ClientEvent.Sync, (state) => state === 'ERROR', 'never').then(() => {
+    throw new Error(`${who}'s sync loop reported ERROR`);
+  });
+  failed.catch(() => {}); // only raced below
+  await client.startClient(options);
+  await Promise.race([prepared, failed]);
 }
