@@ -81,7 +81,7 @@ function hasMessage(sync, roomId, body) {
   return (sync.rooms?.join?.[roomId]?.timeline?.events ?? []).some((e) => e.content?.body === body);
 }
 
-function quantile(values, q) {
+export function quantile(values, q) {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
