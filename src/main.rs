@@ -65,6 +65,9 @@ mod cli {
             /// A relay to reach other nodes through (`ws://host:port/`); repeat for several.
             #[arg(long = "relay", value_name = "URL", value_parser = relay_url)]
             relays: Vec<String>,
+            /// The largest file a user may upload, in MiB.
+            #[arg(long, default_value_t = 50)]
+            max_upload_mib: usize,
         },
     }
 
@@ -117,8 +120,9 @@ mod cli {
                     }
                     Err(err) => fail(err),
                 },
-                Command::Node { listen, data, relays } => match node::open(&data).await {
-                    Ok(homeserver) => {
+                Command::Node { listen, data, relays, max_upload_mib } => match node::open(&data).await {
+                    Ok(mut homeserver) => {
+                        homeserver.limit_uploads(max_upload_mib.saturating_mul(1 << 20));
                         let homeserver = Arc::new(homeserver);
                         let sender = homeserver.clone();
                         tokio::spawn(async move { sender.run_sender().await });

@@ -243,7 +243,8 @@ fn discovery_and_request_handling() {
     let turn = alice.get("voip/turnServer").ok();
     assert_eq!(turn["uris"], json!([]), "no TURN server here: {turn}");
     assert_eq!(alice.get("thirdparty/protocols").ok(), json!({}));
-    let limit = glia::core::MAX_BODY_BYTES as u64;
+    // `glia node`'s default, 50 MiB.
+    let limit = 50u64 << 20;
     assert_eq!(alice.get("/_matrix/client/v1/media/config").ok()["m.upload.size"], limit);
     assert_eq!(alice.get("/_matrix/media/v3/config").ok()["m.upload.size"], limit);
 
@@ -1828,6 +1829,120 @@ fn key_backup() {
     let third = alice.post("room_keys/version", algorithm).ok()["version"].as_str().unwrap().to_owned();
     assert!(third != first && third != second, "{third}");
     assert_eq!(alice.get(&path("", &third)).ok()["rooms"], json!({}));
+}
+
+/// `bytes` uploaded as `content_type` to `path` (under `/_matrix/media/`) with
+/// `client`'s token (if any).
+fn upload(client: &Client, method: &str, path: &str, content_type: &str, bytes: &[u8]) -> Response {
+    let auth = client.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    request_with(&client.addr, method, &format!("/_matrix/media/{path}"), &headers, bytes)
+}
+
+/// A `width`×`height` PNG of a gradient.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| image::Rgba([x as u8, y as u8, 99, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn dimensions(bytes: &[u8]) -> (u32, u32) {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().unwrap();
+    reader.into_dimensions().unwrap()
+}
+
+#[test]
+fn media_repository() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let server = server_name(&alice);
+    // An image, uploaded and read back whole through each download endpoint.
+    let picture = png(400, 200);
+    let uploaded = upload(&alice, "POST", "v3/upload?filename=cat.png", "image/png", &picture).ok();
+    let uri = uploaded["content_uri"].as_str().unwrap();
+    let media_id = uri.strip_prefix(&format!("mxc://{server}/")).expect("an mxc URI of this server");
+    let download = format!("/_matrix/client/v1/media/download/{server}/{media_id}");
+    let got = bob.get(&download);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, picture);
+    assert_eq!(got.header("content-type"), Some("image/png"));
+    assert_eq!(got.header("content-disposition"), Some("inline; filename=cat.png"));
+    assert!(got.header("content-security-policy").is_some_and(|csp| csp.contains("sandbox")));
+    let named = bob.get(&format!("{download}/kitten.png"));
+    assert_eq!(
+        (named.body == picture, named.header("content-disposition")),
+        (true, Some("inline; filename=kitten.png"))
+    );
+    // The legacy reads need no token; the authenticated ones do.
+    let legacy = Client::anonymous(addr).get(&format!("/_matrix/media/v3/download/{server}/{media_id}"));
+    assert_eq!((legacy.status, legacy.body == picture), (200, true));
+    Client::anonymous(addr).get(&download).err(401, "M_MISSING_TOKEN");
+
+    // Thumbnails: within the size, or cropped to it; made once and kept.
+    let thumbnail = |query: &str| bob.get(&format!("/_matrix/client/v1/media/thumbnail/{server}/{media_id}?{query}"));
+    let scaled = thumbnail("width=64&height=64&method=scale");
+    assert_eq!((scaled.header("content-type"), dimensions(&scaled.body)), (Some("image/png"), (64, 32)));
+    assert_eq!(dimensions(&thumbnail("width=64&height=64&method=crop").body), (64, 64));
+    assert_eq!(thumbnail("width=64&height=64&method=scale").body, scaled.body);
+    let legacy =
+        Client::anonymous(addr).get(&format!("/_matrix/media/v3/thumbnail/{server}/{media_id}?width=32&height=32"));
+    assert_eq!(dimensions(&legacy.body), (32, 16));
+    thumbnail("width=abc&height=64").err(400, "M_INVALID_PARAM");
+
+    // A file larger than a stored chunk comes back byte for byte; HTML is
+    // never shown inline, and cannot be thumbnailed.
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let uri = upload(&alice, "POST", "v3/upload", "application/octet-stream", &big).ok()["content_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = bob.get(&format!("/_matrix/client/v1/media/download/{}", uri.trim_start_matches("mxc://")));
+    assert_eq!((got.body.len(), got.body == big), (big.len(), true));
+    let page = upload(&alice, "POST", "v3/upload?filename=x.html", "text/html", b"<script>alert(1)</script>").ok();
+    let page = page["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    let got = bob.get(&format!("/_matrix/client/v1/media/download/{page}"));
+    assert_eq!(got.header("content-disposition"), Some("attachment; filename=x.html"));
+    bob.get(&format!("/_matrix/client/v1/media/thumbnail/{page}?width=10&height=10")).err(400, "M_UNKNOWN");
+    bob.get(&format!("/_matrix/client/v1/media/download/{server}/nosuchmedia")).err(404, "M_NOT_FOUND");
+    upload(&Client::anonymous(addr), "POST", "v3/upload", "image/png", &picture).err(401, "M_MISSING_TOKEN");
+
+    // An ID reserved first, then uploaded to: by its owner only, and once.
+    let reserved = alice.post("/_matrix/media/v1/create", json!({})).ok();
+    assert!(reserved["unused_expires_at"].as_u64().is_some());
+    let id = reserved["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    bob.get(&format!("/_matrix/client/v1/media/download/{id}")).err(504, "M_NOT_YET_UPLOADED");
+    upload(&bob, "PUT", &format!("v3/upload/{id}"), "text/plain", b"mine now").err(403, "M_FORBIDDEN");
+    upload(&alice, "PUT", &format!("v3/upload/{id}"), "text/plain", b"hello").ok();
+    upload(&alice, "PUT", &format!("v3/upload/{id}"), "text/plain", b"again").err(409, "M_CANNOT_OVERWRITE_MEDIA");
+    upload(&alice, "PUT", &format!("v3/upload/{server}/neverreserved"), "text/plain", b"x").err(404, "M_NOT_FOUND");
+    assert_eq!(bob.get(&format!("/_matrix/client/v1/media/download/{id}")).body, b"hello");
+    let preview = bob.get("/_matrix/client/v1/media/preview_url?url=https%3A%2F%2Fexample.org").ok();
+    assert_eq!(preview, json!({}), "no previews: this node reaches no web site");
+}
+
+#[test]
+fn uploads_over_the_configured_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let glia = Glia::start(&[
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--max-upload-mib",
+        "1",
+    ]);
+    let alice = register(&glia.addr, "alice");
+    assert_eq!(alice.get("/_matrix/client/v1/media/config").ok()["m.upload.size"], 1 << 20);
+    let file = vec![7u8; (1 << 20) + 1];
+    upload(&alice, "POST", "v3/upload", "application/octet-stream", &file).err(413, "M_TOO_LARGE");
+    upload(&alice, "POST", "v3/upload", "application/octet-stream", &file[..1 << 20]).ok();
 }
 
 fn to_device_events(sync: &Value) -> Vec<Value> {

@@ -1,6 +1,8 @@
 //! The endpoints, one file per spec area, each handler named after its operation
 //! with `METHOD /path` as its doc header.
 
+pub(crate) mod answer;
+
 pub(crate) mod client {
     pub(crate) mod account;
     pub(crate) mod account_data;
@@ -12,6 +14,7 @@ pub(crate) mod client {
     pub(crate) mod filter;
     pub(crate) mod format;
     pub(crate) mod keys;
+    pub(crate) mod media;
     pub(crate) mod membership;
     pub(crate) mod message;
     pub(crate) mod profile;
@@ -30,6 +33,7 @@ pub(crate) mod federation {
     pub(crate) mod discovery;
     pub(crate) mod event;
     pub(crate) mod keys;
+    pub(crate) mod media;
     pub(crate) mod membership;
     pub(crate) mod query;
     pub(crate) mod transactions;
@@ -41,7 +45,7 @@ pub(crate) mod federation {
 macro_rules! endpoints {
     ($dispatch:ident) => {{
         use ruma::api::{client as c, federation as f};
-        use $crate::core::api::{client, federation};
+        use $crate::core::api::{answer, client, federation};
         $dispatch! {
             c::discovery::get_supported_versions::Request => client::discovery::versions,
             c::discovery::get_capabilities::v3::Request => client::discovery::capabilities,
@@ -49,6 +53,17 @@ macro_rules! endpoints {
             c::thirdparty::get_protocols::v3::Request => client::discovery::protocols,
             c::authenticated_media::get_media_config::v1::Request => client::discovery::media_config,
             client::discovery::LegacyMediaConfig => client::discovery::legacy_media_config,
+            c::media::create_content::v3::Request => client::media::upload,
+            c::media::create_mxc_uri::v1::Request => client::media::create,
+            answer::Answered<c::media::create_content_async::v3::Request> => client::media::upload_to,
+            c::authenticated_media::get_content::v1::Request => client::media::download,
+            c::authenticated_media::get_content_as_filename::v1::Request => client::media::download_as,
+            c::authenticated_media::get_content_thumbnail::v1::Request => client::media::thumbnail,
+            answer::Answered<client::media::Preview> => client::media::preview,
+            client::media::LegacyDownload => client::media::legacy_download,
+            client::media::LegacyDownloadAs => client::media::legacy_download_as,
+            client::media::LegacyThumbnail => client::media::legacy_thumbnail,
+            answer::Answered<client::media::LegacyPreview> => client::media::preview,
             c::account::register::v3::Request => client::account::register,
             c::account::get_username_availability::v3::Request => client::account::available,
             c::session::get_login_types::v3::Request => client::account::login_types,
@@ -101,7 +116,7 @@ macro_rules! endpoints {
             c::sync::sync_events::v3::Request => client::sync::sync,
             c::keys::upload_keys::v3::Request => client::keys::upload,
             c::keys::get_keys::v3::Request => client::keys::query,
-            client::keys::ClaimKeys => client::keys::claim,
+            answer::Answered<c::keys::claim_keys::v3::Request> => client::keys::claim,
             c::keys::get_key_changes::v3::Request => client::keys::changes,
             c::keys::upload_signing_keys::v3::Request => client::keys::upload_signing_keys,
             c::keys::upload_signatures::v3::Request => client::keys::upload_signatures,
@@ -141,6 +156,8 @@ macro_rules! endpoints {
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
             f::discovery::get_server_version::v1::Request => federation::discovery::version,
             f::transactions::send_transaction_message::v1::Request => federation::transactions::send,
+            f::authenticated_media::get_content::v1::Request => federation::media::download,
+            f::authenticated_media::get_content_thumbnail::v1::Request => federation::media::thumbnail,
             f::keys::get_keys::v1::Request => federation::devices::query_keys,
             f::keys::claim_keys::v1::Request => federation::devices::claim_keys,
             f::device::get_devices::v1::Request => federation::devices::user_devices,

@@ -7,7 +7,9 @@ use ruma::api::{
     OutgoingResponseExt,
 };
 
-use super::service::{accounts::AccountError, backup::BackupError, federation::FederationError, rooms::RoomError};
+use super::service::{
+    accounts::AccountError, backup::BackupError, federation::FederationError, media::MediaError, rooms::RoomError,
+};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,8 @@ pub enum Error {
     Room(#[from] RoomError),
     #[error(transparent)]
     Backup(#[from] BackupError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A request this node made to another server on a client's behalf failed.
@@ -164,6 +168,14 @@ impl Error {
                 BackupError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
                 // Only the store and corrupt data fail inside a backup.
                 BackupError::Room(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
+            },
+            Self::Media(err) => match err {
+                MediaError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+                MediaError::NotYetUploaded(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorKind::NotYetUploaded),
+                MediaError::CannotOverwrite(_) => (StatusCode::CONFLICT, ErrorKind::CannotOverwriteMedia),
+                MediaError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+                MediaError::NotAnImage(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
+                MediaError::Room(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
             },
             // A name that is no glia node's can never be asked: the caller's mistake.
             Self::Federation(FederationError::NotGlia(_)) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),

@@ -23,8 +23,8 @@ use self::{
     limits::RateLimit,
     service::{
         accounts::Accounts, aliases::Aliases, backup::Backups, directory::Directory, ephemeral::Ephemeral,
-        federation::Federation, keys::Keys, notifier::Notifier, rooms::Rooms, sender::Sender, to_device::ToDevice,
-        transactions::Transactions, user_data::UserData,
+        federation::Federation, keys::Keys, media::MediaRepository, notifier::Notifier, rooms::Rooms, sender::Sender,
+        to_device::ToDevice, transactions::Transactions, user_data::UserData,
     },
 };
 pub use self::{
@@ -74,6 +74,9 @@ pub const SCHEMA: Schema = Schema {
         service::backup::BACKUP_VERSIONS,
         service::backup::BACKUP_KEYS,
         service::backup::BACKUP_COUNTERS,
+        service::media::MEDIA,
+        service::media::MEDIA_CHUNKS,
+        service::media::THUMBNAILS,
     ],
 };
 
@@ -106,6 +109,7 @@ pub struct Homeserver {
     keys: Keys,
     to_device: ToDevice,
     backups: Backups,
+    media: MediaRepository,
     federation: Federation,
     sender: Sender,
     limits: Limits,
@@ -122,6 +126,8 @@ pub(crate) struct Limits {
     /// Federation requests per origin server: room for a node catching up on a
     /// mailbox, not for a flood.
     pub federation: RateLimit,
+    /// The largest upload to the media repository, in bytes.
+    pub max_upload_bytes: usize,
     /// The longest a `/sync` long-poll waits, in milliseconds.
     pub long_poll_ms: u64,
 }
@@ -129,6 +135,9 @@ pub(crate) struct Limits {
 /// What clients ask for anyway; a shell whose requests live shorter lowers it
 /// with [`Homeserver::cap_long_polls`].
 const LONG_POLL_MS: u64 = 30_000;
+/// The largest upload unless the shell sets another with
+/// [`Homeserver::limit_uploads`]: a phone's video, not a disk image.
+const MAX_UPLOAD_BYTES: usize = 50 << 20;
 
 impl Homeserver {
     /// Opens the node over `store`, making its key on first start.
@@ -153,11 +162,13 @@ impl Homeserver {
             keys: Keys::new(store.clone()),
             to_device: ToDevice::new(store.clone()),
             backups: Backups::new(store.clone()),
+            media: MediaRepository::new(store.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
                 federation: RateLimit::new(500, 200.0),
                 long_poll_ms: LONG_POLL_MS,
+                max_upload_bytes: MAX_UPLOAD_BYTES,
             },
             uiaa: Uiaa::default(),
             unread_counts: UnreadCounts::default(),
@@ -178,6 +189,16 @@ impl Homeserver {
     /// while a fetch waits longer than the browser allows.
     pub fn cap_long_polls(&mut self, ms: u64) {
         self.limits.long_poll_ms = self.limits.long_poll_ms.min(ms);
+    }
+
+    /// Sets the largest file users may upload, in bytes.
+    pub fn limit_uploads(&mut self, bytes: usize) {
+        self.limits.max_upload_bytes = bytes;
+    }
+
+    /// The largest request body this node takes: an upload's.
+    pub fn max_body_bytes(&self) -> usize {
+        self.limits.max_upload_bytes.max(MAX_BODY_BYTES)
     }
 
     /// Connects the node to other nodes: federation requests and answers leave
@@ -307,6 +328,10 @@ impl Homeserver {
 
     pub fn backups(&self) -> &Backups {
         &self.backups
+    }
+
+    pub fn media(&self) -> &MediaRepository {
+        &self.media
     }
 
     pub fn federation(&self) -> &Federation {

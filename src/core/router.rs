@@ -30,8 +30,8 @@ use super::{
 };
 use crate::p2p::PeerKey;
 
-/// The largest request body the core accepts. JSON requests are far smaller;
-/// media uploads will get a limit of their own.
+/// The largest request body the core accepts but for media uploads, which have
+/// a limit of their own. JSON requests are far smaller.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 pub(super) async fn handle(hs: &Homeserver, request: http::Request<Bytes>) -> http::Response<Bytes> {
@@ -64,14 +64,32 @@ fn finish(response: http::Response<Vec<u8>>) -> http::Response<Bytes> {
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    // Nothing the node serves is a page: media opened directly (an uploaded
+    // HTML file, say) runs no script and loads nothing, and any origin may
+    // embed media, as the spec asks.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "sandbox; default-src 'none'; style-src 'unsafe-inline'; media-src 'self'; img-src 'self'",
+        ),
+    );
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
     http::Response::from_parts(parts, Bytes::from(body))
 }
 
 async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::Response<Vec<u8>>, Error> {
-    if request.body().len() > MAX_BODY_BYTES {
-        return Err(Error::TooLarge { limit: MAX_BODY_BYTES });
-    }
     let path = request.uri().path().to_owned();
+    // Uploads to the media repository are the only large bodies.
+    let limit = match path.starts_with("/_matrix/media/") && request.method() != Method::GET {
+        true => hs.limits().max_upload_bytes,
+        false => MAX_BODY_BYTES,
+    };
+    if request.body().len() > limit {
+        return Err(Error::TooLarge { limit });
+    }
     if path == "/.well-known/matrix/client" && matches!(*request.method(), Method::GET | Method::HEAD) {
         return super::api::client::discovery::well_known(&request);
     }

@@ -6,7 +6,7 @@ use std::{path::Path, sync::Arc};
 use axum::{body::Body, extract::State, response::Response};
 
 use crate::{
-    core::{error_response, Error, Homeserver, OsRandom, SystemClock, MAX_BODY_BYTES, SCHEMA},
+    core::{error_response, Error, Homeserver, OsRandom, SystemClock, SCHEMA},
     store::{DiskStore, StoreError},
 };
 
@@ -28,7 +28,9 @@ pub fn router(homeserver: Arc<Homeserver>) -> axum::Router {
 
 async fn handle(State(homeserver): State<Arc<Homeserver>>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
-    let response = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    // Up to the largest body any endpoint takes: the core holds each to its own.
+    let limit = homeserver.max_body_bytes();
+    let response = match axum::body::to_bytes(body, limit).await {
         // On a task of its own: a client hanging up must not cancel a write half
         // done, which may be carrying other clients' events in the same commit.
         Ok(body) => {
@@ -38,7 +40,7 @@ async fn handle(State(homeserver): State<Arc<Homeserver>>, request: axum::extrac
                 .unwrap_or_else(|err| error_response(Error::internal(format!("request handler failed: {err}"))))
         }
         // The only way reading a body in memory fails short of a dropped connection.
-        Err(_) => error_response(Error::TooLarge { limit: MAX_BODY_BYTES }),
+        Err(_) => error_response(Error::TooLarge { limit }),
     };
     response.map(Body::from)
 }

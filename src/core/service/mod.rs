@@ -9,6 +9,7 @@ pub mod ephemeral;
 pub mod events;
 pub mod federation;
 pub mod keys;
+pub mod media;
 pub(crate) mod memo;
 pub mod notifier;
 pub mod rooms;

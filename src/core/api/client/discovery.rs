@@ -19,7 +19,7 @@ use ruma::{
     RoomVersionId, UInt,
 };
 
-use crate::core::{pdu::DEFAULT_ROOM_VERSION, service::accounts::Session, Error, Homeserver, MAX_BODY_BYTES};
+use crate::core::{pdu::DEFAULT_ROOM_VERSION, service::accounts::Session, Error, Homeserver};
 
 /// The Client-Server API versions glia serves: every endpoint these versions
 /// require of a homeserver for accounts, rooms, messages and sync answers.
@@ -98,18 +98,17 @@ pub(crate) async fn protocols(
     Ok(get_protocols::v3::Response::new(BTreeMap::new()))
 }
 
-fn upload_size() -> UInt {
-    UInt::try_from(MAX_BODY_BYTES).unwrap_or(UInt::MAX)
+fn upload_size(hs: &Homeserver) -> UInt {
+    UInt::try_from(hs.limits().max_upload_bytes).unwrap_or(UInt::MAX)
 }
 
-/// `GET /_matrix/client/v1/media/config`: the request body limit until the
-/// media repository comes with its own.
+/// `GET /_matrix/client/v1/media/config`
 pub(crate) async fn media_config(
-    _hs: &Homeserver,
+    hs: &Homeserver,
     _: Session,
     _request: media_config_v1::v1::Request,
 ) -> Result<media_config_v1::v1::Response, Error> {
-    Ok(media_config_v1::v1::Response::new(upload_size()))
+    Ok(media_config_v1::v1::Response::new(upload_size(hs)))
 }
 
 /// The legacy media endpoints are deprecated, and still what clients of v1.10
@@ -119,9 +118,9 @@ pub(crate) type LegacyMediaConfig = media_config_v3::v3::Request;
 
 /// `GET /_matrix/media/v3/config`
 pub(crate) async fn legacy_media_config(
-    _hs: &Homeserver,
+    hs: &Homeserver,
     _: Session,
     _request: LegacyMediaConfig,
 ) -> Result<media_config_v3::v3::Response, Error> {
-    Ok(media_config_v3::v3::Response::new(upload_size()))
+    Ok(media_config_v3::v3::Response::new(upload_size(hs)))
 }

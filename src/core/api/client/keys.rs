@@ -13,9 +13,7 @@ use ruma::{
             keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
             uiaa::AuthType,
         },
-        error::{DeserializationError, IntoHttpError},
         federation::keys::{claim_keys as federation_claim, get_keys as federation_query},
-        BytesBody, IncomingRequest, Metadata, OutgoingResponse,
     },
     encryption::{CrossSigningKey, DeviceKeys, OneTimeKey},
     events::{room::member::MembershipState, StateEventType},
@@ -27,7 +25,10 @@ use serde_json::{json, value::RawValue, Value};
 
 use super::tokens::SyncToken;
 use crate::core::{
-    api::federation::transactions::servers_sharing_rooms_with,
+    api::{
+        answer::{Answered, JsonAnswer},
+        federation::transactions::servers_sharing_rooms_with,
+    },
     service::{
         accounts::Session,
         keys::{Change, CrossSigning, Signable, Upload},
@@ -321,43 +322,12 @@ pub(crate) async fn claim_local(
     Ok(claimed)
 }
 
-/// `POST /keys/claim` as ruma's `claim_keys::v3` has it, except that the
-/// answer always carries `failures`: the spec lets an empty one be left out,
-/// but Hydrogen 0.3.1 reads it without looking whether it is there (Synapse
-/// always sends it).
-pub(crate) struct ClaimKeys(claim_keys::v3::Request);
-
-impl Metadata for ClaimKeys {
-    const METHOD: http::Method = claim_keys::v3::Request::METHOD;
-    const RATE_LIMITED: bool = claim_keys::v3::Request::RATE_LIMITED;
-    type Authentication = <claim_keys::v3::Request as Metadata>::Authentication;
-    type PathBuilder = <claim_keys::v3::Request as Metadata>::PathBuilder;
-    const PATH_BUILDER: Self::PathBuilder = claim_keys::v3::Request::PATH_BUILDER;
-}
-
-impl IncomingRequest for ClaimKeys {
-    type EndpointError = <claim_keys::v3::Request as IncomingRequest>::EndpointError;
-    type OutgoingResponse = ClaimedKeys;
-
-    fn try_from_http_request_inner(request: http::Request<&[u8]>, args: &[&str]) -> Result<Self, DeserializationError> {
-        claim_keys::v3::Request::try_from_http_request_inner(request, args).map(Self)
-    }
-}
-
-pub(crate) struct ClaimedKeys(claim_keys::v3::Response);
-
-impl OutgoingResponse for ClaimedKeys {
-    type Body = BytesBody;
-
-    fn try_into_http_response_inner(self) -> Result<http::Response<BytesBody>, IntoHttpError> {
-        let body = json!({ "failures": self.0.failures, "one_time_keys": self.0.one_time_keys });
-        let response = http::Response::builder().header(http::header::CONTENT_TYPE, "application/json");
-        Ok(response.body(BytesBody(serde_json::to_vec(&body)?))?)
-    }
-}
-
 /// `POST /_matrix/client/v3/keys/claim`
-pub(crate) async fn claim(hs: &Homeserver, _: Session, ClaimKeys(request): ClaimKeys) -> Result<ClaimedKeys, Error> {
+pub(crate) async fn claim(
+    hs: &Homeserver,
+    _: Session,
+    Answered(request): Answered<claim_keys::v3::Request>,
+) -> Result<JsonAnswer, Error> {
     let mut claimed = Claimed::new();
     let mut failures = BTreeMap::new();
     let mut remote = Vec::new();
@@ -378,9 +348,9 @@ pub(crate) async fn claim(hs: &Homeserver, _: Session, ClaimKeys(request): Claim
             Err(err) => failures.extend([unreachable(&server, err)]),
         }
     }
-    let mut response = claim_keys::v3::Response::new(claimed);
-    response.failures = failures;
-    Ok(ClaimedKeys(response))
+    // `failures` always, empty or not: the spec lets an empty one be left out
+    // (as ruma's type does), but Hydrogen 0.3.1 reads it without looking.
+    Ok(JsonAnswer(json!({ "failures": failures, "one_time_keys": claimed })))
 }
 
 /// `POST /_matrix/client/v3/keys/device_signing/upload`

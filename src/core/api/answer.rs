@@ -1,0 +1,42 @@
+//! Endpoints whose answer glia writes itself, as JSON, where ruma's response
+//! type cannot say it: an empty map a client needs sent, or an empty answer
+//! ruma gives no way to make. The request is still ruma's.
+
+use bytes::BufMut;
+use ruma::api::{
+    error::{DeserializationError, IntoHttpError},
+    BytesBody, IncomingRequest, Metadata, OutgoingResponse,
+};
+
+/// Ruma's request `R`, answered with a [`JsonAnswer`].
+pub(crate) struct Answered<R>(pub R);
+
+impl<R: Metadata> Metadata for Answered<R> {
+    const METHOD: http::Method = R::METHOD;
+    const RATE_LIMITED: bool = R::RATE_LIMITED;
+    type Authentication = R::Authentication;
+    type PathBuilder = R::PathBuilder;
+    const PATH_BUILDER: Self::PathBuilder = R::PATH_BUILDER;
+}
+
+impl<R: IncomingRequest> IncomingRequest for Answered<R> {
+    type EndpointError = R::EndpointError;
+    type OutgoingResponse = JsonAnswer;
+
+    fn try_from_http_request_inner(request: http::Request<&[u8]>, args: &[&str]) -> Result<Self, DeserializationError> {
+        R::try_from_http_request_inner(request, args).map(Self)
+    }
+}
+
+pub(crate) struct JsonAnswer(pub serde_json::Value);
+
+impl OutgoingResponse for JsonAnswer {
+    type Body = BytesBody;
+
+    fn try_into_http_response_inner(self) -> Result<http::Response<BytesBody>, IntoHttpError> {
+        let mut body = Vec::new().writer();
+        serde_json::to_writer(&mut body, &self.0)?;
+        let response = http::Response::builder().header(http::header::CONTENT_TYPE, "application/json");
+        Ok(response.body(BytesBody(body.into_inner()))?)
+    }
+}

@@ -1,0 +1,238 @@
+//! The media repository's endpoints: uploads (at once, or to an ID reserved
+//! first), downloads and thumbnails, authenticated (`/client/v1/media`) and
+//! the legacy unauthenticated `/media/v3` reads clients of v1.10 and before
+//! (Hydrogen among them) still use. Other servers' files are fetched over
+//! federation once and kept.
+//!
+//! Files are served inline only when their type is one browsers show without
+//! running anything (images, audio, video, plain text); anything else, HTML
+//! above all, is an attachment. Every core response also carries a sandboxing
+//! Content-Security-Policy (see the router).
+
+use ruma::{
+    api::{
+        client::{
+            authenticated_media::{get_content, get_content_as_filename, get_content_thumbnail, get_media_preview},
+            media::{
+                create_content, create_content_async, create_mxc_uri, get_content as legacy_content,
+                get_content_as_filename as legacy_content_as_filename, get_content_thumbnail as legacy_thumbnail,
+                get_media_preview as legacy_preview,
+            },
+        },
+        federation::authenticated_media::{get_content as federation_content, FileOrLocation},
+    },
+    http_headers::{ContentDisposition, ContentDispositionType},
+    media::Method,
+    MilliSecondsSinceUnixEpoch, OwnedMxcUri, ServerName, UInt,
+};
+
+use crate::core::{
+    api::answer::{Answered, JsonAnswer},
+    service::{
+        accounts::Session,
+        media::{Fit, Media, MediaError},
+    },
+    Error, Homeserver,
+};
+
+/// How long an ID handed out by `/media/v1/create` waits for its upload.
+const RESERVED_MS: u64 = 24 * 60 * 60 * 1000;
+/// The largest thumbnail made: clients ask for a few hundred pixels.
+const MAX_THUMBNAIL_SIDE: u32 = 1_600;
+
+/// The content types served inline.
+fn inline(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "image/jpeg" | "image/png" | "image/gif" | "image/webp" | "image/apng" | "image/avif" | "text/plain"
+    ) || essence.starts_with("audio/")
+        || essence.starts_with("video/")
+}
+
+fn served(media: &Media, filename: Option<String>) -> (String, ContentDisposition) {
+    let content_type = media.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let kind = match inline(&content_type) {
+        true => ContentDispositionType::Inline,
+        false => ContentDispositionType::Attachment,
+    };
+    (content_type, ContentDisposition::new(kind).with_filename(filename.or_else(|| media.filename.clone())))
+}
+
+fn mxc(hs: &Homeserver, media_id: &str) -> OwnedMxcUri {
+    format!("mxc://{}/{media_id}", hs.key().server_name()).into()
+}
+
+/// `POST /_matrix/media/v3/upload`
+pub(crate) async fn upload(
+    hs: &Homeserver,
+    session: Session,
+    request: create_content::v3::Request,
+) -> Result<create_content::v3::Response, Error> {
+    let media_id = hs.accounts().random_string(24);
+    let media = Media::uploaded(Some(session.user_id), request.content_type, request.filename);
+    hs.media().put(hs.key().server_name(), &media_id, media, request.file, hs.clock().now_millis()).await?;
+    Ok(create_content::v3::Response::new(mxc(hs, &media_id)))
+}
+
+/// `POST /_matrix/media/v1/create`
+pub(crate) async fn create(
+    hs: &Homeserver,
+    session: Session,
+    _: create_mxc_uri::v1::Request,
+) -> Result<create_mxc_uri::v1::Response, Error> {
+    let media_id = hs.accounts().random_string(24);
+    let until = hs.clock().now_millis() + RESERVED_MS;
+    hs.media().reserve(hs.key().server_name(), &media_id, &session.user_id, until).await?;
+    let mut response = create_mxc_uri::v1::Response::new(mxc(hs, &media_id));
+    response.unused_expires_at = Some(MilliSecondsSinceUnixEpoch(UInt::new_saturating(until)));
+    Ok(response)
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`
+pub(crate) async fn upload_to(
+    hs: &Homeserver,
+    session: Session,
+    Answered(request): Answered<create_content_async::v3::Request>,
+) -> Result<JsonAnswer, Error> {
+    if request.server_name != hs.key().server_name() {
+        return Err(Error::Forbidden(format!("{} is not this server", request.server_name)));
+    }
+    if hs.media().media(&request.server_name, &request.media_id).await?.is_none() {
+        return Err(MediaError::NotFound(request.media_id).into());
+    }
+    let media = Media::uploaded(Some(session.user_id), request.content_type, request.filename);
+    let now = hs.clock().now_millis();
+    hs.media().put(&request.server_name, &request.media_id, media, request.file, now).await?;
+    Ok(JsonAnswer(serde_json::json!({})))
+}
+
+/// A file, this node's or (fetched once, then kept) another server's.
+async fn file(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(Media, Vec<u8>), Error> {
+    match hs.media().file(server, media_id).await {
+        Err(MediaError::NotFound(_)) if server != hs.key().server_name() => {}
+        found => return Ok(found?),
+    }
+    let request = federation_content::v1::Request::new(media_id.to_owned());
+    let response = hs.federation().request(server, request, false).await.map_err(|err| match err {
+        crate::core::service::federation::FederationError::Remote { status: 404, .. } => {
+            Error::NotFound(format!("{server} has no media {media_id}"))
+        }
+        err => err.into(),
+    })?;
+    let FileOrLocation::File(content) = response.content else {
+        return Err(Error::NotFound(format!("{server} offered {media_id} elsewhere, which this node does not follow")));
+    };
+    let filename = content.content_disposition.and_then(|d| d.filename);
+    let media = Media::uploaded(None, content.content_type, filename);
+    hs.media().put(server, media_id, media, content.file, hs.clock().now_millis()).await?;
+    Ok(hs.media().file(server, media_id).await?)
+}
+
+/// A thumbnail at most `width`×`height`.
+pub(crate) async fn thumbnail_of(
+    hs: &Homeserver,
+    server: &ServerName,
+    media_id: &str,
+    (width, height): (UInt, UInt),
+    method: Option<Method>,
+) -> Result<(String, Vec<u8>), Error> {
+    let side = |n: UInt| u32::try_from(u64::from(n)).unwrap_or(u32::MAX).clamp(1, MAX_THUMBNAIL_SIDE);
+    let fit = match method {
+        Some(Method::Crop) => Fit::Crop,
+        _ => Fit::Scale,
+    };
+    // The file must be here first, fetched if it is another server's.
+    file(hs, server, media_id).await?;
+    Ok(hs.media().thumbnail(server, media_id, side(width), side(height), fit).await?)
+}
+
+fn thumbnail_disposition() -> ContentDisposition {
+    ContentDisposition::new(ContentDispositionType::Inline).with_filename(Some("thumbnail".into()))
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}`
+pub(crate) async fn download(
+    hs: &Homeserver,
+    _: Session,
+    request: get_content::v1::Request,
+) -> Result<get_content::v1::Response, Error> {
+    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
+    let (content_type, disposition) = served(&media, None);
+    Ok(get_content::v1::Response::new(bytes, content_type, disposition))
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
+pub(crate) async fn download_as(
+    hs: &Homeserver,
+    _: Session,
+    request: get_content_as_filename::v1::Request,
+) -> Result<get_content_as_filename::v1::Response, Error> {
+    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
+    let (content_type, disposition) = served(&media, Some(request.filename));
+    Ok(get_content_as_filename::v1::Response::new(bytes, content_type, disposition))
+}
+
+/// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`
+pub(crate) async fn thumbnail(
+    hs: &Homeserver,
+    _: Session,
+    request: get_content_thumbnail::v1::Request,
+) -> Result<get_content_thumbnail::v1::Response, Error> {
+    let size = (request.width, request.height);
+    let (content_type, bytes) = thumbnail_of(hs, &request.server_name, &request.media_id, size, request.method).await?;
+    Ok(get_content_thumbnail::v1::Response::new(bytes, content_type, thumbnail_disposition()))
+}
+
+/// `GET /_matrix/client/v1/media/preview_url` (and its legacy path): this
+/// node reaches no web site, so every preview is an empty object (which
+/// ruma's type would send as no body at all).
+pub(crate) async fn preview<R>(_: &Homeserver, _: Session, _: Answered<R>) -> Result<JsonAnswer, Error> {
+    Ok(JsonAnswer(serde_json::json!({})))
+}
+
+#[allow(deprecated)]
+pub(crate) type LegacyDownload = legacy_content::v3::Request;
+#[allow(deprecated)]
+pub(crate) type LegacyDownloadAs = legacy_content_as_filename::v3::Request;
+#[allow(deprecated)]
+pub(crate) type LegacyThumbnail = legacy_thumbnail::v3::Request;
+#[allow(deprecated)]
+pub(crate) type LegacyPreview = legacy_preview::v3::Request;
+pub(crate) type Preview = get_media_preview::v1::Request;
+
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}`
+#[allow(deprecated)]
+pub(crate) async fn legacy_download(
+    hs: &Homeserver,
+    _: (),
+    request: LegacyDownload,
+) -> Result<legacy_content::v3::Response, Error> {
+    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
+    let (content_type, disposition) = served(&media, None);
+    Ok(legacy_content::v3::Response::new(bytes, content_type, disposition))
+}
+
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`
+#[allow(deprecated)]
+pub(crate) async fn legacy_download_as(
+    hs: &Homeserver,
+    _: (),
+    request: LegacyDownloadAs,
+) -> Result<legacy_content_as_filename::v3::Response, Error> {
+    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
+    let (content_type, disposition) = served(&media, Some(request.filename));
+    Ok(legacy_content_as_filename::v3::Response::new(bytes, content_type, disposition))
+}
+
+/// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`
+#[allow(deprecated)]
+pub(crate) async fn legacy_thumbnail(
+    hs: &Homeserver,
+    _: (),
+    request: LegacyThumbnail,
+) -> Result<legacy_thumbnail::v3::Response, Error> {
+    let size = (request.width, request.height);
+    let (content_type, bytes) = thumbnail_of(hs, &request.server_name, &request.media_id, size, request.method).await?;
+    Ok(legacy_thumbnail::v3::Response::new(bytes, content_type, thumbnail_disposition()))
+}
