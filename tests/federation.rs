@@ -286,3 +286,58 @@ async fn a_wide_gap_closes_on_the_senders_state() {
     bob.say(&room, "bob after the gap").await;
     alice.sees_message(&room, "bob after the gap").await;
 }
+
+/// A picture uploaded on node A is shown by node B's clients: node B fetches
+/// it over federation once, keeps it, and thumbnails it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_of_another_node_is_fetched_and_kept() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mut picture = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(300, 150, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .write_to(&mut picture, image::ImageFormat::Jpeg)
+        .unwrap();
+    let picture = picture.into_inner();
+
+    let raw = |node: &Node, method: &str, path: &str, token: &str, body: Vec<u8>| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "image/jpeg")
+            .body(bytes::Bytes::from(body))
+            .unwrap();
+        let hs = node.hs.clone();
+        async move { hs.handle(request).await }
+    };
+    let uploaded = raw(&a, "POST", "/_matrix/media/v3/upload?filename=photo.jpg", &alice.token, picture.clone()).await;
+    let uri: serde_json::Value = serde_json::from_slice(uploaded.body()).unwrap();
+    let mxc = uri["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+
+    let download = format!("/_matrix/client/v1/media/download/{mxc}");
+    let got = raw(&b, "GET", &download, &bob.token, Vec::new()).await;
+    assert_eq!(got.status(), 200, "{:?}", String::from_utf8_lossy(got.body()));
+    assert_eq!(got.body().as_ref(), picture.as_slice());
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    assert_eq!(got.headers()["content-disposition"], "inline; filename=photo.jpg");
+    let thumbnail =
+        raw(&b, "GET", &format!("/_matrix/client/v1/media/thumbnail/{mxc}?width=60&height=60"), &bob.token, Vec::new())
+            .await;
+    assert_eq!(thumbnail.headers()["content-type"], "image/jpeg");
+    let size = image::ImageReader::new(std::io::Cursor::new(thumbnail.body().to_vec())).with_guessed_format().unwrap();
+    assert_eq!(size.into_dimensions().unwrap(), (60, 30));
+
+    // Kept: node B serves it with node A out of reach.
+    network.partition(a.key, b.key);
+    let again = raw(&b, "GET", &download, &bob.token, Vec::new()).await;
+    assert_eq!(again.body().as_ref(), picture.as_slice());
+    let missing =
+        raw(&b, "GET", &format!("/_matrix/client/v1/media/download/{}/nosuch", a.name), &bob.token, Vec::new()).await;
+    assert_eq!(missing.status(), 502, "node A is out of reach: {:?}", String::from_utf8_lossy(missing.body()));
+    network.heal(a.key, b.key);
+    let missing =
+        raw(&b, "GET", &format!("/_matrix/client/v1/media/download/{}/nosuch", a.name), &bob.token, Vec::new()).await;
+    assert_eq!(missing.status(), 404, "{:?}", String::from_utf8_lossy(missing.body()));
+}
