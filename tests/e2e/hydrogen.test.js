@@ -10,6 +10,7 @@
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { crc32, deflateSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -46,7 +47,8 @@ async function open(who, section) {
 async function messages(page, { prefix = '', count = 1, sent = false }) {
   const handle = await client(page).waitForFunction(
     ({ prefix, count, sent }) => {
-      const texts = [...document.querySelectorAll('.Timeline_message .Timeline_messageBody')].map((body) => {
+      const bodies = [...document.querySelectorAll('.Timeline_message .Timeline_messageBody')];
+      const texts = bodies.filter((body) => !body.querySelector('.media')).map((body) => {
         const text = body.cloneNode(true);
         text.querySelector('time')?.remove();
         return text.textContent;
@@ -214,6 +216,61 @@ test('they talk both ways, encrypted, see each other type, and B reading sends a
     ephemeral(sync, 'm.receipt').some((event) => event.content[readMe]?.['m.read']?.[b.id]));
 });
 
+/// A `width`×`height` PNG of a gradient, made here (no image library needed).
+function png(width, height) {
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([length, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
+  const rows = Array.from({ length: height }, (_, y) =>
+    Buffer.from([0, ...Array.from({ length: width }, (_, x) => [x * 4, y * 4, 128]).flat()]));
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', header),
+    chunk('IDAT', deflateSync(Buffer.concat(rows))),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+/// Waits until the client's open room shows a picture, loaded.
+async function seesPicture(page) {
+  await client(page).waitForFunction(
+    () => [...document.querySelectorAll('.Timeline_message .media img')].some((img) => img.complete && img.naturalWidth > 0),
+    null,
+    { timeout: WAIT_MS },
+  );
+}
+
+test('A sends a picture from the client; B sees it', async () => {
+  const { a, b } = people;
+  await client(a.page).locator('.MessageComposer_input button.sendFile').click();
+  const chooser = a.page.waitForEvent('filechooser', { timeout: WAIT_MS });
+  await client(a.page).locator('.menu button', { hasText: 'Send picture' }).click();
+  await (await chooser).setFiles({ name: 'gradient.png', mimeType: 'image/png', buffer: png(64, 32) });
+  await seesPicture(a.page);
+  await seesPicture(b.page);
+  // B reads it (Hydrogen sends a receipt as a room opens): the unread count
+  // below starts after it.
+  await client(b.page).locator('.LeftPanel a.settings').click();
+  await client(b.page).locator('.Settings').waitFor({ timeout: WAIT_MS });
+  await openRoom(b.page);
+  await seesPicture(b.page);
+  const picture = await client(b.page).locator('.Timeline_message:has(.media)').last().getAttribute('data-event-id');
+  await sees(a, `${b.id}'s read receipt on the picture`, (sync) =>
+    ephemeral(sync, 'm.receipt').some((event) => event.content[picture]?.['m.read']?.[b.id]));
+  // Encrypted like the messages: the file went up as ciphertext to A's node,
+  // and B's client fetched it through B's node and decrypted it.
+  assert.deepEqual((await storedTypes(b)).slice(-1), ['m.room.encrypted']);
+});
+
 test('B closes the tab; A sends 20; B opens it again and sees all 20 in order', async () => {
   const { a, b } = people;
   await b.page.close();
@@ -234,5 +291,6 @@ test('A reloads and sees the whole history', async () => {
   await a.page.waitForFunction(() => document.body.dataset.client === 'session', null, { timeout: WAIT_MS });
   await openRoom(a.page);
   const all = ['Hello B', 'Hello A', 'Read me', ...AWAY];
+  await seesPicture(a.page);
   assert.deepEqual(await messages(a.page, { count: all.length }), all);
 });
