@@ -2056,3 +2056,137 @@ fn data_survives_a_restart() {
     let synced = sync(&alice, "");
     assert_eq!(bodies(&synced["rooms"]["join"][&room]["timeline"]["events"]).last().unwrap(), "fourth");
 }
+
+/// Sends an event relating to `parent` and returns its event ID.
+#[track_caller]
+fn relate(client: &Client, room: &str, kind: &str, rel_type: &str, parent: &str, mut content: Value) -> String {
+    content["m.relates_to"] = json!({ "rel_type": rel_type, "event_id": parent });
+    send_event(client, room, kind, content).ok()["event_id"].as_str().unwrap().to_owned()
+}
+
+fn text(body: &str) -> Value {
+    json!({ "msgtype": "m.text", "body": body })
+}
+
+#[test]
+fn relations_threads_and_bundled_aggregations() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &room);
+    let v1 = |path: &str| format!("/_matrix/client/v1/rooms/{}/{path}", enc(&room));
+
+    let root = say(&alice, &room, "root");
+    let reply_bob = relate(&bob, &room, "m.room.message", "m.thread", &root, text("bob in thread"));
+    let edit_bob = relate(&bob, &room, "m.room.message", "m.replace", &root, text("* not bob's to edit"));
+    let reaction = relate(&bob, &room, "m.reaction", "m.annotation", &root, json!({}));
+    let reference = relate(&bob, &room, "m.room.message", "m.reference", &root, text("see above"));
+    let edit = relate(&alice, &room, "m.room.message", "m.replace", &root, text("* root, edited"));
+    let reply_alice = relate(&alice, &room, "m.room.message", "m.thread", &root, text("alice in thread"));
+
+    // Every child, most recent first; by relation type; by relation and event type.
+    let relations = |query: &str| bob.get(&v1(&format!("relations/{}{query}", enc(&root)))).ok();
+    let all = [
+        reply_alice.as_str(),
+        edit.as_str(),
+        reference.as_str(),
+        reaction.as_str(),
+        edit_bob.as_str(),
+        reply_bob.as_str(),
+    ];
+    assert_eq!(event_ids(&relations("")["chunk"]), all);
+    assert_eq!(event_ids(&relations("/m.thread")["chunk"]), [reply_alice.as_str(), reply_bob.as_str()]);
+    assert_eq!(event_ids(&relations("/m.annotation/m.reaction")["chunk"]), [reaction.as_str()]);
+    assert_eq!(event_ids(&relations("/m.annotation/m.room.message")["chunk"]), Vec::<String>::new());
+    assert_eq!(event_ids(&relations("?dir=f&limit=2")["chunk"]), [reply_bob.as_str(), edit_bob.as_str()]);
+
+    // Pages of two, backwards and forwards, each naming the next.
+    let mut pages = Vec::new();
+    let mut next = Some(String::new());
+    while let Some(from) = next {
+        let query = if from.is_empty() { "?limit=2".to_owned() } else { format!("?limit=2&from={from}") };
+        let page = relations(&query);
+        pages.extend(event_ids(&page["chunk"]));
+        next = page["next_batch"].as_str().map(str::to_owned);
+    }
+    assert_eq!(pages, all);
+    let first = relations("?dir=f&limit=3");
+    let rest = relations(&format!("?dir=f&from={}", first["next_batch"].as_str().unwrap()));
+    assert_eq!(event_ids(&rest["chunk"]), [reference.as_str(), edit.as_str(), reply_alice.as_str()]);
+    assert!(rest.get("next_batch").is_none(), "{rest}");
+    // `to` stops a page: forwards from the start up to the third child's page.
+    let to = first["next_batch"].as_str().unwrap();
+    assert_eq!(
+        event_ids(&relations(&format!("?dir=f&to={to}"))["chunk"]),
+        [reply_bob.as_str(), edit_bob.as_str(), reaction.as_str()]
+    );
+
+    // Relations of relations, with `recurse`.
+    let nested = relate(&carol_joined(&carol, &room), &room, "m.reaction", "m.annotation", &reply_bob, json!({}));
+    let recursed = relations("?recurse=true");
+    assert_eq!(recursed["recursion_depth"], 3);
+    assert_eq!(event_ids(&recursed["chunk"]).first(), Some(&nested));
+    assert!(!event_ids(&relations("")["chunk"]).contains(&nested));
+
+    // The root served anywhere bundles its thread, its latest edit by its own
+    // sender, and its references.
+    let check_bundle = |event: &Value, viewer_participated: bool| {
+        let bundle = &event["unsigned"]["m.relations"];
+        assert_eq!(bundle["m.thread"]["count"], 2, "{event}");
+        assert_eq!(bundle["m.thread"]["latest_event"]["event_id"], reply_alice.as_str());
+        assert_eq!(bundle["m.thread"]["current_user_participated"], viewer_participated);
+        assert_eq!(bundle["m.replace"]["event_id"], edit.as_str());
+        assert_eq!(bundle["m.reference"]["chunk"], json!([{ "event_id": reference }]));
+        assert!(bundle.get("m.annotation").is_none());
+    };
+    check_bundle(&event(&bob, &room, &root).ok(), true);
+    check_bundle(&event(&carol, &room, &root).ok(), false);
+    let history = messages(&bob, &room, "dir=b&limit=50");
+    check_bundle(history["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == root.as_str()).unwrap(), true);
+    let synced = sync(&alice, "");
+    let timeline = &section(&synced, "join")[room.as_str()]["timeline"]["events"];
+    if let Some(synced_root) = timeline.as_array().unwrap().iter().find(|e| e["event_id"] == root.as_str()) {
+        check_bundle(synced_root, true);
+    }
+    // Events without bundled relations carry none.
+    assert!(event(&bob, &room, &reply_bob).ok()["unsigned"].get("m.relations").is_none());
+
+    // Threads, by latest activity; a newer thread comes first, and an older
+    // one moves up when it is replied to.
+    let root2 = say(&bob, &room, "second root");
+    relate(&bob, &room, "m.room.message", "m.thread", &root2, text("in the second thread"));
+    let threads = |query: &str, client: &Client| client.get(&v1(&format!("threads{query}"))).ok();
+    assert_eq!(event_ids(&threads("", &bob)["chunk"]), [root2.as_str(), root.as_str()]);
+    relate(&alice, &room, "m.room.message", "m.thread", &root, text("back to the first"));
+    let page = threads("?limit=1", &bob);
+    assert_eq!(event_ids(&page["chunk"]), [root.as_str()]);
+    assert_eq!(page["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"], 3);
+    let page = threads(&format!("?limit=1&from={}", page["next_batch"].as_str().unwrap()), &bob);
+    assert_eq!(event_ids(&page["chunk"]), [root2.as_str()]);
+    assert!(threads(&format!("?from={}", page["next_batch"].as_str().unwrap()), &bob)["chunk"] == json!([]));
+    assert_eq!(event_ids(&threads("?include=participated", &alice)["chunk"]), [root.as_str()]);
+    assert_eq!(event_ids(&threads("?include=participated", &carol)["chunk"]), Vec::<String>::new());
+
+    // A redacted child no longer relates.
+    bob.put(&format!("rooms/{}/redact/{}/{}", enc(&room), enc(&reference), txn()), json!({})).ok();
+    assert!(!event_ids(&relations("")["chunk"]).contains(&reference));
+
+    // Unknown events, events of other rooms, bad tokens, rooms one cannot see.
+    let other = create_room(&alice, json!({ "preset": "private_chat" }));
+    let secret = say(&alice, &other, "secret");
+    bob.get(&v1(&format!("relations/{}", enc(&secret)))).err(404, "M_NOT_FOUND");
+    bob.get(&v1("relations/%24nope")).err(404, "M_NOT_FOUND");
+    bob.get(&format!("/_matrix/client/v1/rooms/{}/relations/{}", enc(&other), enc(&secret))).err(404, "M_NOT_FOUND");
+    bob.get(&v1(&format!("relations/{}?from=zzz", enc(&root)))).err(400, "M_INVALID_PARAM");
+    bob.get(&v1("threads?from=r")).err(400, "M_INVALID_PARAM");
+    bob.get("/_matrix/client/v1/rooms/!nope:example/threads").err(404, "M_NOT_FOUND");
+}
+
+/// `client` joined to `room`, for a one-liner.
+fn carol_joined<'c>(client: &'c Client, room: &str) -> &'c Client {
+    join(client, room);
+    client
+}

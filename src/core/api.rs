@@ -19,6 +19,7 @@ pub(crate) mod client {
     pub(crate) mod message;
     pub(crate) mod profile;
     pub(crate) mod push;
+    pub(crate) mod relations;
     pub(crate) mod room;
     pub(crate) mod state;
     pub(crate) mod sync;
@@ -108,6 +109,10 @@ macro_rules! endpoints {
             c::redact::redact_event::v3::Request => client::message::redact,
             c::message::get_message_events::v3::Request => client::message::messages,
             c::context::get_context::v3::Request => client::message::context,
+            c::relations::get_relating_events::v1::Request => client::relations::children,
+            c::relations::get_relating_events_with_rel_type::v1::Request => client::relations::children_of_type,
+            c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request => client::relations::children_of_types,
+            c::threads::get_threads::v1::Request => client::relations::threads,
             c::state::send_state_event::v3::Request => client::state::send,
             c::state::get_state_event_for_key::v3::Request => client::state::get,
             c::state::get_state_events::v3::Request => client::state::all,

@@ -37,7 +37,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 8,
+    version: 9,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -77,6 +77,9 @@ pub const SCHEMA: Schema = Schema {
         service::media::MEDIA,
         service::media::MEDIA_CHUNKS,
         service::media::THUMBNAILS,
+        service::relations::RELATIONS,
+        service::relations::RELATED,
+        service::relations::THREAD_ACTIVITY,
     ],
 };
 

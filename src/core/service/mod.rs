@@ -12,6 +12,7 @@ pub mod keys;
 pub mod media;
 pub(crate) mod memo;
 pub mod notifier;
+pub mod relations;
 pub mod rooms;
 pub mod sender;
 pub mod state;

@@ -43,6 +43,7 @@ use super::{
     cache::Cache,
     events::{Events, StoredEvent},
     notifier::Notifier,
+    relations::Relations,
     room_key,
     state::{State, StateGroups},
 };
@@ -197,6 +198,7 @@ pub struct Rooms {
     tails: Tails,
     /// Local users' rooms, as [`Rooms::rooms_of`] lists them: every sync asks.
     memberships: Cache<OwnedUserId, Arc<Vec<(OwnedRoomId, UserMembership)>>>,
+    relations: Relations,
 }
 
 /// Memberships cached, per generation.
@@ -214,6 +216,7 @@ impl Rooms {
             notifier,
             tails: Tails::default(),
             memberships: Cache::new(CACHED_MEMBERSHIPS),
+            relations: Relations::new(store.clone()),
             store,
             key,
             clock,
@@ -419,6 +422,11 @@ impl Rooms {
     }
 
     // Reading rooms back.
+
+    /// The index of relations between the events of every room.
+    pub fn relations(&self) -> &Relations {
+        &self.relations
+    }
 
     pub async fn room(&self, room_id: &RoomId) -> Result<RoomRecord, RoomError> {
         self.committed_room(room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))

@@ -1,6 +1,7 @@
 //! Events as clients see them: the PDU's client-visible keys plus `unsigned`
-//! (age, the previous content of state, the sender's transaction ID), written
-//! straight from the parsed PDU: `/sync` writes thousands of them.
+//! (age, the previous content of state, the sender's transaction ID, the
+//! aggregations of its relations), written straight from the parsed PDU:
+//! `/sync` writes thousands of them.
 
 use ruma::{
     events::TimelineEventType, serde::Raw, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
@@ -12,7 +13,21 @@ use serde_json::{
     Value,
 };
 
-use crate::core::{pdu::Pdu, service::accounts::Session, Error, Homeserver};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::{
+    core::{
+        pdu::Pdu,
+        service::{
+            accounts::Session,
+            relations::{self, Child},
+        },
+        Error, Homeserver,
+    },
+    store::Direction,
+};
 
 /// An event in the client format, written straight from the parsed PDU.
 #[derive(Serialize)]
@@ -45,6 +60,8 @@ struct Unsigned {
     redacted_because: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     transaction_id: Option<OwnedTransactionId>,
+    #[serde(rename = "m.relations", skip_serializing_if = "Option::is_none")]
+    relations: Option<Value>,
 }
 
 /// The keys of a redaction a client sees in `redacted_because`; the rest
@@ -60,7 +77,24 @@ pub(crate) async fn client_event(
     viewer: Option<&Session>,
     with_room_id: bool,
 ) -> Result<Box<RawValue>, Error> {
+    let relations = match hs.rooms().relations().has_bundled(&pdu.room_id, &pdu.event_id).await? {
+        true => bundled(hs, pdu, viewer).await?,
+        false => None,
+    };
+    unbundled_event(hs, pdu, viewer, with_room_id, relations).await
+}
+
+/// [`client_event`] with the aggregations given: the events bundled into
+/// another's get none of their own.
+async fn unbundled_event(
+    hs: &Homeserver,
+    pdu: &Pdu,
+    viewer: Option<&Session>,
+    with_room_id: bool,
+    relations: Option<Value>,
+) -> Result<Box<RawValue>, Error> {
     let mut unsigned = Unsigned {
+        relations,
         age: hs.clock().now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0)),
         prev_content: None,
         replaces_state: None,
@@ -97,15 +131,75 @@ pub(crate) async fn client_event(
     serde_json::value::to_raw_value(&event).map_err(Error::internal)
 }
 
-/// Reads the transaction IDs of `viewer`'s own events among `pdus` in one go,
-/// before they are formatted one by one.
-pub(crate) async fn prefetch_transactions<'p>(
+/// Reads what formatting `pdus` needs (the transaction IDs of `viewer`'s own
+/// events, which events have aggregations) in one go per table, before they
+/// are formatted one by one.
+pub(crate) async fn prefetch<'p>(
     hs: &Homeserver,
-    pdus: impl Iterator<Item = &'p Pdu>,
+    pdus: impl Iterator<Item = &'p Pdu> + Clone,
     viewer: &Session,
 ) -> Result<(), Error> {
-    let own: Vec<&EventId> = pdus.filter(|p| p.sender == viewer.user_id).map(|p| &*p.event_id).collect();
-    Ok(hs.transactions().prefetch(&own).await?)
+    let own: Vec<&EventId> = pdus.clone().filter(|p| p.sender == viewer.user_id).map(|p| &*p.event_id).collect();
+    hs.transactions().prefetch(&own).await?;
+    let all: Vec<(&RoomId, &EventId)> = pdus.map(|p| (&*p.room_id, &*p.event_id)).collect();
+    Ok(hs.rooms().relations().prefetch(&all).await?)
+}
+
+/// The aggregations of the relations of `pdu` the spec bundles into it:
+/// its thread's summary, its latest edit, the events referencing it.
+async fn bundled(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result<Option<Value>, Error> {
+    let relations = hs.rooms().relations();
+    let children =
+        relations.children(&pdu.room_id, &pdu.event_id, (None, None), None, Direction::Backward, usize::MAX).await?;
+    let mut bundle = serde_json::Map::new();
+    let thread: Vec<&Child> = children.iter().filter(|c| c.rel_type == relations::THREAD).collect();
+    if let Some(latest) = thread.first() {
+        let participated =
+            viewer.is_some_and(|v| pdu.sender == v.user_id || thread.iter().any(|c| c.sender == v.user_id));
+        if let Some(latest) = hs.rooms().event(&latest.event_id).await? {
+            let event = unbundled_event(hs, &latest.pdu, viewer, true, None).await?;
+            bundle.insert(
+                relations::THREAD.into(),
+                json!({ "latest_event": event, "count": thread.len(), "current_user_participated": participated }),
+            );
+        }
+    }
+    if let Some(edit) = latest_edit(hs, pdu, &children).await? {
+        let event = unbundled_event(hs, &edit, viewer, true, None).await?;
+        bundle.insert(relations::REPLACE.into(), json!(event));
+    }
+    let references: Vec<Value> = children
+        .iter()
+        .filter(|c| c.rel_type == relations::REFERENCE)
+        .map(|c| json!({ "event_id": c.event_id }))
+        .collect();
+    if !references.is_empty() {
+        bundle.insert(relations::REFERENCE.into(), json!({ "chunk": references }));
+    }
+    Ok((!bundle.is_empty()).then_some(Value::Object(bundle)))
+}
+
+/// The edit of `pdu` that applies: among the replacements by its sender, of its
+/// type and still replacing it (not redacted since), the latest by
+/// `origin_server_ts`, then event ID, as the spec orders them. A redacted
+/// event shows no edit.
+async fn latest_edit(hs: &Homeserver, pdu: &Pdu, children: &[Child]) -> Result<Option<Arc<Pdu>>, Error> {
+    if pdu.json.get("unsigned").and_then(|u| u.as_object()?.get("redacted_because")).is_some() {
+        return Ok(None);
+    }
+    let mut latest: Option<Arc<Pdu>> = None;
+    let edits = children.iter().filter(|c| c.rel_type == relations::REPLACE && c.sender == pdu.sender);
+    for edit in edits.filter(|c| c.kind == pdu.kind.to_string()) {
+        let Some(edit) = hs.rooms().event(&edit.event_id).await? else { continue };
+        if relations::relation_of(&edit.pdu).is_none_or(|(_, parent)| parent != pdu.event_id) {
+            continue;
+        }
+        let newer = |l: &Pdu| (edit.pdu.origin_server_ts, &edit.pdu.event_id) > (l.origin_server_ts, &l.event_id);
+        if latest.as_deref().is_none_or(newer) {
+            latest = Some(edit.pdu.clone());
+        }
+    }
+    Ok(latest)
 }
 
 /// [`client_event`] as the typed raw JSON ruma's responses hold.

@@ -193,7 +193,7 @@ pub(crate) async fn messages(
     response.start = start;
     response.end = page.next.map(tokens::before);
     let senders: BTreeSet<OwnedUserId> = page.events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
-    format::prefetch_transactions(hs, page.events.iter().map(|(_, pdu)| &**pdu), &session).await?;
+    format::prefetch(hs, page.events.iter().map(|(_, pdu)| &**pdu), &session).await?;
     for (_, pdu) in &page.events {
         response.chunk.push(format::raw_event(hs, pdu, Some(&session)).await?);
     }

@@ -504,7 +504,7 @@ impl Sync<'_> {
     /// Events in the sync format, with the transaction IDs of the user's own
     /// read in one go.
     async fn formatted<'p, T>(&self, pdus: impl Iterator<Item = &'p Arc<Pdu>> + Clone) -> Result<Vec<Raw<T>>, Error> {
-        format::prefetch_transactions(self.hs, pdus.clone().map(|p| &**p), self.session).await?;
+        format::prefetch(self.hs, pdus.clone().map(|p| &**p), self.session).await?;
         let mut events = Vec::new();
         for pdu in pdus {
             events.push(format::sync_event(self.hs, pdu, self.session).await?);

@@ -30,7 +30,7 @@ use crate::{
         pdu::{self, NewEvent, Pdu, Placement},
         service::{
             events::{EventRecord, Events, StoredEvent, EVENTS},
-            room_key,
+            relations, room_key,
             state::{self, PendingGroup, State},
         },
     },
@@ -239,6 +239,7 @@ impl Rooms {
                 targets.remove(target);
             }
         }
+        self.relations.wrote(c.events.values().filter_map(|e| Some(relations::relation_of(&e.pdu)?.1)));
         for event in c.events.into_values() {
             self.events.remember(event);
         }
@@ -498,6 +499,7 @@ impl Rooms {
                 room_key(&pdu.room_id, &topological_key((depth, stream))),
                 pdu.event_id.as_bytes(),
             );
+            batch = relations::index(batch, &pdu, stream);
         }
         if let (Some(stream), Some(member), None) = (stream, self.local_member(&pdu), &record.rejected) {
             let membership = UserMembership { membership: member.1, stream, event_id: pdu.event_id.clone() };
