@@ -2190,3 +2190,111 @@ fn carol_joined<'c>(client: &'c Client, room: &str) -> &'c Client {
     join(client, room);
     client
 }
+
+#[test]
+fn full_text_search() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    alice.put(&format!("profile/{}/displayname", enc(&user_id(&alice))), json!({ "displayname": "Alice A." })).ok();
+    let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Fox den" }));
+    join(&bob, &room);
+    let private = create_room(&alice, json!({ "preset": "private_chat" }));
+    let quick_fox = say(&alice, &room, "The quick brown fox");
+    let meeting = say(&bob, &room, "A quick meeting tomorrow");
+    let notes = say(&alice, &room, "Meeting notes: fox, FOX and fox again");
+    say(&alice, &room, "nothing to see here");
+    let secret = say(&alice, &private, "the secret fox plan");
+
+    let search = |client: &Client, criteria: Value, next: Option<&str>| {
+        let path = next.map_or("search".to_owned(), |n| format!("search?next_batch={}", enc(n)));
+        client.post(&path, json!({ "search_categories": { "room_events": criteria } })).ok()["search_categories"]
+            ["room_events"]
+            .clone()
+    };
+    let ids = |found: &Value| -> Vec<String> {
+        found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["result"]["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Ranked: the message saying "fox" most comes first; every word must occur;
+    // words match as prefixes; names and topics are searched too.
+    let fox = search(&alice, json!({ "search_term": "fox", "keys": ["content.body"] }), None);
+    assert_eq!(ids(&fox)[0], notes);
+    assert_eq!(fox["count"], 3);
+    let mut sorted = ids(&fox);
+    sorted.sort();
+    let mut expected = vec![notes.clone(), quick_fox.clone(), secret.clone()];
+    expected.sort();
+    assert_eq!(sorted, expected);
+    assert!(fox["results"][0]["rank"].as_f64().unwrap() > fox["results"][1]["rank"].as_f64().unwrap());
+    assert_eq!(ids(&search(&alice, json!({ "search_term": "QUICK fox" }), None)), [quick_fox.as_str()]);
+    let meet = search(&alice, json!({ "search_term": "meet", "order_by": "recent" }), None);
+    assert_eq!(ids(&meet), [notes.as_str(), meeting.as_str()]);
+    assert_eq!(meet["highlights"], json!(["meeting"]));
+    let named = search(&alice, json!({ "search_term": "den" }), None);
+    assert_eq!(named["results"][0]["result"]["type"], "m.room.name");
+    assert_eq!(search(&alice, json!({ "search_term": "den", "keys": ["content.body"] }), None)["count"], 0);
+
+    // Only rooms the searcher is in, narrowed by the filter.
+    assert!(!ids(&search(&bob, json!({ "search_term": "fox" }), None)).contains(&secret));
+    let only_private = json!({ "search_term": "fox", "filter": { "rooms": [private] } });
+    assert_eq!(ids(&search(&alice, only_private, None)), [secret.as_str()]);
+    let bobs = json!({ "search_term": "quick", "filter": { "senders": [user_id(&bob)] } });
+    assert_eq!(ids(&search(&alice, bobs, None)), [meeting.as_str()]);
+
+    // Pages of one, by rank and by recency, cover every result once.
+    for order in ["rank", "recent"] {
+        let criteria = json!({ "search_term": "fox", "order_by": order, "filter": { "limit": 1 } });
+        let (mut seen, mut next) = (Vec::new(), None::<String>);
+        loop {
+            let page = search(&alice, criteria.clone(), next.as_deref());
+            seen.extend(ids(&page));
+            match page["next_batch"].as_str() {
+                Some(token) => next = Some(token.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 4, "{order}: {seen:?}");
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "{order}");
+    }
+
+    // Context with profiles, the rooms' state, groups by room.
+    let criteria = json!({
+        "search_term": "brown",
+        "event_context": { "before_limit": 1, "after_limit": 1, "include_profile": true },
+        "include_state": true,
+        "groupings": { "group_by": [{ "key": "room_id" }] },
+    });
+    let found = search(&alice, criteria, None);
+    let context = &found["results"][0]["context"];
+    assert_eq!(context["events_after"][0]["event_id"], meeting.as_str());
+    assert_eq!(context["events_before"].as_array().unwrap().len(), 1);
+    assert_eq!(context["profile_info"][user_id(&alice)]["displayname"], "Alice A.", "{context}");
+    assert!(context["start"].is_string() && context["end"].is_string());
+    assert!(found["state"][&room].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    assert_eq!(found["groups"]["room_id"][&room]["results"], json!([quick_fox]));
+
+    // New messages are found; redacted ones are not.
+    let later = say(&bob, &room, "one more fox");
+    assert!(ids(&search(&alice, json!({ "search_term": "fox" }), None)).contains(&later));
+    alice.put(&format!("rooms/{}/redact/{}/{}", enc(&room), enc(&notes), txn()), json!({})).ok();
+    assert!(!ids(&search(&alice, json!({ "search_term": "fox" }), None)).contains(&notes));
+
+    // Nothing to search for finds nothing; a bad token is refused.
+    assert_eq!(search(&alice, json!({ "search_term": " ,; " }), None)["count"], 0);
+    alice
+        .post("search?next_batch=s12", json!({ "search_categories": { "room_events": { "search_term": "fox" } } }))
+        .err(400, "M_INVALID_PARAM");
+    alice.post("search", json!({ "search_categories": { "room_events": {} } })).err(400, "M_BAD_JSON");
+}
+
+fn user_id(client: &Client) -> String {
+    client.get("account/whoami").ok()["user_id"].as_str().unwrap().to_owned()
+}

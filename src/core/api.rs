@@ -21,6 +21,7 @@ pub(crate) mod client {
     pub(crate) mod push;
     pub(crate) mod relations;
     pub(crate) mod room;
+    pub(crate) mod search;
     pub(crate) mod state;
     pub(crate) mod sync;
     pub(crate) mod to_device;
@@ -113,6 +114,7 @@ macro_rules! endpoints {
             c::relations::get_relating_events_with_rel_type::v1::Request => client::relations::children_of_type,
             c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request => client::relations::children_of_types,
             c::threads::get_threads::v1::Request => client::relations::threads,
+            c::search::search_events::v3::Request => client::search::search,
             c::state::send_state_event::v3::Request => client::state::send,
             c::state::get_state_event_for_key::v3::Request => client::state::get,
             c::state::get_state_events::v3::Request => client::state::all,

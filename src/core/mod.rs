@@ -23,8 +23,8 @@ use self::{
     limits::RateLimit,
     service::{
         accounts::Accounts, aliases::Aliases, backup::Backups, directory::Directory, ephemeral::Ephemeral,
-        federation::Federation, keys::Keys, media::MediaRepository, notifier::Notifier, rooms::Rooms, sender::Sender,
-        to_device::ToDevice, transactions::Transactions, user_data::UserData,
+        federation::Federation, keys::Keys, media::MediaRepository, notifier::Notifier, rooms::Rooms, search::Search,
+        sender::Sender, to_device::ToDevice, transactions::Transactions, user_data::UserData,
     },
 };
 pub use self::{
@@ -80,6 +80,8 @@ pub const SCHEMA: Schema = Schema {
         service::relations::RELATIONS,
         service::relations::RELATED,
         service::relations::THREAD_ACTIVITY,
+        service::search::SEARCH,
+        service::search::SEARCH_PROGRESS,
     ],
 };
 
@@ -113,6 +115,7 @@ pub struct Homeserver {
     to_device: ToDevice,
     backups: Backups,
     media: MediaRepository,
+    search: Search,
     federation: Federation,
     sender: Sender,
     limits: Limits,
@@ -166,6 +169,7 @@ impl Homeserver {
             to_device: ToDevice::new(store.clone()),
             backups: Backups::new(store.clone()),
             media: MediaRepository::new(store.clone()),
+            search: Search::new(store.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
@@ -335,6 +339,10 @@ impl Homeserver {
 
     pub fn media(&self) -> &MediaRepository {
         &self.media
+    }
+
+    pub fn search(&self) -> &Search {
+        &self.search
     }
 
     pub fn federation(&self) -> &Federation {

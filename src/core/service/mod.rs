@@ -14,6 +14,7 @@ pub(crate) mod memo;
 pub mod notifier;
 pub mod relations;
 pub mod rooms;
+pub mod search;
 pub mod sender;
 pub mod state;
 pub mod to_device;

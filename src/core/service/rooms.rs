@@ -167,6 +167,8 @@ pub struct CreateRoom {
     /// Top-level keys that replace those of the default power levels.
     pub power_levels_override: serde_json::Map<String, serde_json::Value>,
     pub initial_state: Vec<NewEvent>,
+    /// Keys for the creator's member event besides its membership: their profile.
+    pub creator_profile: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Writes to land with an event sent by [`Rooms::send_with`], made from it.
@@ -605,6 +607,16 @@ impl Rooms {
         self.with_events(entries).await
     }
 
+    /// The event at stream position `stream` of the room's timeline.
+    pub async fn event_at(&self, room_id: &RoomId, stream: StreamPosition) -> Result<Option<Arc<Pdu>>, RoomError> {
+        let Some(id) = self.store().get(TIMELINE, &room_key(room_id, &stream.to_be_bytes())).await? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(id).ok().and_then(|id| OwnedEventId::try_from(id).ok());
+        let id = id.ok_or_else(|| RoomError::corrupt("bad timeline entry"))?;
+        Ok(self.event(&id).await?.map(|event| event.pdu.clone()))
+    }
+
     async fn timeline_entries(
         &self,
         room_id: &RoomId,
@@ -760,7 +772,11 @@ fn preset_events(creator: &UserId, rules: &RoomVersionRules, options: &CreateRoo
     }
     let state = |kind: &str, content| NewEvent::state(kind.into(), "", content);
     let mut events = vec![
-        NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), json!({ "membership": "join" })),
+        NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), {
+            let mut member = options.creator_profile.clone();
+            member.insert("membership".into(), "join".into());
+            serde_json::Value::Object(member)
+        }),
         state("m.room.power_levels", power_levels),
         state("m.room.join_rules", json!({ "join_rule": if public { "public" } else { "invite" } })),
         state("m.room.history_visibility", json!({ "history_visibility": "shared" })),

@@ -50,20 +50,28 @@ pub(crate) async fn change_with(
         content.insert("reason".into(), reason.into());
     }
     if matches!(membership, MembershipState::Join | MembershipState::Invite) {
-        if let Some(profile) = hs.accounts().user(target).await? {
-            if let Some(name) = profile.displayname {
-                content.insert("displayname".into(), name.into());
-            }
-            if let Some(url) = profile.avatar_url {
-                content.insert("avatar_url".into(), url.into());
-            }
-        }
+        content.extend(profile_content(hs, target).await?);
     }
     if membership == MembershipState::Invite && target.server_name() != hs.key().server_name() {
         return remote::invite_remote(hs, sender, room_id, target, Value::Object(content)).await;
     }
     let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content));
     Ok(hs.rooms().send(room_id, sender, &event).await?.event_id.clone())
+}
+
+/// The profile keys of a member event: the user's display name and avatar,
+/// when they are a user of this node and have them.
+pub(crate) async fn profile_content(hs: &Homeserver, user: &UserId) -> Result<Map<String, Value>, Error> {
+    let mut content = Map::new();
+    if let Some(profile) = hs.accounts().user(user).await? {
+        if let Some(name) = profile.displayname {
+            content.insert("displayname".into(), name.into());
+        }
+        if let Some(url) = profile.avatar_url {
+            content.insert("avatar_url".into(), url.into());
+        }
+    }
+    Ok(content)
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`

@@ -92,15 +92,15 @@ pub(crate) async fn redact(
 }
 
 /// A page of a room's history in topological order, as the viewer may see it.
-struct Page {
-    events: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
+pub(crate) struct Page {
+    pub(crate) events: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
     /// Where the next page starts, if there may be more.
     next: Option<TopologicalPosition>,
 }
 
 /// Up to `limit` events matching `filter` from the gap `from`, stopping at the
 /// gap `to`.
-async fn page(
+pub(crate) async fn page(
     hs: &Homeserver,
     viewer: &OwnedUserId,
     room_id: &RoomId,

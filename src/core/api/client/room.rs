@@ -93,6 +93,7 @@ pub(crate) async fn create(
         creation_content,
         power_levels_override,
         initial_state,
+        creator_profile: membership::profile_content(hs, user).await?,
     };
     let room_id = hs.rooms().create_room(user, options).await?;
     if let Some(alias) = alias {
