@@ -290,21 +290,27 @@ async fn call(
     serde_json::from_slice(response.body()).unwrap_or_default()
 }
 
+/// Registers `@bench` through the API: its user ID and access token.
+async fn register(hs: &Homeserver) -> Result<(ruma::OwnedUserId, String), RoomError> {
+    let register = |session: Option<String>| {
+        let auth = session.map(|s| json!({ "type": "m.login.dummy", "session": s }));
+        json!({ "username": "bench", "password": "bench password", "auth": auth })
+    };
+    let challenge = call(hs, "POST", "/_matrix/client/v3/register", None, register(None)).await;
+    let session = challenge["session"].as_str().map(str::to_owned);
+    let registered = call(hs, "POST", "/_matrix/client/v3/register", None, register(session)).await;
+    let token = registered["access_token"].as_str().unwrap_or_default().to_owned();
+    let user = UserId::parse(registered["user_id"].as_str().unwrap_or_default()).map_err(RoomError::corrupt)?;
+    Ok((user, token))
+}
+
 /// `/sync` for an account in `rooms` rooms of `events` messages each: the first
 /// sync of a new device (no `since`), as clients make it with a timeline limit
 /// of 10, then an incremental sync after one new message. Through the router, so
 /// the figures include parsing, authentication and serialization.
 pub async fn sync(store: Arc<dyn Store>, rooms: usize, events: usize, runs: usize) -> Result<Vec<Figure>, RoomError> {
     let hs = Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await?;
-    let register = |session: Option<String>| {
-        let auth = session.map(|s| json!({ "type": "m.login.dummy", "session": s }));
-        json!({ "username": "bench", "password": "bench password", "auth": auth })
-    };
-    let challenge = call(&hs, "POST", "/_matrix/client/v3/register", None, register(None)).await;
-    let session = challenge["session"].as_str().map(str::to_owned);
-    let registered = call(&hs, "POST", "/_matrix/client/v3/register", None, register(session)).await;
-    let token = registered["access_token"].as_str().unwrap_or_default().to_owned();
-    let user = UserId::parse(registered["user_id"].as_str().unwrap_or_default()).map_err(RoomError::corrupt)?;
+    let (user, token) = register(&hs).await?;
     let mut room_ids = Vec::new();
     for r in 0..rooms {
         let options = CreateRoom { name: Some(format!("room {r}")), ..Default::default() };
@@ -332,5 +338,71 @@ pub async fn sync(store: Arc<dyn Store>, rooms: usize, events: usize, runs: usiz
         next_batch = synced["next_batch"].as_str().unwrap_or_default().to_owned();
     }
     figures.push(timed("message sent + incremental /sync", runs, start));
+    Ok(figures)
+}
+
+/// A made-up message of 8 to 15 words from a vocabulary of 2,000, the same for
+/// the same `i`; every tenth holds "common", one in 10,000 "rare".
+fn prose(i: usize) -> String {
+    let mut state = (i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let count = 8 + next() % 8;
+    let mut words: Vec<String> = (0..count).map(|_| format!("w{}", next() % 2000)).collect();
+    if i % 10 == 0 {
+        words.push("common".into());
+    }
+    if i % 10_000 == 0 {
+        words.push("rare".into());
+    }
+    words.join(" ")
+}
+
+/// `POST /search` over a room of `messages` messages through the router: the
+/// first search, which indexes them all, then `runs` searches each for a rare
+/// word, a common one (by rank and by recency) and two words together.
+pub async fn search(store: Arc<dyn Store>, messages: usize, runs: usize) -> Result<Vec<Figure>, RoomError> {
+    let hs = Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await?;
+    let (user, token) = register(&hs).await?;
+    let room_id = hs.rooms().create_room(&user, CreateRoom::default()).await?;
+    // Eight senders at once, as a busy node's commits are shared.
+    let senders = 8;
+    let sender = |s: usize| {
+        let (hs, user, room_id) = (&hs, &user, &room_id);
+        async move {
+            for i in (s..messages).step_by(senders) {
+                hs.rooms().send(room_id, user, &text(prose(i))).await?;
+            }
+            Ok::<_, RoomError>(())
+        }
+    };
+    for result in futures_util::future::join_all((0..senders).map(sender)).await {
+        result?;
+    }
+    let search = |term: &str, order: &str| {
+        let body = json!({ "search_categories": { "room_events": { "search_term": term, "order_by": order } } });
+        call(&hs, "POST", "/_matrix/client/v3/search", Some(&token), body)
+    };
+    let start = Instant::now();
+    let first = search("rare", "rank").await;
+    let found = first["search_categories"]["room_events"]["count"].as_u64().unwrap_or_default();
+    if found != messages.div_ceil(10_000) as u64 {
+        return Err(RoomError::Corrupt(format!("the first search found {found} events: {first}")));
+    }
+    let mut figures = vec![timed(format!("first search: {messages} messages indexed"), messages, start)];
+    for (label, term, order) in [
+        ("rare word (1 in 10,000), ranked", "rare", "rank"),
+        ("common word (1 in 10), ranked", "common", "rank"),
+        ("common word (1 in 10), recent", "common", "recent"),
+        ("two words, ranked", "common w1", "rank"),
+    ] {
+        let start = Instant::now();
+        for _ in 0..runs {
+            search(term, order).await;
+        }
+        figures.push(timed(format!("search over {messages} messages: {label}"), runs, start));
+    }
     Ok(figures)
 }

@@ -2298,3 +2298,38 @@ fn full_text_search() {
 fn user_id(client: &Client) -> String {
     client.get("account/whoami").ok()["user_id"].as_str().unwrap().to_owned()
 }
+
+#[test]
+fn user_directory_search() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let dave = register(addr, "dave");
+    bob.put(&format!("profile/{}/displayname", enc(&user_id(&bob))), json!({ "displayname": "Bobby Tables" })).ok();
+    let deactivated = register(addr, "bobcat");
+    with_password(&deactivated, "POST", "account/deactivate", json!({})).ok();
+    let room = create_room(&alice, json!({ "preset": "private_chat", "invite": [user_id(&carol)] }));
+    join(&carol, &room);
+
+    let search = |client: &Client, term: &str, limit: u64| {
+        client.post("user_directory/search", json!({ "search_term": term, "limit": limit })).ok()
+    };
+    let found = |client: &Client, term: &str| -> Vec<String> {
+        search(client, term, 10)["results"].as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap().to_owned()).collect()
+    };
+    // By user ID or by any word of the display name, as a prefix; the node's
+    // users are all found, deactivated ones are not.
+    assert_eq!(found(&alice, "bob"), [user_id(&bob)]);
+    assert_eq!(found(&alice, "tab"), [user_id(&bob)]);
+    let bobby = &search(&alice, "bobby t", 10)["results"][0];
+    assert_eq!((bobby["user_id"].as_str().unwrap(), &bobby["display_name"]), (user_id(&bob).as_str(), &json!("Bobby Tables")));
+    assert_eq!(found(&dave, "carol"), [user_id(&carol)]);
+    let everyone = search(&alice, &server_name(&alice), 2);
+    assert_eq!((everyone["results"].as_array().unwrap().len(), &everyone["limited"]), (2, &json!(true)));
+    assert_eq!(search(&alice, &server_name(&alice), 10)["limited"], false);
+    assert!(found(&alice, "nobody-at-all").is_empty());
+    assert!(found(&alice, "   ").is_empty());
+    alice.post("user_directory/search", json!({ "limit": 3 })).err(400, "M_BAD_JSON");
+}

@@ -26,6 +26,7 @@ pub(crate) mod client {
     pub(crate) mod sync;
     pub(crate) mod to_device;
     pub(crate) mod tokens;
+    pub(crate) mod user_directory;
     pub(crate) mod visibility;
 }
 
@@ -115,6 +116,7 @@ macro_rules! endpoints {
             c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request => client::relations::children_of_types,
             c::threads::get_threads::v1::Request => client::relations::threads,
             c::search::search_events::v3::Request => client::search::search,
+            c::user_directory::search_users::v3::Request => client::user_directory::search,
             c::state::send_state_event::v3::Request => client::state::send,
             c::state::get_state_event_for_key::v3::Request => client::state::get,
             c::state::get_state_events::v3::Request => client::state::all,

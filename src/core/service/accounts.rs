@@ -145,6 +145,19 @@ impl Accounts {
         bytes.map(|b| serde_json::from_slice(&b)).transpose().map_err(AccountError::corrupt)
     }
 
+    /// Every account of this node, deactivated ones too.
+    pub async fn users(&self) -> Result<Vec<(OwnedUserId, UserRecord)>, AccountError> {
+        let entries = self.store.scan(USERS, KeyRange::all(), Direction::Forward, usize::MAX).await?;
+        entries
+            .into_iter()
+            .map(|(localpart, record)| {
+                let localpart = String::from_utf8(localpart).map_err(AccountError::corrupt)?;
+                let user_id = self.user_id(&localpart).map_err(AccountError::corrupt)?;
+                Ok((user_id, serde_json::from_slice(&record).map_err(AccountError::corrupt)?))
+            })
+            .collect()
+    }
+
     /// Creates the account and, unless `device` is `None`, logs it in.
     pub async fn register(
         &self,
