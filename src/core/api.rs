@@ -21,6 +21,7 @@ pub(crate) mod client {
     pub(crate) mod push;
     pub(crate) mod relations;
     pub(crate) mod room;
+    pub(crate) mod space;
     pub(crate) mod state;
     pub(crate) mod sync;
     pub(crate) mod to_device;
@@ -37,6 +38,7 @@ pub(crate) mod federation {
     pub(crate) mod media;
     pub(crate) mod membership;
     pub(crate) mod query;
+    pub(crate) mod space;
     pub(crate) mod transactions;
 }
 
@@ -113,6 +115,7 @@ macro_rules! endpoints {
             c::relations::get_relating_events_with_rel_type::v1::Request => client::relations::children_of_type,
             c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request => client::relations::children_of_types,
             c::threads::get_threads::v1::Request => client::relations::threads,
+            c::space::get_hierarchy::v1::Request => client::space::hierarchy,
             c::state::send_state_event::v3::Request => client::state::send,
             c::state::get_state_event_for_key::v3::Request => client::state::get,
             c::state::get_state_events::v3::Request => client::state::all,
@@ -181,6 +184,7 @@ macro_rules! endpoints {
             f::query::get_room_information::v1::Request => federation::query::directory,
             f::directory::get_public_rooms::v1::Request => federation::directory::public_rooms,
             f::directory::get_public_rooms_filtered::v1::Request => federation::directory::public_rooms_filtered,
+            f::space::get_hierarchy::v1::Request => federation::space::hierarchy,
         }
     }};
 }
