@@ -396,7 +396,7 @@ pub async fn search(store: Arc<dyn Store>, messages: usize, runs: usize) -> Resu
         ("rare word (1 in 10,000), ranked", "rare", "rank"),
         ("common word (1 in 10), ranked", "common", "rank"),
         ("common word (1 in 10), recent", "common", "recent"),
-        ("two words, ranked", "common w1", "rank"),
+        ("two words, ranked", "common w1234", "rank"),
     ] {
         let start = Instant::now();
         for _ in 0..runs {

@@ -2333,3 +2333,134 @@ fn user_directory_search() {
     assert!(found(&alice, "   ").is_empty());
     alice.post("user_directory/search", json!({ "limit": 3 })).err(400, "M_BAD_JSON");
 }
+
+// --- Spaces ---------------------------------------------------------------------
+
+/// The room IDs of a hierarchy page, in order.
+fn room_ids(page: &Value) -> Vec<String> {
+    page["rooms"].as_array().unwrap().iter().map(|room| room["room_id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn space_hierarchy() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let server = server_name(&alice);
+    let space_of = |name: &str| {
+        create_room(&alice, json!({ "preset": "public_chat", "name": name, "creation_content": { "type": "m.space" } }))
+    };
+    let room_of = |body: Value| create_room(&alice, body);
+    let space = space_of("Space");
+    let sub = space_of("Subspace");
+    let deep = room_of(json!({ "preset": "public_chat", "name": "Deep" }));
+    let random = room_of(json!({ "preset": "public_chat", "name": "Random" }));
+    let general = room_of(json!({ "preset": "public_chat", "name": "General", "topic": "Chat" }));
+    let secret = room_of(json!({ "preset": "private_chat", "name": "Secret" }));
+    let allow = json!([{ "type": "m.room_membership", "room_id": space }]);
+    let members = room_of(json!({
+        "preset": "private_chat",
+        "name": "Members",
+        "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "restricted", "allow": allow } }],
+    }));
+    let removed = room_of(json!({ "preset": "public_chat", "name": "Removed" }));
+    let (space, sub, deep, random, general, secret, members, removed) = (
+        space.as_str(),
+        sub.as_str(),
+        deep.as_str(),
+        random.as_str(),
+        general.as_str(),
+        secret.as_str(),
+        members.as_str(),
+        removed.as_str(),
+    );
+    let add = |parent: &str, child: &str, content: Value| {
+        alice.put(&format!("rooms/{}/state/m.space.child/{}", enc(parent), enc(child)), content).ok();
+        // Children without an `order` come in the order of their events' timestamps.
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    add(space, random, json!({ "via": [server] }));
+    add(space, general, json!({ "via": [server], "suggested": true }));
+    add(space, sub, json!({ "via": [server], "order": "a" }));
+    add(space, secret, json!({ "via": [server] }));
+    add(space, members, json!({ "via": [server] }));
+    // A child event without servers takes the room out of the space.
+    add(space, removed, json!({}));
+    add(sub, deep, json!({ "via": [server], "suggested": true }));
+    // A loop back to the top, which the spec forbids but cannot prevent.
+    add(sub, space, json!({ "via": [server] }));
+    join(&bob, space);
+
+    let hierarchy = |client: &Client, room: &str, query: &str| {
+        client.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy{query}", enc(room)))
+    };
+    // Depth first, each space's children in the spec's order: `order` first,
+    // then by timestamp. Bob sees neither the private room nor, being in the
+    // space, misses the restricted one; the loop ends where it began.
+    let page = hierarchy(&bob, space, "").ok();
+    assert_eq!(room_ids(&page), [space, sub, deep, random, general, members]);
+    assert!(page.get("next_batch").is_none(), "{page}");
+    let top = &page["rooms"][0];
+    assert_eq!(top["name"], "Space");
+    assert_eq!(top["room_type"], "m.space");
+    // A summary without a join rule is of a public room.
+    assert_eq!(top.get("join_rule").unwrap_or(&json!("public")), "public");
+    assert_eq!(top["num_joined_members"], 2);
+    assert_eq!((&top["world_readable"], &top["guest_can_join"]), (&json!(false), &json!(false)));
+    let children: Vec<&str> =
+        top["children_state"].as_array().unwrap().iter().map(|e| e["state_key"].as_str().unwrap()).collect();
+    assert_eq!(children, [sub, random, general, secret, members]);
+    let first = &top["children_state"][0];
+    assert_eq!(first["type"], "m.space.child");
+    assert_eq!(first["sender"], alice.user_id.as_str());
+    assert_eq!(first["content"], json!({ "via": [server], "order": "a" }));
+    assert!(first["origin_server_ts"].as_u64().is_some(), "{first}");
+    assert!(first.get("event_id").is_none(), "children are stripped state: {first}");
+    let general_room = &page["rooms"][4];
+    assert_eq!((&general_room["name"], &general_room["topic"]), (&json!("General"), &json!("Chat")));
+    assert_eq!(general_room["children_state"], json!([]));
+    assert!(general_room.get("room_type").is_none(), "{general_room}");
+    assert_eq!(page["rooms"][5]["join_rule"], "restricted");
+    assert_eq!(page["rooms"][5]["allowed_room_ids"], json!([space]));
+
+    // Whoever is in the private room sees it; who is in no allowed room does
+    // not see the restricted one.
+    let all = room_ids(&hierarchy(&alice, space, "").ok());
+    assert_eq!(all, [space, sub, deep, random, general, secret, members]);
+    assert_eq!(room_ids(&hierarchy(&carol, space, "").ok()), [space, sub, deep, random, general]);
+
+    // Depth, and suggested rooms only.
+    assert_eq!(room_ids(&hierarchy(&bob, space, "?max_depth=0").ok()), [space]);
+    assert_eq!(room_ids(&hierarchy(&bob, space, "?max_depth=1").ok()), [space, sub, random, general, members]);
+    let suggested = hierarchy(&bob, space, "?suggested_only=true").ok();
+    assert_eq!(room_ids(&suggested), [space, general]);
+    assert_eq!(suggested["rooms"][0]["children_state"].as_array().unwrap().len(), 1);
+
+    // Pages of one, each naming the next; the options may not change on the way.
+    let mut pages = Vec::new();
+    let mut next = hierarchy(&bob, space, "?limit=1&max_depth=1").ok();
+    loop {
+        assert_eq!(next["rooms"].as_array().unwrap().len(), 1, "{next}");
+        pages.extend(room_ids(&next));
+        let Some(from) = next["next_batch"].as_str().map(str::to_owned) else { break };
+        next = hierarchy(&bob, space, &format!("?limit=1&max_depth=1&from={}", enc(&from))).ok();
+    }
+    assert_eq!(pages, [space, sub, random, general, members]);
+    let token = hierarchy(&bob, space, "?limit=2").ok()["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        room_ids(&hierarchy(&bob, space, &format!("?from={}", enc(&token))).ok()),
+        [deep, random, general, members]
+    );
+    hierarchy(&bob, space, &format!("?from={}&suggested_only=true", enc(&token))).err(400, "M_INVALID_PARAM");
+    hierarchy(&bob, space, &format!("?from={}&max_depth=1", enc(&token))).err(400, "M_INVALID_PARAM");
+    hierarchy(&bob, space, "?from=nonsense").err(400, "M_INVALID_PARAM");
+    hierarchy(&bob, space, "?limit=0").err(400, "M_INVALID_PARAM");
+
+    // A room one may not see, and one that does not exist, are alike forbidden.
+    hierarchy(&bob, secret, "").err(403, "M_FORBIDDEN");
+    hierarchy(&bob, &format!("!nosuch:{server}"), "").err(403, "M_FORBIDDEN");
+    // A room that is no space is the only room of its hierarchy.
+    assert_eq!(room_ids(&hierarchy(&bob, general, "").ok()), [general]);
+}

@@ -7,9 +7,13 @@ mod mesh;
 
 use std::time::Duration;
 
+use glia::core::service::federation::FederationError;
 use glia::p2p::memory::MemoryNetwork;
 use mesh::{enc, ok, LoopbackRelay, Node, User, WAIT};
-use ruma::{api::federation::discovery::get_server_version::v1, ServerName};
+use ruma::{
+    api::federation::{discovery::get_server_version::v1, space::get_hierarchy},
+    ServerName,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,4 +344,66 @@ async fn media_of_another_node_is_fetched_and_kept() {
     let missing =
         raw(&b, "GET", &format!("/_matrix/client/v1/media/download/{}/nosuch", a.name), &bob.token, Vec::new()).await;
     assert_eq!(missing.status(), 404, "{:?}", String::from_utf8_lossy(missing.body()));
+}
+
+/// A user of node B walks a space of node A through a relay. Node B has the
+/// space, which the user joined, but none of its rooms: it asks node A for
+/// each, and knows a subspace's rooms from node A's answer for the subspace. A
+/// room node A holds private, and one whose only server does not answer, are
+/// left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_hierarchy_of_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = LoopbackRelay::start(dir.path()).await;
+    let (a, b) = (Node::over_relay(&relay.url).await, Node::over_relay(&relay.url).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let space_of =
+        |name: &str| json!({ "preset": "public_chat", "name": name, "creation_content": { "type": "m.space" } });
+    let space = alice.create_room(space_of("Space")).await;
+    let sub = alice.create_room(space_of("Subspace")).await;
+    let lobby = alice.create_room(json!({ "preset": "public_chat", "name": "Lobby", "topic": "Hello" })).await;
+    let deep = alice.create_room(json!({ "preset": "public_chat", "name": "Deep" })).await;
+    let secret = alice.create_room(json!({ "preset": "private_chat", "name": "Secret" })).await;
+    let elsewhere = "!elsewhere:nosuch.example";
+    let add = |parent: &str, child: &str, via: &str, order: &str| {
+        let path = format!("rooms/{}/state/m.space.child/{}", enc(parent), enc(child));
+        let content = json!({ "via": [via], "order": order });
+        let alice = &alice;
+        async move { alice.call("PUT", &path, Some(content)).await }
+    };
+    for (child, via, order) in [(&*lobby, &*a.name, "a"), (&sub, &a.name, "b"), (&secret, &a.name, "c")] {
+        ok(add(&space, child, via, order).await);
+    }
+    ok(add(&space, elsewhere, "nosuch.example", "d").await);
+    ok(add(&sub, &deep, &a.name, "a").await);
+    alice.brings_in(&space, &bob).await;
+
+    let path = format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space));
+    let page = ok(bob.call("GET", &path, None).await);
+    let ids: Vec<&str> = page["rooms"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [&*space, &lobby, &sub, &deep], "{page}");
+    let lobby_summary = &page["rooms"][1];
+    assert_eq!((&lobby_summary["name"], &lobby_summary["topic"]), (&json!("Lobby"), &json!("Hello")));
+    assert_eq!(lobby_summary["num_joined_members"], 1);
+    assert_eq!(page["rooms"][2]["room_type"], "m.space");
+    assert_eq!(page["rooms"][2]["children_state"][0]["state_key"], deep.as_str());
+    assert_eq!(page["rooms"][0]["num_joined_members"], 2);
+
+    // What node A answers node B: the room, the children node B's users may
+    // see, and those they may not; 404 for a room node A does not have.
+    let a_name = ServerName::parse(&a.name).unwrap();
+    let ask = |room: &str| {
+        let request = get_hierarchy::v1::Request::new(room.try_into().unwrap());
+        b.hs.federation().request(&a_name, request, false)
+    };
+    let answer = ask(&space).await.unwrap();
+    assert_eq!(answer.room.summary.name.as_deref(), Some("Space"));
+    assert_eq!(answer.room.children_state.len(), 4);
+    let children: Vec<&str> = answer.children.iter().map(|c| c.room_id.as_str()).collect();
+    assert_eq!(children, [&*lobby, &sub]);
+    assert_eq!(answer.inaccessible_children, [secret.as_str()]);
+    let missing = ask(&format!("!nosuch:{}", a.name)).await.unwrap_err();
+    assert!(matches!(missing, FederationError::Remote { status: 404, .. }), "{missing:?}");
+    ask(&secret).await.unwrap_err();
 }

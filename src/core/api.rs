@@ -22,6 +22,7 @@ pub(crate) mod client {
     pub(crate) mod relations;
     pub(crate) mod room;
     pub(crate) mod search;
+    pub(crate) mod space;
     pub(crate) mod state;
     pub(crate) mod sync;
     pub(crate) mod to_device;
@@ -39,6 +40,7 @@ pub(crate) mod federation {
     pub(crate) mod media;
     pub(crate) mod membership;
     pub(crate) mod query;
+    pub(crate) mod space;
     pub(crate) mod transactions;
 }
 
@@ -117,6 +119,7 @@ macro_rules! endpoints {
             c::threads::get_threads::v1::Request => client::relations::threads,
             c::search::search_events::v3::Request => client::search::search,
             c::user_directory::search_users::v3::Request => client::user_directory::search,
+            c::space::get_hierarchy::v1::Request => client::space::hierarchy,
             c::state::send_state_event::v3::Request => client::state::send,
             c::state::get_state_event_for_key::v3::Request => client::state::get,
             c::state::get_state_events::v3::Request => client::state::all,
@@ -185,6 +188,7 @@ macro_rules! endpoints {
             f::query::get_room_information::v1::Request => federation::query::directory,
             f::directory::get_public_rooms::v1::Request => federation::directory::public_rooms,
             f::directory::get_public_rooms_filtered::v1::Request => federation::directory::public_rooms_filtered,
+            f::space::get_hierarchy::v1::Request => federation::space::hierarchy,
         }
     }};
 }

@@ -10,10 +10,10 @@ use ruma::{
         },
         federation::directory as remote,
     },
-    directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork, RoomTypeFilter},
+    directory::{Filter, PublicRoomsChunk, RoomNetwork, RoomTypeFilter},
     events::{room::member::MembershipState, StateEventType, TimelineEventType},
-    room::{JoinRuleKind, RoomType},
-    OwnedMxcUri, RoomAliasId, RoomId, ServerName, UInt,
+    room::{JoinRule, JoinRuleSummary, RoomSummary, RoomType},
+    EventEncryptionAlgorithm, OwnedMxcUri, RoomAliasId, RoomId, ServerName, UInt,
 };
 use serde_json::{json, Value};
 
@@ -252,26 +252,38 @@ fn matches(filter: &Filter, room: &PublicRoomsChunk) -> bool {
 /// What the directory shows of a room, from its current state.
 async fn chunk(hs: &Homeserver, room_id: &RoomId) -> Result<PublicRoomsChunk, Error> {
     let state = hs.rooms().current_state(room_id).await?;
-    let joined = members_in(hs, &state).await?.iter().filter(|(_, m)| m.membership == MembershipState::Join).count();
-    let world_readable = history_visibility(hs, &state).await? == "world_readable";
+    Ok(summary(hs, room_id, &state).await?.into())
+}
+
+/// A room's summary as `state` has it: what the room directory and the space
+/// hierarchy show of a room.
+pub(crate) async fn summary(hs: &Homeserver, room_id: &RoomId, state: &State) -> Result<RoomSummary, Error> {
+    let joined = members_in(hs, state).await?.iter().filter(|(_, m)| m.membership == MembershipState::Join).count();
+    let world_readable = history_visibility(hs, state).await? == "world_readable";
     let text = |content: Option<Value>, key: &str| content.and_then(|c| c.get(key)?.as_str().map(str::to_owned));
-    let guest_access = text(content(hs, &state, StateEventType::RoomGuestAccess).await?, "guest_access");
-    let mut chunk = PublicRoomsChunk::from(PublicRoomsChunkInit {
-        num_joined_members: UInt::try_from(joined).unwrap_or(UInt::MAX),
-        room_id: room_id.to_owned(),
-        world_readable,
-        guest_can_join: guest_access.as_deref() == Some("can_join"),
-    });
-    chunk.name = text(content(hs, &state, StateEventType::RoomName).await?, "name");
-    chunk.topic = text(content(hs, &state, StateEventType::RoomTopic).await?, "topic");
-    let alias = text(content(hs, &state, StateEventType::RoomCanonicalAlias).await?, "alias");
-    chunk.canonical_alias = alias.and_then(|alias| RoomAliasId::parse(alias).ok());
-    chunk.avatar_url = text(content(hs, &state, StateEventType::RoomAvatar).await?, "url").map(OwnedMxcUri::from);
+    let guest_access = text(content(hs, state, StateEventType::RoomGuestAccess).await?, "guest_access");
     // Without a join rule only the invited may join.
-    let join_rule = text(content(hs, &state, StateEventType::RoomJoinRules).await?, "join_rule");
-    chunk.join_rule = join_rule.map_or(JoinRuleKind::Invite, JoinRuleKind::from);
-    chunk.room_type = text(content(hs, &state, StateEventType::RoomCreate).await?, "type").map(RoomType::from);
-    Ok(chunk)
+    let join_rule = content(hs, state, StateEventType::RoomJoinRules)
+        .await?
+        .and_then(|content| serde_json::from_value::<JoinRule>(content).ok())
+        .map_or(JoinRuleSummary::Invite, JoinRuleSummary::from);
+    let mut summary = RoomSummary::new(
+        room_id.to_owned(),
+        join_rule,
+        guest_access.as_deref() == Some("can_join"),
+        UInt::try_from(joined).unwrap_or(UInt::MAX),
+        world_readable,
+    );
+    summary.name = text(content(hs, state, StateEventType::RoomName).await?, "name");
+    summary.topic = text(content(hs, state, StateEventType::RoomTopic).await?, "topic");
+    let alias = text(content(hs, state, StateEventType::RoomCanonicalAlias).await?, "alias");
+    summary.canonical_alias = alias.and_then(|alias| RoomAliasId::parse(alias).ok());
+    summary.avatar_url = text(content(hs, state, StateEventType::RoomAvatar).await?, "url").map(OwnedMxcUri::from);
+    summary.room_type = text(content(hs, state, StateEventType::RoomCreate).await?, "type").map(RoomType::from);
+    summary.room_version = Some(hs.rooms().room(room_id).await?.version);
+    let algorithm = text(content(hs, state, StateEventType::RoomEncryption).await?, "algorithm");
+    summary.encryption = algorithm.map(EventEncryptionAlgorithm::from);
+    Ok(summary)
 }
 
 /// The content of the state event `(kind, "")` in `state`, if any.
@@ -282,7 +294,7 @@ async fn content(hs: &Homeserver, state: &State, kind: StateEventType) -> Result
 
 #[cfg(test)]
 mod tests {
-    use ruma::owned_room_id;
+    use ruma::{directory::PublicRoomsChunkInit, owned_room_id};
 
     use super::*;
 

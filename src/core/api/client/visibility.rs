@@ -47,7 +47,11 @@ pub(crate) async fn visible_state(hs: &Homeserver, room_id: &RoomId, user: &User
     }
 }
 
-async fn membership_in(hs: &Homeserver, state: &State, user: &UserId) -> Result<Option<MembershipState>, Error> {
+pub(crate) async fn membership_in(
+    hs: &Homeserver,
+    state: &State,
+    user: &UserId,
+) -> Result<Option<MembershipState>, Error> {
     let member = hs.rooms().state_event_in(state, &StateEventType::RoomMember, user.as_str()).await?;
     Ok(member.map(|e| member_content(&e.content).membership))
 }
@@ -160,7 +164,7 @@ impl<'a> ServerSight<'a> {
 }
 
 /// The memberships of `server`'s users in `state`.
-async fn server_memberships(
+pub(crate) async fn server_memberships(
     hs: &Homeserver,
     state: &State,
     server: &ServerName,
