@@ -218,7 +218,7 @@ impl Node {
             .map_err(|e| e.to_string())?;
         let hs = Arc::new(hs);
         let sender = hs.clone();
-        let _sender = tokio::spawn(async move { sender.run_sender().await });
+        let _sender = tokio::spawn(async move { sender.run_background().await });
         let mut node = Self { hs, links: None, traffic: Traffic::default(), _sender };
         node.connect(url);
         let links = node.links.as_ref().expect("just connected");

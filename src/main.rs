@@ -124,8 +124,8 @@ mod cli {
                     Ok(mut homeserver) => {
                         homeserver.limit_uploads(max_upload_mib.saturating_mul(1 << 20));
                         let homeserver = Arc::new(homeserver);
-                        let sender = homeserver.clone();
-                        tokio::spawn(async move { sender.run_sender().await });
+                        let background = homeserver.clone();
+                        tokio::spawn(async move { background.run_background().await });
                         let links = (!relays.is_empty())
                             .then(|| RelayClient::start(homeserver.clone(), relays, RelayClientConfig::default()));
                         let code = serve(listen, "the homeserver", node::router(homeserver), None).await;

@@ -2317,14 +2317,22 @@ fn user_directory_search() {
         client.post("user_directory/search", json!({ "search_term": term, "limit": limit })).ok()
     };
     let found = |client: &Client, term: &str| -> Vec<String> {
-        search(client, term, 10)["results"].as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap().to_owned()).collect()
+        search(client, term, 10)["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user_id"].as_str().unwrap().to_owned())
+            .collect()
     };
     // By user ID or by any word of the display name, as a prefix; the node's
     // users are all found, deactivated ones are not.
     assert_eq!(found(&alice, "bob"), [user_id(&bob)]);
     assert_eq!(found(&alice, "tab"), [user_id(&bob)]);
     let bobby = &search(&alice, "bobby t", 10)["results"][0];
-    assert_eq!((bobby["user_id"].as_str().unwrap(), &bobby["display_name"]), (user_id(&bob).as_str(), &json!("Bobby Tables")));
+    assert_eq!(
+        (bobby["user_id"].as_str().unwrap(), &bobby["display_name"]),
+        (user_id(&bob).as_str(), &json!("Bobby Tables"))
+    );
     assert_eq!(found(&dave, "carol"), [user_id(&carol)]);
     let everyone = search(&alice, &server_name(&alice), 2);
     assert_eq!((everyone["results"].as_array().unwrap().len(), &everyone["limited"]), (2, &json!(true)));

@@ -215,10 +215,11 @@ impl Homeserver {
         self.sender.retry_all();
     }
 
-    /// Sends this node's events and updates to other servers, forever: the
-    /// shell runs it beside the node, and it resumes from the store.
-    pub async fn run_sender(&self) {
-        self.sender.run(self).await
+    /// The node's work besides answering requests, forever: sending its events
+    /// and updates to other servers, and keeping the search index current. The
+    /// shell runs it beside the node; it resumes from the store.
+    pub async fn run_background(&self) {
+        futures_util::future::join(self.sender.run(self), self.search.run(self)).await;
     }
 
     /// Takes what the transport delivered, in arrival order: answers and

@@ -50,3 +50,11 @@ pub async fn bench_sync(rooms: usize, events: usize) -> Result<String, JsError> 
     let memory = bench::sync(Arc::new(MemoryStore::new(SCHEMA)), rooms, events, 5).await?;
     Ok(bench::rows("IndexedDB (Chromium)", &indexeddb) + &bench::rows("memory (wasm, Chromium)", &memory))
 }
+
+/// `/search` over a room of `messages` messages on IndexedDB, as table rows.
+#[wasm_bindgen]
+pub async fn bench_search(messages: usize) -> Result<String, JsError> {
+    let name = format!("glia-bench-search-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, SCHEMA).await?;
+    Ok(bench::rows("IndexedDB (Chromium)", &bench::search(Arc::new(store), messages, 5).await?))
+}

@@ -44,8 +44,8 @@ impl WorkerNode {
         // For as long as the worker lives; a new worker resumes from the store.
         // With no transport attached yet it only empties the outbox of rooms
         // no other node is in, and keeps the rest queued for when one is.
-        let sender = homeserver.clone();
-        wasm_bindgen_futures::spawn_local(async move { sender.run_sender().await });
+        let background = homeserver.clone();
+        wasm_bindgen_futures::spawn_local(async move { background.run_background().await });
         Ok(WorkerNode { homeserver })
     }
 

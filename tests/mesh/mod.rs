@@ -89,7 +89,7 @@ impl Node {
         let hs = Arc::new(Homeserver::open(store, Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap());
         let key = hs.federation().me();
         let running = hs.clone();
-        let sender = tokio::spawn(async move { running.run_sender().await });
+        let sender = tokio::spawn(async move { running.run_background().await });
         Self { name: key.to_string(), hs, key, network: None, relays: None, driver: Default::default(), sender }
     }
 

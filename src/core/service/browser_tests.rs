@@ -53,3 +53,38 @@ async fn rooms_survive_closing_the_node() {
     let membership = rooms.membership(&room_id, &alice).await.unwrap();
     assert_eq!(membership, Some(ruma::events::room::member::MembershipState::Join));
 }
+
+#[wasm_bindgen_test]
+async fn search_index_and_relations_are_kept_in_indexeddb() {
+    let name = format!("search-{}", js_sys::Date::now());
+    let hs = open(&name).await;
+    let alice = UserId::parse(format!("@alice:{}", hs.key().server_name())).unwrap();
+    let room_id = hs.rooms().create_room(&alice, CreateRoom::default()).await.unwrap();
+    let say = |body: &str, relates_to: serde_json::Value| {
+        NewEvent::message(
+            "m.room.message".into(),
+            json!({ "msgtype": "m.text", "body": body, "m.relates_to": relates_to }),
+        )
+    };
+    let root = hs.rooms().send(&room_id, &alice, &say("Hello brave new world", json!(null))).await.unwrap();
+    let thread = json!({ "rel_type": "m.thread", "event_id": root.event_id });
+    let reply = hs.rooms().send(&room_id, &alice, &say("hello again", thread)).await.unwrap();
+    hs.search().catch_up(hs.rooms(), &[room_id.clone()]).await.unwrap();
+    drop(hs);
+
+    // Read back without catching up: what the index holds was stored.
+    let hs = open(&name).await;
+    let hello = hs.search().postings("hel").await.unwrap();
+    let streams: Vec<u64> = hello.iter().map(|p| p.stream).collect();
+    assert_eq!(hello.len(), 2);
+    assert!(streams[0] < streams[1], "postings come in stream order: {streams:?}");
+    assert_eq!((hello[0].term.as_str(), hello[0].count, hello[0].words), ("hello", 1, 4));
+    assert_eq!(hs.search().postings("world").await.unwrap().len(), 1);
+    assert_eq!(hs.search().indexed_events().await.unwrap(), 2);
+    let filter = (Some("m.thread"), None);
+    let children =
+        hs.rooms().relations().children(&room_id, &root.event_id, filter, None, Direction::Backward, 10).await.unwrap();
+    assert_eq!(children.iter().map(|c| &c.event_id).collect::<Vec<_>>(), [&reply.event_id]);
+    assert!(hs.rooms().relations().has_bundled(&room_id, &root.event_id).await.unwrap());
+    assert!(!hs.rooms().relations().has_bundled(&room_id, &reply.event_id).await.unwrap());
+}

@@ -430,6 +430,16 @@ impl Rooms {
         &self.relations
     }
 
+    /// Every room the node has.
+    pub async fn all(&self) -> Result<Vec<OwnedRoomId>, RoomError> {
+        let rooms = self.store().scan(ROOMS, KeyRange::all(), Direction::Forward, usize::MAX).await?;
+        rooms
+            .into_iter()
+            .map(|(key, _)| String::from_utf8(key).ok().and_then(|id| OwnedRoomId::try_from(id).ok()))
+            .map(|id| id.ok_or_else(|| RoomError::corrupt("a bad room key")))
+            .collect()
+    }
+
     pub async fn room(&self, room_id: &RoomId) -> Result<RoomRecord, RoomError> {
         self.committed_room(room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))
     }

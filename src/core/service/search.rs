@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::rooms::{RoomError, Rooms};
 use crate::{
-    core::pdu::Pdu,
+    core::{pdu::Pdu, Homeserver},
     store::{Batch, Direction, KeyRange, Store},
 };
 
@@ -35,6 +35,8 @@ pub(crate) const BODY: u8 = 1;
 pub(crate) const NAME: u8 = 2;
 pub(crate) const TOPIC: u8 = 4;
 
+/// How long the background indexer lets new events settle before indexing them.
+const SETTLE_MS: u64 = 250;
 /// Events indexed per commit while catching up.
 const CATCH_UP_BATCH: usize = 500;
 /// Longer words are not indexed (nor searched): keys stay small, and no one
@@ -135,6 +137,22 @@ impl Search {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the index close behind the timelines, so that a search seldom
+    /// has much to catch up on: after new events, once they have stopped
+    /// coming for a moment, so that a burst is indexed in one go and the
+    /// writes clients wait for go first. Not at start-up, where the node's
+    /// first answers matter more; a search catches up by itself anyway.
+    pub async fn run(&self, hs: &Homeserver) {
+        loop {
+            hs.notifier().listen().await;
+            hs.clock().sleep(SETTLE_MS).await;
+            if let Ok(rooms) = hs.rooms().all().await {
+                // A store that fails now may not later; the next event retries.
+                let _ = self.catch_up(hs.rooms(), &rooms).await;
+            }
+        }
     }
 
     /// How many events the index holds, for weighing terms by their rarity.

@@ -54,7 +54,9 @@ pub(crate) async fn search(
             let Some(user_id) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else { continue };
             if member.membership == MembershipState::Join {
                 // A node's own record of its users wins over member events.
-                known.entry(user_id).or_insert(Profile { display_name: member.displayname, avatar_url: member.avatar_url });
+                known
+                    .entry(user_id)
+                    .or_insert(Profile { display_name: member.displayname, avatar_url: member.avatar_url });
             }
         }
     }
