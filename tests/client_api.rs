@@ -2472,3 +2472,49 @@ fn space_hierarchy() {
     // A room that is no space is the only room of its hierarchy.
     assert_eq!(room_ids(&hierarchy(&bob, general, "").ok()), [general]);
 }
+
+#[test]
+fn thread_aware_unread_counts() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let room = create_room(&alice, json!({ "preset": "private_chat", "invite": [user_id(&bob)] }));
+    join(&bob, &room);
+    let root = say(&bob, &room, "root");
+    relate(&bob, &room, "m.room.message", "m.thread", &root, text("first in thread"));
+    let in_thread = relate(&bob, &room, "m.room.message", "m.thread", &root, text("second in thread"));
+    let main = say(&bob, &room, "main again");
+
+    let by_thread = filter(json!({ "room": { "timeline": { "unread_thread_notifications": true } } }));
+    // (main timeline's count, the thread's count), as a thread-aware client sees them.
+    let counts = || {
+        let synced = sync(&alice, &format!("filter={by_thread}"));
+        let joined = &section(&synced, "join")[&room];
+        let thread = joined["unread_thread_notifications"][&root]["notification_count"].as_u64().unwrap_or(0);
+        (joined["unread_notifications"]["notification_count"].as_u64().unwrap(), thread)
+    };
+    let total = || section(&sync(&alice, ""), "join")[&room]["unread_notifications"]["notification_count"].clone();
+    assert_eq!(counts(), (2, 2));
+    assert_eq!(total(), 4);
+
+    let receipt = |event: &str, thread: Option<&str>| {
+        let body = thread.map_or(json!({}), |t| json!({ "thread_id": t }));
+        alice.post(&format!("rooms/{}/receipt/m.read/{}", enc(&room), enc(event)), body).ok();
+    };
+    // A receipt in the thread reads the thread; one in the main timeline, the rest.
+    receipt(&in_thread, Some(&root));
+    assert_eq!(counts(), (2, 0));
+    receipt(&main, Some("main"));
+    assert_eq!(counts(), (0, 0));
+    relate(&bob, &room, "m.room.message", "m.thread", &root, text("third in thread"));
+    say(&bob, &room, "and in main");
+    assert_eq!(counts(), (1, 1));
+    // Posting in the thread reads it; an unthreaded receipt reads everything.
+    relate(&alice, &room, "m.room.message", "m.thread", &root, text("alice replies"));
+    assert_eq!(counts(), (1, 0));
+    let latest = relate(&bob, &room, "m.room.message", "m.thread", &root, text("fourth in thread"));
+    assert_eq!(counts(), (1, 1));
+    receipt(&latest, None);
+    assert_eq!(counts(), (0, 0));
+}

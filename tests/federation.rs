@@ -333,10 +333,21 @@ async fn media_of_another_node_is_fetched_and_kept() {
     let size = image::ImageReader::new(std::io::Cursor::new(thumbnail.body().to_vec())).with_guessed_format().unwrap();
     assert_eq!(size.into_dimensions().unwrap(), (60, 30));
 
-    // Kept: node B serves it with node A out of reach.
+    // A file larger than a frame holds comes over a part at a time.
+    let large: Vec<u8> = (0..3_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let uploaded = raw(&a, "POST", "/_matrix/media/v3/upload?filename=big.bin", &alice.token, large.clone()).await;
+    let uri: serde_json::Value = serde_json::from_slice(uploaded.body()).unwrap();
+    let large_mxc = uri["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    let large_download = format!("/_matrix/client/v1/media/download/{large_mxc}");
+    let got = raw(&b, "GET", &large_download, &bob.token, Vec::new()).await;
+    assert_eq!(got.status(), 200, "{:?}", String::from_utf8_lossy(&got.body()[..got.body().len().min(300)]));
+    assert!(got.body().as_ref() == large.as_slice(), "{} bytes, not {}", got.body().len(), large.len());
+
+    // Kept: node B serves them with node A out of reach.
     network.partition(a.key, b.key);
     let again = raw(&b, "GET", &download, &bob.token, Vec::new()).await;
     assert_eq!(again.body().as_ref(), picture.as_slice());
+    assert!(raw(&b, "GET", &large_download, &bob.token, Vec::new()).await.body().as_ref() == large.as_slice());
     let missing =
         raw(&b, "GET", &format!("/_matrix/client/v1/media/download/{}/nosuch", a.name), &bob.token, Vec::new()).await;
     assert_eq!(missing.status(), 502, "node A is out of reach: {:?}", String::from_utf8_lossy(missing.body()));

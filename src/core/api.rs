@@ -2,6 +2,7 @@
 //! with `METHOD /path` as its doc header.
 
 pub(crate) mod answer;
+pub(crate) mod ranged;
 
 pub(crate) mod client {
     pub(crate) mod account;
@@ -50,7 +51,7 @@ pub(crate) mod federation {
 macro_rules! endpoints {
     ($dispatch:ident) => {{
         use ruma::api::{client as c, federation as f};
-        use $crate::core::api::{answer, client, federation};
+        use $crate::core::api::{answer, client, federation, ranged};
         $dispatch! {
             c::discovery::get_supported_versions::Request => client::discovery::versions,
             c::discovery::get_capabilities::v3::Request => client::discovery::capabilities,
@@ -168,7 +169,7 @@ macro_rules! endpoints {
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
             f::discovery::get_server_version::v1::Request => federation::discovery::version,
             f::transactions::send_transaction_message::v1::Request => federation::transactions::send,
-            f::authenticated_media::get_content::v1::Request => federation::media::download,
+            ranged::Ranged<f::authenticated_media::get_content::v1::Request> => federation::media::download,
             f::authenticated_media::get_content_thumbnail::v1::Request => federation::media::thumbnail,
             f::keys::get_keys::v1::Request => federation::devices::query_keys,
             f::keys::claim_keys::v1::Request => federation::devices::claim_keys,

@@ -11,7 +11,7 @@
 //! - `thumbnails`: server name, 0, media ID, 0, width (u32 BE), height (u32
 //!   BE), method (`crop`/`scale`) → content type, 0, the thumbnail's bytes
 
-use std::{io::Cursor, sync::Arc};
+use std::{io::Cursor, ops::Bound, sync::Arc};
 
 use image::{imageops::FilterType, ImageFormat, ImageReader, Limits};
 use ruma::{OwnedUserId, ServerName, UserId};
@@ -159,26 +159,46 @@ impl MediaRepository {
 
     /// A file, whole.
     pub async fn file(&self, server: &ServerName, media_id: &str) -> Result<(Media, Vec<u8>), MediaError> {
+        self.part(server, media_id, 0, u64::MAX).await
+    }
+
+    /// The bytes `start..=end` of a file (or up to its end), read from the
+    /// chunks that hold them only: another node fetches a large file a part
+    /// at a time.
+    pub async fn part(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<(Media, Vec<u8>), MediaError> {
         let key = media_key(server, media_id);
         let media = self.media(server, media_id).await?.ok_or_else(|| MediaError::NotFound(media_id.into()))?;
         if media.pending_until.is_some() {
             return Err(MediaError::NotYetUploaded(media_id.into()));
         }
-        let prefix = [&key[..], b"\0"].concat();
-        let chunks = self.store.scan(MEDIA_CHUNKS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
-        if chunks.len() != media.chunks as usize {
-            return Err(RoomError::corrupt(format!(
-                "media {media_id} has {} of {} chunks",
-                chunks.len(),
-                media.chunks
-            ))
-            .into());
+        let end = end.min(media.size.saturating_sub(1));
+        if media.size == 0 || start > end {
+            return Ok((media, Vec::new()));
         }
-        let mut file = Vec::with_capacity(media.size as usize);
-        for (_, chunk) in chunks {
-            file.extend_from_slice(&chunk);
+        let chunk = CHUNK_BYTES as u64;
+        let (first, last) = ((start / chunk) as u32, (end / chunk) as u32);
+        let range = KeyRange::new(Bound::Included(chunk_key(&key, first)), Bound::Included(chunk_key(&key, last)));
+        let chunks = self.store.scan(MEDIA_CHUNKS, range, Direction::Forward, usize::MAX).await?;
+        if chunks.len() != (last - first + 1) as usize || last >= media.chunks {
+            let found = chunks.len();
+            return Err(
+                RoomError::corrupt(format!("media {media_id} lacks chunks: {found} of {first}..={last}")).into()
+            );
         }
-        Ok((media, file))
+        let mut bytes = Vec::with_capacity((end - start + 1) as usize);
+        for (n, (_, data)) in chunks.iter().enumerate() {
+            let offset = (u64::from(first) + n as u64) * chunk;
+            let from = start.saturating_sub(offset) as usize;
+            let to = ((end + 1 - offset) as usize).min(data.len());
+            bytes.extend_from_slice(data.get(from..to).unwrap_or_default());
+        }
+        Ok((media, bytes))
     }
 
     /// A thumbnail of an image file at most `width`×`height` (exactly that,

@@ -19,7 +19,7 @@ use ruma::{
                 get_media_preview as legacy_preview,
             },
         },
-        federation::authenticated_media::{get_content as federation_content, FileOrLocation},
+        federation::authenticated_media::{get_content as federation_content, Content, FileOrLocation},
     },
     http_headers::{ContentDisposition, ContentDispositionType},
     media::Method,
@@ -27,9 +27,13 @@ use ruma::{
 };
 
 use crate::core::{
-    api::answer::{Answered, JsonAnswer},
+    api::{
+        answer::{Answered, JsonAnswer},
+        ranged::{ByteRange, Ranged},
+    },
     service::{
         accounts::Session,
+        federation::FederationError,
         media::{Fit, Media, MediaError},
     },
     Error, Homeserver,
@@ -107,26 +111,62 @@ pub(crate) async fn upload_to(
     Ok(JsonAnswer(serde_json::json!({})))
 }
 
+/// How much of another server's file one request asks for: what a P2P frame
+/// holds, less room for the rest of the answer.
+const FETCH_PART_BYTES: u64 = 1 << 20;
+
 /// A file, this node's or (fetched once, then kept) another server's.
 async fn file(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(Media, Vec<u8>), Error> {
     match hs.media().file(server, media_id).await {
         Err(MediaError::NotFound(_)) if server != hs.key().server_name() => {}
         found => return Ok(found?),
     }
-    let request = federation_content::v1::Request::new(media_id.to_owned());
-    let response = hs.federation().request(server, request, false).await.map_err(|err| match err {
-        crate::core::service::federation::FederationError::Remote { status: 404, .. } => {
-            Error::NotFound(format!("{server} has no media {media_id}"))
-        }
-        err => err.into(),
-    })?;
-    let FileOrLocation::File(content) = response.content else {
-        return Err(Error::NotFound(format!("{server} offered {media_id} elsewhere, which this node does not follow")));
-    };
+    let (content, file) = fetch(hs, server, media_id).await?;
     let filename = content.content_disposition.and_then(|d| d.filename);
     let media = Media::uploaded(None, content.content_type, filename);
-    hs.media().put(server, media_id, media, content.file, hs.clock().now_millis()).await?;
+    hs.media().put(server, media_id, media, file, hs.clock().now_millis()).await?;
     Ok(hs.media().file(server, media_id).await?)
+}
+
+/// Another server's file, a frame's worth at a time: the first answer says
+/// how large it is. Refused when it is larger than this node takes uploads.
+async fn fetch(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(Content, Vec<u8>), Error> {
+    let part = |start: u64| {
+        let request = federation_content::v1::Request::new(media_id.to_owned());
+        let range = Some(ByteRange { start, end: start + FETCH_PART_BYTES - 1 });
+        async move {
+            let answer = hs.federation().request(server, Ranged { request, range }, false).await;
+            let answer = answer.map_err(|err| match err {
+                FederationError::Remote { status: 404, .. } => {
+                    Error::NotFound(format!("{server} has no media {media_id}"))
+                }
+                err => err.into(),
+            })?;
+            match answer.response.content {
+                FileOrLocation::File(content) => Ok((content, answer.part)),
+                _ => Err(Error::NotFound(format!(
+                    "{server} offered {media_id} elsewhere, which this node does not follow"
+                ))),
+            }
+        }
+    };
+    let (mut content, first) = part(0).await?;
+    let Some(first) = first else { return Ok((content.clone(), std::mem::take(&mut content.file))) };
+    if first.total > hs.limits().max_upload_bytes as u64 {
+        return Err(Error::TooLarge { limit: hs.limits().max_upload_bytes });
+    }
+    let mut file = Vec::with_capacity(first.total as usize);
+    file.append(&mut content.file);
+    while (file.len() as u64) < first.total {
+        let (mut next, range) = part(file.len() as u64).await?;
+        match range {
+            Some(range) if range.range.start == file.len() as u64 && !next.file.is_empty() => {
+                file.append(&mut next.file)
+            }
+            _ => return Err(FederationError::Invalid(format!("{server} sent a wrong part of {media_id}")).into()),
+        }
+    }
+    Ok((content, file))
 }
 
 /// A thumbnail at most `width`×`height`.

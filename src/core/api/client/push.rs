@@ -9,14 +9,15 @@ use ruma::{
     events::room::member::MembershipState,
     push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::membership::members_in;
 use crate::{
     core::{
-        service::{accounts::Session, cache::Cache, rooms::StreamPosition},
+        service::{accounts::Session, cache::Cache, relations, rooms::StreamPosition},
         Error, Homeserver,
     },
     store::Direction,
@@ -336,4 +337,79 @@ async fn push_context(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Resul
     let levels = hs.rooms().power_levels_of(room_id).await?;
     context.power_levels = Some(PushConditionPowerLevelsCtx::from(levels));
     Ok(context)
+}
+
+/// Notification and highlight counts.
+pub(crate) type Counts = (u32, u32);
+
+/// [`unread`] for clients that follow threads: the main timeline's counts
+/// and each thread's, every event counted against the receipts that cover
+/// it (an unthreaded one covers every thread; a threaded one, its thread;
+/// posting in a thread reads it).
+pub(crate) async fn unread_by_thread(
+    hs: &Homeserver,
+    user: &UserId,
+    room_id: &RoomId,
+    now: StreamPosition,
+) -> Result<(Counts, BTreeMap<OwnedEventId, Counts>), Error> {
+    let mut unthreaded = 0;
+    let mut threaded: HashMap<String, StreamPosition> = HashMap::new();
+    for receipt in hs.user_data().receipts_of(room_id, user).await? {
+        if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private") {
+            continue;
+        }
+        let Some(event) = hs.rooms().event(&receipt.receipt.event_id).await? else { continue };
+        let position = event.record.stream.unwrap_or(0);
+        match receipt.thread {
+            None => unthreaded = unthreaded.max(position),
+            Some(thread) => {
+                let upto = threaded.entry(thread).or_default();
+                *upto = (*upto).max(position);
+            }
+        }
+    }
+    let (mut main, mut threads): (Counts, BTreeMap<OwnedEventId, Counts>) = Default::default();
+    let mut posted: HashSet<Option<OwnedEventId>> = HashSet::new();
+    let mut rules_and_context = None;
+    let (mut cursor, mut seen, mut page_size) = (Some(now + 1), 0, FIRST_COUNT_PAGE);
+    'scan: while seen < MAX_COUNTED {
+        let page = hs.rooms().timeline(room_id, cursor, Direction::Backward, page_size).await?;
+        let last_page = page.len() < page_size;
+        page_size = (page_size * 4).min(MAX_COUNT_PAGE);
+        for (position, pdu) in page {
+            cursor = Some(position);
+            if position <= unthreaded {
+                break 'scan;
+            }
+            seen += 1;
+            let thread =
+                relations::relation_of(&pdu).filter(|(kind, _)| kind == relations::THREAD).map(|(_, root)| root);
+            let key = thread.as_ref().map_or("main", |root| root.as_str());
+            if posted.contains(&thread) || threaded.get(key).is_some_and(|upto| position <= *upto) {
+                continue;
+            }
+            if pdu.sender == user {
+                posted.insert(thread);
+                continue;
+            }
+            if rules_and_context.is_none() {
+                rules_and_context = Some((ruleset(hs, user).await?, push_context(hs, user, room_id).await?));
+            }
+            let Some((rules, context)) = &rules_and_context else { continue };
+            let raw: Raw<Value> = super::format::raw_event(hs, &pdu, None).await?;
+            let actions = rules.get_actions(&raw, context).await;
+            if actions.iter().any(|a| a.should_notify()) {
+                let counts = match thread {
+                    None => &mut main,
+                    Some(root) => threads.entry(root).or_default(),
+                };
+                counts.0 += 1;
+                counts.1 += u32::from(actions.iter().any(|a| a.is_highlight()));
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    Ok((main, threads))
 }

@@ -458,7 +458,15 @@ impl Sync<'_> {
             return Ok(None);
         }
         // Counts change with new events and with the user's own receipts.
-        joined.unread_notifications = self.unread(room_id, now.events).await?;
+        match self.timeline_filter().unread_thread_notifications {
+            false => joined.unread_notifications = self.unread(room_id, now.events).await?,
+            true => {
+                let user = &self.session.user_id;
+                let (main, threads) = push::unread_by_thread(self.hs, user, room_id, now.events).await?;
+                joined.unread_notifications = counts(main);
+                joined.unread_thread_notifications = threads.into_iter().map(|(root, c)| (root, counts(c))).collect();
+            }
+        }
         Ok(Some(joined))
     }
 
@@ -537,11 +545,7 @@ impl Sync<'_> {
     }
 
     async fn unread(&self, room_id: &RoomId, now: StreamPosition) -> Result<UnreadNotificationsCount, Error> {
-        let (notify, highlight) = push::unread(self.hs, &self.session.user_id, room_id, now).await?;
-        let mut counts = UnreadNotificationsCount::new();
-        counts.notification_count = Some(UInt::from(notify));
-        counts.highlight_count = Some(UInt::from(highlight));
-        Ok(counts)
+        Ok(counts(push::unread(self.hs, &self.session.user_id, room_id, now).await?))
     }
 
     async fn invited(&self, room_id: &RoomId, membership: &UserMembership) -> Result<InvitedRoom, Error> {
@@ -683,4 +687,11 @@ mod tests {
             assert_eq!(waited(&hs, &clock).await, expected, "cap {cap:?}");
         }
     }
+}
+
+fn counts((notify, highlight): push::Counts) -> UnreadNotificationsCount {
+    let mut counts = UnreadNotificationsCount::new();
+    counts.notification_count = Some(UInt::from(notify));
+    counts.highlight_count = Some(UInt::from(highlight));
+    counts
 }
