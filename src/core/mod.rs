@@ -216,10 +216,12 @@ impl Homeserver {
     }
 
     /// The node's work besides answering requests, forever: sending its events
-    /// and updates to other servers, and keeping the search index current. The
-    /// shell runs it beside the node; it resumes from the store.
+    /// and updates to other servers (presence news once the rate limit lets
+    /// it), and keeping the search index current. The shell runs it beside
+    /// the node; it resumes from the store.
     pub async fn run_background(&self) {
-        futures_util::future::join(self.sender.run(self), self.search.run(self)).await;
+        let presence = api::federation::transactions::send_held_presence(self);
+        futures_util::future::join3(self.sender.run(self), self.search.run(self), presence).await;
     }
 
     /// Takes what the transport delivered, in arrival order: answers and

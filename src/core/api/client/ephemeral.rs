@@ -114,9 +114,8 @@ pub(crate) async fn set_status(
     if !matches!(request.presence, PresenceState::Online | PresenceState::Offline | PresenceState::Unavailable) {
         return Err(Error::InvalidParam(format!("unknown presence {}", request.presence)));
     }
-    if hs.ephemeral().set_presence(&session.user_id, request.presence, Some(request.status_msg)) {
-        transactions::send_presence(hs, &session.user_id).await?;
-    }
+    hs.ephemeral().set_presence(&session.user_id, request.presence, Some(request.status_msg));
+    transactions::send_presence(hs, &session.user_id).await?;
     Ok(set_presence::v3::Response::new())
 }
 

@@ -38,6 +38,8 @@ pub(crate) async fn send(
     session: Session,
     request: send_message_event::v3::Request,
 ) -> Result<send_message_event::v3::Response, Error> {
+    // Sending is what being active means for presence.
+    hs.ephemeral().touch(&session.user_id, true);
     let content: Value = serde_json::from_str(request.body.json().get()).map_err(|e| Error::BadJson(e.to_string()))?;
     let event = NewEvent::message(request.event_type.to_string().into(), content);
     let scope = format!("send/{}/{}", request.room_id, request.event_type);

@@ -115,19 +115,14 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     // Syncing marks an offline user online, but leaves a status the user set
     // (unavailable, say) alone, as Synapse does.
     let current = hs.ephemeral().presence(&session.user_id).map(|p| p.state);
-    let changed = match request.set_presence {
+    match request.set_presence {
         PresenceState::Online if matches!(current, None | Some(PresenceState::Offline)) => {
             hs.ephemeral().set_presence(&session.user_id, PresenceState::Online, None)
         }
         PresenceState::Unavailable => hs.ephemeral().set_presence(&session.user_id, PresenceState::Unavailable, None),
-        _ => {
-            hs.ephemeral().touch(&session.user_id);
-            false
-        }
-    };
-    if changed {
-        crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
+        _ => hs.ephemeral().touch(&session.user_id, false),
     }
+    crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
     if let Some(since) = since {
         // The client has what the response that handed out `since` carried.
         hs.to_device().acknowledge(&session.user_id, &session.device_id, since.user).await?;

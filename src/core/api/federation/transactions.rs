@@ -270,11 +270,14 @@ async fn receive_edu(hs: &Homeserver, origin: &ServerName, edu: &RawValue) -> Re
                 presence: PresenceState,
                 #[serde(default)]
                 status_msg: Option<String>,
+                #[serde(default)]
+                last_active_ago: u64,
             }
             let presence: Presence = serde_json::from_str(edu.content.get())?;
             for update in presence.push {
                 from_origin(&update.user_id)?;
-                let _ = hs.ephemeral().set_presence(&update.user_id, update.presence, Some(update.status_msg));
+                let (user, ago) = (&update.user_id, update.last_active_ago);
+                hs.ephemeral().set_remote_presence(user, update.presence, update.status_msg, ago);
             }
         }
         "m.direct_to_device" => {
@@ -357,9 +360,11 @@ pub(crate) async fn send_receipt(
     queue_in_room(hs, room_id, &edu).await
 }
 
-/// Tells the servers of every room `user` is in of their presence now.
+/// Tells the nodes sharing a room with `user` of their presence, when it is
+/// news to them or due for a refresh (see
+/// [`crate::core::service::ephemeral::Ephemeral::presence_to_send`]).
 pub(crate) async fn send_presence(hs: &Homeserver, user: &UserId) -> Result<(), Error> {
-    let Some(presence) = hs.ephemeral().presence(user) else { return Ok(()) };
+    let Some(presence) = hs.ephemeral().presence_to_send(user) else { return Ok(()) };
     let servers = servers_sharing_rooms_with(hs, user).await?;
     if servers.is_empty() {
         return Ok(());
@@ -377,6 +382,26 @@ pub(crate) async fn send_presence(hs: &Homeserver, user: &UserId) -> Result<(), 
     });
     hs.sender().queue_edu(&servers, &edu);
     Ok(())
+}
+
+/// Sends the presence news the rate limit held, when it may go, forever: the
+/// shell runs it beside the node.
+pub(crate) async fn send_held_presence(hs: &Homeserver) {
+    loop {
+        let listener = hs.notifier().listen();
+        let (due, next) = hs.ephemeral().held_presence();
+        for user in due {
+            // A store that fails now may not later; the next sync retries.
+            let _ = send_presence(hs, &user).await;
+        }
+        match next {
+            Some(at) => {
+                let wait = at.saturating_sub(hs.clock().now_millis()).max(1);
+                futures_util::future::select(listener, hs.clock().sleep(wait)).await;
+            }
+            None => listener.await,
+        }
+    }
 }
 
 /// The other servers with a user joined to a room this node's `user` is in.
