@@ -2518,3 +2518,327 @@ fn thread_aware_unread_counts() {
     receipt(&latest, None);
     assert_eq!(counts(), (0, 0));
 }
+
+/// The node whose data is in `dir`, opened in this process once its `glia`
+/// command has stopped: for what only the node's owner reads.
+fn open_offline(dir: &Path) -> (tokio::runtime::Runtime, glia::Homeserver) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let hs = runtime.block_on(glia::native::node::open(dir)).unwrap();
+    (runtime, hs)
+}
+
+const NOTIFY_URL: &str = "https://push.example.org/_matrix/push/v1/notify";
+
+fn pusher(app_id: &str, pushkey: &str, device: &str) -> Value {
+    json!({
+        "kind": "http", "app_id": app_id, "pushkey": pushkey,
+        "app_display_name": "Example", "device_display_name": device, "lang": "en",
+        "data": { "url": NOTIFY_URL, "format": "event_id_only" },
+    })
+}
+
+/// The (app ID, pushkey, device display name) of a user's pushers.
+#[track_caller]
+fn pushers_of(client: &Client) -> Vec<(String, String, String)> {
+    let listed = client.get("pushers").ok();
+    let pushers = listed["pushers"].as_array().unwrap().iter();
+    let field = |p: &Value, name: &str| p[name].as_str().unwrap().to_owned();
+    pushers.map(|p| (field(p, "app_id"), field(p, "pushkey"), field(p, "device_display_name"))).collect()
+}
+
+fn ids(app_id: &str, pushkey: &str, device: &str) -> (String, String, String) {
+    (app_id.into(), pushkey.into(), device.into())
+}
+
+#[test]
+fn pushers() {
+    let dir = tempfile::tempdir().unwrap();
+    let glia = start(dir.path());
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let app = "org.example.app.ios";
+    assert_eq!(alice.get("pushers").ok(), json!({ "pushers": [] }));
+
+    // Set, then listed as sent.
+    let mut first = pusher(app, "key1", "Phone");
+    first["profile_tag"] = json!("tag");
+    first["data"]["custom"] = json!({ "kept": true });
+    assert_eq!(alice.post("pushers/set", first.clone()).ok(), json!({}));
+    assert_eq!(alice.get("pushers").ok(), json!({ "pushers": [first] }));
+    let email = json!({
+        "kind": "email", "app_id": "m.email", "pushkey": "alice@example.org",
+        "app_display_name": "Email", "device_display_name": "Mailbox", "lang": "en", "data": {},
+    });
+    alice.post("pushers/set", email).ok();
+    alice.post("pushers/set", pusher(app, "key2", "Tablet")).ok();
+    assert_eq!(
+        pushers_of(&alice),
+        [ids("m.email", "alice@example.org", "Mailbox"), ids(app, "key1", "Phone"), ids(app, "key2", "Tablet")]
+    );
+
+    // The same app ID and pushkey replace the pusher.
+    alice.post("pushers/set", pusher(app, "key2", "New tablet")).ok();
+    assert_eq!(pushers_of(&alice)[2], ids(app, "key2", "New tablet"));
+    assert_eq!(pushers_of(&alice).len(), 3);
+
+    // Another user's pusher with the same IDs: beside it with `append`, in its place without.
+    let mut appended = pusher(app, "key1", "Bob's phone");
+    appended["append"] = json!(true);
+    bob.post("pushers/set", appended).ok();
+    assert_eq!(pushers_of(&bob), [ids(app, "key1", "Bob's phone")]);
+    assert_eq!(pushers_of(&alice).len(), 3);
+    bob.post("pushers/set", pusher(app, "key1", "Bob's phone")).ok();
+    assert_eq!(pushers_of(&alice), [ids("m.email", "alice@example.org", "Mailbox"), ids(app, "key2", "New tablet")]);
+    assert_eq!(pushers_of(&bob), [ids(app, "key1", "Bob's phone")]);
+    // Replacing one's own pusher leaves the others' alone.
+    alice.post("pushers/set", pusher(app, "key2", "Tablet")).ok();
+    assert_eq!(pushers_of(&bob), [ids(app, "key1", "Bob's phone")]);
+
+    // `kind: null` deletes; deleting what is not there is no error.
+    let delete = |pushkey: &str| json!({ "kind": null, "app_id": app, "pushkey": pushkey });
+    assert_eq!(bob.post("pushers/set", delete("key1")).ok(), json!({}));
+    assert_eq!(bob.get("pushers").ok(), json!({ "pushers": [] }));
+    bob.post("pushers/set", delete("key1")).ok();
+    // Alice's key2 is hers alone: Bob deleting his does not touch it.
+    assert_eq!(pushers_of(&alice).len(), 2);
+
+    // The spec's limits: 64 characters of app ID, 512 bytes of pushkey.
+    let long_app = "é".repeat(64);
+    alice.post("pushers/set", pusher(&long_app, "k", "Phone")).ok();
+    alice.post("pushers/set", pusher(&"a".repeat(65), "k", "Phone")).err(400, "M_INVALID_PARAM");
+    alice.post("pushers/set", pusher(app, &"k".repeat(512), "Phone")).ok();
+    alice.post("pushers/set", pusher(app, &"k".repeat(513), "Phone")).err(400, "M_INVALID_PARAM");
+    alice.post("pushers/set", pusher(app, &"é".repeat(257), "Phone")).err(400, "M_INVALID_PARAM");
+    alice
+        .post("pushers/set", json!({ "kind": null, "app_id": "a".repeat(65), "pushkey": "k" }))
+        .err(400, "M_INVALID_PARAM");
+    // An http pusher needs a push gateway's URL.
+    let mut no_url = pusher(app, "k", "Phone");
+    no_url["data"] = json!({ "format": "event_id_only" });
+    alice.post("pushers/set", no_url).err(400, "M_INVALID_PARAM");
+    let mut wrong_path = pusher(app, "k", "Phone");
+    wrong_path["data"]["url"] = json!("https://push.example.org/notify");
+    alice.post("pushers/set", wrong_path).err(400, "M_INVALID_PARAM");
+    let mut not_a_url = pusher(app, "k", "Phone");
+    not_a_url["data"]["url"] = json!("push gateway");
+    alice.post("pushers/set", not_a_url).err(400, "M_INVALID_PARAM");
+    let mut unknown_kind = pusher(app, "k", "Phone");
+    unknown_kind["kind"] = json!("carrier-pigeon");
+    alice.post("pushers/set", unknown_kind).err(400, "M_INVALID_PARAM");
+    alice.post("pushers/set", json!({ "app_id": app, "pushkey": "k" })).err(400, "M_BAD_JSON");
+    Client::anonymous(addr).get("pushers").err(401, "M_MISSING_TOKEN");
+    assert_eq!(pushers_of(&alice).len(), 4);
+
+    // A device's pushers go with it.
+    let phone = login_client(addr, "alice");
+    phone.post("pushers/set", pusher(app, "phone-key", "Second phone")).ok();
+    assert_eq!(pushers_of(&alice).len(), 5);
+    with_password(&alice, "DELETE", &format!("devices/{}", phone.device_id), json!({})).ok();
+    assert_eq!(pushers_of(&alice).len(), 4);
+    assert!(!pushers_of(&alice).iter().any(|(_, key, _)| key == "phone-key"));
+    let laptop = login_client(addr, "alice");
+    laptop.post("pushers/set", pusher(app, "laptop-key", "Laptop")).ok();
+    laptop.post("logout", json!({})).ok();
+    assert_eq!(pushers_of(&alice).len(), 4);
+
+    // And an account's with it.
+    bob.post("pushers/set", pusher(app, "bob-key", "Bob's phone")).ok();
+    with_password(&alice, "POST", "account/deactivate", json!({})).ok();
+    let (alice_id, bob_id) = (alice.user_id.clone(), bob.user_id.clone());
+    drop(glia);
+    let (runtime, hs) = open_offline(dir.path());
+    let left = |user: &str| {
+        let user = ruma::UserId::parse(user).unwrap();
+        runtime.block_on(hs.pushers().pushers(&user)).unwrap().len()
+    };
+    assert_eq!((left(&alice_id), left(&bob_id)), (0, 1));
+}
+
+/// The bodies of a `/notifications` page, and its `next_token`.
+#[track_caller]
+fn notification_page(client: &Client, query: &str) -> (Vec<String>, Option<String>) {
+    let page = client.get(&format!("notifications?{query}")).ok();
+    let events: Vec<Value> = page["notifications"].as_array().unwrap().iter().map(|n| n["event"].clone()).collect();
+    (bodies(&Value::Array(events)), page["next_token"].as_str().map(str::to_owned))
+}
+
+/// Every notification, following `next_token` through pages of `limit`.
+#[track_caller]
+fn all_notifications(client: &Client, limit: usize) -> Vec<String> {
+    let (mut all, mut next) = notification_page(client, &format!("limit={limit}"));
+    while let Some(token) = next {
+        let (page, after) = notification_page(client, &format!("limit={limit}&from={}", enc(&token)));
+        assert!(page.len() <= limit);
+        all.extend(page);
+        next = after;
+    }
+    all
+}
+
+#[test]
+fn notifications() {
+    let (glia, _dir) = node();
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    assert_eq!(bob.get("notifications").ok(), json!({ "notifications": [] }));
+
+    let room = create_room(&alice, json!({ "preset": "public_chat" }));
+    let other = create_room(&alice, json!({ "preset": "public_chat" }));
+    say(&alice, &room, "before bob joined");
+    join(&bob, &room);
+    join(&bob, &other);
+    join(&carol, &room);
+    say(&alice, &room, "one");
+    let mention = say(&carol, &room, "hey bob");
+    say(&bob, &room, "his own");
+    say(&alice, &other, "elsewhere");
+    say(&alice, &room, "three");
+
+    // Newest first, across rooms; not one's own, nor what came before joining.
+    let page = bob.get("notifications").ok();
+    let listed = page["notifications"].as_array().unwrap();
+    let events: Vec<Value> = listed.iter().map(|n| n["event"].clone()).collect();
+    assert_eq!(bodies(&Value::Array(events)), ["three", "elsewhere", "hey bob", "one"]);
+    assert!(page.get("next_token").is_none(), "{page}");
+    let rooms: Vec<&str> = listed.iter().map(|n| n["room_id"].as_str().unwrap()).collect();
+    assert_eq!(rooms, [&room, &other, &room, &room]);
+    for n in listed {
+        assert_eq!(n["read"], false, "{n}");
+        assert!(n["actions"].as_array().unwrap().contains(&json!("notify")), "{n}");
+        assert_eq!(n["ts"], n["event"]["origin_server_ts"], "{n}");
+        assert!(n["event"]["event_id"].is_string() && n["event"].get("room_id").is_none(), "{n}");
+        assert!(n.get("profile_tag").is_none(), "{n}");
+    }
+    let highlight = json!({ "set_tweak": "highlight" });
+    assert!(listed[2]["actions"].as_array().unwrap().contains(&highlight), "{}", listed[2]);
+    assert!(!listed[0]["actions"].as_array().unwrap().contains(&highlight), "{}", listed[0]);
+    assert_eq!(notification_page(&bob, "only=highlight"), (vec!["hey bob".to_owned()], None));
+    // Alice is notified of Carol's and Bob's messages, in her rooms only.
+    assert_eq!(notification_page(&alice, "").0, ["his own", "hey bob"]);
+
+    // `read` follows the read receipt, in its room only.
+    bob.post(&format!("rooms/{}/receipt/m.read/{}", enc(&room), enc(&mention)), json!({})).ok();
+    let page = bob.get("notifications").ok();
+    let read: Vec<bool> = page["notifications"].as_array().unwrap().iter().map(|n| n["read"] == true).collect();
+    assert_eq!(read, [false, false, true, true]);
+
+    // Pages: each names the next, and together they are the whole list.
+    let (first, next) = notification_page(&bob, "limit=3");
+    assert_eq!(first, ["three", "elsewhere", "hey bob"]);
+    let (rest, after) = notification_page(&bob, &format!("limit=3&from={}", enc(&next.unwrap())));
+    assert_eq!((rest, after), (vec!["one".to_owned()], None));
+    assert_eq!(all_notifications(&bob, 1), ["three", "elsewhere", "hey bob", "one"]);
+    bob.get("notifications?from=nonsense").err(400, "M_INVALID_PARAM");
+    Client::anonymous(addr).get("notifications").err(401, "M_MISSING_TOKEN");
+
+    // The push rules decide: muted rooms notify of nothing.
+    let muted = format!("pushrules/global/room/{}", enc(&other));
+    bob.put(&muted, json!({ "actions": [] })).ok();
+    assert_eq!(notification_page(&bob, "").0, ["three", "hey bob", "one"]);
+    bob.delete(&muted).ok();
+
+    // A page looks that far back in each room, and no further: past a long
+    // run of events that do not notify, pages may come back short, and the
+    // walk still finds every notification.
+    let quiet = create_room(&alice, json!({ "preset": "public_chat" }));
+    join(&bob, &quiet);
+    say(&alice, &quiet, "signal");
+    let noise = json!({
+        "conditions": [{ "kind": "event_match", "key": "content.body", "pattern": "noise" }],
+        "actions": [],
+    });
+    bob.put("pushrules/global/override/noise", noise).ok();
+    for _ in 0..320 {
+        say(&alice, &quiet, "noise");
+    }
+    let (first, next) = notification_page(&bob, "limit=10");
+    assert!(first.is_empty() && next.is_some(), "{first:?} {next:?}");
+    let all = all_notifications(&bob, 10);
+    assert_eq!(all, ["signal", "three", "elsewhere", "hey bob", "one"]);
+}
+
+#[test]
+fn reporting() {
+    let dir = tempfile::tempdir().unwrap();
+    let glia = start(dir.path());
+    let addr = &glia.addr;
+    let alice = register(addr, "alice");
+    let bob = register(addr, "bob");
+    let carol = register(addr, "carol");
+    let server = server_name(&alice);
+    let room = create_room(
+        &alice,
+        json!({
+            "preset": "public_chat",
+            "initial_state": [
+                { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } },
+            ],
+        }),
+    );
+    let hidden = say(&alice, &room, "said before bob joined");
+    join(&bob, &room);
+    let rude = say(&alice, &room, "something rude");
+    let elsewhere = create_room(&alice, json!({ "preset": "public_chat" }));
+    let other_event = say(&alice, &elsewhere, "elsewhere");
+
+    // An event: by a member of its room who may see it.
+    let report = |client: &Client, room: &str, event: &str, body: Value| {
+        client.post(&format!("rooms/{}/report/{}", enc(room), enc(event)), body)
+    };
+    assert_eq!(report(&bob, &room, &rude, json!({ "reason": "rude" })).ok(), json!({}));
+    report(&bob, &room, &rude, json!({})).ok();
+    // `score` was dropped from the spec (v1.18): it is not read.
+    report(&bob, &room, &rude, json!({ "reason": "scored", "score": -500 })).ok();
+    report(&carol, &room, &rude, json!({ "reason": "not a member" })).err(404, "M_NOT_FOUND");
+    report(&bob, &room, &hidden, json!({ "reason": "not visible" })).err(404, "M_NOT_FOUND");
+    report(&bob, &room, &other_event, json!({ "reason": "wrong room" })).err(404, "M_NOT_FOUND");
+    report(&bob, &room, &format!("$nosuchevent:{server}"), json!({})).err(404, "M_NOT_FOUND");
+    report(&bob, &format!("!nosuch:{server}"), &rude, json!({})).err(404, "M_NOT_FOUND");
+    report(&bob, &room, "not-an-event-id", json!({})).err(400, "M_INVALID_PARAM");
+
+    // A room: any the node knows, member or not.
+    let report_room =
+        |client: &Client, room: &str, body: Value| client.post(&format!("rooms/{}/report", enc(room)), body);
+    assert_eq!(report_room(&carol, &room, json!({ "reason": "bad room" })).ok(), json!({}));
+    report_room(&carol, &format!("!nosuch:{server}"), json!({ "reason": "x" })).err(404, "M_NOT_FOUND");
+
+    // A user: any of this node's, and anyone elsewhere.
+    let report_user =
+        |client: &Client, user: &str, body: Value| client.post(&format!("users/{}/report", enc(user)), body);
+    assert_eq!(report_user(&carol, &alice.user_id, json!({ "reason": "" })).ok(), json!({}));
+    report_user(&carol, "@someone:example.org", json!({ "reason": "remote" })).ok();
+    report_user(&carol, &format!("@nosuchuser:{server}"), json!({ "reason": "x" })).err(404, "M_NOT_FOUND");
+    report_user(&carol, &alice.user_id, json!({})).err(400, "M_BAD_JSON");
+    Client::anonymous(addr)
+        .post(&format!("users/{}/report", enc(&alice.user_id)), json!({ "reason": "x" }))
+        .err(401, "M_MISSING_TOKEN");
+
+    // The node's owner reads them, oldest first.
+    drop(glia);
+    let (runtime, hs) = open_offline(dir.path());
+    let reports = runtime.block_on(hs.reports().reports()).unwrap();
+    let seen: Vec<Value> = reports
+        .iter()
+        .map(|r| {
+            let mut json = serde_json::to_value(r).unwrap();
+            assert!(json["received_ts"].as_u64().unwrap() > 1_704_067_200_000, "{json}");
+            json.as_object_mut().unwrap().remove("received_ts");
+            json
+        })
+        .collect();
+    let (b, c) = (&bob.user_id, &carol.user_id);
+    assert_eq!(
+        seen,
+        [
+            json!({ "reporter": b, "kind": "event", "room_id": room, "event_id": rude, "reason": "rude" }),
+            json!({ "reporter": b, "kind": "event", "room_id": room, "event_id": rude }),
+            json!({ "reporter": b, "kind": "event", "room_id": room, "event_id": rude, "reason": "scored" }),
+            json!({ "reporter": c, "kind": "room", "room_id": room, "reason": "bad room" }),
+            json!({ "reporter": c, "kind": "user", "user_id": alice.user_id, "reason": "" }),
+            json!({ "reporter": c, "kind": "user", "user_id": "@someone:example.org", "reason": "remote" }),
+        ]
+    );
+}

@@ -20,7 +20,9 @@ pub(crate) mod client {
     pub(crate) mod message;
     pub(crate) mod profile;
     pub(crate) mod push;
+    pub(crate) mod pushers;
     pub(crate) mod relations;
+    pub(crate) mod report;
     pub(crate) mod room;
     pub(crate) mod search;
     pub(crate) mod space;
@@ -166,6 +168,12 @@ macro_rules! endpoints {
             c::push::set_pushrule_enabled::v3::Request => client::push::set_enabled,
             c::push::get_pushrule_actions::v3::Request => client::push::get_actions,
             c::push::set_pushrule_actions::v3::Request => client::push::set_actions,
+            c::push::get_pushers::v3::Request => client::pushers::list,
+            client::pushers::SetPusher => client::pushers::set,
+            c::push::get_notifications::v3::Request => client::pushers::notifications,
+            c::room::report_content::v3::Request => client::report::event,
+            c::room::report_room::v3::Request => client::report::room,
+            c::reporting::report_user::v3::Request => client::report::user,
             f::discovery::get_server_keys::v2::Request => federation::keys::server_keys,
             f::discovery::get_server_version::v1::Request => federation::discovery::version,
             f::transactions::send_transaction_message::v1::Request => federation::transactions::send,

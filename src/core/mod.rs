@@ -23,8 +23,9 @@ use self::{
     limits::RateLimit,
     service::{
         accounts::Accounts, aliases::Aliases, backup::Backups, directory::Directory, ephemeral::Ephemeral,
-        federation::Federation, keys::Keys, media::MediaRepository, notifier::Notifier, rooms::Rooms, search::Search,
-        sender::Sender, to_device::ToDevice, transactions::Transactions, user_data::UserData,
+        federation::Federation, keys::Keys, media::MediaRepository, notifier::Notifier, pushers::Pushers,
+        reports::Reports, rooms::Rooms, search::Search, sender::Sender, to_device::ToDevice,
+        transactions::Transactions, user_data::UserData,
     },
 };
 pub use self::{
@@ -37,7 +38,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 9,
+    version: 10,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -82,6 +83,9 @@ pub const SCHEMA: Schema = Schema {
         service::relations::THREAD_ACTIVITY,
         service::search::SEARCH,
         service::search::SEARCH_PROGRESS,
+        service::pushers::PUSHERS,
+        service::pushers::PUSHERS_BY_KEY,
+        service::reports::REPORTS,
     ],
 };
 
@@ -116,6 +120,8 @@ pub struct Homeserver {
     backups: Backups,
     media: MediaRepository,
     search: Search,
+    pushers: Pushers,
+    reports: Reports,
     federation: Federation,
     sender: Sender,
     limits: Limits,
@@ -170,6 +176,8 @@ impl Homeserver {
             backups: Backups::new(store.clone()),
             media: MediaRepository::new(store.clone()),
             search: Search::new(store.clone()),
+            pushers: Pushers::new(store.clone()),
+            reports: Reports::new(store.clone(), clock.clone()),
             limits: Limits {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
@@ -346,6 +354,15 @@ impl Homeserver {
 
     pub fn search(&self) -> &Search {
         &self.search
+    }
+
+    pub fn pushers(&self) -> &Pushers {
+        &self.pushers
+    }
+
+    /// What users reported to the node's owner.
+    pub fn reports(&self) -> &Reports {
+        &self.reports
     }
 
     pub fn federation(&self) -> &Federation {

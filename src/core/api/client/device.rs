@@ -79,7 +79,8 @@ pub(crate) async fn delete_many(
 }
 
 /// Drops what deleted devices leave behind: their keys (which other users'
-/// devices then hear of) and the to-device messages no one will fetch.
+/// devices then hear of), the to-device messages no one will fetch and the
+/// pushers they set.
 pub(crate) async fn forget(hs: &Homeserver, user: &UserId, deleted: &[OwnedDeviceId]) -> Result<(), Error> {
     if let Some(change) = hs.keys().forget_devices(hs.user_data(), user, deleted).await? {
         for device in deleted {
@@ -87,5 +88,6 @@ pub(crate) async fn forget(hs: &Homeserver, user: &UserId, deleted: &[OwnedDevic
         }
     }
     hs.to_device().forget_devices(user, deleted).await?;
+    hs.pushers().forget_devices(user, deleted).await?;
     Ok(())
 }

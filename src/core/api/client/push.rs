@@ -7,7 +7,7 @@ use ruma::{
         get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
     events::room::member::MembershipState,
-    push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::membership::members_in;
 use crate::{
     core::{
+        pdu::Pdu,
         service::{accounts::Session, cache::Cache, relations, rooms::StreamPosition},
         Error, Homeserver,
     },
@@ -34,7 +35,7 @@ const MAX_COUNTED: usize = 1000;
 const FIRST_COUNT_PAGE: usize = 4;
 const MAX_COUNT_PAGE: usize = 64;
 
-async fn ruleset(hs: &Homeserver, user: &UserId) -> Result<Ruleset, Error> {
+pub(crate) async fn ruleset(hs: &Homeserver, user: &UserId) -> Result<Ruleset, Error> {
     match hs.user_data().account_data(user, None, PUSH_RULES).await? {
         Some(entry) => {
             #[derive(serde::Deserialize)]
@@ -282,8 +283,7 @@ pub(crate) async fn unread(
                     rules_and_context = Some((ruleset(hs, user).await?, push_context(hs, user, room_id).await?));
                 }
                 let Some((rules, context)) = &rules_and_context else { continue };
-                let raw: Raw<Value> = super::format::raw_event(hs, &pdu, None).await?;
-                let actions = rules.get_actions(&raw, context).await;
+                let actions = actions(hs, rules, context, &pdu).await?;
                 if actions.iter().any(|a| a.should_notify()) {
                     notify += 1;
                     highlight += u32::from(actions.iter().any(|a| a.is_highlight()));
@@ -305,8 +305,19 @@ pub(crate) async fn unread(
     Ok((counted.notify, counted.highlight))
 }
 
+/// What the user's push rules do with `pdu`: notifying, highlighting, or nothing.
+pub(crate) async fn actions<'r>(
+    hs: &Homeserver,
+    rules: &'r Ruleset,
+    context: &PushConditionRoomCtx,
+    pdu: &Pdu,
+) -> Result<&'r [Action], Error> {
+    let raw: Raw<Value> = super::format::raw_event(hs, pdu, None).await?;
+    Ok(rules.get_actions(&raw, context).await)
+}
+
 /// The stream position of the latest event the user's read receipts point at.
-async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<StreamPosition, Error> {
+pub(crate) async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<StreamPosition, Error> {
     let mut upto = 0;
     for receipt in hs.user_data().receipts_of(room_id, user).await? {
         if !matches!(receipt.kind.as_str(), "m.read" | "m.read.private")
@@ -321,7 +332,11 @@ async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<S
     Ok(upto)
 }
 
-async fn push_context(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<PushConditionRoomCtx, Error> {
+pub(crate) async fn push_context(
+    hs: &Homeserver,
+    user: &UserId,
+    room_id: &RoomId,
+) -> Result<PushConditionRoomCtx, Error> {
     let state = hs.rooms().current_state(room_id).await?;
     let mut members = 0u32;
     let mut display_name = user.localpart().to_owned();
@@ -396,8 +411,7 @@ pub(crate) async fn unread_by_thread(
                 rules_and_context = Some((ruleset(hs, user).await?, push_context(hs, user, room_id).await?));
             }
             let Some((rules, context)) = &rules_and_context else { continue };
-            let raw: Raw<Value> = super::format::raw_event(hs, &pdu, None).await?;
-            let actions = rules.get_actions(&raw, context).await;
+            let actions = actions(hs, rules, context, &pdu).await?;
             if actions.iter().any(|a| a.should_notify()) {
                 let counts = match thread {
                     None => &mut main,

@@ -1,12 +1,14 @@
 //! Creating rooms, reading single events, and room aliases.
 
+use std::sync::Arc;
+
 use ruma::{
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
         room::{aliases, create_room, get_room_event, Visibility},
     },
     events::{room::member::MembershipState, TimelineEventType},
-    OwnedRoomId, OwnedServerName, RoomAliasId,
+    EventId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -19,6 +21,7 @@ use crate::core::{
     service::{
         accounts::Session,
         aliases::Alias,
+        events::StoredEvent,
         rooms::{CreateRoom, Preset},
     },
     Error, Homeserver,
@@ -118,16 +121,25 @@ pub(crate) async fn event(
     session: Session,
     request: get_room_event::v3::Request,
 ) -> Result<get_room_event::v3::Response, Error> {
-    let not_found = || Error::NotFound(format!("no event {} in {}", request.event_id, request.room_id));
-    let event = hs.rooms().event(&request.event_id).await?.ok_or_else(not_found)?;
-    let hidden = event.record.rejected.is_some() || event.record.soft_failed.is_some();
-    if event.pdu.room_id != request.room_id || hidden {
-        return Err(not_found());
-    }
-    if !may_see(hs, &session.user_id, &event.pdu).await? {
-        return Err(not_found());
-    }
+    let event = visible_event(hs, &session.user_id, &request.room_id, &request.event_id).await?;
     Ok(get_room_event::v3::Response::new(format::raw_event(hs, &event.pdu, Some(&session)).await?))
+}
+
+/// The event, if it is in the room, accepted and `user` may see it: the
+/// same 404 otherwise, so that nobody learns of events they may not see.
+pub(crate) async fn visible_event(
+    hs: &Homeserver,
+    user: &UserId,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<Arc<StoredEvent>, Error> {
+    let not_found = || Error::NotFound(format!("no event {event_id} in {room_id}"));
+    let event = hs.rooms().event(event_id).await?.ok_or_else(not_found)?;
+    let hidden = event.record.rejected.is_some() || event.record.soft_failed.is_some();
+    if event.pdu.room_id != room_id || hidden || !may_see(hs, user, &event.pdu).await? {
+        return Err(not_found());
+    }
+    Ok(event)
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
