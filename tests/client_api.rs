@@ -2125,7 +2125,8 @@ fn relations_threads_and_bundled_aggregations() {
     );
 
     // Relations of relations, with `recurse`.
-    let nested = relate(&carol_joined(&carol, &room), &room, "m.reaction", "m.annotation", &reply_bob, json!({}));
+    join(&carol, &room);
+    let nested = relate(&carol, &room, "m.reaction", "m.annotation", &reply_bob, json!({}));
     let recursed = relations("?recurse=true");
     assert_eq!(recursed["recursion_depth"], 3);
     assert_eq!(event_ids(&recursed["chunk"]).first(), Some(&nested));
@@ -2183,12 +2184,6 @@ fn relations_threads_and_bundled_aggregations() {
     bob.get(&v1(&format!("relations/{}?from=zzz", enc(&root)))).err(400, "M_INVALID_PARAM");
     bob.get(&v1("threads?from=r")).err(400, "M_INVALID_PARAM");
     bob.get("/_matrix/client/v1/rooms/!nope:example/threads").err(404, "M_NOT_FOUND");
-}
-
-/// `client` joined to `room`, for a one-liner.
-fn carol_joined<'c>(client: &'c Client, room: &str) -> &'c Client {
-    join(client, room);
-    client
 }
 
 #[test]

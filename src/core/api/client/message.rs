@@ -94,20 +94,19 @@ pub(crate) async fn redact(
 }
 
 /// A page of a room's history in topological order, as the viewer may see it.
-pub(crate) struct Page {
-    pub(crate) events: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
+struct Page {
+    events: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
     /// Where the next page starts, if there may be more.
     next: Option<TopologicalPosition>,
 }
 
 /// Up to `limit` events matching `filter` from the gap `from`, stopping at the
 /// gap `to`.
-pub(crate) async fn page(
+async fn page(
     hs: &Homeserver,
     viewer: &OwnedUserId,
     room_id: &RoomId,
-    from: Option<TopologicalPosition>,
-    to: Option<TopologicalPosition>,
+    (from, to): (Option<TopologicalPosition>, Option<TopologicalPosition>),
     direction: Direction,
     limit: usize,
     filter: &RoomEventFilter,
@@ -183,7 +182,7 @@ pub(crate) async fn messages(
         None => None,
     };
     let limit = usize::try_from(request.limit).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
-    let page = page(hs, &session.user_id, room_id, from, to, direction, limit, &request.filter).await?;
+    let page = page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
 
     let start = match (&request.from, page.events.first()) {
         (Some(token), _) => token.clone(),
@@ -238,31 +237,22 @@ pub(crate) async fn context(
     let position = (u64::from(event.pdu.depth), stream);
     let limit = usize::try_from(request.limit).unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
     let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
-    let viewer = &session.user_id;
-    let filter = &request.filter;
-    let mut before = Page { events: Vec::new(), next: Some(position) };
-    if before_limit > 0 {
-        before = page(hs, viewer, room_id, Some(position), None, Direction::Backward, before_limit, filter).await?;
-    }
-    let after_from = (position.0, position.1 + 1);
-    let mut after = Page { events: Vec::new(), next: Some(after_from) };
-    if after_limit > 0 {
-        after = page(hs, viewer, room_id, Some(after_from), None, Direction::Forward, after_limit, filter).await?;
-    }
+    let around =
+        around(hs, &session.user_id, &event.pdu, position, (before_limit, after_limit), &request.filter).await?;
+    let (before, after) = (around.before, around.after);
     let mut response = get_context::v3::Response::new();
-    response.start = Some(tokens::before(before.events.last().map_or(position, |(p, _)| *p)));
-    response.end = Some(tokens::after(after.events.last().map_or(position, |(p, _)| *p)));
+    (response.start, response.end) = (Some(around.start), Some(around.end));
     let mut senders = BTreeSet::from([event.pdu.sender.clone()]);
-    for (_, pdu) in &before.events {
+    for (_, pdu) in &before {
         senders.insert(pdu.sender.clone());
         response.events_before.push(format::raw_event(hs, pdu, Some(&session)).await?);
     }
     response.event = Some(format::raw_event(hs, &event.pdu, Some(&session)).await?);
-    for (_, pdu) in &after.events {
+    for (_, pdu) in &after {
         senders.insert(pdu.sender.clone());
         response.events_after.push(format::raw_event(hs, pdu, Some(&session)).await?);
     }
-    response.state = match filter.lazy_load_options.is_disabled() {
+    response.state = match request.filter.lazy_load_options.is_disabled() {
         false => member_events(hs, room_id, &senders, &session).await?,
         true => {
             let state = hs.rooms().current_state(room_id).await?;
@@ -276,4 +266,40 @@ pub(crate) async fn context(
         }
     };
     Ok(response)
+}
+
+/// The events around one, as the viewer may see them, with the tokens to
+/// page on from either end: what `/context` and search results show.
+pub(crate) struct Around {
+    pub before: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
+    pub after: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
+    pub start: String,
+    pub end: String,
+}
+
+/// Up to `before_limit` events before `pdu` (at `position`) and `after_limit`
+/// after it that match `filter`.
+pub(crate) async fn around(
+    hs: &Homeserver,
+    viewer: &OwnedUserId,
+    pdu: &Pdu,
+    position: TopologicalPosition,
+    (before_limit, after_limit): (usize, usize),
+    filter: &RoomEventFilter,
+) -> Result<Around, Error> {
+    let room_id = &pdu.room_id;
+    let mut before = Vec::new();
+    if before_limit > 0 {
+        before =
+            page(hs, viewer, room_id, (Some(position), None), Direction::Backward, before_limit, filter).await?.events;
+    }
+    let after_from = (position.0, position.1 + 1);
+    let mut after = Vec::new();
+    if after_limit > 0 {
+        after =
+            page(hs, viewer, room_id, (Some(after_from), None), Direction::Forward, after_limit, filter).await?.events;
+    }
+    let start = tokens::before(before.last().map_or(position, |(p, _)| *p));
+    let end = tokens::after(after.last().map_or(position, |(p, _)| *p));
+    Ok(Around { before, after, start, end })
 }

@@ -30,17 +30,14 @@ use ruma::{
     OwnedMxcUri, OwnedRoomId, UInt,
 };
 
-use super::{filter, format, membership::member_content, message, tokens, visibility::may_see};
-use crate::{
-    core::{
-        pdu::Pdu,
-        service::{
-            accounts::Session,
-            search::{self, Posting, BODY, NAME, TOPIC},
-        },
-        Error, Homeserver,
+use super::{filter, format, membership::member_content, message, visibility::may_see};
+use crate::core::{
+    pdu::Pdu,
+    service::{
+        accounts::Session,
+        search::{self, Posting, BODY, NAME, TOPIC},
     },
-    store::Direction::{Backward, Forward},
+    Error, Homeserver,
 };
 
 const DEFAULT_LIMIT: usize = 10;
@@ -114,7 +111,7 @@ async fn room_events(
     let (mut hits, highlights) = matches(hs, &words, &rooms, keys).await?;
     match by_rank {
         true => hits.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.stream.cmp(&a.stream))),
-        false => hits.sort_by(|a, b| b.stream.cmp(&a.stream)),
+        false => hits.sort_by_key(|hit| std::cmp::Reverse(hit.stream)),
     }
     result.count = Some(UInt::new_saturating(hits.len() as u64));
     result.highlights = highlights;
@@ -270,20 +267,15 @@ async fn context(
         return Ok(context);
     }
     let position = (u64::from(pdu.depth), stream);
-    let viewer = &session.user_id;
     let none = RoomEventFilter::default();
-    let room_id = &pdu.room_id;
-    let before = message::page(hs, viewer, room_id, Some(position), None, Backward, before_limit, &none).await?;
-    let after_from = (position.0, position.1 + 1);
-    let after = message::page(hs, viewer, room_id, Some(after_from), None, Forward, after_limit, &none).await?;
-    context.start = Some(tokens::before(before.events.last().map_or(position, |(p, _)| *p)));
-    context.end = Some(tokens::after(after.events.last().map_or(position, |(p, _)| *p)));
+    let around = message::around(hs, &session.user_id, pdu, position, (before_limit, after_limit), &none).await?;
+    (context.start, context.end) = (Some(around.start), Some(around.end));
     let mut senders = BTreeSet::from([pdu.sender.clone()]);
-    for (_, event) in before.events.iter().take(before_limit) {
+    for (_, event) in &around.before {
         senders.insert(event.sender.clone());
         context.events_before.push(format::raw_event(hs, event, Some(session)).await?);
     }
-    for (_, event) in after.events.iter().take(after_limit) {
+    for (_, event) in &around.after {
         senders.insert(event.sender.clone());
         context.events_after.push(format::raw_event(hs, event, Some(session)).await?);
     }
