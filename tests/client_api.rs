@@ -1922,6 +1922,12 @@ fn media_repository() {
     upload(&alice, "PUT", &format!("v3/upload/{id}"), "text/plain", b"again").err(409, "M_CANNOT_OVERWRITE_MEDIA");
     upload(&alice, "PUT", &format!("v3/upload/{server}/neverreserved"), "text/plain", b"x").err(404, "M_NOT_FOUND");
     assert_eq!(bob.get(&format!("/_matrix/client/v1/media/download/{id}")).body, b"hello");
+    // Reservations pile up no further than a burst allows.
+    let refused = (0..40).find_map(|_| {
+        let response = bob.post("/_matrix/media/v1/create", json!({}));
+        (response.status != 200).then_some(response)
+    });
+    refused.expect("a burst of reservations is refused").err(429, "M_LIMIT_EXCEEDED");
     let preview = bob.get("/_matrix/client/v1/media/preview_url?url=https%3A%2F%2Fexample.org").ok();
     assert_eq!(preview, json!({}), "no previews: this node reaches no web site");
 }

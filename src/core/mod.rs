@@ -138,6 +138,9 @@ pub(crate) struct Limits {
     /// Federation requests per origin server: room for a node catching up on a
     /// mailbox, not for a flood.
     pub federation: RateLimit,
+    /// Media IDs reserved for later uploads (`/media/v1/create`) per user:
+    /// each holds a record until it expires, so a user may not pile them up.
+    pub media_create: RateLimit,
     /// The largest upload to the media repository, in bytes.
     pub max_upload_bytes: usize,
     /// The longest a `/sync` long-poll waits, in milliseconds.
@@ -182,6 +185,7 @@ impl Homeserver {
                 register: RateLimit::new(50, 0.5),
                 login: RateLimit::new(10, 1.0),
                 federation: RateLimit::new(500, 200.0),
+                media_create: RateLimit::new(30, 0.1),
                 long_poll_ms: LONG_POLL_MS,
                 max_upload_bytes: MAX_UPLOAD_BYTES,
             },

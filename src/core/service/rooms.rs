@@ -805,7 +805,7 @@ fn preset_events(creator: &UserId, rules: &RoomVersionRules, options: &CreateRoo
 impl Rooms {
     /// Stores a PDU whose signatures were verified elsewhere, or that has none
     /// (state resolution fixtures), through the same checks as [`Rooms::receive`].
-    #[cfg(test)]
+    #[cfg(all(test, not(target_arch = "wasm32")))]
     pub(crate) async fn insert_verified(&self, pdu: Pdu) -> Result<Outcome, RoomError> {
         let _write = self.write.lock().await;
         let mut c = Commit::default();

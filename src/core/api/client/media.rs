@@ -85,6 +85,7 @@ pub(crate) async fn create(
     session: Session,
     _: create_mxc_uri::v1::Request,
 ) -> Result<create_mxc_uri::v1::Response, Error> {
+    hs.limits().media_create.check(session.user_id.as_str(), hs.clock().now_millis())?;
     let media_id = hs.accounts().random_string(24);
     let until = hs.clock().now_millis() + RESERVED_MS;
     hs.media().reserve(hs.key().server_name(), &media_id, &session.user_id, until).await?;
