@@ -30,7 +30,7 @@ use self::{
 };
 pub use self::{
     error::Error,
-    platform::{Clock, OsRandom, Random, Sleep, SystemClock},
+    platform::{Clock, OsRandom, Random, Sleep, SystemClock, Thumbnailer},
     router::{error_response, MAX_BODY_BYTES},
 };
 use crate::p2p::{Frame, Inbound, Payload, Transport};
@@ -208,6 +208,11 @@ impl Homeserver {
     /// while a fetch waits longer than the browser allows.
     pub fn cap_long_polls(&mut self, ms: u64) {
         self.limits.long_poll_ms = self.limits.long_poll_ms.min(ms);
+    }
+
+    /// Makes thumbnails with `thumbnailer` from now on.
+    pub fn make_thumbnails_with(&mut self, thumbnailer: Arc<dyn platform::Thumbnailer>) {
+        self.media.make_thumbnails_with(thumbnailer);
     }
 
     /// Sets the largest file users may upload, in bytes.

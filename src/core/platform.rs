@@ -1,9 +1,12 @@
-//! What the core asks of its platform besides storage: the time, timers and
-//! randomness.
+//! What the core asks of its platform besides storage: the time, timers,
+//! randomness and thumbnails.
 
 use std::{future::Future, pin::Pin};
 
-use crate::store::SendSync;
+use crate::{
+    core::service::media::{Fit, MediaError},
+    store::SendSync,
+};
 
 /// A timer's future: `Send` natively, where requests run on a thread pool.
 #[cfg(not(target_arch = "wasm32"))]
@@ -21,6 +24,17 @@ pub trait Clock: SendSync {
 
 pub trait Random: SendSync {
     fn fill(&self, buf: &mut [u8]);
+}
+
+/// Makes thumbnails of image files: natively with the `image` crate
+/// ([`crate::core::service::media::ImageCrate`]); in the browser with its own
+/// decoders, which are faster there and keep a megabyte of them out of the wasm.
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+pub trait Thumbnailer: SendSync {
+    /// A thumbnail at most `width`×`height` (exactly that, cropped, with
+    /// [`Fit::Crop`]), never larger than the image; its content type and bytes.
+    async fn thumbnail(&self, file: &[u8], width: u32, height: u32, fit: Fit) -> Result<(String, Vec<u8>), MediaError>;
 }
 
 /// The wall clock; `web_time` reads `Date.now()` on wasm32, where

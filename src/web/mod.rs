@@ -3,6 +3,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod thumbnail;
 mod transport;
 
 use std::{rc::Rc, sync::Arc};
@@ -40,6 +41,7 @@ impl WorkerNode {
         let store = IndexedDbStore::open(DATABASE, SCHEMA).await?;
         let mut homeserver = Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?;
         homeserver.cap_long_polls(LONG_POLL_MS);
+        homeserver.make_thumbnails_with(Arc::new(thumbnail::BrowserThumbnailer));
         let homeserver = Rc::new(homeserver);
         // For as long as the worker lives; a new worker resumes from the store.
         // With no transport attached yet it only empties the outbox of rooms

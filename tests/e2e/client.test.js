@@ -67,3 +67,47 @@ test('register, create a room, send, and sync it back through the worker; histor
   });
   assert.equal(login.status, 200, 'the account is still there');
 });
+
+test('the worker makes thumbnails with the browser: scaled within the box, or cropped to it', async () => {
+  const v3 = '/_matrix/client/v3';
+  const challenge = await call('POST', `${v3}/register`, { username: 'painter', password: 'correct horse' });
+  const registered = await call('POST', `${v3}/register`, {
+    username: 'painter', password: 'correct horse', auth: { type: 'm.login.dummy', session: challenge.json.session },
+  });
+  const token = registered.json.access_token;
+  // In the page: a 400×200 JPEG drawn on a canvas, uploaded, and the
+  // thumbnails the worker answers decoded back to their sizes.
+  const sizes = await shell.page.evaluate(async (token) => {
+    const canvas = new OffscreenCanvas(400, 200);
+    const context = canvas.getContext('2d');
+    context.fillStyle = '#3a6';
+    context.fillRect(0, 0, 400, 200);
+    const jpeg = await canvas.convertToBlob({ type: 'image/jpeg' });
+    const auth = { Authorization: `Bearer ${token}` };
+    const uploaded = await fetch('/_matrix/media/v3/upload', {
+      method: 'POST', headers: { ...auth, 'Content-Type': 'image/jpeg' }, body: jpeg,
+    });
+    const mxc = (await uploaded.json()).content_uri.slice('mxc://'.length);
+    const thumbnail = async (query) => {
+      const res = await fetch(`/_matrix/client/v1/media/thumbnail/${mxc}?${query}`, { headers: auth });
+      if (!res.ok) return { status: res.status, error: await res.text() };
+      const bitmap = await createImageBitmap(await res.blob());
+      return { type: res.headers.get('content-type'), width: bitmap.width, height: bitmap.height };
+    };
+    const notImage = await fetch('/_matrix/media/v3/upload', {
+      method: 'POST', headers: { ...auth, 'Content-Type': 'image/png' }, body: 'not a picture',
+    });
+    const broken = (await notImage.json()).content_uri.slice('mxc://'.length);
+    const refused = await fetch(`/_matrix/client/v1/media/thumbnail/${broken}?width=10&height=10`, { headers: auth });
+    return {
+      scaled: await thumbnail('width=64&height=64&method=scale'),
+      cropped: await thumbnail('width=64&height=64&method=crop'),
+      small: await thumbnail('width=1000&height=1000&method=crop'),
+      refused: refused.status,
+    };
+  }, token);
+  assert.deepEqual(sizes.scaled, { type: 'image/jpeg', width: 64, height: 32 });
+  assert.deepEqual(sizes.cropped, { type: 'image/jpeg', width: 64, height: 64 });
+  assert.deepEqual(sizes.small, { type: 'image/jpeg', width: 400, height: 200 }, 'never enlarged');
+  assert.equal(sizes.refused, 400);
+});

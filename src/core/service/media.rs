@@ -11,13 +11,13 @@
 //! - `thumbnails`: server name, 0, media ID, 0, width (u32 BE), height (u32
 //!   BE), method (`crop`/`scale`) → content type, 0, the thumbnail's bytes
 
-use std::{io::Cursor, ops::Bound, sync::Arc};
+use std::{ops::Bound, sync::Arc};
 
-use image::{imageops::FilterType, ImageFormat, ImageReader, Limits};
 use ruma::{OwnedUserId, ServerName, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::rooms::RoomError;
+use crate::core::platform::Thumbnailer;
 use crate::store::{Batch, Direction, KeyRange, Store, StoreError};
 
 pub(crate) const MEDIA: &str = "media";
@@ -28,6 +28,7 @@ pub(crate) const THUMBNAILS: &str = "thumbnails";
 pub const CHUNK_BYTES: usize = 256 * 1024;
 /// The most pixels an image may have to be thumbnailed: a 4000×3000 photo
 /// and then some, not a decompression bomb.
+#[cfg(not(target_arch = "wasm32"))]
 const MAX_PIXELS: u64 = 50_000_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,11 +84,21 @@ pub enum Fit {
 
 pub struct MediaRepository {
     store: Arc<dyn Store>,
+    /// What makes thumbnails: none until the shell gives one, in the browser.
+    thumbnailer: Option<Arc<dyn Thumbnailer>>,
 }
 
 impl MediaRepository {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        #[cfg(not(target_arch = "wasm32"))]
+        let thumbnailer: Option<Arc<dyn Thumbnailer>> = Some(Arc::new(ImageCrate));
+        #[cfg(target_arch = "wasm32")]
+        let thumbnailer = None;
+        Self { store, thumbnailer }
+    }
+
+    pub fn make_thumbnails_with(&mut self, thumbnailer: Arc<dyn Thumbnailer>) {
+        self.thumbnailer = Some(thumbnailer);
     }
 
     /// Reserves `media_id` for `uploader`'s upload until `until` (ms).
@@ -224,18 +235,35 @@ impl MediaRepository {
             return Ok((content_type, kept[split + 1..].to_vec()));
         }
         let (_, file) = self.file(server, media_id).await?;
-        let (content_type, thumbnail) = make_thumbnail(&file, width, height, fit)?;
+        let thumbnailer = self.thumbnailer.as_ref().ok_or_else(|| MediaError::NotAnImage("no thumbnailer".into()))?;
+        let (content_type, thumbnail) = thumbnailer.thumbnail(&file, width, height, fit).await?;
         drop(file);
         let value = [content_type.as_bytes(), b"\0", &thumbnail].concat();
         self.store.put(THUMBNAILS, &key, &value).await?;
-        Ok((content_type.to_owned(), thumbnail))
+        Ok((content_type, thumbnail))
     }
 }
 
+/// The thumbnailer of native nodes: the `image` crate.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct ImageCrate;
+
+#[cfg(not(target_arch = "wasm32"))]
+#[async_trait::async_trait]
+impl Thumbnailer for ImageCrate {
+    async fn thumbnail(&self, file: &[u8], width: u32, height: u32, fit: Fit) -> Result<(String, Vec<u8>), MediaError> {
+        make_thumbnail(file, width, height, fit).map(|(content_type, bytes)| (content_type.to_owned(), bytes))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 /// Decodes an image (within [`MAX_PIXELS`]) and scales it down; JPEG stays
 /// JPEG, the rest becomes PNG (which keeps transparency). An image already
 /// within the size is not enlarged.
-pub fn make_thumbnail(file: &[u8], width: u32, height: u32, fit: Fit) -> Result<(&'static str, Vec<u8>), MediaError> {
+fn make_thumbnail(file: &[u8], width: u32, height: u32, fit: Fit) -> Result<(&'static str, Vec<u8>), MediaError> {
+    use image::{imageops::FilterType, ImageFormat, ImageReader, Limits};
+    use std::io::Cursor;
+
     let not_an_image = |err: image::ImageError| MediaError::NotAnImage(err.to_string());
     let mut reader =
         ImageReader::new(Cursor::new(file)).with_guessed_format().map_err(|e| MediaError::NotAnImage(e.to_string()))?;
@@ -292,8 +320,12 @@ fn decode(bytes: &[u8]) -> Result<Media, RoomError> {
     serde_json::from_slice(bytes).map_err(RoomError::corrupt)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
+    use std::io::Cursor;
+
+    use image::{ImageFormat, ImageReader};
+
     use super::*;
 
     fn png(width: u32, height: u32) -> Vec<u8> {
