@@ -534,6 +534,12 @@ impl Rooms {
         }
     }
 
+    /// The rooms a local user is joined to.
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>, RoomError> {
+        let rooms = self.rooms_of(user).await?;
+        Ok(rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id.clone()).collect())
+    }
+
     /// The rooms a local user is in, was invited to, or left (with the stream
     /// position of that change).
     pub async fn rooms_of(&self, user: &UserId) -> Result<Arc<Vec<(OwnedRoomId, UserMembership)>>, RoomError> {

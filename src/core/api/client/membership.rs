@@ -264,10 +264,7 @@ pub(crate) async fn joined(
     session: Session,
     _: joined_rooms::v3::Request,
 ) -> Result<joined_rooms::v3::Response, Error> {
-    let rooms = hs.rooms().rooms_of(&session.user_id).await?;
-    let joined =
-        rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join).map(|(id, _)| id.clone()).collect();
-    Ok(joined_rooms::v3::Response::new(joined))
+    Ok(joined_rooms::v3::Response::new(hs.rooms().joined_rooms(&session.user_id).await?))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`

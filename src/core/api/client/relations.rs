@@ -75,6 +75,25 @@ struct Page<T> {
     recursion_depth: Option<UInt>,
 }
 
+/// The [`Query`] of one of the three `/relations` requests, which have the
+/// same fields but for the types.
+macro_rules! query {
+    ($request:expr, $rel_type:expr, $event_type:expr) => {{
+        let request = &$request;
+        Query {
+            room_id: &request.room_id,
+            event_id: &request.event_id,
+            rel_type: $rel_type,
+            event_type: $event_type,
+            from: request.from.as_deref(),
+            to: request.to.as_deref(),
+            dir: request.dir,
+            limit: request.limit,
+            recurse: request.recurse,
+        }
+    }};
+}
+
 /// Moves a page into one of the three `/relations` responses, which have the
 /// same four fields.
 macro_rules! respond {
@@ -94,17 +113,7 @@ pub(crate) async fn children(
     session: Session,
     request: get_relating_events::v1::Request,
 ) -> Result<get_relating_events::v1::Response, Error> {
-    let query = Query {
-        room_id: &request.room_id,
-        event_id: &request.event_id,
-        rel_type: None,
-        event_type: None,
-        from: request.from.as_deref(),
-        to: request.to.as_deref(),
-        dir: request.dir,
-        limit: request.limit,
-        recurse: request.recurse,
-    };
+    let query = query!(request, None, None);
     Ok(respond!(get_relating_events, relating(hs, &session, query).await?))
 }
 
@@ -114,17 +123,7 @@ pub(crate) async fn children_of_type(
     session: Session,
     request: get_relating_events_with_rel_type::v1::Request,
 ) -> Result<get_relating_events_with_rel_type::v1::Response, Error> {
-    let query = Query {
-        room_id: &request.room_id,
-        event_id: &request.event_id,
-        rel_type: Some(request.rel_type.to_string()),
-        event_type: None,
-        from: request.from.as_deref(),
-        to: request.to.as_deref(),
-        dir: request.dir,
-        limit: request.limit,
-        recurse: request.recurse,
-    };
+    let query = query!(request, Some(request.rel_type.to_string()), None);
     Ok(respond!(get_relating_events_with_rel_type, relating(hs, &session, query).await?))
 }
 
@@ -134,17 +133,7 @@ pub(crate) async fn children_of_types(
     session: Session,
     request: get_relating_events_with_rel_type_and_event_type::v1::Request,
 ) -> Result<get_relating_events_with_rel_type_and_event_type::v1::Response, Error> {
-    let query = Query {
-        room_id: &request.room_id,
-        event_id: &request.event_id,
-        rel_type: Some(request.rel_type.to_string()),
-        event_type: Some(request.event_type.to_string()),
-        from: request.from.as_deref(),
-        to: request.to.as_deref(),
-        dir: request.dir,
-        limit: request.limit,
-        recurse: request.recurse,
-    };
+    let query = query!(request, Some(request.rel_type.to_string()), Some(request.event_type.to_string()));
     Ok(respond!(get_relating_events_with_rel_type_and_event_type, relating(hs, &session, query).await?))
 }
 

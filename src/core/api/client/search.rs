@@ -26,7 +26,7 @@ use ruma::{
             },
         },
     },
-    events::{room::member::MembershipState, StateEventType},
+    events::StateEventType,
     OwnedMxcUri, OwnedRoomId, UInt,
 };
 
@@ -93,11 +93,9 @@ async fn room_events(
     };
     let rooms: Vec<OwnedRoomId> = hs
         .rooms()
-        .rooms_of(&session.user_id)
+        .joined_rooms(&session.user_id)
         .await?
-        .iter()
-        .filter(|(_, m)| m.membership == MembershipState::Join)
-        .map(|(room_id, _)| room_id.clone())
+        .into_iter()
         .filter(|room_id| filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, room_id))
         .collect();
     let words: BTreeSet<String> = search::terms(&criteria.search_term).collect();

@@ -37,14 +37,7 @@ pub(crate) async fn search(
             known.insert(user_id, Profile { display_name: record.displayname, avatar_url: record.avatar_url });
         }
     }
-    let mut rooms: Vec<_> = hs
-        .rooms()
-        .rooms_of(&session.user_id)
-        .await?
-        .iter()
-        .filter(|(_, m)| m.membership == MembershipState::Join)
-        .map(|(room_id, _)| room_id.clone())
-        .collect();
+    let mut rooms = hs.rooms().joined_rooms(&session.user_id).await?;
     rooms.extend(hs.directory().published().await?);
     rooms.sort();
     rooms.dedup();
