@@ -35,8 +35,10 @@ pub(crate) const BODY: u8 = 1;
 pub(crate) const NAME: u8 = 2;
 pub(crate) const TOPIC: u8 = 4;
 
-/// How long the background indexer lets new events settle before indexing them.
+/// How long the background indexer lets new events settle before indexing
+/// them, and how long after start-up it first does.
 const SETTLE_MS: u64 = 250;
+const STARTUP_MS: u64 = 10_000;
 /// Events indexed per commit while catching up.
 const CATCH_UP_BATCH: usize = 500;
 /// Longer words are not indexed (nor searched): keys stay small, and no one
@@ -142,9 +144,11 @@ impl Search {
     /// Keeps the index close behind the timelines, so that a search seldom
     /// has much to catch up on: after new events, once they have stopped
     /// coming for a moment, so that a burst is indexed in one go and the
-    /// writes clients wait for go first. Not at start-up, where the node's
-    /// first answers matter more; a search catches up by itself anyway.
+    /// writes clients wait for go first. Not in the node's first seconds,
+    /// while a client's first `/sync` is under way (in the browser, a worker
+    /// just woken); a search catches up by itself anyway.
     pub async fn run(&self, hs: &Homeserver) {
+        hs.clock().sleep(STARTUP_MS).await;
         loop {
             hs.notifier().listen().await;
             hs.clock().sleep(SETTLE_MS).await;
