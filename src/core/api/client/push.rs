@@ -12,7 +12,10 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::membership::members_in;
 use crate::{
@@ -260,39 +263,23 @@ pub(crate) async fn unread(
         _ => Counted { read_upto, counted_to: read_upto, notify: 0, highlight: 0 },
     };
     if counted.counted_to < now {
-        let (mut notify, mut highlight, mut seen, mut posted) = (0, 0, 0, false);
-        let mut rules_and_context = None;
-        let mut cursor = Some(now + 1);
-        let mut page_size = FIRST_COUNT_PAGE;
+        let (mut counts, mut posted) = ((0, 0), false);
+        let mut counter = Counter::new(hs, user, room_id);
         // Newest first, so that counting stops at the user's own latest event.
-        'scan: while seen < MAX_COUNTED {
-            let page = hs.rooms().timeline(room_id, cursor, Direction::Backward, page_size).await?;
-            let last_page = page.len() < page_size;
-            page_size = (page_size * 4).min(MAX_COUNT_PAGE);
+        let mut pages = NewestFirst::from(now);
+        'scan: while let Some(page) = pages.next(hs, room_id).await? {
             for (position, pdu) in page {
-                cursor = Some(position);
                 if position <= counted.counted_to {
                     break 'scan;
                 }
-                seen += 1;
                 if pdu.sender == user {
                     posted = true;
                     break 'scan;
                 }
-                if rules_and_context.is_none() {
-                    rules_and_context = Some((ruleset(hs, user).await?, push_context(hs, user, room_id).await?));
-                }
-                let Some((rules, context)) = &rules_and_context else { continue };
-                let actions = actions(hs, rules, context, &pdu).await?;
-                if actions.iter().any(|a| a.should_notify()) {
-                    notify += 1;
-                    highlight += u32::from(actions.iter().any(|a| a.is_highlight()));
-                }
-            }
-            if last_page {
-                break;
+                counter.count(&pdu, &mut counts).await?;
             }
         }
+        let (notify, highlight) = counts;
         if posted {
             (counted.notify, counted.highlight) = (notify, highlight);
         } else {
@@ -385,18 +372,13 @@ pub(crate) async fn unread_by_thread(
     }
     let (mut main, mut threads): (Counts, BTreeMap<OwnedEventId, Counts>) = Default::default();
     let mut posted: HashSet<Option<OwnedEventId>> = HashSet::new();
-    let mut rules_and_context = None;
-    let (mut cursor, mut seen, mut page_size) = (Some(now + 1), 0, FIRST_COUNT_PAGE);
-    'scan: while seen < MAX_COUNTED {
-        let page = hs.rooms().timeline(room_id, cursor, Direction::Backward, page_size).await?;
-        let last_page = page.len() < page_size;
-        page_size = (page_size * 4).min(MAX_COUNT_PAGE);
+    let mut counter = Counter::new(hs, user, room_id);
+    let mut pages = NewestFirst::from(now);
+    'scan: while let Some(page) = pages.next(hs, room_id).await? {
         for (position, pdu) in page {
-            cursor = Some(position);
             if position <= unthreaded {
                 break 'scan;
             }
-            seen += 1;
             let thread =
                 relations::relation_of(&pdu).filter(|(kind, _)| kind == relations::THREAD).map(|(_, root)| root);
             let key = thread.as_ref().map_or("main", |root| root.as_str());
@@ -407,23 +389,79 @@ pub(crate) async fn unread_by_thread(
                 posted.insert(thread);
                 continue;
             }
-            if rules_and_context.is_none() {
-                rules_and_context = Some((ruleset(hs, user).await?, push_context(hs, user, room_id).await?));
-            }
-            let Some((rules, context)) = &rules_and_context else { continue };
-            let actions = actions(hs, rules, context, &pdu).await?;
-            if actions.iter().any(|a| a.should_notify()) {
-                let counts = match thread {
-                    None => &mut main,
-                    Some(root) => threads.entry(root).or_default(),
-                };
-                counts.0 += 1;
-                counts.1 += u32::from(actions.iter().any(|a| a.is_highlight()));
-            }
-        }
-        if last_page {
-            break;
+            let counts = match thread {
+                None => &mut main,
+                Some(root) => threads.entry(root).or_default(),
+            };
+            counter.count(&pdu, counts).await?;
         }
     }
+    // Threads with nothing to count are left out, as the spec allows.
+    threads.retain(|_, counts| counts.0 > 0);
     Ok((main, threads))
+}
+
+/// A room's timeline newest first, for counting: a few events at first, as
+/// the newest are often the user's own, then more, up to [`MAX_COUNTED`].
+struct NewestFirst {
+    cursor: StreamPosition,
+    page_size: usize,
+    seen: usize,
+    done: bool,
+}
+
+impl NewestFirst {
+    /// From stream position `now` down.
+    fn from(now: StreamPosition) -> Self {
+        Self { cursor: now + 1, page_size: FIRST_COUNT_PAGE, seen: 0, done: false }
+    }
+
+    async fn next(
+        &mut self,
+        hs: &Homeserver,
+        room_id: &RoomId,
+    ) -> Result<Option<Vec<(StreamPosition, Arc<Pdu>)>>, Error> {
+        if self.done || self.seen >= MAX_COUNTED {
+            return Ok(None);
+        }
+        let page = hs.rooms().timeline(room_id, Some(self.cursor), Direction::Backward, self.page_size).await?;
+        self.done = page.len() < self.page_size;
+        self.page_size = (self.page_size * 4).min(MAX_COUNT_PAGE);
+        self.seen += page.len();
+        match page.last() {
+            Some((position, _)) => self.cursor = *position,
+            None => return Ok(None),
+        }
+        Ok(Some(page))
+    }
+}
+
+/// Counts the events the user's push rules say notify them (and those that
+/// highlight), reading the rules and the room's context for the first event
+/// that needs them.
+struct Counter<'a> {
+    hs: &'a Homeserver,
+    user: &'a UserId,
+    room_id: &'a RoomId,
+    rules: Option<(Ruleset, PushConditionRoomCtx)>,
+}
+
+impl<'a> Counter<'a> {
+    fn new(hs: &'a Homeserver, user: &'a UserId, room_id: &'a RoomId) -> Self {
+        Self { hs, user, room_id, rules: None }
+    }
+
+    async fn count(&mut self, pdu: &Pdu, counts: &mut Counts) -> Result<(), Error> {
+        if self.rules.is_none() {
+            let (hs, user) = (self.hs, self.user);
+            self.rules = Some((ruleset(hs, user).await?, push_context(hs, user, self.room_id).await?));
+        }
+        let Some((rules, context)) = &self.rules else { return Ok(()) };
+        let actions = actions(self.hs, rules, context, pdu).await?;
+        if actions.iter().any(|a| a.should_notify()) {
+            counts.0 += 1;
+            counts.1 += u32::from(actions.iter().any(|a| a.is_highlight()));
+        }
+        Ok(())
+    }
 }
