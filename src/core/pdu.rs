@@ -88,6 +88,12 @@ struct RedactsInContent {
 }
 
 impl Pdu {
+    /// Whether a redaction emptied the event (it then carries the redaction in
+    /// `unsigned.redacted_because`).
+    pub fn is_redacted(&self) -> bool {
+        self.json.get("unsigned").and_then(|u| u.as_object()?.get("redacted_because")).is_some()
+    }
+
     /// Reads a PDU whose hashes and signatures are already checked (or made here).
     pub fn from_canonical(json: CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Self, PduError> {
         let event_id = event_id(&json, rules)?;

@@ -184,7 +184,7 @@ async fn bundled(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result
 /// `origin_server_ts`, then event ID, as the spec orders them. A redacted
 /// event shows no edit.
 async fn latest_edit(hs: &Homeserver, pdu: &Pdu, children: &[Child]) -> Result<Option<Arc<Pdu>>, Error> {
-    if pdu.json.get("unsigned").and_then(|u| u.as_object()?.get("redacted_because")).is_some() {
+    if pdu.is_redacted() {
         return Ok(None);
     }
     let mut latest: Option<Arc<Pdu>> = None;

@@ -123,7 +123,7 @@ async fn room_events(
     for hit in &hits[skip.min(hits.len())..] {
         reached += 1;
         let Some(pdu) = hs.rooms().event_at(&hit.room_id, hit.stream).await? else { continue };
-        if is_redacted(&pdu)
+        if pdu.is_redacted()
             || !filter::room_event_matches(room_filter, &pdu)
             || !may_see(hs, &session.user_id, &pdu).await?
         {
@@ -243,10 +243,6 @@ async fn matches(
     }
     let hits = scores.unwrap_or_default().into_values().collect();
     Ok((hits, highlights.into_iter().collect()))
-}
-
-fn is_redacted(pdu: &Pdu) -> bool {
-    pdu.json.get("unsigned").and_then(|u| u.as_object()?.get("redacted_because")).is_some()
 }
 
 /// The events around a result, as the criteria ask, with their senders' profiles.
