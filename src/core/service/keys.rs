@@ -175,14 +175,17 @@ impl Keys {
         let prev = prev.map(|bytes| bytes.try_into().map(u64::from_be_bytes)).transpose();
         let prev = prev.map_err(|_| RoomError::corrupt("a device stream position is not 8 bytes"))?;
         let stream = user_data
-            .write_at_next(|position| {
-                self.raise_latest_change(position);
-                Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()).put(
-                    DEVICE_STREAMS,
-                    user.as_bytes(),
-                    position.to_be_bytes(),
-                ))
-            })
+            .write_at_next(
+                |position| {
+                    self.raise_latest_change(position);
+                    Ok(batch.put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()).put(
+                        DEVICE_STREAMS,
+                        user.as_bytes(),
+                        position.to_be_bytes(),
+                    ))
+                },
+                || (),
+            )
             .await?;
         Ok(Change { stream, prev })
     }
@@ -205,10 +208,13 @@ impl Keys {
     /// the clients who follow them look again.
     pub async fn remote_changed(&self, user_data: &UserData, user: &UserId) -> Result<(), RoomError> {
         user_data
-            .write_at_next(|position| {
-                self.raise_latest_change(position);
-                Ok(Batch::new().put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()))
-            })
+            .write_at_next(
+                |position| {
+                    self.raise_latest_change(position);
+                    Ok(Batch::new().put(KEY_CHANGES, position.to_be_bytes(), user.as_bytes()))
+                },
+                || (),
+            )
             .await?;
         Ok(())
     }

@@ -62,14 +62,13 @@ impl ToDevice {
             values.push((prefix(&user, &device), serde_json::to_vec(&message).map_err(RoomError::corrupt)?));
             devices.push((user, device));
         }
-        user_data
-            .write_at_next(|position| {
-                Ok(values.into_iter().fold(also, |batch, (prefix, value)| {
-                    batch.put(TO_DEVICE, [&prefix[..], &position.to_be_bytes()].concat(), value)
-                }))
-            })
-            .await?;
-        self.empty.wrote(&devices);
+        // The devices' "nothing waiting" memo goes before a woken sync reads it.
+        let put = |position: u64| {
+            Ok(values.into_iter().fold(also, |batch, (prefix, value)| {
+                batch.put(TO_DEVICE, [&prefix[..], &position.to_be_bytes()].concat(), value)
+            }))
+        };
+        user_data.write_at_next(put, || self.empty.wrote(&devices)).await?;
         Ok(())
     }
 

@@ -124,9 +124,14 @@ impl UserData {
         Ok(next)
     }
 
-    /// Writes another service's batch at the next position, waking `/sync`.
-    pub async fn write_at_next(&self, put: impl FnOnce(u64) -> Result<Batch, RoomError>) -> Result<u64, RoomError> {
-        self.write_next(put, || ()).await
+    /// Writes another service's batch at the next position, waking `/sync`
+    /// after `forget` has dropped what the service kept that it made stale.
+    pub async fn write_at_next(
+        &self,
+        put: impl FnOnce(u64) -> Result<Batch, RoomError>,
+        forget: impl FnOnce(),
+    ) -> Result<u64, RoomError> {
+        self.write_next(put, forget).await
     }
 
     pub async fn set_account_data(
