@@ -61,9 +61,7 @@ macro_rules! endpoints {
             c::thirdparty::get_protocols::v3::Request => client::discovery::protocols,
             c::authenticated_media::get_media_config::v1::Request => client::discovery::media_config,
             client::discovery::LegacyMediaConfig => client::discovery::legacy_media_config,
-            c::media::create_content::v3::Request => client::media::upload,
             c::media::create_mxc_uri::v1::Request => client::media::create,
-            answer::Answered<c::media::create_content_async::v3::Request> => client::media::upload_to,
             c::authenticated_media::get_content::v1::Request => client::media::download,
             c::authenticated_media::get_content_as_filename::v1::Request => client::media::download_as,
             c::authenticated_media::get_content_thumbnail::v1::Request => client::media::thumbnail,
@@ -202,4 +200,17 @@ macro_rules! endpoints {
     }};
 }
 
-pub(crate) use endpoints;
+/// The endpoints whose handlers take the request's body as it arrives (see
+/// [`Body`](crate::core::Body)), parsed from everything else.
+macro_rules! streamed_endpoints {
+    ($dispatch:ident) => {{
+        use ruma::api::client as c;
+        use $crate::core::api::{answer, client};
+        $dispatch! {
+            c::media::create_content::v3::Request => client::media::upload,
+            answer::Answered<c::media::create_content_async::v3::Request> => client::media::upload_to,
+        }
+    }};
+}
+
+pub(crate) use {endpoints, streamed_endpoints};

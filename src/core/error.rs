@@ -7,6 +7,7 @@ use ruma::api::{
     OutgoingResponseExt,
 };
 
+use super::body::BodyError;
 use super::service::{
     accounts::AccountError, backup::BackupError, federation::FederationError, media::MediaError, rooms::RoomError,
 };
@@ -20,6 +21,8 @@ pub enum Error {
     MethodNotAllowed { method: http::Method, path: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error(transparent)]
+    Body(#[from] BodyError),
     #[error("request body is not valid JSON: {0}")]
     NotJson(serde_json::Error),
     #[error("request is malformed: {0}")]
@@ -104,6 +107,7 @@ impl Error {
             Self::Unrecognized { .. } => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
+            Self::Body(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
             Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
@@ -175,6 +179,7 @@ impl Error {
                 MediaError::CannotOverwrite(_) => (StatusCode::CONFLICT, ErrorKind::CannotOverwriteMedia),
                 MediaError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
                 MediaError::NotAnImage(_) => (StatusCode::BAD_REQUEST, ErrorKind::Unknown),
+                MediaError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
                 MediaError::Room(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
             },
             // A name that is no glia node's can never be asked: the caller's mistake.

@@ -5,6 +5,7 @@
 //! browser or OS types, so `cargo test` exercises it natively.
 
 mod api;
+mod body;
 mod error;
 pub mod identity;
 mod limits;
@@ -29,6 +30,7 @@ use self::{
     },
 };
 pub use self::{
+    body::{Body, BodyError, Pieces},
     error::Error,
     platform::{Clock, OsRandom, Random, Sleep, SystemClock, Thumbnailer},
     router::{error_response, MAX_BODY_BYTES},
@@ -38,7 +40,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 10,
+    version: 11,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -78,6 +80,7 @@ pub const SCHEMA: Schema = Schema {
         service::media::MEDIA,
         service::media::MEDIA_CHUNKS,
         service::media::THUMBNAILS,
+        service::media::MEDIA_UPLOADS,
         service::relations::RELATIONS,
         service::relations::RELATED,
         service::relations::THREAD_ACTIVITY,
@@ -96,11 +99,11 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The value of the `Server` header on every response the core makes, so a client
-/// (or a test) can tell glia answered rather than whatever serves the page.
 /// A request frame taken in, waiting to be answered.
 pub struct Admitted(Option<(Frame, Option<service::federation::Turn>)>);
 
+/// The value of the `Server` header on every response the core makes, so a client
+/// (or a test) can tell glia answered rather than whatever serves the page.
 pub const SERVER: &str = concat!("glia/", env!("CARGO_PKG_VERSION"));
 
 pub struct Homeserver {
@@ -153,6 +156,9 @@ const LONG_POLL_MS: u64 = 30_000;
 /// The largest upload unless the shell sets another with
 /// [`Homeserver::limit_uploads`]: a phone's video, not a disk image.
 const MAX_UPLOAD_BYTES: usize = 50 << 20;
+/// How old an upload that never ended must be for its chunks to be removed
+/// when the node opens.
+const STALE_UPLOAD_MS: u64 = 60 * 60 * 1000;
 
 impl Homeserver {
     /// Opens the node over `store`, making its key on first start.
@@ -164,6 +170,9 @@ impl Homeserver {
         let key = Arc::new(NodeKey::load_or_create(&*store, &*random).await?);
         let notifier = Arc::new(Notifier::default());
         let server_name = key.server_name().to_owned();
+        let media = MediaRepository::new(store.clone());
+        // Another worker of this node may be uploading still; not for this long.
+        media.sweep_uploads(clock.now_millis().saturating_sub(STALE_UPLOAD_MS)).await?;
         Ok(Self {
             accounts: Accounts::new(store.clone(), clock.clone(), random.clone(), server_name),
             federation: Federation::new(key.clone(), clock.clone(), &*random),
@@ -177,7 +186,7 @@ impl Homeserver {
             keys: Keys::new(store.clone()),
             to_device: ToDevice::new(store.clone()),
             backups: Backups::new(store.clone()),
-            media: MediaRepository::new(store.clone()),
+            media,
             search: Search::new(store.clone()),
             pushers: Pushers::new(store.clone()),
             reports: Reports::new(store.clone(), clock.clone()),
@@ -200,8 +209,8 @@ impl Homeserver {
 
     /// Answers one Client-Server, Federation or media request. Never fails: every
     /// error becomes a Matrix error response here.
-    pub async fn handle(&self, request: http::Request<Bytes>) -> http::Response<Bytes> {
-        router::handle(self, request).await
+    pub async fn handle(&self, request: http::Request<impl Into<Body>>) -> http::Response<Bytes> {
+        router::handle(self, request.map(Into::into)).await
     }
 
     /// Keeps `/sync` long-polls under `ms`: a Service Worker may be stopped
@@ -218,11 +227,6 @@ impl Homeserver {
     /// Sets the largest file users may upload, in bytes.
     pub fn limit_uploads(&mut self, bytes: usize) {
         self.limits.max_upload_bytes = bytes;
-    }
-
-    /// The largest request body this node takes: an upload's.
-    pub fn max_body_bytes(&self) -> usize {
-        self.limits.max_upload_bytes.max(MAX_BODY_BYTES)
     }
 
     /// Connects the node to other nodes: federation requests and answers leave

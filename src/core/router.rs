@@ -24,17 +24,19 @@ use ruma::{
 
 use super::{
     api::endpoints,
+    body::Body,
     identity::{self, KEY_ID},
     service::accounts::Session,
     Error, Homeserver, SERVER,
 };
 use crate::p2p::PeerKey;
 
-/// The largest request body the core accepts but for media uploads, which have
-/// a limit of their own. JSON requests are far smaller.
+/// The largest request body the core accepts but for media uploads, which are
+/// stored as they arrive, up to a limit of their own. JSON requests are far
+/// smaller.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-pub(super) async fn handle(hs: &Homeserver, request: http::Request<Bytes>) -> http::Response<Bytes> {
+pub(super) async fn handle(hs: &Homeserver, request: http::Request<Body>) -> http::Response<Bytes> {
     if request.method() == Method::OPTIONS {
         // CORS preflight. The spec forbids running endpoint logic for OPTIONS:
         // the headers `finish` adds are the whole answer.
@@ -80,27 +82,37 @@ fn finish(response: http::Response<Vec<u8>>) -> http::Response<Bytes> {
     http::Response::from_parts(parts, Bytes::from(body))
 }
 
-async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::Response<Vec<u8>>, Error> {
+async fn route(hs: &Homeserver, request: http::Request<Body>) -> Result<http::Response<Vec<u8>>, Error> {
     let path = request.uri().path().to_owned();
-    // Uploads to the media repository are the only large bodies.
-    let limit = match path.starts_with("/_matrix/media/") && request.method() != Method::GET {
-        true => hs.limits().max_upload_bytes,
-        false => MAX_BODY_BYTES,
-    };
-    if request.body().len() > limit {
-        return Err(Error::TooLarge { limit });
-    }
-    if path == "/.well-known/matrix/client" && matches!(*request.method(), Method::GET | Method::HEAD) {
-        return super::api::client::discovery::well_known(&request);
-    }
+    let (parts, body) = request.into_parts();
     // Set when an endpoint has this path but not this method: 405 rather than 404.
     let mut path_known = false;
+
+    macro_rules! dispatch_streamed {
+        ($($request:ty => $handler:path,)*) => {$(
+            if let Some(args) = match_path(<$request as Metadata>::PATH_BUILDER.all_paths(), &path) {
+                if accepts(<$request as Metadata>::METHOD, &parts.method) {
+                    let (identity, typed) = parse::<$request>(hs, parts, Bytes::new(), &args).await?;
+                    return Ok($handler(hs, identity, typed, body).await?.try_into_http_response()?);
+                }
+                path_known = true;
+            }
+        )*};
+    }
+
+    super::api::streamed_endpoints!(dispatch_streamed);
+
+    let body = body.collect(MAX_BODY_BYTES).await?;
+    if path == "/.well-known/matrix/client" && matches!(parts.method, Method::GET | Method::HEAD) {
+        return super::api::client::discovery::well_known(&parts);
+    }
 
     macro_rules! dispatch {
         ($($request:ty => $handler:path,)*) => {$(
             if let Some(args) = match_path(<$request as Metadata>::PATH_BUILDER.all_paths(), &path) {
-                if accepts(<$request as Metadata>::METHOD, request.method()) {
-                    return call::<$request, _, _>(hs, request, &args, $handler).await;
+                if accepts(<$request as Metadata>::METHOD, &parts.method) {
+                    let (identity, typed) = parse::<$request>(hs, parts, body, &args).await?;
+                    return Ok($handler(hs, identity, typed).await?.try_into_http_response()?);
                 }
                 path_known = true;
             }
@@ -109,7 +121,7 @@ async fn route(hs: &Homeserver, request: http::Request<Bytes>) -> Result<http::R
 
     endpoints!(dispatch);
 
-    let method = request.method().clone();
+    let method = parts.method;
     Err(if path_known { Error::MethodNotAllowed { method, path } } else { Error::Unrecognized { method, path } })
 }
 
@@ -232,18 +244,18 @@ impl Identify for ServerSignatures {
     }
 }
 
-async fn call<'hs, R, F, Fut>(
-    hs: &'hs Homeserver,
-    request: http::Request<Bytes>,
+/// Who is asking, and ruma's request `R` made of the request's head and `body`.
+async fn parse<R>(
+    hs: &Homeserver,
+    parts: http::request::Parts,
+    body: Bytes,
     raw_args: &[&str],
-    handler: F,
-) -> Result<http::Response<Vec<u8>>, Error>
+) -> Result<(<R::Authentication as Identify>::Identity, R), Error>
 where
     R: IncomingRequest,
     R::Authentication: Identify,
-    F: FnOnce(&'hs Homeserver, <R::Authentication as Identify>::Identity, R) -> Fut,
-    Fut: Future<Output = Result<R::OutgoingResponse, Error>>,
 {
+    let request = http::Request::from_parts(parts, body);
     let identity = R::Authentication::identify(hs, &request).await?;
     let args = raw_args
         .iter()
@@ -254,7 +266,7 @@ where
     let (parts, body) = request.into_parts();
     let typed = R::try_from_http_request(http::Request::from_parts(parts, body.as_ref()), &args)
         .map_err(|err| Error::from_request(err, &body))?;
-    Ok(handler(hs, identity, typed).await?.try_into_http_response()?)
+    Ok((identity, typed))
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@ use std::{path::Path, sync::Arc};
 
 use axum::{body::Body, extract::State, response::Response};
 
+use futures_util::TryStreamExt;
+
 use crate::{
-    core::{error_response, Error, Homeserver, OsRandom, SystemClock, SCHEMA},
+    core::{self, error_response, BodyError, Error, Homeserver, OsRandom, SystemClock, SCHEMA},
     store::{DiskStore, StoreError},
 };
 
@@ -27,20 +29,15 @@ pub fn router(homeserver: Arc<Homeserver>) -> axum::Router {
 }
 
 async fn handle(State(homeserver): State<Arc<Homeserver>>, request: axum::extract::Request) -> Response {
-    let (parts, body) = request.into_parts();
-    // Up to the largest body any endpoint takes: the core holds each to its own.
-    let limit = homeserver.max_body_bytes();
-    let response = match axum::body::to_bytes(body, limit).await {
-        // On a task of its own: a client hanging up must not cancel a write half
-        // done, which may be carrying other clients' events in the same commit.
-        Ok(body) => {
-            let request = http::Request::from_parts(parts, body);
-            tokio::spawn(async move { homeserver.handle(request).await })
-                .await
-                .unwrap_or_else(|err| error_response(Error::internal(format!("request handler failed: {err}"))))
-        }
-        // The only way reading a body in memory fails short of a dropped connection.
-        Err(_) => error_response(Error::TooLarge { limit }),
-    };
+    // The core reads the body: uploads as it arrives, the rest up to a limit.
+    let request = request.map(|body| {
+        let pieces = body.into_data_stream().map_err(|err| BodyError(err.to_string()));
+        core::Body::streamed(Box::pin(pieces))
+    });
+    // On a task of its own: a client hanging up must not cancel a write half
+    // done, which may be carrying other clients' events in the same commit.
+    let response = tokio::spawn(async move { homeserver.handle(request).await })
+        .await
+        .unwrap_or_else(|err| error_response(Error::internal(format!("request handler failed: {err}"))));
     response.map(Body::from)
 }

@@ -12,12 +12,12 @@ use bytes::Bytes;
 use js_sys::{Array, Promise, Uint8Array};
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
-use web_sys::{Headers, Request, Response, ResponseInit, Url};
+use web_sys::{Headers, ReadableStream, ReadableStreamDefaultReader, Request, Response, ResponseInit, Url};
 
 use ruma::serde::{base64::Standard, Base64};
 
 use crate::{
-    core::{Homeserver, OsRandom, SystemClock, SCHEMA},
+    core::{Body, BodyError, Homeserver, OsRandom, SystemClock, SCHEMA},
     p2p::{Delivery, Inbound, PeerKey},
     store::IndexedDbStore,
 };
@@ -109,14 +109,14 @@ impl WorkerNode {
     pub fn handle(&self, request: Request) -> Promise {
         let homeserver = self.homeserver.clone();
         future_to_promise(async move {
-            let request = to_http(request).await?;
+            let request = to_http(request)?;
             let response = homeserver.handle(request).await;
             Ok(from_http(response)?.into())
         })
     }
 }
 
-async fn to_http(request: Request) -> Result<http::Request<Bytes>, JsValue> {
+fn to_http(request: Request) -> Result<http::Request<Body>, JsValue> {
     let url = Url::new(&request.url())?;
     let mut builder =
         http::Request::builder().method(request.method().as_str()).uri(format!("{}{}", url.pathname(), url.search()));
@@ -130,8 +130,33 @@ async fn to_http(request: Request) -> Result<http::Request<Bytes>, JsValue> {
     // (`/.well-known/matrix/client` points clients back at it).
     let scheme = url.protocol();
     builder = builder.header("forwarded", format!("host=\"{}\";proto={}", url.host(), scheme.trim_end_matches(':')));
-    let body = JsFuture::from(request.array_buffer()?).await?;
-    builder.body(Bytes::from(Uint8Array::new(&body).to_vec())).map_err(|err| JsError::new(&err.to_string()).into())
+    let body = match request.body() {
+        Some(stream) => Body::streamed(Box::pin(pieces(stream))),
+        None => Body::from(Bytes::new()),
+    };
+    builder.body(body).map_err(|err| JsError::new(&err.to_string()).into())
+}
+
+/// A request body's pieces as the browser reads them, so an upload goes into
+/// the store as it arrives and is never whole in the wasm's memory.
+fn pieces(stream: ReadableStream) -> impl futures_util::Stream<Item = Result<Bytes, BodyError>> {
+    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    futures_util::stream::unfold(Some(reader), |reader| async move {
+        let reader = reader?;
+        let read = async {
+            let result = JsFuture::from(reader.read()).await?;
+            if js_sys::Reflect::get(&result, &"done".into())?.is_truthy() {
+                return Ok(None);
+            }
+            let piece: Uint8Array = js_sys::Reflect::get(&result, &"value".into())?.unchecked_into();
+            Ok::<_, JsValue>(Some(Bytes::from(piece.to_vec())))
+        };
+        match read.await {
+            Ok(Some(piece)) => Some((Ok(piece), Some(reader))),
+            Ok(None) => None,
+            Err(err) => Some((Err(BodyError(err.as_string().unwrap_or_else(|| format!("{err:?}")))), None)),
+        }
+    })
 }
 
 fn from_http(response: http::Response<Bytes>) -> Result<Response, JsValue> {

@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { api, withShell } from './browser.js';
+import { api, withShell, workerStatus } from './browser.js';
 
 const shell = withShell({ before, after });
 
@@ -110,4 +110,36 @@ test('the worker makes thumbnails with the browser: scaled within the box, or cr
   assert.deepEqual(sizes.cropped, { type: 'image/jpeg', width: 64, height: 64 });
   assert.deepEqual(sizes.small, { type: 'image/jpeg', width: 400, height: 200 }, 'never enlarged');
   assert.equal(sizes.refused, 400);
+});
+
+test('a large upload goes into IndexedDB a chunk at a time: the worker never holds it whole', async () => {
+  const v3 = '/_matrix/client/v3';
+  const challenge = await call('POST', `${v3}/register`, { username: 'archivist', password: 'correct horse' });
+  const registered = await call('POST', `${v3}/register`, {
+    username: 'archivist', password: 'correct horse', auth: { type: 'm.login.dummy', session: challenge.json.session },
+  });
+  const token = registered.json.access_token;
+  const before = (await workerStatus(shell.page)).memory;
+  const MIB = 1 << 20;
+  const uploaded = await shell.page.evaluate(async ([token, size]) => {
+    const file = new Uint8Array(size);
+    for (let i = 0; i < size; i += 4096) file[i] = (i / 4096) % 251;
+    const digest = async (bytes) => Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))).join();
+    const res = await fetch('/_matrix/media/v3/upload', {
+      method: 'POST', headers: { Authorization: `Bearer ${token}` }, body: new Blob([file]),
+    });
+    return { status: res.status, body: await res.json(), digest: await digest(file) };
+  }, [token, 40 * MIB]);
+  assert.equal(uploaded.status, 200, JSON.stringify(uploaded.body));
+  const grown = (await workerStatus(shell.page)).memory - before;
+  assert.ok(grown < 8 * MIB, `the worker's memory grew by ${(grown / MIB).toFixed(1)} MiB for a 40 MiB upload`);
+
+  const mxc = uploaded.body.content_uri.slice('mxc://'.length);
+  const downloaded = await shell.page.evaluate(async ([token, mxc]) => {
+    const res = await fetch(`/_matrix/client/v1/media/download/${mxc}`, { headers: { Authorization: `Bearer ${token}` } });
+    const bytes = await res.arrayBuffer();
+    const digest = Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))).join();
+    return { status: res.status, size: bytes.byteLength, digest };
+  }, [token, mxc]);
+  assert.deepEqual(downloaded, { status: 200, size: 40 * MIB, digest: uploaded.digest });
 });

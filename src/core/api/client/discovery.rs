@@ -43,8 +43,8 @@ pub(crate) async fn versions(
 /// `GET /.well-known/matrix/client`: this same origin. The core sees only paths,
 /// so the origin comes from the `Forwarded` header a shell adds (the Service
 /// Worker knows its page's scheme) or from `Host` (the native node is plain HTTP).
-pub(crate) fn well_known(request: &http::Request<bytes::Bytes>) -> Result<http::Response<Vec<u8>>, Error> {
-    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+pub(crate) fn well_known(request: &http::request::Parts) -> Result<http::Response<Vec<u8>>, Error> {
+    let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
     let forwarded = |key: &str| {
         header("forwarded")?.split(';').find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;

@@ -9,6 +9,8 @@
 //! above all, is an attachment. Every core response also carries a sandboxing
 //! Content-Security-Policy (see the router).
 
+use bytes::Bytes;
+use futures_util::{stream, Stream, StreamExt};
 use ruma::{
     api::{
         client::{
@@ -19,7 +21,7 @@ use ruma::{
                 get_media_preview as legacy_preview,
             },
         },
-        federation::authenticated_media::{get_content as federation_content, Content, FileOrLocation},
+        federation::authenticated_media::{get_content as federation_content, FileOrLocation},
     },
     http_headers::{ContentDisposition, ContentDispositionType},
     media::Method,
@@ -36,7 +38,7 @@ use crate::core::{
         federation::FederationError,
         media::{Fit, Media, MediaError},
     },
-    Error, Homeserver,
+    Body, Error, Homeserver,
 };
 
 /// How long an ID handed out by `/media/v1/create` waits for its upload.
@@ -72,11 +74,23 @@ pub(crate) async fn upload(
     hs: &Homeserver,
     session: Session,
     request: create_content::v3::Request,
+    body: Body,
 ) -> Result<create_content::v3::Response, Error> {
     let media_id = hs.accounts().random_string(24);
     let media = Media::uploaded(Some(session.user_id), request.content_type, request.filename);
-    hs.media().put(hs.key().server_name(), &media_id, media, request.file, hs.clock().now_millis()).await?;
+    store(hs, (hs.key().server_name(), &media_id), media, body.map(|piece| Ok(piece?))).await?;
     Ok(create_content::v3::Response::new(mxc(hs, &media_id)))
+}
+
+/// Stores a file as its pieces arrive, up to the node's upload limit.
+async fn store(
+    hs: &Homeserver,
+    id: (&ServerName, &str),
+    media: Media,
+    pieces: impl Stream<Item = Result<Bytes, Error>>,
+) -> Result<(), Error> {
+    let upload = (hs.accounts().random_string(16), hs.limits().max_upload_bytes as u64);
+    hs.media().put(id, media, pieces, upload, hs.clock().now_millis()).await
 }
 
 /// `POST /_matrix/media/v1/create`
@@ -99,6 +113,7 @@ pub(crate) async fn upload_to(
     hs: &Homeserver,
     session: Session,
     Answered(request): Answered<create_content_async::v3::Request>,
+    body: Body,
 ) -> Result<JsonAnswer, Error> {
     if request.server_name != hs.key().server_name() {
         return Err(Error::Forbidden(format!("{} is not this server", request.server_name)));
@@ -107,8 +122,7 @@ pub(crate) async fn upload_to(
         return Err(MediaError::NotFound(request.media_id).into());
     }
     let media = Media::uploaded(Some(session.user_id), request.content_type, request.filename);
-    let now = hs.clock().now_millis();
-    hs.media().put(&request.server_name, &request.media_id, media, request.file, now).await?;
+    store(hs, (&request.server_name, &request.media_id), media, body.map(|piece| Ok(piece?))).await?;
     Ok(JsonAnswer(serde_json::json!({})))
 }
 
@@ -122,16 +136,18 @@ async fn file(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(M
         Err(MediaError::NotFound(_)) if server != hs.key().server_name() => {}
         found => return Ok(found?),
     }
-    let (content, file) = fetch(hs, server, media_id).await?;
-    let filename = content.content_disposition.and_then(|d| d.filename);
-    let media = Media::uploaded(None, content.content_type, filename);
-    hs.media().put(server, media_id, media, file, hs.clock().now_millis()).await?;
+    match fetch(hs, server, media_id).await {
+        // Fetched for another client meanwhile.
+        Ok(()) | Err(Error::Media(MediaError::CannotOverwrite(_))) => {}
+        Err(err) => return Err(err),
+    }
     Ok(hs.media().file(server, media_id).await?)
 }
 
-/// Another server's file, a frame's worth at a time: the first answer says
-/// how large it is. Refused when it is larger than this node takes uploads.
-async fn fetch(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(Content, Vec<u8>), Error> {
+/// Stores another server's file, fetched a frame's worth at a time: the
+/// first answer says how large it is. Refused when it is larger than this
+/// node takes uploads.
+async fn fetch(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(), Error> {
     let part = |start: u64| {
         let request = federation_content::v1::Request::new(media_id.to_owned());
         let range = Some(ByteRange { start, end: start + FETCH_PART_BYTES - 1 });
@@ -152,22 +168,28 @@ async fn fetch(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(
         }
     };
     let (mut content, first) = part(0).await?;
-    let Some(first) = first else { return Ok((content.clone(), std::mem::take(&mut content.file))) };
-    if first.total > hs.limits().max_upload_bytes as u64 {
+    let first_bytes = Bytes::from(std::mem::take(&mut content.file));
+    let total = first.map_or(first_bytes.len() as u64, |first| first.total);
+    if total > hs.limits().max_upload_bytes as u64 {
         return Err(Error::TooLarge { limit: hs.limits().max_upload_bytes });
     }
-    let mut file = Vec::with_capacity(first.total as usize);
-    file.append(&mut content.file);
-    while (file.len() as u64) < first.total {
-        let (mut next, range) = part(file.len() as u64).await?;
-        match range {
-            Some(range) if range.range.start == file.len() as u64 && !next.file.is_empty() => {
-                file.append(&mut next.file)
-            }
-            _ => return Err(FederationError::Invalid(format!("{server} sent a wrong part of {media_id}")).into()),
+    let part = &part;
+    let rest = stream::try_unfold(first_bytes.len() as u64, move |offset| async move {
+        if offset >= total {
+            return Ok(None);
         }
-    }
-    Ok((content, file))
+        let (next, range) = part(offset).await?;
+        match range {
+            Some(range) if range.range.start == offset && !next.file.is_empty() => {
+                let next_offset = offset + next.file.len() as u64;
+                Ok(Some((Bytes::from(next.file), next_offset)))
+            }
+            _ => Err(FederationError::Invalid(format!("{server} sent a wrong part of {media_id}")).into()),
+        }
+    });
+    let filename = content.content_disposition.and_then(|d| d.filename);
+    let media = Media::uploaded(None, content.content_type, filename);
+    store(hs, (server, media_id), media, stream::once(async { Ok(first_bytes) }).chain(rest)).await
 }
 
 /// A thumbnail at most `width`×`height`.
