@@ -1,8 +1,8 @@
 // Media repository figures: upload and download throughput (MiB/s) of a file and the
 // time of the first thumbnail of a 4000×3000 JPEG photo, in the Service Worker
 // homeserver (headless Chromium, IndexedDB) and in a release `glia node` (redb on
-// disk). The photo is made by the browser (OffscreenCanvas), and the same bytes go to
-// both. Prints a markdown table.
+// disk), and how much the worker's memory grew meanwhile. The photo is made by the
+// browser (OffscreenCanvas), and the same bytes go to both. Prints a markdown table.
 //
 //   node benches/media.mjs [--mib 8] [--runs 3]
 //
@@ -12,7 +12,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { launchBrowser, openShell, startGlia } from '../tests/e2e/browser.js';
+import { launchBrowser, openShell, startGlia, workerStatus } from '../tests/e2e/browser.js';
 import { startGlia as startNode } from '../tests/sdk/server.mjs';
 import { mediaWorkload } from './media-workload.mjs';
 
@@ -22,13 +22,14 @@ const N = { mib: Number(opts.mib), runs: Number(opts.runs) };
 const inline = async (file) => (await readFile(path.join(import.meta.dirname, file), 'utf8')).replace(/^import .*$/gm, '');
 const glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist']);
 const browser = await launchBrowser();
-let worker, jpeg;
+let worker, jpeg, grown;
 try {
   const page = await openShell(browser.context, glia.url);
   if ((await page.evaluate(() => document.body.dataset.state)) !== 'ready') throw new Error('the worker did not start');
   const code = `${await inline('client-workload.mjs')}\n${await inline('media-workload.mjs')}\nwindow.gliaMedia = mediaWorkload;`;
   await page.addScriptTag({ type: 'module', content: code });
   await page.waitForFunction(() => typeof window.gliaMedia === 'function');
+  const before = (await workerStatus(page)).memory;
   [worker, jpeg] = await page.evaluate(async (N) => {
     // A photo-like picture: gradients and noise, which JPEG cannot make small.
     const canvas = new OffscreenCanvas(4000, 3000);
@@ -43,6 +44,7 @@ try {
     const figures = await window.gliaMedia(location.origin, { ...N, jpeg });
     return [figures, Array.from(jpeg)];
   }, N);
+  grown = (await workerStatus(page)).memory - before;
 } finally {
   await browser.close();
   glia.stop();
@@ -61,3 +63,5 @@ console.log('|---|---:|---:|');
 console.log(`| upload, MiB/s | ${worker.upload.toFixed(1)} | ${native.upload.toFixed(1)} |`);
 console.log(`| download, MiB/s | ${worker.download.toFixed(1)} | ${native.download.toFixed(1)} |`);
 console.log(`| first thumbnail 800×600 of the JPEG, ms | ${worker.thumbnailMs.toFixed(0)} | ${native.thumbnailMs.toFixed(0)} |`);
+// The wasm memory only grows, so this is the most the worker held at once.
+console.log(`| worker's wasm memory grown over all of the above, MiB | ${(grown / 2 ** 20).toFixed(1)} | |`);

@@ -1904,6 +1904,7 @@ fn media_repository() {
         .to_owned();
     let got = bob.get(&format!("/_matrix/client/v1/media/download/{}", uri.trim_start_matches("mxc://")));
     assert_eq!((got.body.len(), got.body == big), (big.len(), true));
+    assert_eq!(got.header("content-length"), Some("700000"), "sent as read, its length told first");
     let page = upload(&alice, "POST", "v3/upload?filename=x.html", "text/html", b"<script>alert(1)</script>").ok();
     let page = page["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
     let got = bob.get(&format!("/_matrix/client/v1/media/download/{page}"));

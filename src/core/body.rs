@@ -38,6 +38,14 @@ impl Body {
         Self(Inner::Streamed(pieces))
     }
 
+    /// The body's bytes if it is whole, or the body.
+    pub fn try_into_bytes(self) -> Result<Bytes, Self> {
+        match self.0 {
+            Inner::Whole(bytes) => Ok(bytes.unwrap_or_default()),
+            streamed => Err(Self(streamed)),
+        }
+    }
+
     /// The whole body, refused with `M_TOO_LARGE` as soon as it passes `limit`
     /// bytes.
     pub(crate) async fn collect(self, limit: usize) -> Result<Bytes, Error> {

@@ -207,10 +207,22 @@ impl Homeserver {
         })
     }
 
-    /// Answers one Client-Server, Federation or media request. Never fails: every
-    /// error becomes a Matrix error response here.
-    pub async fn handle(&self, request: http::Request<impl Into<Body>>) -> http::Response<Bytes> {
+    /// Answers one Client-Server, Federation or media request, a file's bytes
+    /// as they are read: what shells serve. Never fails: every error becomes a
+    /// Matrix error response here.
+    pub async fn serve(&self, request: http::Request<impl Into<Body>>) -> http::Response<Body> {
         router::handle(self, request.map(Into::into)).await
+    }
+
+    /// [`Homeserver::serve`] with the response's body read whole: an answer
+    /// to another node, which goes in one frame.
+    pub async fn handle(&self, request: http::Request<impl Into<Body>>) -> http::Response<Bytes> {
+        let (parts, body) = self.serve(request).await.into_parts();
+        let body = match body.collect(usize::MAX).await {
+            Ok(body) => body,
+            Err(err) => return error_response(err),
+        };
+        http::Response::from_parts(parts, body)
     }
 
     /// Keeps `/sync` long-polls under `ms`: a Service Worker may be stopped

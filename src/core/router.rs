@@ -12,7 +12,7 @@ use ruma::api::{
         AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication,
     },
     path_builder::PathBuilder,
-    IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt,
+    IncomingRequest, IncomingRequestExt, Metadata,
 };
 
 use ruma::{
@@ -23,7 +23,7 @@ use ruma::{
 };
 
 use super::{
-    api::endpoints,
+    api::{answer::Respond, endpoints},
     body::Body,
     identity::{self, KEY_ID},
     service::accounts::Session,
@@ -36,23 +36,26 @@ use crate::p2p::PeerKey;
 /// smaller.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-pub(super) async fn handle(hs: &Homeserver, request: http::Request<Body>) -> http::Response<Bytes> {
+pub(super) async fn handle(hs: &Homeserver, request: http::Request<Body>) -> http::Response<Body> {
     if request.method() == Method::OPTIONS {
         // CORS preflight. The spec forbids running endpoint logic for OPTIONS:
         // the headers `finish` adds are the whole answer.
-        return finish(http::Response::new(Vec::new()));
+        return finish(http::Response::new(Body::from(Bytes::new())));
     }
-    finish(route(hs, request).await.unwrap_or_else(Error::into_response))
+    // On the heap: the future of every handler is in it, and a node answering
+    // another in the same task (tests, in-process meshes) nests them.
+    let answer = Box::pin(route(hs, request)).await;
+    finish(answer.unwrap_or_else(|err| err.into_response().map(Body::from)))
 }
 
 /// The response for a request a shell refused before the core saw it (a body
 /// over [`MAX_BODY_BYTES`], say), with the same headers as every other.
 pub fn error_response(err: Error) -> http::Response<Bytes> {
-    finish(err.into_response())
+    finish(err.into_response().map(Bytes::from))
 }
 
 /// Adds the headers every response carries.
-fn finish(response: http::Response<Vec<u8>>) -> http::Response<Bytes> {
+fn finish<B>(response: http::Response<B>) -> http::Response<B> {
     let (mut parts, body) = response.into_parts();
     // Client-Server API, "Web Browser Clients"; HEAD too, since every GET answers it.
     let headers = &mut parts.headers;
@@ -79,10 +82,10 @@ fn finish(response: http::Response<Vec<u8>>) -> http::Response<Bytes> {
         header::HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("cross-origin"),
     );
-    http::Response::from_parts(parts, Bytes::from(body))
+    http::Response::from_parts(parts, body)
 }
 
-async fn route(hs: &Homeserver, request: http::Request<Body>) -> Result<http::Response<Vec<u8>>, Error> {
+async fn route(hs: &Homeserver, request: http::Request<Body>) -> Result<http::Response<Body>, Error> {
     let path = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
     // Set when an endpoint has this path but not this method: 405 rather than 404.
@@ -93,7 +96,7 @@ async fn route(hs: &Homeserver, request: http::Request<Body>) -> Result<http::Re
             if let Some(args) = match_path(<$request as Metadata>::PATH_BUILDER.all_paths(), &path) {
                 if accepts(<$request as Metadata>::METHOD, &parts.method) {
                     let (identity, typed) = parse::<$request>(hs, parts, Bytes::new(), &args).await?;
-                    return Ok($handler(hs, identity, typed, body).await?.try_into_http_response()?);
+                    return $handler(hs, identity, typed, body).await?.respond();
                 }
                 path_known = true;
             }
@@ -104,7 +107,7 @@ async fn route(hs: &Homeserver, request: http::Request<Body>) -> Result<http::Re
 
     let body = body.collect(MAX_BODY_BYTES).await?;
     if path == "/.well-known/matrix/client" && matches!(parts.method, Method::GET | Method::HEAD) {
-        return super::api::client::discovery::well_known(&parts);
+        return super::api::client::discovery::well_known(&parts).map(|response| response.map(Body::from));
     }
 
     macro_rules! dispatch {
@@ -112,7 +115,7 @@ async fn route(hs: &Homeserver, request: http::Request<Body>) -> Result<http::Re
             if let Some(args) = match_path(<$request as Metadata>::PATH_BUILDER.all_paths(), &path) {
                 if accepts(<$request as Metadata>::METHOD, &parts.method) {
                     let (identity, typed) = parse::<$request>(hs, parts, body, &args).await?;
-                    return Ok($handler(hs, identity, typed).await?.try_into_http_response()?);
+                    return $handler(hs, identity, typed).await?.respond();
                 }
                 path_known = true;
             }

@@ -36,8 +36,11 @@ async fn handle(State(homeserver): State<Arc<Homeserver>>, request: axum::extrac
     });
     // On a task of its own: a client hanging up must not cancel a write half
     // done, which may be carrying other clients' events in the same commit.
-    let response = tokio::spawn(async move { homeserver.handle(request).await })
-        .await
-        .unwrap_or_else(|err| error_response(Error::internal(format!("request handler failed: {err}"))));
-    response.map(Body::from)
+    match tokio::spawn(async move { homeserver.serve(request).await }).await {
+        Ok(response) => response.map(|body| match body.try_into_bytes() {
+            Ok(bytes) => Body::from(bytes),
+            Err(streamed) => Body::from_stream(streamed),
+        }),
+        Err(err) => error_response(Error::internal(format!("request handler failed: {err}"))).map(Body::from),
+    }
 }

@@ -6,13 +6,17 @@ mod bench;
 mod thumbnail;
 mod transport;
 
-use std::{rc::Rc, sync::Arc};
+use std::{cell::RefCell, rc::Rc, sync::Arc};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use js_sys::{Array, Promise, Uint8Array};
 use wasm_bindgen::{prelude::*, JsCast};
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
-use web_sys::{Headers, ReadableStream, ReadableStreamDefaultReader, Request, Response, ResponseInit, Url};
+use web_sys::{
+    Headers, ReadableStream, ReadableStreamDefaultController, ReadableStreamDefaultReader, Request, Response,
+    ResponseInit, Url,
+};
 
 use ruma::serde::{base64::Standard, Base64};
 
@@ -37,6 +41,9 @@ pub struct WorkerNode {
 #[wasm_bindgen]
 impl WorkerNode {
     /// Opens the node over its IndexedDB store, creating or upgrading it.
+    // The core shares its store in an `Arc`, which natively crosses threads;
+    // the worker has one thread, and IndexedDB handles are not `Send`.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn open() -> Result<WorkerNode, JsError> {
         let store = IndexedDbStore::open(DATABASE, SCHEMA).await?;
         let mut homeserver = Homeserver::open(Arc::new(store), Arc::new(SystemClock), Arc::new(OsRandom)).await?;
@@ -110,7 +117,7 @@ impl WorkerNode {
         let homeserver = self.homeserver.clone();
         future_to_promise(async move {
             let request = to_http(request)?;
-            let response = homeserver.handle(request).await;
+            let response = homeserver.serve(request).await;
             Ok(from_http(response)?.into())
         })
     }
@@ -159,7 +166,7 @@ fn pieces(stream: ReadableStream) -> impl futures_util::Stream<Item = Result<Byt
     })
 }
 
-fn from_http(response: http::Response<Bytes>) -> Result<Response, JsValue> {
+fn from_http(response: http::Response<Body>) -> Result<Response, JsValue> {
     let (parts, body) = response.into_parts();
     let headers = Headers::new()?;
     for (name, value) in &parts.headers {
@@ -170,7 +177,40 @@ fn from_http(response: http::Response<Bytes>) -> Result<Response, JsValue> {
     let init = ResponseInit::new();
     init.set_status(parts.status.as_u16());
     init.set_headers(&headers);
-    // Null-body statuses (204, 304) reject any body, even an empty one.
-    let mut body = body.to_vec();
-    Response::new_with_opt_u8_array_and_init((!body.is_empty()).then_some(&mut body[..]), &init)
+    match body.try_into_bytes() {
+        // Null-body statuses (204, 304) reject any body, even an empty one.
+        Ok(bytes) => {
+            let mut body = bytes.to_vec();
+            Response::new_with_opt_u8_array_and_init((!body.is_empty()).then_some(&mut body[..]), &init)
+        }
+        Err(streamed) => Response::new_with_opt_readable_stream_and_init(Some(&readable(streamed)?), &init),
+    }
+}
+
+/// A response body the browser reads as the core yields it: a piece each time
+/// the reader wants one, so a download holds a chunk in memory, not the file.
+fn readable(body: Body) -> Result<ReadableStream, JsValue> {
+    let body = Rc::new(RefCell::new(Some(body)));
+    let pull = Closure::<dyn FnMut(ReadableStreamDefaultController) -> Promise>::new(
+        move |controller: ReadableStreamDefaultController| {
+            let body = body.clone();
+            future_to_promise(async move {
+                // The browser pulls once at a time; taken out, it is not borrowed across the wait.
+                let Some(mut pieces) = body.borrow_mut().take() else { return Ok(JsValue::UNDEFINED) };
+                match pieces.next().await {
+                    Some(Ok(piece)) => {
+                        controller.enqueue_with_chunk(&Uint8Array::from(&piece[..]))?;
+                        *body.borrow_mut() = Some(pieces);
+                    }
+                    Some(Err(err)) => controller.error_with_e(&JsError::new(&err.to_string()).into()),
+                    None => controller.close()?,
+                }
+                Ok(JsValue::UNDEFINED)
+            })
+        },
+    );
+    let source = js_sys::Object::new();
+    // Freed with the stream: wasm-bindgen drops closures the JS side no longer holds.
+    js_sys::Reflect::set(&source, &"pull".into(), &pull.into_js_value())?;
+    ReadableStream::new_with_underlying_source(&source)
 }

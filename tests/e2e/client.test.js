@@ -112,7 +112,7 @@ test('the worker makes thumbnails with the browser: scaled within the box, or cr
   assert.equal(sizes.refused, 400);
 });
 
-test('a large upload goes into IndexedDB a chunk at a time: the worker never holds it whole', async () => {
+test('a large file goes into IndexedDB and back a chunk at a time: the worker never holds it whole', async () => {
   const v3 = '/_matrix/client/v3';
   const challenge = await call('POST', `${v3}/register`, { username: 'archivist', password: 'correct horse' });
   const registered = await call('POST', `${v3}/register`, {
@@ -142,4 +142,6 @@ test('a large upload goes into IndexedDB a chunk at a time: the worker never hol
     return { status: res.status, size: bytes.byteLength, digest };
   }, [token, mxc]);
   assert.deepEqual(downloaded, { status: 200, size: 40 * MIB, digest: uploaded.digest });
+  const grownAfter = (await workerStatus(shell.page)).memory - before;
+  assert.ok(grownAfter < 8 * MIB, `the worker's memory grew by ${(grownAfter / MIB).toFixed(1)} MiB after its download`);
 });

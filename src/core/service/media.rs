@@ -18,7 +18,7 @@
 use std::{ops::Bound, sync::Arc};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{stream, Stream, StreamExt};
 use ruma::{OwnedUserId, ServerName, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -265,6 +265,34 @@ impl MediaRepository {
         Ok(bytes.map(|bytes| decode(&bytes)).transpose()?)
     }
 
+    /// A file a chunk at a time, each read as it is taken: a download holds
+    /// one chunk in memory, not the file.
+    pub async fn read(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+    ) -> Result<(Media, impl Stream<Item = Result<Bytes, MediaError>> + 'static), MediaError> {
+        let media = self.media(server, media_id).await?.ok_or_else(|| MediaError::NotFound(media_id.into()))?;
+        if media.pending_until.is_some() {
+            return Err(MediaError::NotYetUploaded(media_id.into()));
+        }
+        let (store, chunks) = (self.store.clone(), media.chunks);
+        let prefix = chunk_prefix(&media_key(server, media_id), media.upload.as_deref());
+        let media_id = media_id.to_owned();
+        let pieces = stream::try_unfold(0, move |n| {
+            let (store, key, media_id) = (store.clone(), chunk_key(&prefix, n), media_id.clone());
+            async move {
+                if n == chunks {
+                    return Ok(None);
+                }
+                let chunk = store.get(MEDIA_CHUNKS, &key).await?;
+                let chunk = chunk.ok_or_else(|| RoomError::corrupt(format!("media {media_id} lacks chunk {n}")))?;
+                Ok(Some((Bytes::from(chunk), n + 1)))
+            }
+        });
+        Ok((media, pieces))
+    }
+
     /// A file, whole.
     pub async fn file(&self, server: &ServerName, media_id: &str) -> Result<(Media, Vec<u8>), MediaError> {
         self.part(server, media_id, 0, u64::MAX).await
@@ -431,7 +459,7 @@ fn decode(bytes: &[u8]) -> Result<Media, RoomError> {
 mod tests {
     use std::io::Cursor;
 
-    use futures_util::{future::join, stream, FutureExt};
+    use futures_util::{future::join, FutureExt, TryStreamExt};
     use image::{ImageFormat, ImageReader};
     use ruma::server_name;
 
@@ -464,6 +492,10 @@ mod tests {
         repo.put::<MediaError>(id, media, pieces(&file, 70_001), ("u1".into(), 1 << 20), 0).await.unwrap();
         let (media, whole) = repo.file(id.0, id.1).await.unwrap();
         assert_eq!((media.size, media.chunks, whole == file), (file.len() as u64, 3, true));
+        let (_, pieces) = repo.read(id.0, id.1).await.unwrap();
+        let pieces: Vec<Bytes> = pieces.try_collect().await.unwrap();
+        assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), [CHUNK_BYTES, CHUNK_BYTES, 1000]);
+        assert_eq!(pieces.concat(), file);
         let (_, part) = repo.part(id.0, id.1, CHUNK_BYTES as u64 - 10, CHUNK_BYTES as u64 + 9).await.unwrap();
         assert_eq!(part, &file[CHUNK_BYTES - 10..CHUNK_BYTES + 10]);
         assert_eq!(count(&repo, MEDIA_UPLOADS).await, 0);

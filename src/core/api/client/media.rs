@@ -10,7 +10,7 @@
 //! Content-Security-Policy (see the router).
 
 use bytes::Bytes;
-use futures_util::{stream, Stream, StreamExt};
+use futures_util::{stream, Stream, StreamExt, TryStreamExt};
 use ruma::{
     api::{
         client::{
@@ -30,7 +30,7 @@ use ruma::{
 
 use crate::core::{
     api::{
-        answer::{Answered, JsonAnswer},
+        answer::{Answered, JsonAnswer, Streamed},
         ranged::{ByteRange, Ranged},
     },
     service::{
@@ -38,7 +38,7 @@ use crate::core::{
         federation::FederationError,
         media::{Fit, Media, MediaError},
     },
-    Body, Error, Homeserver,
+    Body, BodyError, Error, Homeserver,
 };
 
 /// How long an ID handed out by `/media/v1/create` waits for its upload.
@@ -130,18 +130,36 @@ pub(crate) async fn upload_to(
 /// holds, less room for the rest of the answer.
 const FETCH_PART_BYTES: u64 = 1 << 20;
 
-/// A file, this node's or (fetched once, then kept) another server's.
-async fn file(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(Media, Vec<u8>), Error> {
-    match hs.media().file(server, media_id).await {
-        Err(MediaError::NotFound(_)) if server != hs.key().server_name() => {}
-        found => return Ok(found?),
+/// Makes sure a file is here: this node's, or another server's fetched once
+/// and kept.
+async fn fetched(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(), Error> {
+    if server == hs.key().server_name() || hs.media().media(server, media_id).await?.is_some() {
+        return Ok(());
     }
     match fetch(hs, server, media_id).await {
         // Fetched for another client meanwhile.
-        Ok(()) | Err(Error::Media(MediaError::CannotOverwrite(_))) => {}
-        Err(err) => return Err(err),
+        Ok(()) | Err(Error::Media(MediaError::CannotOverwrite(_))) => Ok(()),
+        Err(err) => Err(err),
     }
-    Ok(hs.media().file(server, media_id).await?)
+}
+
+/// A file's download: ruma's response `head` made with its content type and
+/// disposition (as `filename`, if given), and its bytes sent as they are read.
+async fn download_of<R>(
+    hs: &Homeserver,
+    (server, media_id): (&ServerName, &str),
+    filename: Option<String>,
+    head: impl FnOnce(Vec<u8>, String, ContentDisposition) -> R,
+) -> Result<Streamed<R>, Error> {
+    fetched(hs, server, media_id).await?;
+    let (media, pieces) = hs.media().read(server, media_id).await?;
+    let (content_type, disposition) = served(&media, filename);
+    let pieces = pieces.map_err(|err| BodyError(err.to_string()));
+    Ok(Streamed {
+        head: head(Vec::new(), content_type, disposition),
+        body: Body::streamed(Box::pin(pieces)),
+        length: media.size,
+    })
 }
 
 /// Stores another server's file, fetched a frame's worth at a time: the
@@ -205,8 +223,7 @@ pub(crate) async fn thumbnail_of(
         Some(Method::Crop) => Fit::Crop,
         _ => Fit::Scale,
     };
-    // The file must be here first, fetched if it is another server's.
-    file(hs, server, media_id).await?;
+    fetched(hs, server, media_id).await?;
     Ok(hs.media().thumbnail(server, media_id, side(width), side(height), fit).await?)
 }
 
@@ -219,10 +236,8 @@ pub(crate) async fn download(
     hs: &Homeserver,
     _: Session,
     request: get_content::v1::Request,
-) -> Result<get_content::v1::Response, Error> {
-    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
-    let (content_type, disposition) = served(&media, None);
-    Ok(get_content::v1::Response::new(bytes, content_type, disposition))
+) -> Result<Streamed<get_content::v1::Response>, Error> {
+    download_of(hs, (&request.server_name, &request.media_id), None, get_content::v1::Response::new).await
 }
 
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
@@ -230,10 +245,9 @@ pub(crate) async fn download_as(
     hs: &Homeserver,
     _: Session,
     request: get_content_as_filename::v1::Request,
-) -> Result<get_content_as_filename::v1::Response, Error> {
-    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
-    let (content_type, disposition) = served(&media, Some(request.filename));
-    Ok(get_content_as_filename::v1::Response::new(bytes, content_type, disposition))
+) -> Result<Streamed<get_content_as_filename::v1::Response>, Error> {
+    let id = (&*request.server_name, &*request.media_id);
+    download_of(hs, id, Some(request.filename), get_content_as_filename::v1::Response::new).await
 }
 
 /// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`
@@ -270,10 +284,8 @@ pub(crate) async fn legacy_download(
     hs: &Homeserver,
     _: (),
     request: LegacyDownload,
-) -> Result<legacy_content::v3::Response, Error> {
-    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
-    let (content_type, disposition) = served(&media, None);
-    Ok(legacy_content::v3::Response::new(bytes, content_type, disposition))
+) -> Result<Streamed<legacy_content::v3::Response>, Error> {
+    download_of(hs, (&request.server_name, &request.media_id), None, legacy_content::v3::Response::new).await
 }
 
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`
@@ -282,10 +294,9 @@ pub(crate) async fn legacy_download_as(
     hs: &Homeserver,
     _: (),
     request: LegacyDownloadAs,
-) -> Result<legacy_content_as_filename::v3::Response, Error> {
-    let (media, bytes) = file(hs, &request.server_name, &request.media_id).await?;
-    let (content_type, disposition) = served(&media, Some(request.filename));
-    Ok(legacy_content_as_filename::v3::Response::new(bytes, content_type, disposition))
+) -> Result<Streamed<legacy_content_as_filename::v3::Response>, Error> {
+    let id = (&*request.server_name, &*request.media_id);
+    download_of(hs, id, Some(request.filename), legacy_content_as_filename::v3::Response::new).await
 }
 
 /// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`
