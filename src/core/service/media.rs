@@ -33,6 +33,8 @@ pub(crate) const MEDIA_UPLOADS: &str = "media_uploads";
 
 /// The size of a stored chunk of a file.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+/// How many chunks one read of part of a file takes.
+const READ_CHUNKS: u32 = 4;
 /// The most pixels an image may have to be thumbnailed: a 4000×3000 photo
 /// and then some, not a decompression bomb.
 #[cfg(not(target_arch = "wasm32"))]
@@ -319,21 +321,26 @@ impl MediaRepository {
         }
         let chunk = CHUNK_BYTES as u64;
         let (first, last) = ((start / chunk) as u32, (end / chunk) as u32);
-        let range =
-            KeyRange::new(Bound::Included(chunk_key(&prefix, first)), Bound::Included(chunk_key(&prefix, last)));
-        let chunks = self.store.scan(MEDIA_CHUNKS, range, Direction::Forward, usize::MAX).await?;
-        if chunks.len() != (last - first + 1) as usize || last >= media.chunks {
-            let found = chunks.len();
-            return Err(
-                RoomError::corrupt(format!("media {media_id} lacks chunks: {found} of {first}..={last}")).into()
-            );
+        if last >= media.chunks {
+            return Err(RoomError::corrupt(format!("media {media_id} has {} chunks, not {last}", media.chunks)).into());
         }
         let mut bytes = Vec::with_capacity((end - start + 1) as usize);
-        for (n, (_, data)) in chunks.iter().enumerate() {
-            let offset = (u64::from(first) + n as u64) * chunk;
-            let from = start.saturating_sub(offset) as usize;
-            let to = ((end + 1 - offset) as usize).min(data.len());
-            bytes.extend_from_slice(data.get(from..to).unwrap_or_default());
+        // A few chunks a read, so no more than those are held besides the bytes.
+        let mut n = first;
+        while n <= last {
+            let to = last.min(n + READ_CHUNKS - 1);
+            let range = KeyRange::new(Bound::Included(chunk_key(&prefix, n)), Bound::Included(chunk_key(&prefix, to)));
+            let chunks = self.store.scan(MEDIA_CHUNKS, range, Direction::Forward, usize::MAX).await?;
+            if chunks.len() != (to - n + 1) as usize {
+                return Err(RoomError::corrupt(format!("media {media_id} lacks chunks in {n}..={to}")).into());
+            }
+            for (_, data) in chunks {
+                let offset = u64::from(n) * chunk;
+                let from = start.saturating_sub(offset) as usize;
+                let to = ((end + 1 - offset) as usize).min(data.len());
+                bytes.extend_from_slice(data.get(from..to).unwrap_or_default());
+                n += 1;
+            }
         }
         Ok((media, bytes))
     }
@@ -486,15 +493,15 @@ mod tests {
     #[tokio::test]
     async fn uploads_are_stored_a_chunk_at_a_time_and_read_back_in_parts() {
         let repo = repository();
-        let file: Vec<u8> = (0..(2 * CHUNK_BYTES + 1000) as u32).map(|i| (i % 251) as u8).collect();
+        let file: Vec<u8> = (0..(5 * CHUNK_BYTES + 1000) as u32).map(|i| (i % 251) as u8).collect();
         let media = Media::uploaded(Some(alice()), None, None);
         let id = (server_name!("a"), "m");
         repo.put::<MediaError>(id, media, pieces(&file, 70_001), ("u1".into(), 1 << 20), 0).await.unwrap();
         let (media, whole) = repo.file(id.0, id.1).await.unwrap();
-        assert_eq!((media.size, media.chunks, whole == file), (file.len() as u64, 3, true));
+        assert_eq!((media.size, media.chunks, whole == file), (file.len() as u64, 6, true));
         let (_, pieces) = repo.read(id.0, id.1).await.unwrap();
         let pieces: Vec<Bytes> = pieces.try_collect().await.unwrap();
-        assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), [CHUNK_BYTES, CHUNK_BYTES, 1000]);
+        assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), [[CHUNK_BYTES; 5].as_slice(), &[1000]].concat());
         assert_eq!(pieces.concat(), file);
         let (_, part) = repo.part(id.0, id.1, CHUNK_BYTES as u64 - 10, CHUNK_BYTES as u64 + 9).await.unwrap();
         assert_eq!(part, &file[CHUNK_BYTES - 10..CHUNK_BYTES + 10]);
