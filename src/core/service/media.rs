@@ -496,7 +496,7 @@ mod tests {
         let file: Vec<u8> = (0..(5 * CHUNK_BYTES + 1000) as u32).map(|i| (i % 251) as u8).collect();
         let media = Media::uploaded(Some(alice()), None, None);
         let id = (server_name!("a"), "m");
-        repo.put::<MediaError>(id, media, pieces(&file, 70_001), ("u1".into(), 1 << 20), 0).await.unwrap();
+        repo.put::<MediaError>(id, media, pieces(&file, 70_001), ("u1".into(), 2 << 20), 0).await.unwrap();
         let (media, whole) = repo.file(id.0, id.1).await.unwrap();
         assert_eq!((media.size, media.chunks, whole == file), (file.len() as u64, 6, true));
         let (_, pieces) = repo.read(id.0, id.1).await.unwrap();
