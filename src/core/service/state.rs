@@ -1,6 +1,7 @@
 //! Room state: state groups, stored as deltas on a parent group with a full
-//! snapshot every [`MAX_CHAIN`] deltas (so loading one walks a short chain and
-//! a room of 10,000 members is not copied per event), and state resolution v2,
+//! snapshot every [`MAX_CHAIN`] deltas (so loading one reads a short chain,
+//! named in its first record, and a room of 10,000 members is not copied per
+//! event), and state resolution v2,
 //! through ruma, over state loaded from the async store beforehand.
 //!
 //! Key encoding: `state_groups`: group ID (u64 big-endian) → [`GroupRecord`] as
@@ -45,21 +46,32 @@ const CACHE_ENTRIES: usize = 100_000;
 #[derive(Serialize, Deserialize)]
 struct GroupRecord {
     parent: Option<u64>,
-    /// How many deltas lie between this group and a whole snapshot.
-    chain: u32,
+    /// The groups under this one down to its snapshot, nearest first, so a
+    /// chain is read in two round trips, not one a group. Groups stored
+    /// before it was have none; their chain is walked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    below: Vec<u64>,
     /// Sorted; `None` removes the entry (state resolution can drop one).
     changes: Vec<(StateEventType, String, Option<OwnedEventId>)>,
+}
+
+/// A group's state and the groups under it down to its snapshot (as many as
+/// the deltas between them).
+#[derive(Clone, Default)]
+struct Loaded {
+    below: Arc<[u64]>,
+    state: Arc<State>,
 }
 
 /// A state group computed but not yet committed.
 pub struct PendingGroup {
     pub id: u64,
-    chain: u32,
+    below: Arc<[u64]>,
     pub state: Arc<State>,
 }
 
 pub struct StateGroups {
-    cache: Cache<u64, (u32, Arc<State>)>,
+    cache: Cache<u64, Loaded>,
 }
 
 impl Default for StateGroups {
@@ -70,33 +82,36 @@ impl Default for StateGroups {
 
 impl StateGroups {
     pub async fn load(&self, store: &dyn Store, group: u64) -> Result<Arc<State>, RoomError> {
-        Ok(self.load_with_chain(store, group).await?.1)
+        Ok(self.load_with_chain(store, group).await?.state)
     }
 
-    async fn load_with_chain(&self, store: &dyn Store, group: u64) -> Result<(u32, Arc<State>), RoomError> {
+    async fn load_with_chain(&self, store: &dyn Store, group: u64) -> Result<Loaded, RoomError> {
+        // The records read, from `group` down, and the IDs they are stored under.
         let mut records = Vec::new();
         let mut next = Some(group);
-        let (chain, base) = loop {
-            let Some(id) = next else { break (0, Arc::new(State::new())) };
-            if id == 0 {
-                break (0, Arc::new(State::new()));
-            }
+        let (base_ids, base) = loop {
+            let Some(id) = next.filter(|id| *id != 0) else { break (Vec::new(), Loaded::default()) };
             if let Some(cached) = self.cache.get(&id) {
-                break cached;
+                break ([&[id][..], &cached.below].concat(), cached);
             }
-            let bytes = store
-                .get(STATE_GROUPS, &id.to_be_bytes())
-                .await?
-                .ok_or_else(|| RoomError::Corrupt(format!("state group {id} is missing")))?;
-            let record: GroupRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+            let record = read_group(store, id).await?;
             next = record.parent;
-            records.push(record);
+            // The rest of the chain at once, down to a group in the cache.
+            let wanted: Vec<u64> = record.below.iter().copied().take_while(|id| self.cache.get(id).is_none()).collect();
+            records.push((id, record));
+            let keys: Vec<[u8; 8]> = wanted.iter().map(|id| id.to_be_bytes()).collect();
+            let keys: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
+            for (id, bytes) in wanted.iter().zip(store.get_many(STATE_GROUPS, &keys).await?) {
+                let record = decode_group(*id, bytes)?;
+                next = record.parent;
+                records.push((*id, record));
+            }
         };
         if records.is_empty() {
-            return Ok((chain, base));
+            return Ok(base);
         }
-        let mut state = Arc::unwrap_or_clone(base);
-        for record in records.iter().rev() {
+        let mut state = Arc::unwrap_or_clone(base.state);
+        for (_, record) in records.iter().rev() {
             for (kind, key, event) in &record.changes {
                 match event {
                     Some(event) => state.insert((kind.clone(), key.clone()), event.clone()),
@@ -104,15 +119,16 @@ impl StateGroups {
                 };
             }
         }
-        let loaded = (records[0].chain, Arc::new(state));
+        let below = records[1..].iter().map(|(id, _)| *id).chain(base_ids).collect();
+        let loaded = Loaded { below, state: Arc::new(state) };
         self.remember_loaded(group, loaded.clone());
         Ok(loaded)
     }
 
-    fn remember_loaded(&self, id: u64, entry: (u32, Arc<State>)) {
+    fn remember_loaded(&self, id: u64, loaded: Loaded) {
         // A group weighs its entries: big rooms' states are what fill memory.
-        let weight = entry.1.len().max(1);
-        self.cache.insert(id, entry, weight);
+        let weight = loaded.state.len().max(1);
+        self.cache.insert(id, loaded, weight);
     }
 
     /// Adds to `batch` the writes recording `state` as a group derived from group
@@ -127,31 +143,42 @@ impl StateGroups {
         state: Arc<State>,
         counter: &mut u64,
     ) -> Result<(Batch, u64, Option<PendingGroup>), RoomError> {
-        let (base_chain, base_state) = match uncommitted.iter().find(|group| group.id == base) {
-            Some(group) => (group.chain, group.state.clone()),
+        let base_group = match uncommitted.iter().find(|group| group.id == base) {
+            Some(group) => Loaded { below: group.below.clone(), state: group.state.clone() },
             None => self.load_with_chain(store, base).await?,
         };
-        if *base_state == *state {
+        let base_state = &base_group.state;
+        if **base_state == *state {
             return Ok((batch, base, None));
         }
-        let record = if base_chain + 1 >= MAX_CHAIN || base == 0 {
-            GroupRecord { parent: None, chain: 0, changes: sorted(state.iter().map(|(k, v)| (k, Some(v)))) }
+        let record = if base_group.below.len() + 1 >= MAX_CHAIN as usize || base == 0 {
+            GroupRecord { parent: None, below: Vec::new(), changes: sorted(state.iter().map(|(k, v)| (k, Some(v)))) }
         } else {
             let changed = state.iter().filter(|(k, v)| base_state.get(*k) != Some(*v)).map(|(k, v)| (k, Some(v)));
             let removed = base_state.keys().filter(|k| !state.contains_key(*k)).map(|k| (k, None));
-            GroupRecord { parent: Some(base), chain: base_chain + 1, changes: sorted(changed.chain(removed)) }
+            let below = [&[base][..], &base_group.below].concat();
+            GroupRecord { parent: Some(base), below, changes: sorted(changed.chain(removed)) }
         };
         let bytes = serde_json::to_vec(&record).map_err(RoomError::corrupt)?;
         *counter += 1;
         let id = *counter;
-        let pending = PendingGroup { id, chain: record.chain, state };
+        let pending = PendingGroup { id, below: record.below.into(), state };
         Ok((batch.put(STATE_GROUPS, id.to_be_bytes(), bytes), id, Some(pending)))
     }
 
     /// Caches a group once the batch that stored it has committed.
     pub fn committed(&self, group: PendingGroup) {
-        self.remember_loaded(group.id, (group.chain, group.state));
+        self.remember_loaded(group.id, Loaded { below: group.below, state: group.state });
     }
+}
+
+async fn read_group(store: &dyn Store, id: u64) -> Result<GroupRecord, RoomError> {
+    decode_group(id, store.get(STATE_GROUPS, &id.to_be_bytes()).await?)
+}
+
+fn decode_group(id: u64, bytes: Option<Vec<u8>>) -> Result<GroupRecord, RoomError> {
+    let bytes = bytes.ok_or_else(|| RoomError::Corrupt(format!("state group {id} is missing")))?;
+    serde_json::from_slice(&bytes).map_err(RoomError::corrupt)
 }
 
 fn sorted<'a>(
@@ -264,4 +291,68 @@ fn conflicted_subgraph(graph: &AuthGraph, conflicted: &StateMap<Vec<OwnedEventId
         ancestors.iter().filter(|id| descendants.contains(id)).cloned().collect();
     subgraph.extend(conflicted.iter().filter(|id| ancestors.contains(id) || descendants.contains(id)).cloned());
     subgraph
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use ruma::owned_event_id;
+
+    use super::*;
+    use crate::{core::SCHEMA, store::MemoryStore};
+
+    /// Saves `states` one on the other, as commits do; their group IDs.
+    async fn save_all(store: &MemoryStore, states: &[State]) -> Vec<u64> {
+        let (groups, mut counter, mut base, mut ids) = (StateGroups::default(), 0, 0, Vec::new());
+        for state in states {
+            let (batch, id, pending) =
+                groups.save(store, Batch::new(), base, &[], Arc::new(state.clone()), &mut counter).await.unwrap();
+            store.write(batch).await.unwrap();
+            groups.committed(pending.unwrap());
+            (base, ids) = (id, [ids, vec![id]].concat());
+        }
+        ids
+    }
+
+    /// Each state one more member than the last.
+    fn growing(n: usize) -> Vec<State> {
+        let mut state = State::new();
+        (0..n)
+            .map(|i| {
+                let event = OwnedEventId::try_from(format!("$e{i}")).unwrap();
+                state.insert((StateEventType::RoomMember, format!("@u{i}:a")), event);
+                state.clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn chains_load_whole_past_snapshots_and_from_any_cached_group() {
+        let store = MemoryStore::new(SCHEMA);
+        let states = growing(MAX_CHAIN as usize + 5);
+        let ids = save_all(&store, &states).await;
+        // A node just started: nothing cached; each load down to the
+        // snapshot, or (in order) down to the group loaded before.
+        let (backwards, forwards) = (StateGroups::default(), StateGroups::default());
+        for (id, state) in ids.iter().zip(&states).rev() {
+            assert_eq!(*backwards.load(&store, *id).await.unwrap(), *state, "group {id}");
+        }
+        for (id, state) in ids.iter().zip(&states) {
+            assert_eq!(*forwards.load(&store, *id).await.unwrap(), *state, "group {id}");
+        }
+        let cold = StateGroups::default();
+        let last = cold.load_with_chain(&store, *ids.last().unwrap()).await.unwrap();
+        assert_eq!(last.below.len(), 4, "a snapshot came {MAX_CHAIN} groups in");
+        // A group stored before chains were named in it is walked.
+        let legacy = GroupRecord {
+            parent: Some(ids[2]),
+            below: Vec::new(),
+            changes: vec![(StateEventType::RoomTopic, String::new(), Some(owned_event_id!("$topic")))],
+        };
+        store.put(STATE_GROUPS, &1000u64.to_be_bytes(), &serde_json::to_vec(&legacy).unwrap()).await.unwrap();
+        let loaded = StateGroups::default().load_with_chain(&store, 1000).await.unwrap();
+        assert_eq!((loaded.state.len(), &loaded.below[..]), (4, &[ids[2], ids[1], ids[0]][..]));
+        let mut expected = states[2].clone();
+        expected.insert((StateEventType::RoomTopic, String::new()), owned_event_id!("$topic"));
+        assert_eq!(*loaded.state, expected);
+    }
 }
