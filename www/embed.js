@@ -7,15 +7,21 @@
 // the worker's scope, so glia's Service Worker answers the client's /_matrix
 // requests as it answers this page's. The iframe side is www/client/shell-link.js.
 
-/// Loads the client into `frame`; `onChange({ section, userId })` hears which of
-/// Hydrogen's screens is up (`login`, `loading`, `session`...) and who is signed in.
+/// Loads the client into `frame` (unless index.html has begun to); `onChange({
+/// section, userId })` hears which of Hydrogen's screens is up (`login`,
+/// `loading`, `session`...) and who is signed in.
 export function embedClient(frame, { onChange }) {
   window.addEventListener('message', ({ data, source }) => {
     if (source !== frame.contentWindow || data?.glia !== 'client') return;
     onChange({ section: data.section, userId: data.userId });
   });
-  frame.src = 'client/';
-  frame.hidden = false;
+  if (frame.getAttribute('src')) {
+    // Started early: the screen it reported before this listened is asked again.
+    frame.contentWindow.postMessage({ glia: 'report' }, location.origin);
+  } else {
+    frame.src = 'client/';
+    frame.hidden = false;
+  }
   return {
     /// Signs the client in; resolves with null, or with why it could not.
     signIn(username, password) {

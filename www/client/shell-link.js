@@ -15,7 +15,11 @@ export function linkToShell(root, platform) {
     tell({ section, userId: session?.userId });
   }));
   window.addEventListener('message', async ({ data, origin, ports }) => {
-    if (origin !== location.origin || data?.glia !== 'sign-in') return;
+    if (origin !== location.origin) return;
+    // The shell loads the client before its own scripts, which may miss the
+    // first report: they ask for it again.
+    if (data?.glia === 'report') return report();
+    if (data?.glia !== 'sign-in') return;
     const failure = await signIn(root, data).catch((err) => String(err));
     ports[0]?.postMessage({ failure });
   });
