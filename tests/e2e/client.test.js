@@ -16,6 +16,16 @@ function bodies(sync, roomId) {
   return events.filter((e) => e.type === 'm.room.message').map((e) => e.content.body);
 }
 
+/// A new account's access token.
+async function register(username) {
+  const v3 = '/_matrix/client/v3';
+  const challenge = await call('POST', `${v3}/register`, { username, password: 'correct horse' });
+  const registered = await call('POST', `${v3}/register`, {
+    username, password: 'correct horse', auth: { type: 'm.login.dummy', session: challenge.json.session },
+  });
+  return registered.json.access_token;
+}
+
 test('register, create a room, send, and sync it back through the worker; history survives a restart', async () => {
   const v3 = '/_matrix/client/v3';
   const versions = await call('GET', '/_matrix/client/versions');
@@ -69,12 +79,7 @@ test('register, create a room, send, and sync it back through the worker; histor
 });
 
 test('the worker makes thumbnails with the browser: scaled within the box, or cropped to it', async () => {
-  const v3 = '/_matrix/client/v3';
-  const challenge = await call('POST', `${v3}/register`, { username: 'painter', password: 'correct horse' });
-  const registered = await call('POST', `${v3}/register`, {
-    username: 'painter', password: 'correct horse', auth: { type: 'm.login.dummy', session: challenge.json.session },
-  });
-  const token = registered.json.access_token;
+  const token = await register('painter');
   // In the page: a 400×200 JPEG drawn on a canvas, uploaded, and the
   // thumbnails the worker answers decoded back to their sizes.
   const sizes = await shell.page.evaluate(async (token) => {
@@ -113,12 +118,7 @@ test('the worker makes thumbnails with the browser: scaled within the box, or cr
 });
 
 test('a large file goes into IndexedDB and back a chunk at a time: the worker never holds it whole', async () => {
-  const v3 = '/_matrix/client/v3';
-  const challenge = await call('POST', `${v3}/register`, { username: 'archivist', password: 'correct horse' });
-  const registered = await call('POST', `${v3}/register`, {
-    username: 'archivist', password: 'correct horse', auth: { type: 'm.login.dummy', session: challenge.json.session },
-  });
-  const token = registered.json.access_token;
+  const token = await register('archivist');
   const before = (await workerStatus(shell.page)).memory;
   const MIB = 1 << 20;
   const uploaded = await shell.page.evaluate(async ([token, size]) => {
