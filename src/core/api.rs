@@ -47,6 +47,22 @@ pub(crate) mod federation {
     pub(crate) mod transactions;
 }
 
+/// The metadata (method, path, authentication) of ruma's request `R` for a
+/// request type of glia's that wraps it.
+macro_rules! metadata_of_inner {
+    ($wrapper:ident) => {
+        impl<R: ruma::api::Metadata> ruma::api::Metadata for $wrapper<R> {
+            const METHOD: http::Method = R::METHOD;
+            const RATE_LIMITED: bool = R::RATE_LIMITED;
+            type Authentication = R::Authentication;
+            type PathBuilder = R::PathBuilder;
+            const PATH_BUILDER: Self::PathBuilder = R::PATH_BUILDER;
+        }
+    };
+}
+
+pub(crate) use metadata_of_inner;
+
 /// Every endpoint the node answers: its ruma request type and handler. The
 /// router matches each against the request's path (ruma's templates, every
 /// version prefix the endpoint ever had, `r0` included) and method.

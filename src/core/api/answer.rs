@@ -6,7 +6,7 @@
 use bytes::BufMut;
 use ruma::api::{
     error::{DeserializationError, IntoHttpError},
-    BytesBody, IncomingRequest, Metadata, OutgoingResponse, OutgoingResponseExt,
+    BytesBody, IncomingRequest, OutgoingResponse, OutgoingResponseExt,
 };
 
 use crate::core::{Body, Error};
@@ -14,13 +14,7 @@ use crate::core::{Body, Error};
 /// Ruma's request `R`, answered with a [`JsonAnswer`].
 pub(crate) struct Answered<R>(pub R);
 
-impl<R: Metadata> Metadata for Answered<R> {
-    const METHOD: http::Method = R::METHOD;
-    const RATE_LIMITED: bool = R::RATE_LIMITED;
-    type Authentication = R::Authentication;
-    type PathBuilder = R::PathBuilder;
-    const PATH_BUILDER: Self::PathBuilder = R::PATH_BUILDER;
-}
+super::metadata_of_inner!(Answered);
 
 impl<R: IncomingRequest> IncomingRequest for Answered<R> {
     type EndpointError = R::EndpointError;

@@ -6,7 +6,7 @@
 
 use ruma::api::{
     error::{DeserializationError, IntoHttpError},
-    IncomingRequest, IncomingResponse, Metadata, OutgoingRequest, OutgoingResponse,
+    IncomingRequest, IncomingResponse, OutgoingRequest, OutgoingResponse,
 };
 
 /// The bytes `start..=end` of a file.
@@ -33,13 +33,7 @@ pub(crate) struct Ranged<R> {
     pub range: Option<ByteRange>,
 }
 
-impl<R: Metadata> Metadata for Ranged<R> {
-    const METHOD: http::Method = R::METHOD;
-    const RATE_LIMITED: bool = R::RATE_LIMITED;
-    type Authentication = R::Authentication;
-    type PathBuilder = R::PathBuilder;
-    const PATH_BUILDER: Self::PathBuilder = R::PATH_BUILDER;
-}
+super::metadata_of_inner!(Ranged);
 
 impl<R: IncomingRequest> IncomingRequest for Ranged<R> {
     type EndpointError = R::EndpointError;

@@ -78,19 +78,19 @@ pub(crate) async fn upload(
 ) -> Result<create_content::v3::Response, Error> {
     let media_id = hs.accounts().random_string(24);
     let media = Media::uploaded(Some(session.user_id), request.content_type, request.filename);
-    store(hs, (hs.key().server_name(), &media_id), media, body.map(|piece| Ok(piece?))).await?;
+    store(hs, (hs.key().server_name(), &media_id), media, body).await?;
     Ok(create_content::v3::Response::new(mxc(hs, &media_id)))
 }
 
 /// Stores a file as its pieces arrive, up to the node's upload limit.
-async fn store(
+async fn store<E: Into<Error>>(
     hs: &Homeserver,
     id: (&ServerName, &str),
     media: Media,
-    pieces: impl Stream<Item = Result<Bytes, Error>>,
+    pieces: impl Stream<Item = Result<Bytes, E>>,
 ) -> Result<(), Error> {
     let upload = (hs.accounts().random_string(16), hs.limits().max_upload_bytes as u64);
-    hs.media().put(id, media, pieces, upload, hs.clock().now_millis()).await
+    hs.media().put(id, media, pieces.map_err(Into::into), upload, hs.clock().now_millis()).await
 }
 
 /// `POST /_matrix/media/v1/create`
@@ -122,7 +122,7 @@ pub(crate) async fn upload_to(
         return Err(MediaError::NotFound(request.media_id).into());
     }
     let media = Media::uploaded(Some(session.user_id), request.content_type, request.filename);
-    store(hs, (&request.server_name, &request.media_id), media, body.map(|piece| Ok(piece?))).await?;
+    store(hs, (&request.server_name, &request.media_id), media, body).await?;
     Ok(JsonAnswer(serde_json::json!({})))
 }
 
@@ -207,7 +207,7 @@ async fn fetch(hs: &Homeserver, server: &ServerName, media_id: &str) -> Result<(
     });
     let filename = content.content_disposition.and_then(|d| d.filename);
     let media = Media::uploaded(None, content.content_type, filename);
-    store(hs, (server, media_id), media, stream::once(async { Ok(first_bytes) }).chain(rest)).await
+    store(hs, (server, media_id), media, stream::once(async { Ok::<_, Error>(first_bytes) }).chain(rest)).await
 }
 
 /// A thumbnail at most `width`×`height`.
