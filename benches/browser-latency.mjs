@@ -39,8 +39,11 @@ async function measure(a, b, roomId, count) {
       }
       return post.call(this, message, transfer);
     };
-    // B's client: long-polls /sync and notes when each message comes back.
+    // B's client: long-polls /sync and notes when each message comes back;
+    // one loop, however many rounds are measured, as a client has.
     window.gliaArrived = {};
+    if (window.gliaSyncing) return;
+    window.gliaSyncing = true;
     const headers = { Authorization: `Bearer ${token}` };
     (async () => {
       let since = (await (await fetch('/_matrix/client/v3/sync?timeout=0', { headers })).json()).next_batch;
@@ -55,7 +58,7 @@ async function measure(a, b, roomId, count) {
       }
     })();
   }, [roomId, b.token]);
-  const latencies = { total: [], hop: [] };
+  const latencies = { total: [], out: [], hop: [], in: [] };
   // When the page saw the transaction carrying `body` (the worker's frames
   // carry the event in clear JSON).
   const seen = (who, body) => who.page.evaluate((body) => {
@@ -77,8 +80,11 @@ async function measure(a, b, roomId, count) {
       return at;
     }, [roomId, a.token, body, `${Date.now()}.${n}`]);
     const arrived = await b.page.waitForFunction((body) => window.gliaArrived[body], body, { timeout: WAIT_MS });
-    latencies.total.push((await arrived.jsonValue()) - sentAt);
-    latencies.hop.push((await seen(b, body)) - (await seen(a, body)));
+    const [arrivedAt, leftA, reachedB] = [await arrived.jsonValue(), await seen(a, body), await seen(b, body)];
+    latencies.total.push(arrivedAt - sentAt);
+    latencies.out.push(leftA - sentAt);
+    latencies.hop.push(reachedB - leftA);
+    latencies.in.push(arrivedAt - reachedB);
   }
   return latencies;
 }
@@ -120,15 +126,15 @@ function spread(values) {
 
 function row(label, { latencies, relayed, direct }) {
   const [p50, p99, max] = spread(latencies.total);
-  const [hop50, hop99] = spread(latencies.hop);
-  return `| ${label} | ${latencies.total.length} | ${p50} | ${p99} | ${max} | ${hop50} | ${hop99} | ${direct} / ${relayed} |`;
+  const [[out50], [hop50, hop99], [in50]] = [latencies.out, latencies.hop, latencies.in].map(spread);
+  return `| ${label} | ${latencies.total.length} | ${p50} | ${p99} | ${max} | ${out50} | ${hop50} | ${hop99} | ${in50} | ${direct} / ${relayed} |`;
 }
 
 const rows = [];
 rows.push(row('relay (loopback)', await run(null, async () => {})));
 const unavailable = netnsUnavailable();
 if (unavailable) {
-  rows.push(`| WebRTC data channel | skipped: ${unavailable} | | | | | | |`);
+  rows.push(`| WebRTC data channel | skipped: ${unavailable} | | | | | | | | |`);
 } else {
   const network = createNetwork(['relay', 'alice', 'bob']);
   try {
@@ -143,8 +149,9 @@ if (unavailable) {
 }
 
 console.log('Message latency between two browser nodes: `PUT /send` in A\'s page to B\'s `/sync` long-poll returning it;');
-console.log('the hop is the transport\'s share, from A\'s page to B\'s.');
+console.log('out: A\'s page sending to A\'s worker handing its page the frame; hop: the transport, from A\'s page to B\'s;');
+console.log('in: B\'s page handing its worker the frame to B\'s `/sync` returning the message.');
 console.log();
-console.log('| path | messages | p50 ms | p99 ms | max ms | hop p50 ms | hop p99 ms | frames A→B direct / relayed |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+console.log('| path | messages | p50 ms | p99 ms | max ms | out p50 ms | hop p50 ms | hop p99 ms | in p50 ms | frames A→B direct / relayed |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const line of rows) console.log(line);

@@ -19,14 +19,28 @@ const node = wasm_bindgen({ module_or_path: `pkg/glia_bg.wasm?v=${BUILD}` })
     // relay connections (www/transport.js) sends them on. Frames such as the
     // embedded client's never own them.
     n.attach((bytes) => {
-      self.clients.matchAll({ type: 'window' }).then((pages) => {
-        for (const page of pages) {
-          if (page.frameType === 'top-level') page.postMessage({ glia: 'frame', bytes });
-        }
-      });
+      const post = (found) => found.forEach((page) => page.postMessage({ glia: 'frame', bytes }));
+      // The pages as last found, so a frame does not wait for the search; the
+      // search runs again for the next one.
+      if (pages) {
+        post(pages);
+        findPages();
+      } else {
+        findPages().then(post);
+      }
     });
     return n;
   });
+
+// The top-level pages as last found (`null` until then). A page that owns the
+// transport talks to the worker before it can send anything, and each message
+// looks again, so a new owner is known by the time a frame could reach it.
+let pages = null;
+function findPages() {
+  return self.clients
+    .matchAll({ type: 'window' })
+    .then((found) => (pages = found.filter((page) => page.frameType === 'top-level')));
+}
 
 const MATRIX_PREFIXES = ['/_matrix/', '/.well-known/matrix/'];
 
@@ -51,6 +65,7 @@ self.addEventListener('fetch', (event) => {
 // the relay said of frames sent, and its challenge to sign. Each message that
 // wants an answer brings a port for it; a message also wakes a stopped worker.
 self.addEventListener('message', (event) => {
+  findPages();
   const message = event.data ?? {};
   const reply = (value) => event.ports[0]?.postMessage(value);
   const work = node.then((n) => {

@@ -201,7 +201,14 @@ pub struct Rooms {
     /// Local users' rooms, as [`Rooms::rooms_of`] lists them: every sync asks.
     memberships: Cache<OwnedUserId, Arc<Vec<(OwnedRoomId, UserMembership)>>>,
     relations: Relations,
+    /// The outbox entries commits wrote since the sender last took them, for
+    /// as long as the sender knows the rest of the outbox (`None`: it must
+    /// read the table), so a new event goes out without a read.
+    outboxed: std::sync::Mutex<Option<Vec<OutboxEntry>>>,
 }
+
+/// An `outbox` key (the event's stream position) and value (room, event).
+pub(crate) type OutboxEntry = (Vec<u8>, Vec<u8>);
 
 /// Memberships cached, per generation.
 const CACHED_MEMBERSHIPS: usize = 65_536;
@@ -229,7 +236,29 @@ impl Rooms {
             written: Default::default(),
             queue: Default::default(),
             held: Default::default(),
+            outboxed: Default::default(),
         }
+    }
+
+    /// The outbox entries committed since the last call, or `None` when the
+    /// caller must read the outbox table: on the first call, and after a commit
+    /// whose outcome is unknown. Entries committed from the first call on are
+    /// kept for the next.
+    pub(crate) fn take_outboxed(&self) -> Option<Vec<OutboxEntry>> {
+        let mut outboxed = lock(&self.outboxed);
+        match outboxed.as_mut() {
+            Some(entries) => Some(std::mem::take(entries)),
+            None => {
+                *outboxed = Some(Vec::new());
+                None
+            }
+        }
+    }
+
+    /// The caller of [`Rooms::take_outboxed`] could not read the outbox: the
+    /// next call asks again.
+    pub(crate) fn forget_outboxed(&self) {
+        *lock(&self.outboxed) = None;
     }
 
     fn store(&self) -> &dyn Store {

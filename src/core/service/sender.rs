@@ -70,6 +70,29 @@ pub struct Sender {
     /// The other servers in a room at a state group (which never changes).
     servers: Cache<u64, Arc<Vec<OwnedServerName>>>,
     attempts: AtomicU64,
+    /// The last outbox key read from the table, until the entries committed
+    /// meanwhile are taken.
+    outbox_read: Mutex<Option<Vec<u8>>>,
+    /// Destinations whose whole durable queue the sender holds, so a
+    /// transaction to them reads nothing: those whose queue, once read, fitted
+    /// in one transaction, for as long as it does.
+    queues: Mutex<HashMap<OwnedServerName, Queue>>,
+}
+
+/// A key and its value, as a table holds them.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// A destination's durable queue: its entries in `outbound` and `outbound_edus`.
+#[derive(Clone, Default)]
+struct Queue {
+    pdus: Vec<Entry>,
+    edus: Vec<Entry>,
+}
+
+impl Queue {
+    fn fits(&self) -> bool {
+        self.pdus.len() < MAX_PDUS && self.edus.len() < MAX_EDUS
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -94,6 +117,8 @@ impl Sender {
             position: async_lock::Mutex::new(None),
             servers: Cache::new(4_096),
             attempts: AtomicU64::new(0),
+            outbox_read: Mutex::default(),
+            queues: Mutex::default(),
         }
     }
 
@@ -267,38 +292,63 @@ impl Sender {
         self.enqueue(hs, OUTBOUND, entries, Batch::new()).await
     }
 
-    /// Moves the events in `outbox` to the queues of their rooms' servers.
+    /// Moves the events in `outbox` to the queues of their rooms' servers: those
+    /// the engine's commits handed over since the last time, or, when the
+    /// sender does not know the outbox yet, what the table holds.
     async fn fan_out(&self, hs: &Homeserver) -> Result<(), RoomError> {
+        let moved = match hs.rooms().take_outboxed() {
+            Some(entries) => {
+                // Not those the last read of the table moved already (the keys
+                // are stream positions, and commits land in their order).
+                let read_up_to = lock(&self.outbox_read).take();
+                let entries = entries.into_iter().filter(|(key, _)| read_up_to.as_ref().is_none_or(|last| key > last));
+                self.move_to_queues(hs, entries.collect()).await
+            }
+            None => self.read_outbox(hs).await,
+        };
+        if moved.is_err() {
+            // What was not moved stays in the table, for the next read.
+            hs.rooms().forget_outboxed();
+        }
+        moved
+    }
+
+    async fn read_outbox(&self, hs: &Homeserver) -> Result<(), RoomError> {
         loop {
             let entries = hs.store().scan(OUTBOX, KeyRange::all(), Direction::Forward, OUTBOX_PAGE).await?;
-            if entries.is_empty() {
-                return Ok(());
-            }
-            // A short page emptied the outbox: whatever lands after it wakes
-            // the sender again, so looking once more would only cost a read.
             let drained = entries.len() < OUTBOX_PAGE;
-            let mut done = Batch::new();
-            let mut queued = Vec::new();
-            for (key, value) in entries {
-                done = done.delete(OUTBOX, key);
-                let Some(split) = value.iter().position(|b| *b == 0) else { continue };
-                let Ok(Ok(room_id)) = std::str::from_utf8(&value[..split]).map(RoomId::parse) else { continue };
-                let servers = match self.servers_in(hs, &room_id).await {
-                    Ok(servers) => servers,
-                    // A room gone from the store has no one to send to; one
-                    // entry must not hold up the rest of the outbox.
-                    Err(err) if !err.is_internal() => continue,
-                    Err(err) => return Err(err),
-                };
-                for server in servers.iter() {
-                    queued.push((server.clone(), value.clone()));
-                }
+            if let Some((last, _)) = entries.last() {
+                *lock(&self.outbox_read) = Some(last.clone());
             }
-            self.enqueue(hs, OUTBOUND, queued, done).await?;
+            self.move_to_queues(hs, entries).await?;
             if drained {
                 return Ok(());
             }
         }
+    }
+
+    async fn move_to_queues(&self, hs: &Homeserver, entries: Vec<Entry>) -> Result<(), RoomError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut done = Batch::new();
+        let mut queued = Vec::new();
+        for (key, value) in entries {
+            done = done.delete(OUTBOX, key);
+            let Some(split) = value.iter().position(|b| *b == 0) else { continue };
+            let Ok(Ok(room_id)) = std::str::from_utf8(&value[..split]).map(RoomId::parse) else { continue };
+            let servers = match self.servers_in(hs, &room_id).await {
+                Ok(servers) => servers,
+                // A room gone from the store has no one to send to; one
+                // entry must not hold up the rest of the outbox.
+                Err(err) if !err.is_internal() => continue,
+                Err(err) => return Err(err),
+            };
+            for server in servers.iter() {
+                queued.push((server.clone(), value.clone()));
+            }
+        }
+        self.enqueue(hs, OUTBOUND, queued, done).await
     }
 
     /// Writes `entries` (destination; the queue's value) into `table` at the
@@ -326,13 +376,18 @@ impl Sender {
         };
         let mut batch = also;
         let mut servers = HashSet::new();
+        let mut added = Vec::with_capacity(entries.len());
         for (server, value) in entries {
             next += 1;
-            batch = batch.put(table, queue_key(&server, next), value);
+            let key = queue_key(&server, next);
+            batch = batch.put(table, key.clone(), value.clone());
+            added.push((server.clone(), (key, value)));
             servers.insert(server);
         }
         batch = batch.put("meta", POSITION, next.to_be_bytes());
-        hs.store().write(batch).await?;
+        let written = hs.store().write(batch).await;
+        self.queued_more(table, added, written.is_ok());
+        written?;
         *position = Some(next);
         drop(position);
         let mut pending = self.pending(hs).await?;
@@ -375,17 +430,7 @@ impl Sender {
 
     /// Sends one transaction to `server`; `Ok(true)` if there may be more.
     async fn deliver(&self, hs: &Homeserver, server: &ServerName) -> Result<bool, FederationError> {
-        let prefix = [server.as_bytes(), b"\0"].concat();
-        let entries = hs
-            .store()
-            .scan(OUTBOUND, KeyRange::prefix(&prefix), Direction::Forward, MAX_PDUS)
-            .await
-            .map_err(|err| FederationError::Request(err.to_string()))?;
-        let durable = hs
-            .store()
-            .scan(OUTBOUND_EDUS, KeyRange::prefix(&prefix), Direction::Forward, MAX_EDUS)
-            .await
-            .map_err(|err| FederationError::Request(err.to_string()))?;
+        let Queue { pdus: entries, edus: durable } = self.queue_of(hs, server).await?;
         let edus: Vec<Box<RawValue>> = {
             let mut queues = lock(&self.edus);
             let queue = queues.entry(server.to_owned()).or_default();
@@ -428,7 +473,9 @@ impl Sender {
                 for (key, _) in &durable {
                     batch = batch.delete(OUTBOUND_EDUS, key.clone());
                 }
-                hs.store().write(batch).await.map_err(|err| FederationError::Request(err.to_string()))?;
+                let written = hs.store().write(batch).await;
+                self.sent(server, (entries.len(), durable.len()), written.is_ok());
+                written.map_err(|err| FederationError::Request(err.to_string()))?;
                 if entries.len() == MAX_PDUS || durable.len() == MAX_EDUS {
                     self.wake();
                 }
@@ -444,6 +491,63 @@ impl Sender {
                 }
                 Err(err)
             }
+        }
+    }
+
+    /// The head of `server`'s durable queue: up to a transaction's worth of
+    /// PDUs and of EDUs, from memory when the sender holds the whole queue.
+    async fn queue_of(&self, hs: &Homeserver, server: &ServerName) -> Result<Queue, FederationError> {
+        if let Some(queue) = lock(&self.queues).get(server) {
+            return Ok(queue.clone());
+        }
+        // No entry is added to the queue while it is read, so a queue read
+        // whole is the queue.
+        let _adding = self.position.lock().await;
+        let prefix = [server.as_bytes(), b"\0"].concat();
+        let (pdus, edus) = futures_util::future::join(
+            hs.store().scan(OUTBOUND, KeyRange::prefix(&prefix), Direction::Forward, MAX_PDUS),
+            hs.store().scan(OUTBOUND_EDUS, KeyRange::prefix(&prefix), Direction::Forward, MAX_EDUS),
+        )
+        .await;
+        let failed = |err: crate::store::StoreError| FederationError::Request(err.to_string());
+        let queue = Queue { pdus: pdus.map_err(failed)?, edus: edus.map_err(failed)? };
+        if queue.fits() {
+            lock(&self.queues).insert(server.to_owned(), queue.clone());
+        }
+        Ok(queue)
+    }
+
+    /// Keeps the queues the sender holds as `enqueue` changed them: `added`
+    /// entries (destination; key and value) of `table`, if `written`.
+    fn queued_more(&self, table: &str, added: Vec<(OwnedServerName, Entry)>, written: bool) {
+        let mut queues = lock(&self.queues);
+        if !written {
+            // Some of it may have landed: each queue is read again.
+            return queues.clear();
+        }
+        for (server, entry) in added {
+            let Some(queue) = queues.get_mut(&server) else { continue };
+            match table {
+                OUTBOUND => queue.pdus.push(entry),
+                _ => queue.edus.push(entry),
+            }
+            if !queue.fits() {
+                queues.remove(&server);
+            }
+        }
+    }
+
+    /// Keeps `server`'s queue as a delivery left it: its first `(pdus, edus)`
+    /// entries deleted, if `written`.
+    fn sent(&self, server: &ServerName, (pdus, edus): (usize, usize), written: bool) {
+        let mut queues = lock(&self.queues);
+        match (written, queues.get_mut(server)) {
+            (true, Some(queue)) => {
+                queue.pdus.drain(..pdus.min(queue.pdus.len()));
+                queue.edus.drain(..edus.min(queue.edus.len()));
+            }
+            (true, None) => {}
+            (false, _) => drop(queues.remove(server)),
         }
     }
 }

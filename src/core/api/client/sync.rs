@@ -16,7 +16,10 @@ use std::{
     sync::Arc,
 };
 
-use futures_util::{future::select, stream, StreamExt, TryStreamExt};
+use futures_util::{
+    future::{join, select},
+    stream, StreamExt, TryStreamExt,
+};
 use ruma::{
     api::client::{
         filter::{FilterDefinition, RoomEventFilter},
@@ -28,7 +31,7 @@ use ruma::{
     events::{room::member::MembershipState, StateEventType},
     presence::PresenceState,
     serde::Raw,
-    OwnedRoomId, OwnedUserId, RoomId, UInt,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt,
 };
 use serde_json::{json, value::to_raw_value, Value};
 
@@ -380,6 +383,7 @@ impl Sync<'_> {
         let full = since.is_none() || self.full_state;
         let new_events = full || since_events.is_some_and(|s| room.stream > s);
         let mut joined = JoinedRoom::new();
+        let mut unread = None;
 
         if new_events {
             let (events, limited) = self.timeline(room_id, since_events, now.events, Some(membership.stream)).await?;
@@ -402,7 +406,12 @@ impl Sync<'_> {
             };
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
             joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders, full).await?);
-            joined.timeline.events = self.formatted(events.iter().map(|(_, pdu)| pdu)).await?;
+            // The counts read other things than the events' formatting does:
+            // on IndexedDB their reads overlap instead of queueing.
+            let (formatted, counts) =
+                join(self.formatted(events.iter().map(|(_, pdu)| pdu)), self.unread(room_id, now.events)).await;
+            joined.timeline.events = formatted?;
+            unread = Some(counts?);
             if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember)
             {
                 joined.summary = self.summary(room_id).await?;
@@ -453,15 +462,10 @@ impl Sync<'_> {
             return Ok(None);
         }
         // Counts change with new events and with the user's own receipts.
-        match self.timeline_filter().unread_thread_notifications {
-            false => joined.unread_notifications = self.unread(room_id, now.events).await?,
-            true => {
-                let user = &self.session.user_id;
-                let (main, threads) = push::unread_by_thread(self.hs, user, room_id, now.events).await?;
-                joined.unread_notifications = counts(main);
-                joined.unread_thread_notifications = threads.into_iter().map(|(root, c)| (root, counts(c))).collect();
-            }
-        }
+        (joined.unread_notifications, joined.unread_thread_notifications) = match unread {
+            Some(unread) => unread,
+            None => self.unread(room_id, now.events).await?,
+        };
         Ok(Some(joined))
     }
 
@@ -539,8 +543,18 @@ impl Sync<'_> {
         Ok(summary)
     }
 
-    async fn unread(&self, room_id: &RoomId, now: StreamPosition) -> Result<UnreadNotificationsCount, Error> {
-        Ok(counts(push::unread(self.hs, &self.session.user_id, room_id, now).await?))
+    /// The room's unread counts, and each thread's if the filter asks for them.
+    async fn unread(
+        &self,
+        room_id: &RoomId,
+        now: StreamPosition,
+    ) -> Result<(UnreadNotificationsCount, BTreeMap<OwnedEventId, UnreadNotificationsCount>), Error> {
+        let user = &self.session.user_id;
+        if !self.timeline_filter().unread_thread_notifications {
+            return Ok((counts(push::unread(self.hs, user, room_id, now).await?), BTreeMap::new()));
+        }
+        let (main, threads) = push::unread_by_thread(self.hs, user, room_id, now).await?;
+        Ok((counts(main), threads.into_iter().map(|(root, c)| (root, counts(c))).collect()))
     }
 
     async fn invited(&self, room_id: &RoomId, membership: &UserMembership) -> Result<InvitedRoom, Error> {

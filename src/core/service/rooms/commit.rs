@@ -79,6 +79,8 @@ pub(super) struct Commit {
     pub(super) appended: Vec<(OwnedRoomId, StreamPosition, OwnedEventId)>,
     /// Local users whose memberships this commit changes.
     pub(super) members: Vec<OwnedUserId>,
+    /// The outbox entries this commit writes.
+    pub(super) outboxed: Vec<super::OutboxEntry>,
 }
 
 /// Stream and state group numbers as read at the start of a write.
@@ -212,11 +214,16 @@ impl Rooms {
         if let Err(err) = self.store().write(batch).await {
             *self.written() = Written::default();
             self.tails.clear();
+            // The outbox entries may have landed after all.
+            self.forget_outboxed();
             // Some memberships may have landed after all.
             for user in &c.members {
                 self.memberships.remove(user);
             }
             return Err(err.into());
+        }
+        if let Some(outboxed) = lock(&self.outboxed).as_mut() {
+            outboxed.extend(c.outboxed);
         }
         for (room_id, position, event_id) in c.appended {
             self.tails.append(&room_id, position, event_id);
@@ -491,7 +498,9 @@ impl Rooms {
             // This node's events go to the room's other servers: the sender takes
             // them from here, so one that lands is sent even after a crash.
             if pdu.sender.server_name() == self.key.server_name() {
-                batch = batch.put(OUTBOX, stream.to_be_bytes(), room_key(&pdu.room_id, pdu.event_id.as_bytes()));
+                let entry = (stream.to_be_bytes().to_vec(), room_key(&pdu.room_id, pdu.event_id.as_bytes()));
+                batch = batch.put(OUTBOX, entry.0.clone(), entry.1.clone());
+                c.outboxed.push(entry);
             }
             let depth = u64::from(pdu.depth);
             batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes()).put(
