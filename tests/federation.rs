@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use glia::core::service::federation::FederationError;
 use glia::p2p::memory::MemoryNetwork;
+use glia::store::{Batch, Direction, KeyRange, Op, Store, StoreError};
 use mesh::{enc, ok, LoopbackRelay, Node, User, WAIT};
 use ruma::{
     api::federation::{discovery::get_server_version::v1, space::get_hierarchy},
@@ -417,4 +418,79 @@ async fn space_hierarchy_of_another_node() {
     let missing = ask(&format!("!nosuch:{}", a.name)).await.unwrap_err();
     assert!(matches!(missing, FederationError::Remote { status: 404, .. }), "{missing:?}");
     ask(&secret).await.unwrap_err();
+}
+
+/// A memory store whose writes queueing for other servers fail while `failing`.
+struct FailingQueue {
+    store: glia::store::MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for FailingQueue {
+    async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(table, key).await
+    }
+
+    async fn scan_nonempty(
+        &self,
+        table: &str,
+        range: KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.store.scan_nonempty(table, range, direction, limit).await
+    }
+
+    async fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let queues = batch.ops.iter().any(|op| matches!(op, Op::Put { table: "outbound", .. }));
+        if queues && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(StoreError::Backend("the disk is full".into()));
+        }
+        self.store.write(batch).await
+    }
+}
+
+/// Events whose queueing for the other node failed still reach it, once, and
+/// nothing stays queued: the sender reads the outbox again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_go_out_after_their_queueing_failed() {
+    let network = MemoryNetwork::new();
+    let store = std::sync::Arc::new(FailingQueue {
+        store: glia::store::MemoryStore::new(glia::core::SCHEMA),
+        failing: Default::default(),
+        failed: Default::default(),
+    });
+    let a = Node::start_on(&network, store.clone()).await;
+    let b = Node::start(&network).await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    alice.invite(&room, &bob).await;
+    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    alice.sees_joined(&room, &bob.id).await;
+
+    store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    alice.say(&room, "while the queue fails").await;
+    alice
+        .eventually("the queueing to fail", || async {
+            (store.failed.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+        })
+        .await;
+    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    alice.say(&room, "after").await;
+    bob.sees_message(&room, "while the queue fails").await;
+    bob.sees_message(&room, "after").await;
+    alice
+        .eventually("nothing queued", || async {
+            let outbox = a.hs.store().scan("outbox", KeyRange::all(), Direction::Forward, 1).await.unwrap();
+            (outbox.is_empty() && a.hs.sender().queued(&a.hs).await.unwrap() == 0).then_some(())
+        })
+        .await;
+    let messages = ok(bob.call("GET", &format!("rooms/{}/messages?dir=b&limit=50", enc(&room)), None).await);
+    let bodies: Vec<_> =
+        messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["after", "while the queue fails"], "{messages}");
 }

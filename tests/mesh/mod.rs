@@ -79,7 +79,7 @@ impl Node {
         Self::start_on(network, Arc::new(store)).await
     }
 
-    async fn start_on(network: &MemoryNetwork, store: Arc<dyn glia::store::Store>) -> Self {
+    pub async fn start_on(network: &MemoryNetwork, store: Arc<dyn glia::store::Store>) -> Self {
         let node = Self { network: Some(network.clone()), ..Self::open(store).await };
         node.connect();
         node

@@ -45,6 +45,18 @@ pub struct EventRecord {
     /// Position in the node's timeline stream, for events clients see.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<u64>,
+    /// For a state event, what it replaced in the state before it (clients
+    /// get its content as `prev_content`); absent from records stored before
+    /// this was kept, whose state before is read instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Replaces>,
+}
+
+/// The event at a state event's type and key in the state before it, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaces {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<OwnedEventId>,
 }
 
 /// A stored event with its PDU parsed.

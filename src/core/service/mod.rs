@@ -34,7 +34,7 @@ pub(crate) fn room_key(room_id: &ruma::RoomId, suffix: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(all(test, target_arch = "wasm32"))]
 mod browser_tests;

@@ -27,7 +27,15 @@
 //!   (two u64 BE), one key so one precondition guards both
 
 use crate::core::lock;
-use std::{collections::HashMap, fmt::Display, ops::Bound, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt::Display,
+    ops::Bound,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use futures_util::future::Either;
 use ruma::{
@@ -205,6 +213,8 @@ pub struct Rooms {
     /// as long as the sender knows the rest of the outbox (`None`: it must
     /// read the table), so a new event goes out without a read.
     outboxed: std::sync::Mutex<Option<Vec<OutboxEntry>>>,
+    /// Commits begun, so a reader knows whether the record it read may be stale.
+    commits: AtomicU64,
 }
 
 /// An `outbox` key (the event's stream position) and value (room, event).
@@ -237,6 +247,7 @@ impl Rooms {
             queue: Default::default(),
             held: Default::default(),
             outboxed: Default::default(),
+            commits: AtomicU64::new(0),
         }
     }
 
@@ -473,17 +484,31 @@ impl Rooms {
         self.committed_room(room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))
     }
 
-    /// The room's committed record: the writer's copy, or the store's.
+    /// The room's committed record: the writer's copy, or the store's, which
+    /// is kept as the writer's copy unless a commit began while it was read
+    /// (a commit's own copy replaces it once the commit lands).
     async fn committed_room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, RoomError> {
         if let Some(room) = self.written().rooms.get(room_id) {
             return Ok(Some(room.clone()));
         }
+        let begun = self.commits.load(Ordering::SeqCst);
         let bytes = self.store().get(ROOMS, room_id.as_bytes()).await?;
-        bytes.map(|bytes| serde_json::from_slice(&bytes)).transpose().map_err(RoomError::corrupt)
+        let room: Option<RoomRecord> =
+            bytes.map(|bytes| serde_json::from_slice(&bytes)).transpose().map_err(RoomError::corrupt)?;
+        if let Some(room) = &room {
+            self.remember_room_read(room_id, room, begun);
+        }
+        Ok(room)
     }
 
     pub async fn event(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {
         self.events.get(self.store(), event_id).await
+    }
+
+    /// Reads the events of `ids` the cache lacks in one go, for the reads of
+    /// them that follow.
+    pub async fn prefetch_events(&self, ids: &[&EventId]) -> Result<(), RoomError> {
+        self.events.get_many(self.store(), ids).await.map(drop)
     }
 
     pub async fn current_state(&self, room_id: &RoomId) -> Result<Arc<State>, RoomError> {

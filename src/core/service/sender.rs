@@ -79,6 +79,13 @@ pub struct Sender {
     queues: Mutex<HashMap<OwnedServerName, Queue>>,
 }
 
+/// Queue entries given their positions, and the batch that stores them;
+/// holds the positions until written.
+struct Staged<'a> {
+    _position: async_lock::MutexGuard<'a, Option<u64>>,
+    batch: Batch,
+}
+
 /// A key and its value, as a table holds them.
 type Entry = (Vec<u8>, Vec<u8>);
 
@@ -204,15 +211,26 @@ impl Sender {
             let step = pin!(async {
                 // A store that fails now may not later; the outbox keeps what
                 // it has until the next wake-up tries again.
-                let _ = self.fan_out(hs).await;
-                self.ready(hs, hs.clock().now_millis()).await
+                let staged = self.fan_out(hs).await.ok().flatten();
+                (staged, self.ready(hs, hs.clock().now_millis()).await)
             });
-            for server in self.alongside(hs, &mut in_flight, &mut busy, step).await {
+            let (staged, ready) = self.alongside(hs, &mut in_flight, &mut busy, step).await;
+            // The new events' queue entries are written while their
+            // transactions go out.
+            if let Some(staged) = staged {
+                in_flight.push(Either::Left(async move {
+                    if self.write_staged(hs, staged).await.is_err() {
+                        hs.rooms().forget_outboxed();
+                    }
+                    None
+                }));
+            }
+            for server in ready {
                 if busy.insert(server.clone()) {
-                    in_flight.push(async move {
+                    in_flight.push(Either::Right(async move {
                         let result = self.deliver(hs, &server).await;
-                        (server, result)
-                    });
+                        Some((server, result))
+                    }));
                 }
             }
             let now = hs.clock().now_millis();
@@ -225,15 +243,15 @@ impl Sender {
             }
             // Until something changes, or a delivery ends and the next retry
             // (or the rest of a long queue) wants working out again.
-            if let Either::Right((Some((server, result)), _)) = select(woken, in_flight.next()).await {
+            if let Either::Right((Some(Some((server, result))), _)) = select(woken, in_flight.next()).await {
                 busy.remove(&server);
                 self.settle(hs, &server, result);
             }
         }
     }
 
-    /// Runs `work` to its end while the deliveries in flight go on, settling
-    /// each that ends meanwhile. They must never wait unpolled, here or
+    /// Runs `work` to its end while the deliveries (and writes) in flight go
+    /// on, settling each delivery that ends meanwhile. They must never wait unpolled, here or
     /// anywhere: on IndexedDB a read whose transaction sees no one take its
     /// result never completes.
     async fn alongside<T, F>(
@@ -244,7 +262,7 @@ impl Sender {
         mut work: Pin<&mut impl Future<Output = T>>,
     ) -> T
     where
-        F: Future<Output = (OwnedServerName, Result<bool, FederationError>)>,
+        F: Future<Output = Option<(OwnedServerName, Result<bool, FederationError>)>>,
     {
         loop {
             if in_flight.is_empty() {
@@ -252,11 +270,11 @@ impl Sender {
             }
             match select(work.as_mut(), in_flight.next()).await {
                 Either::Left((done, _)) => return done,
-                Either::Right((Some((server, result)), _)) => {
+                Either::Right((Some(Some((server, result))), _)) => {
                     busy.remove(&server);
                     self.settle(hs, &server, result);
                 }
-                Either::Right((None, _)) => {}
+                Either::Right(_) => {}
             }
         }
     }
@@ -293,24 +311,38 @@ impl Sender {
     }
 
     /// Moves the events in `outbox` to the queues of their rooms' servers: those
-    /// the engine's commits handed over since the last time, or, when the
-    /// sender does not know the outbox yet, what the table holds.
-    async fn fan_out(&self, hs: &Homeserver) -> Result<(), RoomError> {
+    /// the engine's commits handed over since the last time, staged for the
+    /// caller to write, or, when the sender does not know the outbox yet, what
+    /// the table holds, written here.
+    async fn fan_out(&self, hs: &Homeserver) -> Result<Option<Staged<'_>>, RoomError> {
         let moved = match hs.rooms().take_outboxed() {
             Some(entries) => {
                 // Not those the last read of the table moved already (the keys
                 // are stream positions, and commits land in their order).
                 let read_up_to = lock(&self.outbox_read).take();
-                let entries = entries.into_iter().filter(|(key, _)| read_up_to.as_ref().is_none_or(|last| key > last));
-                self.move_to_queues(hs, entries.collect()).await
+                let entries: Vec<Entry> =
+                    entries.into_iter().filter(|(key, _)| read_up_to.as_ref().is_none_or(|last| key > last)).collect();
+                match entries.is_empty() {
+                    true => Ok(None),
+                    false => self.stage_outboxed(hs, entries).await,
+                }
             }
-            None => self.read_outbox(hs).await,
+            None => self.read_outbox(hs).await.map(|()| None),
         };
         if moved.is_err() {
             // What was not moved stays in the table, for the next read.
             hs.rooms().forget_outboxed();
         }
         moved
+    }
+
+    async fn stage_outboxed(&self, hs: &Homeserver, entries: Vec<Entry>) -> Result<Option<Staged<'_>>, RoomError> {
+        let (queued, done) = self.to_queues(hs, entries).await?;
+        if queued.is_empty() {
+            hs.store().write(done).await?;
+            return Ok(None);
+        }
+        Ok(Some(self.stage(hs, OUTBOUND, queued, done).await?))
     }
 
     async fn read_outbox(&self, hs: &Homeserver) -> Result<(), RoomError> {
@@ -320,17 +352,23 @@ impl Sender {
             if let Some((last, _)) = entries.last() {
                 *lock(&self.outbox_read) = Some(last.clone());
             }
-            self.move_to_queues(hs, entries).await?;
+            if !entries.is_empty() {
+                let (queued, done) = self.to_queues(hs, entries).await?;
+                self.enqueue(hs, OUTBOUND, queued, done).await?;
+            }
             if drained {
                 return Ok(());
             }
         }
     }
 
-    async fn move_to_queues(&self, hs: &Homeserver, entries: Vec<Entry>) -> Result<(), RoomError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
+    /// The queue entries (destination; room and event) for outbox `entries`,
+    /// and the batch that deletes those.
+    async fn to_queues(
+        &self,
+        hs: &Homeserver,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<(OwnedServerName, Vec<u8>)>, Batch), RoomError> {
         let mut done = Batch::new();
         let mut queued = Vec::new();
         for (key, value) in entries {
@@ -348,7 +386,7 @@ impl Sender {
                 queued.push((server.clone(), value.clone()));
             }
         }
-        self.enqueue(hs, OUTBOUND, queued, done).await
+        Ok((queued, done))
     }
 
     /// Writes `entries` (destination; the queue's value) into `table` at the
@@ -364,6 +402,23 @@ impl Sender {
         if entries.is_empty() {
             return Ok(hs.store().write(also).await?);
         }
+        let staged = self.stage(hs, table, entries, also).await?;
+        self.write_staged(hs, staged).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Gives `entries` the next queue positions and counts them queued (in the
+    /// queues held in memory, and their destinations as pending), so that
+    /// deliveries may take them while the returned batch is written. Until
+    /// it is, nothing else is queued and no delivery deletes anything.
+    async fn stage(
+        &self,
+        hs: &Homeserver,
+        table: &'static str,
+        entries: Vec<(OwnedServerName, Vec<u8>)>,
+        also: Batch,
+    ) -> Result<Staged<'_>, RoomError> {
         let mut position = self.position.lock().await;
         let mut next = match *position {
             Some(p) => p,
@@ -385,16 +440,24 @@ impl Sender {
             servers.insert(server);
         }
         batch = batch.put("meta", POSITION, next.to_be_bytes());
-        let written = hs.store().write(batch).await;
-        self.queued_more(table, added, written.is_ok());
-        written?;
+        // Positions are never handed out twice, even if the write fails.
         *position = Some(next);
-        drop(position);
         let mut pending = self.pending(hs).await?;
         pending.extend(servers);
         *lock(&self.pending) = Some(pending);
-        self.wake();
-        Ok(())
+        self.queued_more(table, added);
+        Ok(Staged { _position: position, batch })
+    }
+
+    /// Writes what [`Sender::stage`] queued. If that fails, the queues held in
+    /// memory are read again, and deliveries that took the entries meanwhile
+    /// only sent them early: their outbox entries are still there to queue.
+    async fn write_staged(&self, hs: &Homeserver, staged: Staged<'_>) -> Result<(), RoomError> {
+        let written = hs.store().write(staged.batch).await;
+        if written.is_err() {
+            lock(&self.queues).clear();
+        }
+        Ok(written?)
     }
 
     async fn pending(&self, hs: &Homeserver) -> Result<HashSet<OwnedServerName>, RoomError> {
@@ -473,6 +536,8 @@ impl Sender {
                 for (key, _) in &durable {
                     batch = batch.delete(OUTBOUND_EDUS, key.clone());
                 }
+                // After the write of entries staged while this was in flight.
+                let _staged = self.position.lock().await;
                 let written = hs.store().write(batch).await;
                 self.sent(server, (entries.len(), durable.len()), written.is_ok());
                 written.map_err(|err| FederationError::Request(err.to_string()))?;
@@ -517,14 +582,10 @@ impl Sender {
         Ok(queue)
     }
 
-    /// Keeps the queues the sender holds as `enqueue` changed them: `added`
-    /// entries (destination; key and value) of `table`, if `written`.
-    fn queued_more(&self, table: &str, added: Vec<(OwnedServerName, Entry)>, written: bool) {
+    /// Adds to the queues the sender holds the `added` entries (destination;
+    /// key and value) of `table`.
+    fn queued_more(&self, table: &str, added: Vec<(OwnedServerName, Entry)>) {
         let mut queues = lock(&self.queues);
-        if !written {
-            // Some of it may have landed: each queue is read again.
-            return queues.clear();
-        }
         for (server, entry) in added {
             let Some(queue) = queues.get_mut(&server) else { continue };
             match table {

@@ -141,8 +141,15 @@ pub(crate) async fn prefetch<'p>(
 ) -> Result<(), Error> {
     let own: Vec<&EventId> = pdus.clone().filter(|p| p.sender == viewer.user_id).map(|p| &*p.event_id).collect();
     hs.transactions().prefetch(&own).await?;
-    let all: Vec<(&RoomId, &EventId)> = pdus.map(|p| (&*p.room_id, &*p.event_id)).collect();
-    Ok(hs.rooms().relations().prefetch(&all).await?)
+    let all: Vec<(&RoomId, &EventId)> = pdus.clone().map(|p| (&*p.room_id, &*p.event_id)).collect();
+    hs.rooms().relations().prefetch(&all).await?;
+    // The events state events replaced, for their `prev_content`.
+    let mut replaced_ids = Vec::new();
+    for pdu in pdus.filter(|p| p.state_key.is_some()) {
+        replaced_ids.extend(replaced(hs, pdu).await?);
+    }
+    let ids: Vec<&EventId> = replaced_ids.iter().map(|id| &**id).collect();
+    Ok(hs.rooms().prefetch_events(&ids).await?)
 }
 
 /// The aggregations of the relations of `pdu` the spec bundles into it:
@@ -218,8 +225,75 @@ pub(crate) fn to_raw<T>(value: &Value) -> Result<Raw<T>, Error> {
 
 /// The state event this one replaced.
 async fn previous(hs: &Homeserver, pdu: &Pdu) -> Result<Option<std::sync::Arc<Pdu>>, Error> {
-    let Some(before) = hs.rooms().state_at(&pdu.event_id).await? else { return Ok(None) };
+    let Some(prev_id) = replaced(hs, pdu).await? else { return Ok(None) };
+    Ok(hs.rooms().event(&prev_id).await?.map(|prev| prev.pdu.clone()))
+}
+
+/// The ID of the state event `pdu` replaced: as its record says, or, for a
+/// record stored before records said, as the state before it says.
+async fn replaced(hs: &Homeserver, pdu: &Pdu) -> Result<Option<OwnedEventId>, Error> {
+    let Some(event) = hs.rooms().event(&pdu.event_id).await? else { return Ok(None) };
+    if let Some(replaces) = &event.record.replaces {
+        return Ok(replaces.event_id.clone());
+    }
+    let before = hs.rooms().state_group(event.record.state_before).await?;
     let key = (pdu.kind.to_string().into(), pdu.state_key.clone().unwrap_or_default());
-    let Some(prev_id) = before.get(&key) else { return Ok(None) };
-    Ok(hs.rooms().event(prev_id).await?.map(|prev| prev.pdu.clone()))
+    Ok(before.get(&key).cloned())
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{json, Value};
+
+    use ruma::EventId;
+
+    use super::client_event;
+    use crate::{
+        core::{
+            pdu::{NewEvent, Pdu},
+            service::{
+                events::{EventRecord, EVENTS},
+                rooms::CreateRoom,
+                tests::{node_on, user},
+            },
+            Homeserver, SCHEMA,
+        },
+        store::{MemoryStore, Store},
+    };
+
+    async fn record(hs: &Homeserver, id: &EventId) -> EventRecord {
+        hs.rooms().event(id).await.unwrap().unwrap().record.clone()
+    }
+
+    async fn prev_content(hs: &Homeserver, pdu: &Pdu) -> Value {
+        let event = client_event(hs, pdu, None, true).await.unwrap();
+        serde_json::from_str::<Value>(event.get()).unwrap()["unsigned"]["prev_content"].clone()
+    }
+
+    /// `prev_content` comes from what an event's record says it replaced, and
+    /// for a record stored before records said, from the state before it.
+    #[tokio::test]
+    async fn prev_content_from_the_record_and_from_older_records() {
+        let store = Arc::new(MemoryStore::new(SCHEMA));
+        let hs = node_on(store.clone()).await;
+        let alice = user(&hs, "alice");
+        let room_id = hs.rooms().create_room(&alice, CreateRoom::default()).await.unwrap();
+        let topic = |t: &str| NewEvent::state("m.room.topic".into(), "", json!({ "topic": t }));
+        let first = hs.rooms().send(&room_id, &alice, &topic("one")).await.unwrap();
+        let second = hs.rooms().send(&room_id, &alice, &topic("two")).await.unwrap();
+        assert_eq!(record(&hs, &first.event_id).await.replaces.unwrap().event_id, None);
+        let replaced = record(&hs, &second.event_id).await.replaces.unwrap().event_id;
+        assert_eq!(replaced.as_ref(), Some(&first.event_id));
+        assert_eq!(prev_content(&hs, &second).await, json!({ "topic": "one" }));
+        assert_eq!(prev_content(&hs, &first).await, Value::Null);
+
+        // As an older glia stored it, read by a node with nothing cached.
+        let legacy = EventRecord { replaces: None, ..record(&hs, &second.event_id).await };
+        store.put(EVENTS, second.event_id.as_bytes(), &serde_json::to_vec(&legacy).unwrap()).await.unwrap();
+        drop(hs);
+        let hs = node_on(store).await;
+        assert_eq!(prev_content(&hs, &second).await, json!({ "topic": "one" }));
+    }
 }

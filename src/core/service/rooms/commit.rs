@@ -5,7 +5,10 @@
 //! batch has landed.
 
 use crate::core::lock;
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+};
 
 use ruma::{
     canonical_json::{redact, CanonicalJsonObject, RedactedBecause},
@@ -29,7 +32,7 @@ use crate::{
     core::{
         pdu::{self, NewEvent, Pdu, Placement},
         service::{
-            events::{EventRecord, Events, StoredEvent, EVENTS},
+            events::{EventRecord, Events, Replaces, StoredEvent, EVENTS},
             relations, room_key,
             state::{self, PendingGroup, State},
         },
@@ -169,7 +172,20 @@ impl Rooms {
     }
 
     pub(super) fn remember_room(&self, room_id: &RoomId, room: RoomRecord) {
+        Self::keep_room(&mut self.written(), room_id, room);
+    }
+
+    /// Keeps a record read from the store while `begun` commits had begun,
+    /// unless another has begun since (it may have changed the record) or the
+    /// writer has its own copy.
+    pub(super) fn remember_room_read(&self, room_id: &RoomId, room: &RoomRecord, begun: u64) {
         let mut written = self.written();
+        if self.commits.load(Ordering::SeqCst) == begun && !written.rooms.contains_key(room_id) {
+            Self::keep_room(&mut written, room_id, room.clone());
+        }
+    }
+
+    fn keep_room(written: &mut Written, room_id: &RoomId, room: RoomRecord) {
         if written.rooms.len() >= WRITTEN_ROOMS {
             written.rooms.clear();
         }
@@ -211,6 +227,7 @@ impl Rooms {
                 now.encode(),
             );
         }
+        self.commits.fetch_add(1, Ordering::SeqCst);
         if let Err(err) = self.store().write(batch).await {
             *self.written() = Written::default();
             self.tails.clear();
@@ -473,6 +490,9 @@ impl Rooms {
             state_before: before_group,
             state_after: after_group,
             stream,
+            replaces: pdu.state_key.as_ref().map(|key| Replaces {
+                event_id: before.state.get(&(pdu.kind.to_string().into(), key.clone())).cloned(),
+            }),
         };
         // Redactions that came before this event apply to it now.
         let mut redacted_now = false;

@@ -255,6 +255,7 @@ mod tests {
             state_before: 0,
             state_after: 0,
             stream: None,
+            replaces: None,
         };
         Arc::new(StoredEvent::from_record(EventId::parse(id).unwrap(), record).unwrap())
     }

@@ -115,6 +115,7 @@ impl Rooms {
             state_before: 0,
             state_after: 0,
             stream: None,
+            replaces: None,
         };
         let key = room_key_for_user(user, Some(&pdu.room_id));
         let membership = UserMembership { membership, stream: counters.stream, event_id: pdu.event_id.clone() };
@@ -313,6 +314,7 @@ impl Rooms {
             state_before: 0,
             state_after: 0,
             stream: None,
+            replaces: None,
         };
         let event = Arc::new(StoredEvent { pdu: Arc::new(pdu), record });
         c.events.insert(event.pdu.event_id.clone(), event.clone());
