@@ -468,9 +468,7 @@ async fn events_go_out_after_their_queueing_failed() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({})).await;
-    alice.invite(&room, &bob).await;
-    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
-    alice.sees_joined(&room, &bob.id).await;
+    alice.brings_in(&room, &bob).await;
 
     store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
     alice.say(&room, "while the queue fails").await;
