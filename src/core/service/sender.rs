@@ -251,9 +251,9 @@ impl Sender {
     }
 
     /// Runs `work` to its end while the deliveries (and writes) in flight go
-    /// on, settling each delivery that ends meanwhile. They must never wait unpolled, here or
-    /// anywhere: on IndexedDB a read whose transaction sees no one take its
-    /// result never completes.
+    /// on, settling each delivery that ends meanwhile. They must never wait
+    /// unpolled, here or anywhere: on IndexedDB a read whose transaction sees
+    /// no one take its result never completes.
     async fn alongside<T, F>(
         &self,
         hs: &Homeserver,
