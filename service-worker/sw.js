@@ -33,8 +33,9 @@ const node = wasm_bindgen({ module_or_path: `pkg/glia_bg.wasm?v=${BUILD}` })
   });
 
 // The top-level pages as last found (`null` until then). A page that owns the
-// transport talks to the worker before it can send anything, and each message
-// looks again, so a new owner is known by the time a frame could reach it.
+// transport asks the worker to answer the relay's challenge before it can send
+// anything, and such messages look again, so a new owner is known by the time
+// a frame could reach it.
 let pages = null;
 function findPages() {
   return self.clients
@@ -65,8 +66,9 @@ self.addEventListener('fetch', (event) => {
 // the relay said of frames sent, and its challenge to sign. Each message that
 // wants an answer brings a port for it; a message also wakes a stopped worker.
 self.addEventListener('message', (event) => {
-  findPages();
   const message = event.data ?? {};
+  // Frames come only from a page that said hello first.
+  if (message.glia !== 'frame') findPages();
   const reply = (value) => event.ports[0]?.postMessage(value);
   const work = node.then((n) => {
     switch (message.glia) {
