@@ -6,8 +6,11 @@
 //! - `to_device`: user ID, 0, device ID, 0, user data stream position (u64 BE)
 //!   → [`Message`]. One request's messages share a position: a device named
 //!   twice in one request (by ID and by `*`) keeps one of its messages.
-//! - `to_device_seen`: sender user ID, 0, message ID → empty: messages of
-//!   other servers' users stored already (their servers send again when unsure)
+//! - `to_device_seen`: sender user ID, 0, message ID → when it came (ms, u64
+//!   BE; empty if stored before that was kept): messages of other servers'
+//!   users stored already (their servers send again when unsure); and 0,
+//!   that time (u64 BE), the same key → empty, to forget them oldest first.
+//!   User IDs start with `@`, so the two never meet.
 
 use std::{ops::Bound, sync::Arc};
 
@@ -39,6 +42,11 @@ pub struct ToDevice {
 
 /// Devices whose emptiness is kept at most.
 const KEPT_EMPTY: usize = 4_096;
+/// How long another server's message IDs are kept: it sends a message again
+/// only until a transaction carrying it is acknowledged, within minutes.
+const SEEN_FOR_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Expired message IDs forgotten with each message received.
+const FORGOTTEN_AT_ONCE: usize = 16;
 
 impl ToDevice {
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -72,8 +80,9 @@ impl ToDevice {
         Ok(())
     }
 
-    /// Stores the messages another server passed on from its user `sender`,
-    /// unless a message of that ID was stored already.
+    /// Stores the messages another server passed on from its user `sender`
+    /// at `now` (ms), unless a message of that ID was stored already, and
+    /// forgets a few IDs kept longer than [`SEEN_FOR_MS`].
     pub async fn receive(
         &self,
         user_data: &UserData,
@@ -81,12 +90,30 @@ impl ToDevice {
         message_id: &str,
         kind: &str,
         messages: Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)>,
+        now: u64,
     ) -> Result<(), RoomError> {
         let seen = [sender.as_bytes(), b"\0", message_id.as_bytes()].concat();
-        if self.store.get(SEEN, &seen).await?.is_some() {
+        let expired = KeyRange::new(
+            Bound::Included(vec![0]),
+            Bound::Excluded([&[0][..], &now.saturating_sub(SEEN_FOR_MS).to_be_bytes()].concat()),
+        );
+        let (stored, expired) = futures_util::future::join(
+            self.store.get(SEEN, &seen),
+            self.store.scan(SEEN, expired, Direction::Forward, FORGOTTEN_AT_ONCE),
+        )
+        .await;
+        if stored?.is_some() {
             return Ok(());
         }
-        self.send(user_data, sender, kind, messages, Batch::new().put(SEEN, seen, Vec::new())).await
+        let by_time = [&[0][..], &now.to_be_bytes(), &seen].concat();
+        let mut batch = Batch::new().put(SEEN, seen, now.to_be_bytes()).put(SEEN, by_time, Vec::new());
+        for (key, _) in expired? {
+            if let Some(seen) = key.get(9..) {
+                batch = batch.delete(SEEN, seen.to_vec());
+            }
+            batch = batch.delete(SEEN, key);
+        }
+        self.send(user_data, sender, kind, messages, batch).await
     }
 
     /// The device's first `limit` messages up to stream position `to`, oldest
@@ -163,4 +190,41 @@ fn prefix(user: &UserId, device: &DeviceId) -> Vec<u8> {
 fn up_to(user: &UserId, device: &DeviceId, to: u64) -> KeyRange {
     let prefix = prefix(user, device);
     KeyRange::new(Bound::Included(prefix.clone()), Bound::Included([&prefix[..], &to.to_be_bytes()].concat()))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use ruma::user_id;
+
+    use super::*;
+    use crate::core::service::tests::node;
+
+    /// Another server's message IDs are kept for a week, to drop its resends,
+    /// then forgotten.
+    #[tokio::test]
+    async fn seen_message_ids_are_kept_for_a_week() {
+        let hs = node().await;
+        let sender = user_id!("@bob:elsewhere.example");
+        let receive = |id: &'static str, now: u64| {
+            let hs = &hs;
+            async move { hs.to_device().receive(hs.user_data(), sender, id, "m.test", Vec::new(), now).await.unwrap() }
+        };
+        let kept = || async {
+            let entries = hs.store().scan(SEEN, KeyRange::all(), Direction::Forward, usize::MAX).await.unwrap();
+            entries.into_iter().filter(|(key, _)| key.first() != Some(&0)).map(|(key, _)| key).collect::<Vec<_>>()
+        };
+        let key = |id: &str| [sender.as_bytes(), b"\0", id.as_bytes()].concat();
+        let start = 1_700_000_000_000;
+
+        receive("one", start).await;
+        let position = hs.user_data().position().await.unwrap();
+        receive("one", start + 1).await;
+        assert_eq!(hs.user_data().position().await.unwrap(), position, "a resend is dropped");
+        assert_eq!(kept().await, vec![key("one")]);
+
+        receive("two", start + SEEN_FOR_MS + 1).await;
+        assert_eq!(kept().await, vec![key("two")], "a week on, the first ID is forgotten");
+        let all = hs.store().scan(SEEN, KeyRange::all(), Direction::Forward, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 2, "one ID and its place in time");
+    }
 }

@@ -303,7 +303,10 @@ async fn receive_edu(hs: &Homeserver, origin: &ServerName, edu: &RawValue) -> Re
                     }
                 }
             }
-            hs.to_device().receive(hs.user_data(), &direct.sender, &direct.message_id, &direct.kind, local).await?;
+            let now = hs.clock().now_millis();
+            hs.to_device()
+                .receive(hs.user_data(), &direct.sender, &direct.message_id, &direct.kind, local, now)
+                .await?;
         }
         // This node keeps no copy of other servers' device lists: it tells its
         // clients to ask again, and they ask the user's server.
