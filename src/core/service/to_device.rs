@@ -43,7 +43,8 @@ pub struct ToDevice {
 /// Devices whose emptiness is kept at most.
 const KEPT_EMPTY: usize = 4_096;
 /// How long another server's message IDs are kept: it sends a message again
-/// only until a transaction carrying it is acknowledged, within minutes.
+/// only while no transaction carrying it has been acknowledged, which takes
+/// minutes unless this node is offline meanwhile.
 const SEEN_FOR_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Expired message IDs forgotten with each message received.
 const FORGOTTEN_AT_ONCE: usize = 16;
