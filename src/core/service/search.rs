@@ -124,7 +124,7 @@ impl Search {
                     let postings = postings_of(pdu);
                     total += u64::from(!postings.is_empty());
                     for (term, value) in postings {
-                        batch = batch.put(SEARCH, [term.as_bytes(), &[0], &stream.to_be_bytes()].concat(), value);
+                        batch = batch.put(SEARCH, posting_key(&term, *stream), value);
                     }
                 }
                 let batch = batch.put(SEARCH_PROGRESS, room_id.as_bytes(), indexed.to_be_bytes()).put(
@@ -179,6 +179,17 @@ fn number(bytes: Option<Vec<u8>>) -> Result<u64, RoomError> {
             Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| RoomError::corrupt("a bad search progress entry"))?))
         }
     }
+}
+
+/// `batch` with the index entries of the event at `stream` deleted: it was
+/// redacted, and its words must not be found. (If the index had not reached
+/// it yet, it indexes the redacted event, which has none.)
+pub(crate) fn unindex(batch: Batch, pdu: &Pdu, stream: u64) -> Batch {
+    postings_of(pdu).into_iter().fold(batch, |batch, (term, _)| batch.delete(SEARCH, posting_key(&term, stream)))
+}
+
+fn posting_key(term: &str, stream: u64) -> Vec<u8> {
+    [term.as_bytes(), &[0], &stream.to_be_bytes()].concat()
 }
 
 /// The index entries of one event: each distinct term with its value.

@@ -33,7 +33,7 @@ use crate::{
         pdu::{self, NewEvent, Pdu, Placement},
         service::{
             events::{EventRecord, Events, Replaces, StoredEvent, EVENTS},
-            relations, room_key,
+            relations, room_key, search,
             state::{self, PendingGroup, State},
         },
     },
@@ -545,9 +545,13 @@ impl Rooms {
                             pdu: redacted(rules, &pdu, target.record.pdu.clone())?,
                             ..target.record.clone()
                         };
+                        let mut batch = std::mem::take(&mut c.batch);
+                        if let Some(stream) = target.record.stream {
+                            batch = search::unindex(batch, &target.pdu, stream);
+                        }
                         let target = StoredEvent::from_record(target.pdu.event_id.clone(), record)?;
                         let bytes = serde_json::to_vec(&target.record).map_err(RoomError::corrupt)?;
-                        c.batch = std::mem::take(&mut c.batch).put(EVENTS, target.pdu.event_id.as_bytes(), bytes);
+                        c.batch = batch.put(EVENTS, target.pdu.event_id.as_bytes(), bytes);
                         c.events.insert(target.pdu.event_id.clone(), Arc::new(target));
                     }
                 }

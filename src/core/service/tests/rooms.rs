@@ -129,6 +129,27 @@ async fn redactions_apply_for_the_sender_and_for_moderators_only() {
     }
 }
 
+/// A redacted message's words leave the search index, which had them.
+#[tokio::test]
+async fn redacted_messages_leave_the_search_index() {
+    let hs = node().await;
+    let alice = user(&hs, "alice");
+    let rooms = hs.rooms();
+    let room_id = rooms.create_room(&alice, CreateRoom::default()).await.unwrap();
+    let kept = rooms.send(&room_id, &alice, &message("xylophone kept")).await.unwrap();
+    let gone = rooms.send(&room_id, &alice, &message("xylophone secret")).await.unwrap();
+    hs.search().catch_up(rooms, std::slice::from_ref(&room_id)).await.unwrap();
+    assert_eq!(hs.search().postings("xylophone").await.unwrap().len(), 2);
+
+    let redaction =
+        NewEvent { redacts: Some(gone.event_id.clone()), ..NewEvent::message("m.room.redaction".into(), json!({})) };
+    rooms.send(&room_id, &alice, &redaction).await.unwrap();
+    let position = |id| async move { rooms.event(id).await.unwrap().unwrap().record.stream };
+    let postings = hs.search().postings("xylophone").await.unwrap();
+    assert_eq!(postings.iter().map(|p| Some(p.stream)).collect::<Vec<_>>(), vec![position(&kept.event_id).await]);
+    assert!(hs.search().postings("secret").await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn timelines_page_in_stream_and_topological_order() {
     let hs = node().await;
