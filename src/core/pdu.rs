@@ -3,7 +3,7 @@
 
 use ruma::{
     canonical_json::{redact, to_canonical_value, CanonicalJsonObject, CanonicalJsonValue},
-    events::TimelineEventType,
+    events::{StateEventType, TimelineEventType},
     room_version_rules::{RoomIdFormatVersion, RoomVersionRules},
     signatures::{
         hash_and_sign_event, reference_hash, required_server_signatures_to_verify_event, verify_event, Verified,
@@ -92,6 +92,11 @@ impl Pdu {
     /// `unsigned.redacted_because`).
     pub fn is_redacted(&self) -> bool {
         self.json.get("unsigned").and_then(|u| u.as_object()?.get("redacted_because")).is_some()
+    }
+
+    /// Where a state event goes in a room's state: its type and state key.
+    pub fn state_entry(&self) -> Option<(StateEventType, String)> {
+        Some((self.kind.to_string().into(), self.state_key.clone()?))
     }
 
     /// Reads a PDU whose hashes and signatures are already checked (or made here).

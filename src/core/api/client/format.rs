@@ -232,13 +232,14 @@ async fn previous(hs: &Homeserver, pdu: &Pdu) -> Result<Option<std::sync::Arc<Pd
 /// The ID of the state event `pdu` replaced: as its record says, or, for a
 /// record stored before records said, as the state before it says.
 async fn replaced(hs: &Homeserver, pdu: &Pdu) -> Result<Option<OwnedEventId>, Error> {
-    let Some(event) = hs.rooms().event(&pdu.event_id).await? else { return Ok(None) };
+    let (Some(entry), Some(event)) = (pdu.state_entry(), hs.rooms().event(&pdu.event_id).await?) else {
+        return Ok(None);
+    };
     if let Some(replaces) = &event.record.replaces {
         return Ok(replaces.event_id.clone());
     }
     let before = hs.rooms().state_group(event.record.state_before).await?;
-    let key = (pdu.kind.to_string().into(), pdu.state_key.clone().unwrap_or_default());
-    Ok(before.get(&key).cloned())
+    Ok(before.get(&entry).cloned())
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

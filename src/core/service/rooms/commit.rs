@@ -439,10 +439,10 @@ impl Rooms {
             BeforeGroup::Resolved { base } => self.save_group(c, base, before.state.clone()).await?,
         };
         // The state after: the state before, plus the event if it is accepted state.
-        let (after_group, after_state) = match (&pdu.state_key, &rejected) {
-            (Some(state_key), None) => {
+        let (after_group, after_state) = match (pdu.state_entry(), &rejected) {
+            (Some(entry), None) => {
                 let mut after = (*before.state).clone();
-                after.insert((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone());
+                after.insert(entry, pdu.event_id.clone());
                 let after = Arc::new(after);
                 (self.save_group(c, before_group, after.clone()).await?, after)
             }
@@ -490,9 +490,7 @@ impl Rooms {
             state_before: before_group,
             state_after: after_group,
             stream,
-            replaces: pdu.state_key.as_ref().map(|key| Replaces {
-                event_id: before.state.get(&(pdu.kind.to_string().into(), key.clone())).cloned(),
-            }),
+            replaces: pdu.state_entry().map(|entry| Replaces { event_id: before.state.get(&entry).cloned() }),
         };
         // Redactions that came before this event apply to it now.
         let mut redacted_now = false;
@@ -611,11 +609,8 @@ impl Rooms {
             if let Err(reason) = check_state_independent_auth_rules(rules_auth, pdu, fetch) {
                 return Ok(Some(reason));
             }
-            let by_key: HashMap<(StateEventType, String), &Pdu> = auths
-                .values()
-                .chain(create.as_ref())
-                .filter_map(|e| Some(((e.pdu.kind.to_string().into(), e.pdu.state_key.clone()?), &*e.pdu)))
-                .collect();
+            let by_key: HashMap<(StateEventType, String), &Pdu> =
+                auths.values().chain(create.as_ref()).filter_map(|e| Some((e.pdu.state_entry()?, &*e.pdu))).collect();
             if let Err(reason) = check_state_dependent_auth_rules(rules_auth, pdu, |kind, key| {
                 by_key.get(&(kind.clone(), key.to_owned())).copied()
             }) {

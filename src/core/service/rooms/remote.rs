@@ -225,12 +225,8 @@ impl Rooms {
                     waiting.push(pdu);
                     continue;
                 }
-                let mut at_auth: State = auths
-                    .values()
-                    .filter_map(|e| {
-                        Some(((e.pdu.kind.to_string().into(), e.pdu.state_key.clone()?), e.pdu.event_id.clone()))
-                    })
-                    .collect();
+                let mut at_auth: State =
+                    auths.values().filter_map(|e| Some((e.pdu.state_entry()?, e.pdu.event_id.clone()))).collect();
                 // Since v12 the create event is no auth event, but the rules read it.
                 if let Some(create) = create_id.as_ref().filter(|id| stored.contains_key(*id)) {
                     at_auth.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
