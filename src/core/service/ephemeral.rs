@@ -84,8 +84,11 @@ pub struct Ephemeral {
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
     presence: Mutex<HashMap<OwnedUserId, Presence>>,
     sent: Mutex<HashMap<OwnedUserId, Sent>>,
-    /// Users whose news waits for the rate limit, and from when it may go (ms).
+    /// Users whose presence is to be sent to other nodes, and from when it may
+    /// go (ms): at once, or when the rate limit lets it.
     held: Mutex<HashMap<OwnedUserId, u64>>,
+    /// Wakes the task that sends them, without waking every `/sync`.
+    held_changed: Notifier,
 }
 
 impl Ephemeral {
@@ -99,6 +102,7 @@ impl Ephemeral {
             presence: Default::default(),
             sent: Default::default(),
             held: Default::default(),
+            held_changed: Notifier::default(),
         }
     }
 
@@ -239,13 +243,30 @@ impl Ephemeral {
             }
             if now.saturating_sub(last.at) < PRESENCE_MIN_INTERVAL_MS {
                 lock(&self.held).insert(user.to_owned(), last.at + PRESENCE_MIN_INTERVAL_MS);
-                self.notifier.notify();
+                self.held_changed.notify();
                 return None;
             }
         }
         let record = Sent { state: presence.state.clone(), status_msg: presence.status_msg.clone(), at: now };
         sent.insert(user.to_owned(), record);
         Some(presence)
+    }
+
+    /// Has the presence of a user of this node sent to other nodes soon, if it
+    /// is news or due for a refresh ([`Ephemeral::presence_to_send`] decides),
+    /// by the task that sends [`Ephemeral::held_presence`]: finding the servers
+    /// that share a room with the user reads every room's state, which a
+    /// request (a client's first `/sync`, say) should not wait for.
+    pub fn announce_presence(&self, user: &UserId) {
+        let now = self.clock.now_millis();
+        // A user held for the rate limit stays held until then.
+        lock(&self.held).entry(user.to_owned()).or_insert(now);
+        self.held_changed.notify();
+    }
+
+    /// A listener that wakes when [`Ephemeral::held_presence`] may have changed.
+    pub fn listen_held(&self) -> event_listener::EventListener {
+        self.held_changed.listen()
     }
 
     /// The users whose held news may go now, taken off the list, and when the
@@ -349,5 +370,27 @@ mod tests {
         at(&clock, 2 * PRESENCE_MIN_INTERVAL_MS + 30 + PRESENCE_REFRESH_MS);
         ephemeral.touch(&alice, true);
         assert_eq!(sent(&ephemeral), Some(PresenceState::Online));
+    }
+
+    #[test]
+    fn announced_presence_is_due_at_once_unless_the_rate_limit_holds_it() {
+        let (ephemeral, clock) = ephemeral();
+        let alice = UserId::parse("@alice:a").unwrap();
+        ephemeral.set_presence(&alice, PresenceState::Online, None);
+        let woken = ephemeral.listen_held();
+        ephemeral.announce_presence(&alice);
+        assert!(futures_util::FutureExt::now_or_never(woken).is_some(), "the sending task is woken");
+        assert_eq!(ephemeral.held_presence(), (vec![alice.clone()], None));
+        assert!(ephemeral.presence_to_send(&alice).is_some());
+
+        // News too soon after is held; announcing it again does not bring it forward.
+        ephemeral.set_presence(&alice, PresenceState::Unavailable, None);
+        assert!(ephemeral.presence_to_send(&alice).is_none());
+        ephemeral.announce_presence(&alice);
+        let (due, next) = ephemeral.held_presence();
+        assert!(due.is_empty() && next.is_some_and(|at| at >= START + PRESENCE_MIN_INTERVAL_MS), "{next:?}");
+        at(&clock, PRESENCE_MIN_INTERVAL_MS + 10);
+        assert_eq!(ephemeral.held_presence(), (vec![alice.clone()], None));
+        assert_eq!(ephemeral.presence_to_send(&alice).map(|p| p.state), Some(PresenceState::Unavailable));
     }
 }

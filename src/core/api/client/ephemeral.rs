@@ -115,7 +115,7 @@ pub(crate) async fn set_status(
         return Err(Error::InvalidParam(format!("unknown presence {}", request.presence)));
     }
     hs.ephemeral().set_presence(&session.user_id, request.presence, Some(request.status_msg));
-    transactions::send_presence(hs, &session.user_id).await?;
+    hs.ephemeral().announce_presence(&session.user_id);
     Ok(set_presence::v3::Response::new())
 }
 

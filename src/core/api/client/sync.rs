@@ -125,7 +125,7 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
         PresenceState::Unavailable => hs.ephemeral().set_presence(&session.user_id, PresenceState::Unavailable, None),
         _ => hs.ephemeral().touch(&session.user_id, false),
     }
-    crate::core::api::federation::transactions::send_presence(hs, &session.user_id).await?;
+    hs.ephemeral().announce_presence(&session.user_id);
     if let Some(since) = since {
         // The client has what the response that handed out `since` carried.
         hs.to_device().acknowledge(&session.user_id, &session.device_id, since.user).await?;

@@ -5,7 +5,9 @@
 //! response given, as JSON, so a transaction handed over twice (a relay's
 //! mailbox after a lost ack, say) is answered alike and applied once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
 
 use ruma::{
     api::federation::{
@@ -387,11 +389,11 @@ pub(crate) async fn send_presence(hs: &Homeserver, user: &UserId) -> Result<(), 
     Ok(())
 }
 
-/// Sends the presence news the rate limit held, when it may go, forever: the
-/// shell runs it beside the node.
+/// Sends the presence news announced or held for the rate limit, when it may
+/// go, forever: the shell runs it beside the node.
 pub(crate) async fn send_held_presence(hs: &Homeserver) {
     loop {
-        let listener = hs.notifier().listen();
+        let listener = hs.ephemeral().listen_held();
         let (due, next) = hs.ephemeral().held_presence();
         for user in due {
             // A store that fails now may not later; the next sync retries.
@@ -407,15 +409,21 @@ pub(crate) async fn send_held_presence(hs: &Homeserver) {
     }
 }
 
+/// Rooms whose servers [`servers_sharing_rooms_with`] looks up at once.
+const ROOMS_AT_ONCE: usize = 16;
+
 /// The other servers with a user joined to a room this node's `user` is in.
 pub(crate) async fn servers_sharing_rooms_with(hs: &Homeserver, user: &UserId) -> Result<Vec<OwnedServerName>, Error> {
-    let mut servers = std::collections::BTreeSet::new();
-    for (room_id, membership) in hs.rooms().rooms_of(user).await?.iter() {
+    let rooms = hs.rooms().rooms_of(user).await?;
+    // On IndexedDB each room's reads are round trips: overlap them.
+    let mut lookups = Vec::new();
+    for (room_id, membership) in rooms.iter() {
         if membership.membership == MembershipState::Join {
-            servers.extend(hs.sender().servers_in(hs, room_id).await?.iter().cloned());
+            lookups.push(hs.sender().servers_in(hs, room_id));
         }
     }
-    Ok(servers.into_iter().collect())
+    let in_rooms: Vec<_> = stream::iter(lookups).buffer_unordered(ROOMS_AT_ONCE).try_collect().await?;
+    Ok(in_rooms.iter().flat_map(|servers| servers.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect())
 }
 
 async fn queue_in_room(hs: &Homeserver, room_id: &RoomId, edu: &Value) -> Result<(), Error> {
