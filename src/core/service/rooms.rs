@@ -73,7 +73,7 @@ pub use self::remote::RemoteInvite;
 pub(crate) use self::remote::INVITES;
 
 use self::{
-    commit::{Before, Commit, Queued, Written},
+    commit::{Before, Commit, Queued, Written, WRITTEN_ROOMS},
     tails::Tails,
 };
 
@@ -499,6 +499,27 @@ impl Rooms {
             self.remember_room_read(room_id, room, begun);
         }
         Ok(room)
+    }
+
+    /// Reads the records of `room_ids` not kept yet in one go, for the reads
+    /// of them that follow: up to half as many as are kept, so that they stay.
+    pub async fn prefetch_rooms(&self, room_ids: &[&RoomId]) -> Result<(), RoomError> {
+        let missing: Vec<&RoomId> = {
+            let written = self.written();
+            room_ids.iter().copied().filter(|id| !written.rooms.contains_key(*id)).take(WRITTEN_ROOMS / 2).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let begun = self.commits.load(Ordering::SeqCst);
+        let keys: Vec<&[u8]> = missing.iter().map(|id| id.as_bytes()).collect();
+        for (room_id, bytes) in missing.iter().zip(self.store().get_many(ROOMS, &keys).await?) {
+            if let Some(bytes) = bytes {
+                let room: RoomRecord = serde_json::from_slice(&bytes).map_err(RoomError::corrupt)?;
+                self.remember_room_read(room_id, &room, begun);
+            }
+        }
+        Ok(())
     }
 
     pub async fn event(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>, RoomError> {

@@ -262,6 +262,8 @@ impl Sync<'_> {
             };
             builds.push((room_id, membership, build));
         }
+        let room_ids: Vec<&RoomId> = builds.iter().map(|(room_id, ..)| &***room_id).collect();
+        hs.rooms().prefetch_rooms(&room_ids).await?;
         let mut rooms_built = Vec::with_capacity(builds.len());
         for (room_id, membership, build) in builds {
             rooms_built.push(self.room(room_id, membership, now, build));
@@ -405,13 +407,20 @@ impl Sync<'_> {
                 _ => Some(start.clone()),
             };
             let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, pdu)| pdu.sender.clone()).collect();
-            joined.state = State::Before(self.state_events(&start, before.as_deref(), &senders, full).await?);
-            // The counts read other things than the events' formatting does:
-            // on IndexedDB their reads overlap instead of queueing.
-            let (formatted, counts) =
-                join(self.formatted(events.iter().map(|(_, pdu)| pdu)), self.unread(room_id, now.events)).await;
-            joined.timeline.events = formatted?;
+            let state = self.state_events(&start, before.as_deref(), &senders, full).await?;
+            let timeline = events.iter().map(|(_, pdu)| pdu);
+            // What formatting reads of the state and of the timeline, in one
+            // read per table; the counts read other things: on IndexedDB their
+            // reads overlap instead of queueing.
+            let both = state.iter().chain(timeline.clone()).map(|pdu| &**pdu);
+            let (prefetched, counts) =
+                join(format::prefetch(hs, both, self.session), self.unread(room_id, now.events)).await;
+            prefetched?;
             unread = Some(counts?);
+            let mut state_events = StateEvents::new();
+            state_events.events = self.formatted(state.iter()).await?;
+            joined.state = State::Before(state_events);
+            joined.timeline.events = self.formatted(timeline).await?;
             if full || limited || events.iter().any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember)
             {
                 joined.summary = self.summary(room_id).await?;
@@ -469,15 +478,16 @@ impl Sync<'_> {
         Ok(Some(joined))
     }
 
-    /// The entries of `state` not in `before` (all of them without `before`),
-    /// with lazy loading: members only for the timeline's senders and the user.
+    /// The events of the entries of `state` not in `before` (all of them
+    /// without `before`), with lazy loading: members only for the timeline's
+    /// senders and the user.
     async fn state_events(
         &self,
         state: &RoomState,
         before: Option<&RoomState>,
         senders: &BTreeSet<OwnedUserId>,
         full: bool,
-    ) -> Result<StateEvents, Error> {
+    ) -> Result<Vec<Arc<Pdu>>, Error> {
         let filter = &self.filter.room.state;
         let lazy = !filter.lazy_load_options.is_disabled() || !self.timeline_filter().lazy_load_options.is_disabled();
         let mut ids = Vec::new();
@@ -493,7 +503,7 @@ impl Sync<'_> {
             }
             ids.push(&**id);
         }
-        let pdus: Vec<_> = self
+        Ok(self
             .hs
             .rooms()
             .events(&ids)
@@ -502,10 +512,7 @@ impl Sync<'_> {
             .flatten()
             .filter(|event| filter::room_event_matches(filter, &event.pdu))
             .map(|event| event.pdu.clone())
-            .collect();
-        let mut events = StateEvents::new();
-        events.events = self.formatted(pdus.iter()).await?;
-        Ok(events)
+            .collect())
     }
 
     /// Events in the sync format, with the transaction IDs of the user's own

@@ -149,7 +149,7 @@ pub(super) fn fail_all(queued: Vec<Queued>, err: RoomError) {
 }
 
 /// Rooms whose records the writer keeps at most.
-const WRITTEN_ROOMS: usize = 256;
+pub(super) const WRITTEN_ROOMS: usize = 256;
 
 impl Rooms {
     pub(super) fn written(&self) -> std::sync::MutexGuard<'_, Written> {
