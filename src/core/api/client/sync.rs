@@ -125,7 +125,6 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
         PresenceState::Unavailable => hs.ephemeral().set_presence(&session.user_id, PresenceState::Unavailable, None),
         _ => hs.ephemeral().touch(&session.user_id, false),
     }
-    hs.ephemeral().announce_presence(&session.user_id);
     if let Some(since) = since {
         // The client has what the response that handed out `since` carried.
         hs.to_device().acknowledge(&session.user_id, &session.device_id, since.user).await?;
@@ -133,6 +132,10 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(hs.limits().long_poll_ms);
     let deadline = hs.clock().now_millis() + timeout;
     let sync = Sync { hs, session: &session, since, filter: &filter, full_state: request.full_state };
+    // Other servers hear of the user's presence once this request has read
+    // what it answers with first: finding who shares a room with the user
+    // reads every room's state, and a first sync waits for every read.
+    let mut announce = Some(&session.user_id);
     loop {
         // Listen before reading, so a change made while this request reads is
         // not missed by its wait.
@@ -143,6 +146,9 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
             ephemeral: hs.ephemeral().position(),
         };
         let response = sync.build(now).await?;
+        if let Some(user) = announce.take() {
+            hs.ephemeral().announce_presence(user);
+        }
         let remaining = deadline.saturating_sub(hs.clock().now_millis());
         if since.is_none() || request.full_state || remaining == 0 || has_news(&response) {
             return Ok(response);
