@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::{
+    extract::Request,
+    http::{header, HeaderName, HeaderValue},
+    middleware::{self, Next},
+    response::Response,
+};
 use tower_http::{services::ServeDir, set_header::SetResponseHeaderLayer};
 
 /// Files that must be present for the app to run; their absence means the web app
@@ -26,16 +31,30 @@ pub fn check_root(root: &Path) -> Result<(), NotBuilt> {
 
 pub fn router(root: PathBuf) -> axum::Router {
     // ServeDir takes MIME types from extensions (`.wasm` → `application/wasm`, which
-    // streaming compilation insists on).
+    // streaming compilation insists on). `scripts/build-web` writes a gzip copy
+    // of the wasm and the scripts beside them: the wasm is a third of its size so.
     axum::Router::new()
-        .fallback_service(ServeDir::new(root))
+        .fallback_service(ServeDir::new(root).precompressed_gzip())
         // The worker script lives at the root, but allow scope `/` explicitly so the
         // app can be moved under a prefix without the worker losing its pages.
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("service-worker-allowed"),
             HeaderValue::from_static("/"),
         ))
-        // Revalidate every time: a stale worker or wasm after a rebuild is a
-        // confusing bug, and the files are served from localhost.
-        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .layer(middleware::from_fn(cache_control))
+}
+
+/// Files asked for under their build (`?v=`, as the worker asks for its glue
+/// and its wasm) never change: browsers keep them without asking again, which
+/// spares each start of a worker a round trip to this server. Everything else
+/// is revalidated every time: a stale worker after a rebuild is a confusing bug.
+async fn cache_control(request: Request, next: Next) -> Response {
+    let versioned = request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair.starts_with("v=")));
+    let mut response = next.run(request).await;
+    let policy = match versioned && response.status().is_success() {
+        true => "public, max-age=31536000, immutable",
+        false => "no-cache",
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+    response
 }
