@@ -31,10 +31,9 @@ pub fn check_root(root: &Path) -> Result<(), NotBuilt> {
 
 pub fn router(root: PathBuf) -> axum::Router {
     // ServeDir takes MIME types from extensions (`.wasm` → `application/wasm`, which
-    // streaming compilation insists on). `scripts/build-web` writes a gzip copy
-    // of the wasm and the scripts beside them: the wasm is a third of its size so.
+    // streaming compilation insists on).
     axum::Router::new()
-        .fallback_service(ServeDir::new(root).precompressed_gzip())
+        .fallback_service(ServeDir::new(root))
         // The worker script lives at the root, but allow scope `/` explicitly so the
         // app can be moved under a prefix without the worker losing its pages.
         .layer(SetResponseHeaderLayer::overriding(
