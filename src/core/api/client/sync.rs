@@ -132,9 +132,9 @@ pub(crate) async fn sync(hs: &Homeserver, session: Session, request: v3::Request
     let timeout = request.timeout.map_or(0, |t| t.as_millis() as u64).min(hs.limits().long_poll_ms);
     let deadline = hs.clock().now_millis() + timeout;
     let sync = Sync { hs, session: &session, since, filter: &filter, full_state: request.full_state };
-    // Other servers hear of the user's presence once this request has read
-    // what it answers with first: finding who shares a room with the user
-    // reads every room's state, and a first sync waits for every read.
+    // The user's presence goes to other servers once this request has read
+    // its answer: finding who shares a room with the user reads every room's
+    // state, which a first sync's own reads would otherwise queue behind.
     let mut announce = Some(&session.user_id);
     loop {
         // Listen before reading, so a change made while this request reads is
