@@ -68,6 +68,11 @@ fn backend(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// A JavaScript exception, which has no `Display`, as a backend error.
+fn thrown(err: JsValue) -> StoreError {
+    backend(format!("{err:?}"))
+}
+
 fn bytes(value: &JsValue) -> Vec<u8> {
     Uint8Array::new(value).to_vec()
 }
@@ -114,14 +119,13 @@ impl IndexedDbStore {
         tables.iter().try_for_each(|table| self.schema.check_table(table))?;
         let names: Array = tables.iter().map(|t| JsValue::from_str(t)).collect();
         let options = js_sys::Object::new();
-        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into())
-            .map_err(|e| backend(format!("{e:?}")))?;
+        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into()).map_err(thrown)?;
         let mode = match mode {
             TransactionMode::ReadWrite => "readwrite",
             _ => "readonly",
         };
         let db: &DatabaseWithOptions = self.db.unchecked_ref();
-        let txn = db.transaction(&names, mode, &options).map_err(|err| backend(format!("{err:?}")))?;
+        let txn = db.transaction(&names, mode, &options).map_err(thrown)?;
         Ok(Transaction::from(txn))
     }
 
@@ -230,9 +234,8 @@ async fn scan_records(
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let options = js_sys::Object::new();
-    let set = |name: &str, value: JsValue| {
-        js_sys::Reflect::set(&options, &name.into(), &value).map(drop).map_err(|e| backend(format!("{e:?}")))
-    };
+    let set =
+        |name: &str, value: JsValue| js_sys::Reflect::set(&options, &name.into(), &value).map(drop).map_err(thrown);
     if let Some(query) = query {
         set("query", query.into())?;
     }
@@ -240,12 +243,12 @@ async fn scan_records(
     set("direction", if direction == Direction::Forward { "next" } else { "prev" }.into())?;
     let store: IdbObjectStore = store.into();
     let store: &ObjectStoreWithRecords = store.unchecked_ref();
-    let request = store.get_all_records(&options).map_err(|e| backend(format!("{e:?}")))?;
+    let request = store.get_all_records(&options).map_err(thrown)?;
     let records = GetAllStoreRequest::from(request).await.map_err(backend)?;
     records
         .iter()
         .map(|record| {
-            let field = |name: &str| js_sys::Reflect::get(record, &name.into()).map_err(|e| backend(format!("{e:?}")));
+            let field = |name: &str| js_sys::Reflect::get(record, &name.into()).map_err(thrown);
             Ok((bytes(&field("key")?), bytes(&field("value")?)))
         })
         .collect()
