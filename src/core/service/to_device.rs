@@ -49,6 +49,11 @@ const SEEN_FOR_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Expired message IDs forgotten with each message received.
 const FORGOTTEN_AT_ONCE: usize = 16;
 
+/// Where the time index of `to_device_seen` puts the IDs seen at `millis`.
+fn seen_at(millis: u64) -> Vec<u8> {
+    [&[0][..], &millis.to_be_bytes()].concat()
+}
+
 impl ToDevice {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store, empty: Memo::new(KEPT_EMPTY) }
@@ -94,10 +99,8 @@ impl ToDevice {
         now: u64,
     ) -> Result<(), RoomError> {
         let seen = [sender.as_bytes(), b"\0", message_id.as_bytes()].concat();
-        let expired = KeyRange::new(
-            Bound::Included(vec![0]),
-            Bound::Excluded([&[0][..], &now.saturating_sub(SEEN_FOR_MS).to_be_bytes()].concat()),
-        );
+        let expired =
+            KeyRange::new(Bound::Included(vec![0]), Bound::Excluded(seen_at(now.saturating_sub(SEEN_FOR_MS))));
         let (stored, expired) = futures_util::future::join(
             self.store.get(SEEN, &seen),
             self.store.scan(SEEN, expired, Direction::Forward, FORGOTTEN_AT_ONCE),
@@ -106,10 +109,10 @@ impl ToDevice {
         if stored?.is_some() {
             return Ok(());
         }
-        let by_time = [&[0][..], &now.to_be_bytes(), &seen].concat();
+        let by_time = [seen_at(now).as_slice(), &seen].concat();
         let mut batch = Batch::new().put(SEEN, seen, now.to_be_bytes()).put(SEEN, by_time, Vec::new());
         for (key, _) in expired? {
-            if let Some(seen) = key.get(9..) {
+            if let Some(seen) = key.get(seen_at(0).len()..) {
                 batch = batch.delete(SEEN, seen.to_vec());
             }
             batch = batch.delete(SEEN, key);
