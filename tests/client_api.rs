@@ -1276,6 +1276,19 @@ fn sync_api() {
     say(&bob, &chat, "hey Alice Liddell, look at this");
     let next = sync(&alice, &format!("since={}", enc(&since)));
     assert_eq!(counts(&next), (Some(1), Some(1)));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    // It follows her new name, and her push rules as they change.
+    say(&alice, &chat, "seen");
+    alice.put(&format!("profile/{}/displayname", enc(&alice.user_id)), json!({ "displayname": "Queen" })).ok();
+    say(&bob, &chat, "Hello Queen");
+    let next = sync(&alice, &format!("since={}", enc(&since)));
+    assert_eq!(counts(&next), (Some(1), Some(1)));
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    let master = "pushrules/global/override/.m.rule.master/enabled";
+    alice.put(master, json!({ "enabled": true })).ok();
+    say(&bob, &chat, "Queen, muted");
+    let next = sync(&alice, &format!("since={}", enc(&since)));
+    assert_eq!(counts(&next), (Some(1), Some(1)));
 }
 
 #[test]

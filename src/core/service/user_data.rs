@@ -158,23 +158,28 @@ impl UserData {
         room: Option<&RoomId>,
         kind: &str,
     ) -> Result<Option<Entry>, RoomError> {
-        let bytes = self.store.get(ACCOUNT_DATA, &account_data_key(user, room, Some(kind))).await?;
-        bytes.map(|b| serde_json::from_slice(&b)).transpose().map_err(RoomError::corrupt)
+        let all = self.all_account_data(user).await?;
+        let found = all.iter().find(|(r, k, _)| r.as_deref() == room && k == kind);
+        Ok(found.map(|(_, _, entry)| entry.clone()))
     }
 
     /// The user's account data changed after `since`: (room, type, entry).
     pub async fn account_data_since(&self, user: &UserId, since: u64) -> Result<Vec<AccountData>, RoomError> {
-        let all = match self.account_data.get(user) {
-            Some(all) => all,
-            None => {
-                // Read under the writers' lock, so no write lands unseen meanwhile.
-                let _stream = self.stream.lock().await;
-                let all = Arc::new(self.read_account_data(user).await?);
-                self.account_data.insert(user.to_owned(), all.clone(), all.len().max(1));
-                all
-            }
-        };
+        let all = self.all_account_data(user).await?;
         Ok(all.iter().filter(|(_, _, entry)| entry.stream > since).cloned().collect())
+    }
+
+    /// All of the user's account data, kept: each `/sync` reads what changed,
+    /// and counting unread events reads the push rules of every room it counts.
+    async fn all_account_data(&self, user: &UserId) -> Result<Arc<Vec<AccountData>>, RoomError> {
+        if let Some(all) = self.account_data.get(user) {
+            return Ok(all);
+        }
+        // Read under the writers' lock, so no write lands unseen meanwhile.
+        let _stream = self.stream.lock().await;
+        let all = Arc::new(self.read_account_data(user).await?);
+        self.account_data.insert(user.to_owned(), all.clone(), all.len().max(1));
+        Ok(all)
     }
 
     async fn read_account_data(&self, user: &UserId) -> Result<Vec<AccountData>, RoomError> {

@@ -21,7 +21,7 @@ use super::membership::members_in;
 use crate::{
     core::{
         pdu::Pdu,
-        service::{accounts::Session, cache::Cache, relations, rooms::StreamPosition},
+        service::{accounts::Session, cache::Cache, relations, rooms::StreamPosition, user_data::Entry},
         Error, Homeserver,
     },
     store::Direction,
@@ -39,7 +39,12 @@ const FIRST_COUNT_PAGE: usize = 4;
 const MAX_COUNT_PAGE: usize = 64;
 
 pub(crate) async fn ruleset(hs: &Homeserver, user: &UserId) -> Result<Ruleset, Error> {
-    match hs.user_data().account_data(user, None, PUSH_RULES).await? {
+    parse_ruleset(user, hs.user_data().account_data(user, None, PUSH_RULES).await?)
+}
+
+/// The rules of the user's push rules account data `entry`, or the defaults.
+fn parse_ruleset(user: &UserId, entry: Option<Entry>) -> Result<Ruleset, Error> {
+    match entry {
         Some(entry) => {
             #[derive(serde::Deserialize)]
             struct Content {
@@ -234,6 +239,12 @@ struct Counted {
 
 pub struct UnreadCounts {
     counted: Cache<(OwnedUserId, OwnedRoomId), Counted>,
+    /// Each user's push rules, parsed, with the stream position of the
+    /// account data they were parsed from (0 for the defaults).
+    rules: Cache<OwnedUserId, (u64, Arc<Ruleset>)>,
+    /// What the push rules see of a room for a user, with the room's state
+    /// group it was made from.
+    contexts: Cache<(OwnedUserId, OwnedRoomId), (u64, Arc<PushConditionRoomCtx>)>,
 }
 
 /// (user, room) pairs whose counts are remembered, per cache generation.
@@ -241,7 +252,45 @@ const REMEMBERED: usize = 16_384;
 
 impl Default for UnreadCounts {
     fn default() -> Self {
-        Self { counted: Cache::new(REMEMBERED) }
+        Self { counted: Cache::new(REMEMBERED), rules: Cache::new(REMEMBERED), contexts: Cache::new(REMEMBERED) }
+    }
+}
+
+impl UnreadCounts {
+    /// The user's push rules, parsed once per change: counting reads them for
+    /// every room with new events.
+    pub(crate) async fn rules(&self, hs: &Homeserver, user: &UserId) -> Result<Arc<Ruleset>, Error> {
+        let entry = hs.user_data().account_data(user, None, PUSH_RULES).await?;
+        let version = entry.as_ref().map_or(0, |entry| entry.stream);
+        match self.rules.get(user) {
+            Some((parsed, rules)) if parsed == version => Ok(rules),
+            _ => {
+                let rules = Arc::new(parse_ruleset(user, entry)?);
+                self.rules.insert(user.to_owned(), (version, rules.clone()), 1);
+                Ok(rules)
+            }
+        }
+    }
+
+    /// What the push rules see of the room, made once per state of the room.
+    /// One made while a commit lands may come from the newer state, and is
+    /// made again for it.
+    pub(crate) async fn context(
+        &self,
+        hs: &Homeserver,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Arc<PushConditionRoomCtx>, Error> {
+        let group = hs.rooms().room(room_id).await?.state;
+        let key = (user.to_owned(), room_id.to_owned());
+        match self.contexts.get(&key) {
+            Some((made, context)) if made == group => Ok(context),
+            _ => {
+                let context = Arc::new(push_context(hs, user, room_id).await?);
+                self.contexts.insert(key, (group, context.clone()), 1);
+                Ok(context)
+            }
+        }
     }
 }
 
@@ -319,11 +368,7 @@ pub(crate) async fn read_upto(hs: &Homeserver, user: &UserId, room_id: &RoomId) 
     Ok(upto)
 }
 
-pub(crate) async fn push_context(
-    hs: &Homeserver,
-    user: &UserId,
-    room_id: &RoomId,
-) -> Result<PushConditionRoomCtx, Error> {
+async fn push_context(hs: &Homeserver, user: &UserId, room_id: &RoomId) -> Result<PushConditionRoomCtx, Error> {
     let state = hs.rooms().current_state(room_id).await?;
     let mut members = 0u32;
     let mut display_name = user.localpart().to_owned();
@@ -443,7 +488,7 @@ struct Counter<'a> {
     hs: &'a Homeserver,
     user: &'a UserId,
     room_id: &'a RoomId,
-    rules: Option<(Ruleset, PushConditionRoomCtx)>,
+    rules: Option<(Arc<Ruleset>, Arc<PushConditionRoomCtx>)>,
 }
 
 impl<'a> Counter<'a> {
@@ -454,7 +499,8 @@ impl<'a> Counter<'a> {
     async fn count(&mut self, pdu: &Pdu, counts: &mut Counts) -> Result<(), Error> {
         if self.rules.is_none() {
             let (hs, user) = (self.hs, self.user);
-            self.rules = Some((ruleset(hs, user).await?, push_context(hs, user, self.room_id).await?));
+            let counts = hs.unread_counts();
+            self.rules = Some((counts.rules(hs, user).await?, counts.context(hs, user, self.room_id).await?));
         }
         let Some((rules, context)) = &self.rules else { return Ok(()) };
         let actions = actions(self.hs, rules, context, pdu).await?;

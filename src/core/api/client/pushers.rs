@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::{
     format,
-    push::{actions, push_context, read_upto, ruleset},
+    push::{actions, read_upto},
 };
 use crate::{
     core::{
@@ -171,7 +171,7 @@ pub(crate) async fn notifications(
     });
     let only_highlight = request.only.as_deref() == Some("highlight");
     let user = &session.user_id;
-    let rules = ruleset(hs, user).await?;
+    let rules = hs.unread_counts().rules(hs, user).await?;
     let mut found: Vec<(OwnedRoomId, Found)> = Vec::new();
     // Every room was looked at from `from` down to here.
     let mut scanned_to: StreamPosition = 0;
@@ -239,7 +239,7 @@ impl Scan<'_> {
                     continue;
                 }
                 if context.is_none() {
-                    context = Some(push_context(hs, self.user, room_id).await?);
+                    context = Some(hs.unread_counts().context(hs, self.user, room_id).await?);
                 }
                 let Some(context) = &context else { continue };
                 let actions = actions(hs, self.rules, context, &pdu).await?;
