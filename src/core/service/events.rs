@@ -111,6 +111,11 @@ impl Events {
         Ok(ids.iter().zip(found).filter(|(_, event)| event.is_none()).map(|(id, _)| (*id).to_owned()).collect())
     }
 
+    /// Whether the cache holds the event of `id`.
+    pub fn cached(&self, id: &EventId) -> bool {
+        self.cache.get(id).is_some()
+    }
+
     pub fn remember(&self, event: Arc<StoredEvent>) {
         self.cache.insert(event.pdu.event_id.clone(), event, 1);
     }

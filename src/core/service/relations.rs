@@ -79,6 +79,11 @@ pub(crate) fn index(batch: Batch, pdu: &Pdu, stream: u64) -> Batch {
     batch
 }
 
+/// `batch`, on the condition that no bundled relation to `event` is stored.
+pub(crate) fn expect_childless(batch: Batch, room: &RoomId, event: &EventId) -> Batch {
+    batch.expect(RELATED, room_key(room, event.as_bytes()), None)
+}
+
 fn parent_prefix(room: &RoomId, parent: &EventId) -> Vec<u8> {
     room_key(room, &[parent.as_bytes(), b"\0"].concat())
 }
@@ -198,6 +203,13 @@ impl Relations {
         }
         self.prefetch(&[(room, parent)]).await?;
         Ok(self.related.get(parent).unwrap_or(false))
+    }
+
+    /// Knows `events` have no children whose aggregations are bundled.
+    pub(crate) fn childless(&self, events: impl IntoIterator<Item = OwnedEventId>) {
+        for event in events {
+            self.related.insert(event, false, 1);
+        }
     }
 
     /// Forgets what is cached of the parents of events just stored.

@@ -49,9 +49,9 @@ use serde_json::json;
 
 use super::{
     cache::Cache,
-    events::{Events, StoredEvent},
+    events::{Events, StoredEvent, EVENTS},
     notifier::Notifier,
-    relations::Relations,
+    relations::{self, Relations, RELATED},
     room_key,
     state::{State, StateGroups},
 };
@@ -61,7 +61,7 @@ use crate::{
         pdu::{self, NewEvent, Pdu, PduError, Placement, DEFAULT_ROOM_VERSION},
         Clock, Random,
     },
-    store::{Direction, KeyRange, Store, StoreError},
+    store::{Batch, Direction, KeyRange, Store, StoreError},
 };
 
 mod commit;
@@ -402,8 +402,39 @@ impl Rooms {
         room_id: &RoomId,
         pdus: Vec<CanonicalJsonObject>,
     ) -> Result<Vec<Result<Outcome, RoomError>>, RoomError> {
+        self.receive_all_with(room_id, pdus, Batch::new()).await
+    }
+
+    /// [`Rooms::receive_all`], with `also` in the same commit, first: a
+    /// precondition that fails there stores none of the PDUs.
+    pub async fn receive_all_with(
+        &self,
+        room_id: &RoomId,
+        pdus: Vec<CanonicalJsonObject>,
+        also: Batch,
+    ) -> Result<Vec<Result<Outcome, RoomError>>, RoomError> {
+        // Transactions bring new events: those the caches do not know are taken
+        // as new, and the commit's preconditions check it, so the store is not
+        // read first (on IndexedDB, a round trip before every transaction).
+        // One the store has after all fails the commit, which is then made
+        // again, reading first.
+        match self.receive_once(room_id, pdus.clone(), also.clone(), true).await {
+            Err(RoomError::Store(StoreError::Conflict { table, .. })) if table == EVENTS || table == RELATED => {
+                self.receive_once(room_id, pdus, also, false).await
+            }
+            outcomes => outcomes,
+        }
+    }
+
+    async fn receive_once(
+        &self,
+        room_id: &RoomId,
+        pdus: Vec<CanonicalJsonObject>,
+        also: Batch,
+        assume_new: bool,
+    ) -> Result<Vec<Result<Outcome, RoomError>>, RoomError> {
         let _write = self.write.lock().await;
-        let mut c = Commit::default();
+        let mut c = Commit { batch: also, ..Commit::default() };
         let rules = self.room_rules(&mut c, room_id, &pdus).await?;
         let checked: Vec<Result<Pdu, RoomError>> = pdus
             .into_iter()
@@ -416,9 +447,28 @@ impl Rooms {
                 }
             })
             .collect();
-        // Whether each PDU is new, read in one go rather than one read per PDU.
+        // Whether each PDU is new, and whether anything relates to it yet,
+        // which serving it to clients asks next.
         let ids: Vec<&EventId> = checked.iter().filter_map(|pdu| Some(&*pdu.as_ref().ok()?.event_id)).collect();
-        c.absent = self.events.prefetch(self.store(), &ids).await?.into_iter().collect();
+        if assume_new {
+            for id in ids.into_iter().filter(|id| !self.events.cached(id)) {
+                c.batch = relations::expect_childless(
+                    std::mem::take(&mut c.batch).expect(EVENTS, id.as_bytes(), None),
+                    room_id,
+                    id,
+                );
+                c.absent.insert(id.to_owned());
+                c.childless.push(id.to_owned());
+            }
+        } else {
+            // Read in one go rather than one read per PDU.
+            let parents: Vec<(&RoomId, &EventId)> = ids.iter().map(|id| (room_id, *id)).collect();
+            let (absent, related) =
+                futures_util::future::join(self.events.prefetch(self.store(), &ids), self.relations.prefetch(&parents))
+                    .await;
+            c.absent = absent?.into_iter().collect();
+            related?;
+        }
 
         let mut outcomes = Vec::with_capacity(checked.len());
         for pdu in checked {

@@ -19,7 +19,10 @@ use super::{
     cache::Cache,
     rooms::{Also, RoomError},
 };
-use crate::store::{Batch, Store};
+use crate::{
+    core::pdu::Pdu,
+    store::{Batch, Store, StoreError},
+};
 
 pub(crate) const TRANSACTIONS: &str = "transactions";
 
@@ -47,37 +50,58 @@ impl Transactions {
     /// scope names the endpoint and its path arguments: a retry, even one racing
     /// the first attempt, gets the first attempt's event. `send` must land the
     /// writes it is given with its event.
-    pub async fn once<F, Fut, E>(
+    pub async fn once<F, Fut>(
         &self,
         user: &UserId,
         device: &DeviceId,
         scope: &str,
         txn: &TransactionId,
         send: F,
-    ) -> Result<OwnedEventId, E>
+    ) -> Result<OwnedEventId, RoomError>
     where
-        F: FnOnce(Also) -> Fut,
-        Fut: std::future::Future<Output = Result<OwnedEventId, E>>,
-        E: From<RoomError>,
+        F: Fn(Also) -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<Pdu>, RoomError>>,
     {
         let key = txn_key(user, device, scope, txn);
         self.exclusive(key.clone(), async {
-            if let Some(bytes) = self.store.get(TRANSACTIONS, &key).await.map_err(RoomError::from)? {
-                let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
-                return Ok(EventId::parse(id).map_err(RoomError::corrupt)?);
+            loop {
+                // Both mappings land in the event's own commit: a retry after a
+                // crash finds the event, or finds neither. That the transaction
+                // is new is a precondition of that commit rather than a read
+                // first, which would cost every message a round trip to the store.
+                let (new, sent) = (key.clone(), [device.as_bytes(), b"\0", txn.as_bytes()].concat());
+                let also: Also = Box::new(move |pdu| {
+                    let reverse = reverse_key(&pdu.event_id);
+                    Batch::new()
+                        .expect(TRANSACTIONS, new.clone(), None)
+                        .put(TRANSACTIONS, new, pdu.event_id.as_bytes())
+                        .put(TRANSACTIONS, reverse, sent)
+                });
+                match send(also).await {
+                    Ok(pdu) => {
+                        self.known.insert(pdu.event_id.clone(), Some((device.to_owned(), txn.to_owned())), 1);
+                        return Ok(pdu.event_id.clone());
+                    }
+                    Err(RoomError::Store(StoreError::Conflict { table, key: taken })) if table == TRANSACTIONS => {
+                        if taken == key {
+                            return self.sent_with(&key).await;
+                        }
+                        // Another transaction's, in a commit this event shared:
+                        // its sender answers with its first event, this one goes again.
+                    }
+                    Err(err) => return Err(err),
+                }
             }
-            // Both mappings land in the event's own commit: a retry after a crash
-            // finds the event, or finds neither.
-            let (key, sent) = (key.clone(), [device.as_bytes(), b"\0", txn.as_bytes()].concat());
-            let also: Also = Box::new(move |pdu| {
-                let reverse = reverse_key(&pdu.event_id);
-                Batch::new().put(TRANSACTIONS, key, pdu.event_id.as_bytes()).put(TRANSACTIONS, reverse, sent)
-            });
-            let event_id = send(also).await?;
-            self.known.insert(event_id.clone(), Some((device.to_owned(), txn.to_owned())), 1);
-            Ok(event_id)
         })
         .await
+    }
+
+    /// The event the transaction stored at `key` sent.
+    async fn sent_with(&self, key: &[u8]) -> Result<OwnedEventId, RoomError> {
+        let bytes =
+            self.store.get(TRANSACTIONS, key).await?.ok_or_else(|| RoomError::corrupt("a transaction vanished"))?;
+        let id = std::str::from_utf8(&bytes).map_err(RoomError::corrupt)?;
+        EventId::parse(id).map_err(RoomError::corrupt)
     }
 
     /// As [`Transactions::once`], for requests that send no event (to-device

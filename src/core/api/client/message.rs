@@ -45,10 +45,8 @@ pub(crate) async fn send(
     let scope = format!("send/{}/{}", request.room_id, request.event_type);
     let event_id = hs
         .transactions()
-        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| async {
-            Ok::<_, Error>(
-                hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone(),
-            )
+        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| {
+            hs.rooms().send_with(&request.room_id, &session.user_id, &event, also)
         })
         .await?;
     Ok(send_message_event::v3::Response::new(event_id))
@@ -84,10 +82,8 @@ pub(crate) async fn redact(
     let scope = format!("redact/{}/{}", request.room_id, request.event_id);
     let event_id = hs
         .transactions()
-        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| async {
-            Ok::<_, Error>(
-                hs.rooms().send_with(&request.room_id, &session.user_id, &event, also).await?.event_id.clone(),
-            )
+        .once(&session.user_id, &session.device_id, &scope, &request.txn_id, |also| {
+            hs.rooms().send_with(&request.room_id, &session.user_id, &event, also)
         })
         .await?;
     Ok(redact_event::v3::Response::new(event_id))

@@ -31,7 +31,7 @@ use crate::{
         service::rooms::{Outcome, RoomError},
         Error, Homeserver,
     },
-    store::Batch,
+    store::{Batch, StoreError},
 };
 
 pub(crate) const FEDERATION_TXNS: &str = "federation_txns";
@@ -50,11 +50,6 @@ pub(crate) async fn send(hs: &Homeserver, Origin(origin): Origin, request: v1::R
         return Err(Error::BadJson(format!("a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")));
     }
     let key = [origin.as_bytes(), b"\0", request.transaction_id.as_bytes()].concat();
-    if let Some(done) = hs.store().get(FEDERATION_TXNS, &key).await? {
-        return serde_json::from_slice::<Done>(&done).map(|d| v1::Response::new(d.pdus)).map_err(Error::internal);
-    }
-
-    let mut results = BTreeMap::new();
     // PDUs of one room go to the engine together, in the order they came.
     let mut rooms: Vec<(OwnedRoomId, Vec<CanonicalJsonObject>)> = Vec::new();
     for raw in &request.pdus {
@@ -70,12 +65,28 @@ pub(crate) async fn send(hs: &Homeserver, Origin(origin): Origin, request: v1::R
             None => rooms.push((room_id, vec![json])),
         }
     }
+    // A transaction handed over again is answered as it was the first time.
+    // With PDUs, whether it is new is a precondition of their commit, which
+    // costs no round trip to the store of its own.
+    if rooms.is_empty() {
+        if let Some(done) = handled(hs, &key).await? {
+            return Ok(done);
+        }
+    }
+
+    let mut results = BTreeMap::new();
     for (room_id, pdus) in rooms {
         let mut ids = Vec::with_capacity(pdus.len());
         for json in &pdus {
             ids.push(event_id_of(hs, &room_id, json).await);
         }
-        let outcomes = receive(hs, &origin, &room_id, pdus).await?;
+        let new = Batch::new().expect(FEDERATION_TXNS, key.clone(), None);
+        let outcomes = match receive(hs, &origin, &room_id, pdus, new).await {
+            Err(Error::Room(RoomError::Store(StoreError::Conflict { table, .. }))) if table == FEDERATION_TXNS => {
+                return handled(hs, &key).await?.ok_or_else(|| Error::internal("a handled transaction vanished"));
+            }
+            outcomes => outcomes?,
+        };
         for (id, outcome) in ids.into_iter().zip(outcomes) {
             let Some(id) = id else { continue };
             results.insert(
@@ -97,6 +108,13 @@ pub(crate) async fn send(hs: &Homeserver, Origin(origin): Origin, request: v1::R
     let done = serde_json::to_vec(&Done { pdus: results.clone() }).map_err(Error::internal)?;
     hs.store().write(Batch::new().put(FEDERATION_TXNS, key, done)).await?;
     Ok(v1::Response::new(results))
+}
+
+/// The answer given to the transaction stored at `key`, if it was handled.
+async fn handled(hs: &Homeserver, key: &[u8]) -> Result<Option<v1::Response>, Error> {
+    let Some(done) = hs.store().get(FEDERATION_TXNS, key).await? else { return Ok(None) };
+    let done: Done = serde_json::from_slice(&done).map_err(Error::internal)?;
+    Ok(Some(v1::Response::new(done.pdus)))
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -143,6 +161,7 @@ pub(crate) async fn receive(
     origin: &ServerName,
     room_id: &RoomId,
     pdus: Vec<CanonicalJsonObject>,
+    also: Batch,
 ) -> Result<Vec<Result<Outcome, RoomError>>, Error> {
     // A room arrives by a join or an invite, never by a transaction: otherwise
     // any server could fill this node with rooms of its making.
@@ -154,7 +173,7 @@ pub(crate) async fn receive(
             err => Err(err.into()),
         };
     }
-    let mut outcomes = hs.rooms().receive_all(room_id, pdus.clone()).await?;
+    let mut outcomes = hs.rooms().receive_all_with(room_id, pdus.clone(), also).await?;
     let gaps = |outcomes: &[Result<Outcome, RoomError>]| -> Vec<usize> {
         (0..outcomes.len()).filter(|i| matches!(outcomes[*i], Err(RoomError::MissingEvents(_)))).collect()
     };

@@ -84,6 +84,10 @@ pub(super) struct Commit {
     pub(super) members: Vec<OwnedUserId>,
     /// The outbox entries this commit writes.
     pub(super) outboxed: Vec<super::OutboxEntry>,
+    /// Events nothing relates to once this commit lands: those made here,
+    /// whose IDs did not exist before, and those received that its
+    /// preconditions check.
+    pub(super) childless: Vec<OwnedEventId>,
 }
 
 /// Stream and state group numbers as read at the start of a write.
@@ -143,8 +147,15 @@ pub(super) struct Built {
 
 pub(super) fn fail_all(queued: Vec<Queued>, err: RoomError) {
     for q in queued {
+        let err = match &err {
+            // Each sender tells whether the precondition was its own.
+            RoomError::Store(StoreError::Conflict { table, key }) => {
+                StoreError::Conflict { table: table.clone(), key: key.clone() }
+            }
+            err => StoreError::Backend(format!("the commit failed: {err}")),
+        };
         // A sender that stopped waiting has nobody to tell.
-        let _ = q.result.send(Err(RoomError::Store(StoreError::Backend(format!("the commit failed: {err}")))));
+        let _ = q.result.send(Err(RoomError::Store(err)));
     }
 }
 
@@ -263,6 +274,8 @@ impl Rooms {
                 targets.remove(target);
             }
         }
+        // Before forgetting parents, in case one was stored here too.
+        self.relations.childless(c.childless);
         self.relations.wrote(c.events.values().filter_map(|e| Some(relations::relation_of(&e.pdu)?.1)));
         for event in c.events.into_values() {
             self.events.remember(event);
@@ -301,6 +314,7 @@ impl Rooms {
     ) -> Result<Arc<Pdu>, RoomError> {
         let Built { room, rules, pdu, auths, before } = self.build_in(c, room_id, sender, event, prev_events).await?;
         let stored = self.insert(c, Some(room), &rules, pdu, &auths, before, true).await?;
+        c.childless.push(stored.pdu.event_id.clone());
         Ok(stored.pdu.clone())
     }
 

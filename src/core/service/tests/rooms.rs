@@ -366,3 +366,77 @@ async fn a_redaction_that_comes_before_its_event_applies_when_the_event_arrives(
     assert_eq!(body(&hs, &alices.event_id).await, Some(json!("alice's")));
     assert_eq!(held().await, 0);
 }
+
+#[tokio::test]
+async fn received_events_are_known_to_be_stored_already_or_related_to_before_they_came() {
+    use std::sync::Arc;
+
+    use ruma::{MilliSecondsSinceUnixEpoch, UInt};
+
+    use super::Draft;
+    use crate::{core::service::rooms::Outcome, store::Store};
+
+    let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new(crate::core::SCHEMA));
+    let (hs, remote) = (super::node_on(store.clone()).await, node().await);
+    let (alice, bob) = (user(&hs, "alice"), user(&remote, "bob"));
+    let options = CreateRoom { preset: Preset::PublicChat, ..Default::default() };
+    let room_id = hs.rooms().create_room(&alice, options).await.unwrap();
+    let ts = |i: u32| MilliSecondsSinceUnixEpoch(UInt::from(1_700_000_000u32 + i));
+    let join = NewEvent::state("m.room.member".into(), bob.as_str(), json!({ "membership": "join" }));
+    let join = Draft::new(&hs, &room_id, &bob, join, ts(0)).await.sign(remote.key()).unwrap();
+    assert_eq!(hs.rooms().receive(&room_id, join.json).await.unwrap(), Outcome::Accepted);
+
+    // Bob's reference to his message reaches this node before the message.
+    let parent = Draft::new(&hs, &room_id, &bob, message("parent"), ts(1)).await.sign(remote.key()).unwrap();
+    let relates_to = json!({ "rel_type": "m.reference", "event_id": parent.event_id });
+    let reference = NewEvent::message(
+        "m.room.message".into(),
+        json!({ "msgtype": "m.text", "body": "see above", "m.relates_to": relates_to }),
+    );
+    let child = Draft::new(&hs, &room_id, &bob, reference, ts(2)).await.sign(remote.key()).unwrap();
+    assert_eq!(hs.rooms().receive(&room_id, child.json).await.unwrap(), Outcome::Accepted);
+    assert_eq!(hs.rooms().receive(&room_id, parent.json.clone()).await.unwrap(), Outcome::Accepted);
+    assert!(hs.rooms().relations().has_bundled(&room_id, &parent.event_id).await.unwrap());
+
+    // Started again, the node has no event in memory: the message handed over
+    // again is still one it has, and changes nothing.
+    drop(hs);
+    let hs = super::node_on(store).await;
+    let before = super::dump(&hs).await;
+    assert_eq!(hs.rooms().receive(&room_id, parent.json).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(super::dump(&hs).await, before);
+    assert!(hs.rooms().relations().has_bundled(&room_id, &parent.event_id).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_retried_transaction_in_a_shared_commit_holds_up_no_other_event() {
+    // On disk, where senders pile up behind a commit and share the next one.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::DiskStore::open(dir.path().join("node.redb"), crate::core::SCHEMA).await.unwrap();
+    let hs = super::node_on(std::sync::Arc::new(store)).await;
+    let alice = user(&hs, "alice");
+    let device: ruma::OwnedDeviceId = "PHONE".into();
+    let room_id = hs.rooms().create_room(&alice, CreateRoom::default()).await.unwrap();
+    let send = |n: usize| {
+        let (hs, alice, device, room_id) = (&hs, &alice, &device, &room_id);
+        async move {
+            let event = message(&format!("m{n}"));
+            let txn = if n == 0 { "retried".into() } else { ruma::TransactionId::new() };
+            hs.transactions()
+                .once(alice, device, "send", &txn, |also| hs.rooms().send_with(room_id, alice, &event, also))
+                .await
+        }
+    };
+    let first = send(0).await.unwrap();
+
+    // The retry among new messages, which wait behind the first of them.
+    let sends = futures_util::future::join_all([1, 2, 3, 0, 4, 5, 6].map(send)).await;
+    let sent: Vec<_> = sends.into_iter().map(Result::unwrap).collect();
+    assert_eq!(sent[3], first, "the retry gets the event it sent");
+    let timeline = hs.rooms().timeline(&room_id, None, Direction::Backward, 8).await.unwrap();
+    let bodies: Vec<_> = timeline.iter().map(|(_, pdu)| pdu.content.get().to_owned()).collect();
+    for n in 0..=6 {
+        let times = bodies.iter().filter(|b| b.contains(&format!("\"m{n}\""))).count();
+        assert_eq!(times, 1, "m{n} is in the timeline once: {bodies:?}");
+    }
+}
