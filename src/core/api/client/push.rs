@@ -275,6 +275,8 @@ impl UnreadCounts {
     /// What the push rules see of the room, made once per state of the room.
     /// One made while a commit lands may come from the newer state, and is
     /// made again for it.
+    // In wasm ruma's context is neither `Send` nor `Sync`; the worker has one thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub(crate) async fn context(
         &self,
         hs: &Homeserver,
