@@ -7,6 +7,7 @@ pub(crate) mod cache;
 pub mod directory;
 pub mod ephemeral;
 pub mod events;
+pub(crate) mod expiring;
 pub mod federation;
 pub mod keys;
 pub mod media;

@@ -9,7 +9,8 @@
 //! - `to_device_seen`: sender user ID, 0, message ID → when it came (ms, u64
 //!   BE; empty if stored before that was kept): messages of other servers'
 //!   users stored already (their servers send again when unsure); and 0,
-//!   that time (u64 BE), the same key → empty, to forget them oldest first.
+//!   that time (u64 BE), the same key → empty, to forget them oldest first
+//!   ([`super::expiring`]).
 //!   User IDs start with `@`, so the two never meet.
 
 use std::{ops::Bound, sync::Arc};
@@ -18,7 +19,7 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{memo::Memo, rooms::RoomError, user_data::UserData};
+use super::{expiring::Expiring, memo::Memo, rooms::RoomError, user_data::UserData};
 use crate::store::{Batch, Direction, KeyRange, Store};
 
 pub(crate) const TO_DEVICE: &str = "to_device";
@@ -42,17 +43,11 @@ pub struct ToDevice {
 
 /// Devices whose emptiness is kept at most.
 const KEPT_EMPTY: usize = 4_096;
-/// How long another server's message IDs are kept: it sends a message again
-/// only while no transaction carrying it has been acknowledged, which takes
-/// minutes unless this node is offline meanwhile.
+/// Other servers' message IDs, kept for a week: a server sends a message
+/// again only while no transaction carrying it has been acknowledged, which
+/// takes minutes unless this node is offline meanwhile.
+const SEEN_IDS: Expiring = Expiring { table: SEEN, keep_for_ms: SEEN_FOR_MS };
 const SEEN_FOR_MS: u64 = 7 * 24 * 60 * 60 * 1000;
-/// Expired message IDs forgotten with each message received.
-const FORGOTTEN_AT_ONCE: usize = 16;
-
-/// Where the time index of `to_device_seen` puts the IDs seen at `millis`.
-fn seen_at(millis: u64) -> Vec<u8> {
-    [&[0][..], &millis.to_be_bytes()].concat()
-}
 
 impl ToDevice {
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -88,7 +83,7 @@ impl ToDevice {
 
     /// Stores the messages another server passed on from its user `sender`
     /// at `now` (ms), unless a message of that ID was stored already, and
-    /// forgets a few IDs kept longer than [`SEEN_FOR_MS`].
+    /// forgets a few IDs kept longer than a week.
     pub async fn receive(
         &self,
         user_data: &UserData,
@@ -99,24 +94,12 @@ impl ToDevice {
         now: u64,
     ) -> Result<(), RoomError> {
         let seen = [sender.as_bytes(), b"\0", message_id.as_bytes()].concat();
-        let expired =
-            KeyRange::new(Bound::Included(vec![0]), Bound::Excluded(seen_at(now.saturating_sub(SEEN_FOR_MS))));
-        let (stored, expired) = futures_util::future::join(
-            self.store.get(SEEN, &seen),
-            self.store.scan(SEEN, expired, Direction::Forward, FORGOTTEN_AT_ONCE),
-        )
-        .await;
+        let (stored, expired) =
+            futures_util::future::join(self.store.get(SEEN, &seen), SEEN_IDS.expired(&*self.store, now)).await;
         if stored?.is_some() {
             return Ok(());
         }
-        let by_time = [seen_at(now).as_slice(), &seen].concat();
-        let mut batch = Batch::new().put(SEEN, seen, now.to_be_bytes()).put(SEEN, by_time, Vec::new());
-        for (key, _) in expired? {
-            if let Some(seen) = key.get(seen_at(0).len()..) {
-                batch = batch.delete(SEEN, seen.to_vec());
-            }
-            batch = batch.delete(SEEN, key);
-        }
+        let batch = SEEN_IDS.keep(Batch::new(), seen, now.to_be_bytes().to_vec(), now, expired?);
         self.send(user_data, sender, kind, messages, batch).await
     }
 

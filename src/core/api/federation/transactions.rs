@@ -3,7 +3,10 @@
 //!
 //! Key encoding: `federation_txns`: origin server name, 0, transaction ID → the
 //! response given, as JSON, so a transaction handed over twice (a relay's
-//! mailbox after a lost ack, say) is answered alike and applied once.
+//! mailbox after a lost ack, say) is answered alike and applied once; and 0,
+//! when it was answered (ms, u64 BE), the same key → empty, to forget answers
+//! a week old ([`expiring`](crate::core::service::expiring)). Answers stored
+//! before that index was kept have no entry in it, and stay.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,13 +31,20 @@ use crate::{
         api::client::{account_data::object, to_device::local_devices},
         pdu,
         router::Origin,
-        service::rooms::{Outcome, RoomError},
+        service::{
+            expiring::Expiring,
+            rooms::{Outcome, RoomError},
+        },
         Error, Homeserver,
     },
     store::{Batch, StoreError},
 };
 
 pub(crate) const FEDERATION_TXNS: &str = "federation_txns";
+
+/// Answers are kept for a week: a server sends a transaction again only
+/// until it has an answer, which takes minutes unless this node is offline.
+const ANSWERS: Expiring = Expiring { table: FEDERATION_TXNS, keep_for_ms: 7 * 24 * 60 * 60 * 1000 };
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
@@ -99,14 +109,19 @@ pub(crate) async fn send(hs: &Homeserver, Origin(origin): Origin, request: v1::R
             );
         }
     }
-    for edu in &request.edus {
-        // An EDU that does not parse or does not check out is dropped: EDUs
-        // have no answer, and the PDUs beside it still count.
-        let _ = receive_edu(hs, &origin, edu.json()).await;
-    }
+    let edus = async {
+        for edu in &request.edus {
+            // An EDU that does not parse or does not check out is dropped: EDUs
+            // have no answer, and the PDUs beside it still count.
+            let _ = receive_edu(hs, &origin, edu.json()).await;
+        }
+    };
+    // Old answers to forget are looked for meanwhile, at no round trip of its own.
+    let now = hs.clock().now_millis();
+    let (expired, ()) = futures_util::future::join(ANSWERS.expired(hs.store(), now), edus).await;
 
     let done = serde_json::to_vec(&Done { pdus: results.clone() }).map_err(Error::internal)?;
-    hs.store().write(Batch::new().put(FEDERATION_TXNS, key, done)).await?;
+    hs.store().write(ANSWERS.keep(Batch::new(), key, done, now, expired?)).await?;
     Ok(v1::Response::new(results))
 }
 
@@ -451,4 +466,44 @@ async fn queue_in_room(hs: &Homeserver, room_id: &RoomId, edu: &Value) -> Result
         hs.sender().queue_edu(&servers, edu);
     }
     Ok(())
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use std::sync::{atomic::Ordering, Arc};
+
+    use ruma::{server_name, MilliSecondsSinceUnixEpoch};
+
+    use super::*;
+    use crate::{
+        core::{service::tests::FixedClock, OsRandom, SCHEMA},
+        store::{Direction, KeyRange, MemoryStore},
+    };
+
+    /// Answers to another server's transactions are kept for a week, to
+    /// answer its resends alike, then forgotten.
+    #[tokio::test]
+    async fn answers_are_kept_for_a_week() {
+        let clock = Arc::new(FixedClock(1_700_000_000_000.into()));
+        let hs = Homeserver::open(Arc::new(MemoryStore::new(SCHEMA)), clock.clone(), Arc::new(OsRandom)).await.unwrap();
+        let origin = server_name!("elsewhere.example");
+        let transact = |txn: &str| {
+            let request = v1::Request::new(txn.into(), origin.to_owned(), MilliSecondsSinceUnixEpoch::now());
+            send(&hs, Origin(origin.to_owned()), request)
+        };
+        let kept = || async {
+            let entries = hs.store().scan(FEDERATION_TXNS, KeyRange::all(), Direction::Forward, usize::MAX).await;
+            let keys = entries.unwrap().into_iter().map(|(key, _)| key);
+            keys.filter(|key| key.first() != Some(&0)).collect::<Vec<_>>()
+        };
+        let key = |txn: &str| [origin.as_bytes(), b"\0", txn.as_bytes()].concat();
+
+        transact("one").await.unwrap();
+        assert_eq!(kept().await, vec![key("one")]);
+        clock.0.fetch_add(ANSWERS.keep_for_ms + 1, Ordering::Relaxed);
+        transact("two").await.unwrap();
+        assert_eq!(kept().await, vec![key("two")], "a week on, the first answer is forgotten");
+        let all = hs.store().scan(FEDERATION_TXNS, KeyRange::all(), Direction::Forward, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 2, "one answer and its place in time");
+    }
 }
