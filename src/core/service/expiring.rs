@@ -8,6 +8,10 @@ use std::ops::Bound;
 
 use crate::store::{Batch, Direction, KeyRange, Store, StoreError};
 
+/// How long the tables keep such keys: a server sends something again only
+/// until it knows it arrived, which takes minutes unless this node is offline.
+pub(crate) const A_WEEK_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// Expired keys forgotten with each key stored.
 const FORGOTTEN_AT_ONCE: usize = 16;
 

@@ -19,7 +19,12 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{expiring::Expiring, memo::Memo, rooms::RoomError, user_data::UserData};
+use super::{
+    expiring::{Expiring, A_WEEK_MS},
+    memo::Memo,
+    rooms::RoomError,
+    user_data::UserData,
+};
 use crate::store::{Batch, Direction, KeyRange, Store};
 
 pub(crate) const TO_DEVICE: &str = "to_device";
@@ -43,11 +48,9 @@ pub struct ToDevice {
 
 /// Devices whose emptiness is kept at most.
 const KEPT_EMPTY: usize = 4_096;
-/// Other servers' message IDs, kept for a week: a server sends a message
-/// again only while no transaction carrying it has been acknowledged, which
-/// takes minutes unless this node is offline meanwhile.
-const SEEN_IDS: Expiring = Expiring { table: SEEN, keep_for_ms: SEEN_FOR_MS };
-const SEEN_FOR_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Other servers' message IDs: a server sends a message again only while no
+/// transaction carrying it has been acknowledged.
+const SEEN_IDS: Expiring = Expiring { table: SEEN, keep_for_ms: A_WEEK_MS };
 
 impl ToDevice {
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -209,7 +212,7 @@ mod tests {
         assert_eq!(hs.user_data().position().await.unwrap(), position, "a resend is dropped");
         assert_eq!(kept().await, vec![key("one")]);
 
-        receive("two", start + SEEN_FOR_MS + 1).await;
+        receive("two", start + SEEN_IDS.keep_for_ms + 1).await;
         assert_eq!(kept().await, vec![key("two")], "a week on, the first ID is forgotten");
         let all = hs.store().scan(SEEN, KeyRange::all(), Direction::Forward, usize::MAX).await.unwrap();
         assert_eq!(all.len(), 2, "one ID and its place in time");

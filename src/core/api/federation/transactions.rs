@@ -32,7 +32,7 @@ use crate::{
         pdu,
         router::Origin,
         service::{
-            expiring::Expiring,
+            expiring::{Expiring, A_WEEK_MS},
             rooms::{Outcome, RoomError},
         },
         Error, Homeserver,
@@ -42,9 +42,8 @@ use crate::{
 
 pub(crate) const FEDERATION_TXNS: &str = "federation_txns";
 
-/// Answers are kept for a week: a server sends a transaction again only
-/// until it has an answer, which takes minutes unless this node is offline.
-const ANSWERS: Expiring = Expiring { table: FEDERATION_TXNS, keep_for_ms: 7 * 24 * 60 * 60 * 1000 };
+/// Answers given: a server sends a transaction again only until it has one.
+const ANSWERS: Expiring = Expiring { table: FEDERATION_TXNS, keep_for_ms: A_WEEK_MS };
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
