@@ -40,7 +40,7 @@ use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 11,
+    version: 12,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,

@@ -19,7 +19,15 @@ use wasm_bindgen::{
 };
 use web_sys::{IdbDatabase, IdbObjectStore, IdbRequest, IdbTransaction};
 
-use super::{Batch, Direction, KeyRange, Op, Result, Schema, Store, StoreError};
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+};
+
+use super::{
+    overlay::{self, Overlay},
+    Batch, Direction, KeyRange, Op, Result, Schema, Store, StoreError,
+};
 
 #[wasm_bindgen]
 extern "C" {
@@ -54,14 +62,37 @@ fn has_get_all_records() -> bool {
 }
 
 pub struct IndexedDbStore {
-    schema: Schema,
-    db: IdbDatabase,
+    inner: Rc<Inner>,
     /// Whether scans can read with `getAllRecords`.
     records: bool,
+}
+
+struct Inner {
+    schema: Schema,
+    db: IdbDatabase,
+    /// Writes logged but not yet in their tables: see [`overlay`](super::overlay).
+    overlay: RefCell<Overlay>,
+    /// One write at a time: each checks its preconditions against the overlay,
+    /// which must not change under it until its record lands.
+    writing: async_lock::Mutex<()>,
+    applying: Cell<bool>,
+    /// Set once the connection closed for an upgrade: the overlay is then
+    /// no longer the database's, so reads of it fail too.
+    closed: Rc<Cell<bool>>,
     /// Closes this connection when another asks to upgrade the database (a new
     /// Service Worker with a newer schema), which would otherwise wait on it
     /// forever; this store's later calls then fail with a clear error.
     _on_version_change: Closure<dyn FnMut()>,
+}
+
+/// The object store of the write log, beside the schema's tables. Its keys:
+/// [`APPLIED`] → the log position the tables hold every write up to (u64 BE);
+/// `1`, position (u64 BE) → a record of one batch's writes, not yet applied.
+const LOG: &str = "_log";
+const APPLIED: [u8; 1] = [0];
+
+fn log_key(position: u64) -> Vec<u8> {
+    [&[1][..], &position.to_be_bytes()].concat()
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
@@ -97,84 +128,53 @@ fn key_query(range: &KeyRange) -> Result<Option<Query>> {
 
 impl IndexedDbStore {
     /// Opens (or creates, or upgrades to `schema.version`) the database `name`:
-    /// an upgrade creates the tables that are new and drops those no longer listed.
+    /// an upgrade creates the tables that are new and drops those no longer
+    /// listed. Writes logged but not yet applied to their tables are read back.
     pub async fn open(name: &str, schema: Schema) -> Result<Self> {
-        let builder = schema.tables.iter().fold(DatabaseBuilder::new(name).version(schema.version), |b, table| {
-            b.add_object_store(ObjectStoreBuilder::new(table))
-        });
+        let builder =
+            schema.tables.iter().chain([&LOG]).fold(DatabaseBuilder::new(name).version(schema.version), |b, table| {
+                b.add_object_store(ObjectStoreBuilder::new(table))
+            });
         let db = builder.build().await.map_err(backend)?;
         let db: IdbDatabase = db.into();
-        let closing = db.clone();
-        let on_version_change = Closure::<dyn FnMut()>::new(move || closing.close());
+        let (closing, closed) = (db.clone(), Rc::new(Cell::new(false)));
+        let on_version_change = Closure::<dyn FnMut()>::new({
+            let closed = closed.clone();
+            move || {
+                closed.set(true);
+                closing.close();
+            }
+        });
         db.set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
-        Ok(Self { schema, db, records: has_get_all_records(), _on_version_change: on_version_change })
-    }
-
-    /// A transaction over `tables`. Writes use `relaxed` durability: the commit
-    /// completes once the browser has handed the data to the OS, which survives
-    /// the worker or the browser being killed (the store's contract); `strict`
-    /// would also wait for the disk, guarding only against an OS crash, at about
-    /// twice the cost per commit in Chromium.
-    fn transaction(&self, tables: &[&str], mode: TransactionMode) -> Result<Transaction> {
-        tables.iter().try_for_each(|table| self.schema.check_table(table))?;
-        let names: Array = tables.iter().map(|t| JsValue::from_str(t)).collect();
-        let options = js_sys::Object::new();
-        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into()).map_err(thrown)?;
-        let mode = match mode {
-            TransactionMode::ReadWrite => "readwrite",
-            _ => "readonly",
+        let inner = Inner {
+            schema,
+            db,
+            overlay: RefCell::new(Overlay::new(schema, 0)),
+            writing: async_lock::Mutex::new(()),
+            applying: Cell::new(false),
+            closed,
+            _on_version_change: on_version_change,
         };
-        let db: &DatabaseWithOptions = self.db.unchecked_ref();
-        let txn = db.transaction(&names, mode, &options).map_err(thrown)?;
-        Ok(Transaction::from(txn))
+        inner.reload().await?;
+        Ok(Self { inner: Rc::new(inner), records: has_get_all_records() })
     }
 
-    #[cfg(test)]
-    fn table_names(&self) -> Vec<String> {
-        let names = self.db.object_store_names();
-        (0..names.length()).filter_map(|i| names.item(i)).collect()
-    }
-}
-
-impl Drop for IndexedDbStore {
-    fn drop(&mut self) {
-        // A later schema upgrade of the same database waits for every connection
-        // to close.
-        self.db.set_onversionchange(None);
-        self.db.close();
-    }
-}
-
-#[async_trait(?Send)]
-impl Store for IndexedDbStore {
-    async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
+    /// A read-only transaction over `table`.
+    fn reading(&self, table: &str) -> Result<(Transaction, ObjectStore)> {
+        let txn = Transaction::from(self.inner.transaction(&[table], TransactionMode::ReadOnly)?);
         let store = txn.object_store(table).map_err(backend)?;
-        let value = store.get(Query::Key(js(key))).map_err(backend)?.await.map_err(backend)?;
-        Ok(value.as_ref().map(bytes))
+        Ok((txn, store))
     }
 
-    async fn get_many(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
-        let store = txn.object_store(table).map_err(backend)?;
-        let requests =
-            keys.iter().map(|key| store.get(Query::Key(js(key))).map_err(backend)).collect::<Result<Vec<_>>>()?;
-        let mut values = Vec::with_capacity(requests.len());
-        for request in requests {
-            values.push(request.await.map_err(backend)?.as_ref().map(bytes));
-        }
-        Ok(values)
-    }
-
-    async fn scan_nonempty(
+    /// Up to `limit` entries of the table itself, without the overlay.
+    async fn scan_table(
         &self,
         table: &str,
         range: KeyRange,
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let txn = self.transaction(&[table], TransactionMode::ReadOnly)?;
-        let store = txn.object_store(table).map_err(backend)?;
+        let (_txn, store) = self.reading(table)?;
         let query = key_query(&range)?;
         if self.records {
             return scan_records(store, query, direction, limit).await;
@@ -202,24 +202,247 @@ impl Store for IndexedDbStore {
         Ok(entries)
     }
 
-    async fn write(&self, batch: Batch) -> Result<()> {
-        let tables = batch.tables();
-        // IndexedDB refuses a transaction over no object stores.
-        if tables.is_empty() {
+    #[cfg(test)]
+    fn table_names(&self) -> Vec<String> {
+        let names = self.inner.db.object_store_names();
+        (0..names.length()).filter_map(|i| names.item(i)).collect()
+    }
+}
+
+impl Inner {
+    fn overlay(&self) -> Result<std::cell::Ref<'_, Overlay>> {
+        match self.closed.get() {
+            true => Err(StoreError::Backend("the database closed for an upgrade by a newer glia".into())),
+            false => Ok(self.overlay.borrow()),
+        }
+    }
+
+    /// A transaction over `tables`. Writes use `relaxed` durability: the commit
+    /// completes once the browser has handed the data to the OS, which survives
+    /// the worker or the browser being killed (the store's contract); `strict`
+    /// would also wait for the disk, guarding only against an OS crash, at about
+    /// twice the cost per commit in Chromium.
+    fn transaction(&self, tables: &[&str], mode: TransactionMode) -> Result<IdbTransaction> {
+        tables.iter().filter(|t| **t != LOG).try_for_each(|table| self.schema.check_table(table))?;
+        let names: Array = tables.iter().map(|t| JsValue::from_str(t)).collect();
+        let options = js_sys::Object::new();
+        js_sys::Reflect::set(&options, &"durability".into(), &"relaxed".into()).map_err(thrown)?;
+        let mode = match mode {
+            TransactionMode::ReadWrite => "readwrite",
+            _ => "readonly",
+        };
+        let db: &DatabaseWithOptions = self.db.unchecked_ref();
+        db.transaction(&names, mode, &options).map_err(thrown)
+    }
+
+    /// Reads the log back into a fresh overlay: on opening, and when another
+    /// connection to the database has written to it.
+    async fn reload(&self) -> Result<()> {
+        let txn = Transaction::from(self.transaction(&[LOG], TransactionMode::ReadOnly)?);
+        let log = txn.object_store(LOG).map_err(backend)?;
+        let records = Some(Query::KeyRange(idb::KeyRange::lower_bound(&js(&log_key(0)), None).map_err(backend)?));
+        let applied = log.get(Query::Key(js(&APPLIED))).map_err(backend)?;
+        let keys = log.get_all_keys(records.clone(), None).map_err(backend)?;
+        let values = log.get_all(records, None).map_err(backend)?;
+        let applied = position(applied.await.map_err(backend)?)?;
+        let (keys, values) = (keys.await.map_err(backend)?, values.await.map_err(backend)?);
+        let mut overlay = Overlay::new(self.schema, applied);
+        for (key, record) in keys.iter().zip(values.iter()) {
+            let at = position(Some(JsValue::from(Uint8Array::new(key).subarray(1, 9))))?;
+            // Records at or below the applied position were logged by a
+            // connection that had not seen the tables catch up past them:
+            // they failed, and the next catch-up deletes them.
+            if at > applied {
+                overlay.replay(at, &bytes(record))?;
+            }
+        }
+        *self.overlay.borrow_mut() = overlay;
+        Ok(())
+    }
+
+    /// Logs the batch's writes as one record, once its preconditions hold:
+    /// those on keys the overlay has are checked against it, the others with
+    /// reads in the same transaction, before it commits.
+    async fn write(self: &Rc<Self>, batch: Batch) -> Result<()> {
+        let turn = self.writing.lock().await;
+        let mut unresolved = Vec::new();
+        for op in &batch.ops {
+            let Op::Expect { table, key, value } = op else { continue };
+            match self.overlay()?.get(table, key) {
+                Some(current) if current != value.as_deref() => {
+                    return Err(StoreError::Conflict { table: table.to_string(), key: key.clone() })
+                }
+                Some(_) => {}
+                None => unresolved.push((*table, key, value)),
+            }
+        }
+        let record = overlay::record(&batch.ops);
+        if record.is_empty() && unresolved.is_empty() {
             return Ok(());
         }
-        let txn = self.transaction(&tables, TransactionMode::ReadWrite)?;
-        if let Err(err) = apply(&txn, &batch).await {
-            // A failed request has usually aborted the transaction already.
-            let _ = txn.abort();
-            return Err(err);
+        let at = self.overlay.borrow().next();
+        let mut tables: Vec<&str> = unresolved.iter().map(|(table, ..)| *table).chain([LOG]).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        let raw = self.transaction(&tables, TransactionMode::ReadWrite)?;
+        let txn = Transaction::from(raw.clone());
+        let log = txn.object_store(LOG).map_err(backend)?;
+        // Answered before the commit completes, so it costs no round trip.
+        let applied = log.get(Query::Key(js(&APPLIED))).map_err(backend)?;
+        let applied = std::future::IntoFuture::into_future(applied);
+        let mut checks = Vec::new();
+        for (table, key, _) in &unresolved {
+            checks.push(txn.object_store(table).map_err(backend)?.get(Query::Key(js(key))).map_err(backend)?);
         }
+        // `add` fails where another connection logged at this position first.
+        let add = match record.is_empty() {
+            true => None,
+            false => Some(log.add(&js(&record), Some(&js(&log_key(at)))).map_err(backend)?),
+        };
+        for ((table, key, expected), check) in unresolved.iter().zip(checks) {
+            let current = check.await.map_err(backend)?;
+            if current.as_ref().map(bytes) != **expected {
+                let _ = txn.abort();
+                return Err(StoreError::Conflict { table: table.to_string(), key: key.to_vec() });
+            }
+        }
+        let outcome = txn.commit().map_err(backend)?.await;
+        if !matches!(outcome, Ok(result) if result.is_committed()) {
+            let taken = add.and_then(|add| idb::Request::error(&add).ok().flatten());
+            if taken.is_some_and(|err| err.name() == "ConstraintError") {
+                self.reload().await?;
+                return Err(StoreError::Conflict { table: LOG.into(), key: log_key(at) });
+            }
+            return Err(outcome.err().map_or_else(|| backend("IndexedDB aborted the transaction"), backend));
+        }
+        if add.is_none() {
+            return Ok(());
+        }
+        // Another connection applied the log past this position before the
+        // record landed: it landed where nobody reads.
+        if position(applied.await.map_err(backend)?)? >= at {
+            self.reload().await?;
+            return Err(StoreError::Conflict { table: LOG.into(), key: log_key(at) });
+        }
+        self.overlay.borrow_mut().logged(at, record.len(), batch.ops);
+        drop(turn);
+        self.apply_when_full();
+        Ok(())
+    }
+
+    /// Starts the tables catching up with the log, unless they are already.
+    fn apply_when_full(self: &Rc<Self>) {
+        if self.applying.get() || !self.overlay.borrow().is_full() {
+            return;
+        }
+        self.applying.set(true);
+        let inner = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            // What fails stays logged, for the next full overlay to apply.
+            let _ = inner.apply().await;
+            inner.applying.set(false);
+        });
+    }
+
+    /// Copies the logged writes into their tables and deletes their records,
+    /// in one transaction.
+    async fn apply(&self) -> Result<()> {
+        let tables: Vec<&str> = self.schema.tables.iter().copied().chain([LOG]).collect();
+        let txn = Transaction::from(self.transaction(&tables, TransactionMode::ReadWrite)?);
+        let log = txn.object_store(LOG).map_err(backend)?;
+        // Another connection may have applied some already.
+        let applied = position(log.get(Query::Key(js(&APPLIED))).map_err(backend)?.await.map_err(backend)?)?;
+        let Some(unapplied) = self.overlay.borrow().unapplied(applied) else { return Ok(()) };
+        for (table, key, write) in &unapplied.writes {
+            let store = txn.object_store(table).map_err(backend)?;
+            match write {
+                Some(value) => store.put(&js(value), Some(&js(key))).map(drop),
+                None => store.delete(Query::Key(js(key))).map(drop),
+            }
+            .map_err(backend)?;
+        }
+        let upto = unapplied.upto.max(applied);
+        let records = idb::KeyRange::bound(&js(&log_key(0)), &js(&log_key(upto)), None, None).map_err(backend)?;
+        log.delete(Query::KeyRange(records)).map_err(backend)?;
+        log.put(&js(&upto.to_be_bytes()), Some(&js(&APPLIED))).map_err(backend)?;
         let result = txn.commit().map_err(backend)?.await.map_err(backend)?;
-        if result.is_committed() {
-            Ok(())
-        } else {
-            Err(StoreError::Backend("IndexedDB aborted the transaction".into()))
+        if !result.is_committed() {
+            return Err(StoreError::Backend("IndexedDB aborted the transaction".into()));
         }
+        self.overlay.borrow_mut().applied(upto);
+        Ok(())
+    }
+}
+
+/// A log position as stored (u64 BE), 0 where there is none.
+fn position(value: Option<JsValue>) -> Result<u64> {
+    let Some(value) = value else { return Ok(0) };
+    let bytes: [u8; 8] =
+        bytes(&value).try_into().map_err(|_| StoreError::Backend("a write log position is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A later schema upgrade of the same database waits for every connection
+        // to close.
+        self.db.set_onversionchange(None);
+        self.db.close();
+    }
+}
+
+#[async_trait(?Send)]
+impl Store for IndexedDbStore {
+    async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(write) = self.inner.overlay()?.get(table, key) {
+            return Ok(write.map(<[u8]>::to_vec));
+        }
+        let (_txn, store) = self.reading(table)?;
+        let value = store.get(Query::Key(js(key))).map_err(backend)?.await.map_err(backend)?;
+        Ok(value.as_ref().map(bytes))
+    }
+
+    async fn get_many(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let (_txn, store) = self.reading(table)?;
+        let requests = {
+            let overlay = self.inner.overlay()?;
+            let lookup = |key: &[u8]| match overlay.get(table, key) {
+                Some(write) => Ok(Err(write.map(<[u8]>::to_vec))),
+                None => store.get(Query::Key(js(key))).map(Ok).map_err(backend),
+            };
+            keys.iter().map(|key| lookup(key)).collect::<Result<Vec<_>>>()?
+        };
+        let mut values = Vec::with_capacity(requests.len());
+        for request in requests {
+            values.push(match request {
+                Ok(request) => request.await.map_err(backend)?.as_ref().map(bytes),
+                Err(logged) => logged,
+            });
+        }
+        Ok(values)
+    }
+
+    async fn scan_nonempty(
+        &self,
+        table: &str,
+        range: KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        // Taken with the table's read below, before anything can apply it.
+        let pending = self.inner.overlay()?.range(table, &range);
+        // Each delete may hide one of the table's entries; writes only replace them.
+        let hidden = pending.iter().filter(|(_, write)| write.is_none()).count();
+        let stored = self.scan_table(table, range, direction, limit.saturating_add(hidden)).await?;
+        if pending.is_empty() {
+            return Ok(stored);
+        }
+        Ok(overlay::merge(stored, pending, direction, limit))
+    }
+
+    async fn write(&self, batch: Batch) -> Result<()> {
+        batch.check_tables(&self.inner.schema)?;
+        self.inner.write(batch).await
     }
 }
 
@@ -252,41 +475,6 @@ async fn scan_records(
             Ok((bytes(&field("key")?), bytes(&field("value")?)))
         })
         .collect()
-}
-
-/// Queues a read for every precondition and then the writes, in one go, and
-/// only then waits for the reads: IndexedDB runs a transaction's requests in
-/// order, so the reads see the state before the batch, and a failed precondition
-/// aborts the transaction with the writes. Waiting for the reads before queuing
-/// the writes would cost a round trip to the browser's storage process, about
-/// half of an event's write time in Chromium.
-async fn apply(txn: &Transaction, batch: &Batch) -> Result<()> {
-    let mut checks = Vec::new();
-    for op in &batch.ops {
-        if let Op::Expect { table, key, value } = op {
-            let request = txn.object_store(table).map_err(backend)?.get(Query::Key(js(key))).map_err(backend)?;
-            checks.push((table, key, value, request));
-        }
-    }
-    // A failing write aborts the transaction, which the commit then reports.
-    for op in &batch.ops {
-        match op {
-            Op::Put { table, key, value } => {
-                txn.object_store(table).map_err(backend)?.put(&js(value), Some(&js(key))).map_err(backend)?;
-            }
-            Op::Delete { table, key } => {
-                txn.object_store(table).map_err(backend)?.delete(Query::Key(js(key))).map_err(backend)?;
-            }
-            Op::Expect { .. } => {}
-        }
-    }
-    for (table, key, expected, request) in checks {
-        let current = request.await.map_err(backend)?;
-        if current.as_ref().map(bytes) != *expected {
-            return Err(StoreError::Conflict { table: table.to_string(), key: key.clone() });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -330,6 +518,149 @@ mod tests {
         store_conformance!(persistent: open);
     }
 
+    /// The same contract with every write applied to its tables at once, so
+    /// reads come from the tables rather than the overlay.
+    mod applied {
+        use super::*;
+
+        struct Applied(IndexedDbStore);
+
+        #[async_trait(?Send)]
+        impl Store for Applied {
+            async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+                self.0.get(table, key).await
+            }
+
+            async fn scan_nonempty(
+                &self,
+                table: &str,
+                range: KeyRange,
+                direction: Direction,
+                limit: usize,
+            ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+                self.0.scan_nonempty(table, range, direction, limit).await
+            }
+
+            async fn write(&self, batch: Batch) -> Result<()> {
+                self.0.write(batch).await?;
+                self.0.inner.apply().await?;
+                assert!(self.0.inner.overlay.borrow().unapplied(0).is_none());
+                Ok(())
+            }
+        }
+
+        async fn open(name: &str) -> Applied {
+            Applied(super::open(&format!("applied-{name}")).await)
+        }
+
+        store_conformance!(persistent: open);
+    }
+
+    /// A model of one table, for checking the store's answers against.
+    type Model = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+    async fn matches(store: &IndexedDbStore, model: &Model) {
+        for limit in [1, 2, 3, 5, 8, 100] {
+            let forward: Vec<_> = model.iter().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let backward: Vec<_> = model.iter().rev().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(store.scan("one", KeyRange::all(), Direction::Forward, limit).await.unwrap(), forward);
+            assert_eq!(store.scan("one", KeyRange::all(), Direction::Backward, limit).await.unwrap(), backward);
+        }
+        for key in 0..24u8 {
+            assert_eq!(store.get("one", &[key]).await.unwrap().as_ref(), model.get(&vec![key]));
+        }
+    }
+
+    #[wasm_bindgen_test]
+    async fn reads_see_logged_writes_over_applied_ones() {
+        let name = format!("{}-overlay", run_id());
+        let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        let mut model = Model::new();
+        for key in 0..16u8 {
+            store.put("one", &[key], &[0]).await.unwrap();
+            model.insert(vec![key], vec![0]);
+        }
+        store.inner.apply().await.unwrap();
+        // Logged only: deletes hiding applied entries, new keys between and
+        // after them, and keys written twice.
+        for key in (0..16u8).step_by(2) {
+            store.delete("one", &[key]).await.unwrap();
+            model.remove(&vec![key]);
+        }
+        for key in [3u8, 5, 17, 20, 3] {
+            store.put("one", &[key], &[key]).await.unwrap();
+            model.insert(vec![key], vec![key]);
+        }
+        assert!(store.inner.overlay.borrow().unapplied(0).is_some());
+        matches(&store, &model).await;
+        let values = store.get_many("one", &[&[1], &[2], &[3], &[30]]).await.unwrap();
+        assert_eq!(values, vec![Some(vec![0]), None, Some(vec![3]), None]);
+
+        // Read back from the log by a new connection, then applied.
+        drop(store);
+        let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        matches(&store, &model).await;
+        store.inner.apply().await.unwrap();
+        assert!(store.inner.overlay.borrow().unapplied(0).is_none());
+        matches(&store, &model).await;
+        drop(store);
+        let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        assert!(store.inner.overlay.borrow().unapplied(0).is_none());
+        matches(&store, &model).await;
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_full_log_is_applied_by_itself() {
+        let store = open("full").await;
+        let mut written = 0u16;
+        // Each write that fills the overlay starts applying it; the overlay
+        // only shrinks once that lands.
+        let pending = |store: &IndexedDbStore| store.inner.overlay.borrow().unapplied(0).map_or(0, |u| u.writes.len());
+        while written < 1000 && pending(&store) == usize::from(written) {
+            store.put("one", &written.to_be_bytes(), b"v").await.unwrap();
+            written += 1;
+        }
+        assert!(written < 1000, "the overlay never shrank");
+        for key in 0..written {
+            assert_eq!(store.get("one", &key.to_be_bytes()).await.unwrap().as_deref(), Some(&b"v"[..]));
+        }
+    }
+
+    /// Two connections to one database, as an old and a new Service Worker
+    /// have while one replaces the other: a write from a stale view fails and
+    /// brings the view up to date, whether the other's writes are still
+    /// logged or already applied.
+    #[wasm_bindgen_test]
+    async fn a_second_connection_fails_its_stale_write_then_sees_the_other() {
+        let name = format!("{}-two", run_id());
+        let a = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        let b = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        a.put("one", b"k", b"a").await.unwrap();
+        let stale = b.write(Batch::new().expect("one", b"k".to_vec(), None).put("one", b"k".to_vec(), b"b".to_vec()));
+        assert!(matches!(stale.await, Err(StoreError::Conflict { .. })));
+        assert_eq!(b.get("one", b"k").await.unwrap().as_deref(), Some(&b"a"[..]));
+        b.write(Batch::new().expect("one", b"k".to_vec(), Some(b"a".to_vec())).put(
+            "one",
+            b"k".to_vec(),
+            b"b".to_vec(),
+        ))
+        .await
+        .unwrap();
+
+        // `a` has not seen `b`'s write; `b` applies it, so `a`'s next record
+        // would land below what the tables hold.
+        b.inner.apply().await.unwrap();
+        assert!(matches!(a.put("one", b"other", b"a").await, Err(StoreError::Conflict { .. })));
+        assert_eq!(a.get("one", b"k").await.unwrap().as_deref(), Some(&b"b"[..]));
+        assert_eq!(a.get("one", b"other").await.unwrap(), None);
+        a.put("one", b"other", b"a").await.unwrap();
+        drop((a, b));
+
+        let reopened = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        assert_eq!(reopened.get("one", b"k").await.unwrap().as_deref(), Some(&b"b"[..]));
+        assert_eq!(reopened.get("one", b"other").await.unwrap().as_deref(), Some(&b"a"[..]));
+    }
+
     #[wasm_bindgen_test]
     async fn upgrades_keep_data_and_drop_removed_tables() {
         let name = format!("{}-upgrade", run_id());
@@ -343,7 +674,7 @@ mod tests {
         drop(v2);
 
         let v3 = IndexedDbStore::open(&name, Schema { version: 3, tables: &["two"] }).await.unwrap();
-        assert_eq!(v3.table_names(), vec!["two".to_owned()]);
+        assert_eq!(v3.table_names(), vec![LOG.to_owned(), "two".to_owned()]);
         assert!(matches!(v3.get("one", b"k").await, Err(StoreError::UnknownTable(_))));
         assert_eq!(v3.get("two", b"k").await.unwrap().as_deref(), Some(&b"w"[..]));
         drop(v3);

@@ -16,6 +16,8 @@ mod disk;
 #[cfg(target_arch = "wasm32")]
 mod indexeddb;
 mod memory;
+#[cfg(any(target_arch = "wasm32", test))]
+mod overlay;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use disk::DiskStore;
