@@ -403,15 +403,22 @@ impl Store for IndexedDbStore {
     }
 
     async fn get_many(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        let (_txn, store) = self.reading(table)?;
-        let requests = {
+        self.inner.schema.check_table(table)?;
+        let logged: Vec<_> = {
             let overlay = self.inner.overlay()?;
-            let lookup = |key: &[u8]| match overlay.get(table, key) {
-                Some(write) => Ok(Err(write.map(<[u8]>::to_vec))),
-                None => store.get(Query::Key(js(key))).map(Ok).map_err(backend),
-            };
-            keys.iter().map(|key| lookup(key)).collect::<Result<Vec<_>>>()?
+            keys.iter().map(|key| overlay.get(table, key).map(|write| write.map(<[u8]>::to_vec))).collect()
         };
+        if logged.iter().all(Option::is_some) {
+            return Ok(logged.into_iter().flatten().collect());
+        }
+        let (_txn, store) = self.reading(table)?;
+        let mut requests = Vec::with_capacity(keys.len());
+        for (key, logged) in keys.iter().zip(logged) {
+            requests.push(match logged {
+                Some(write) => Err(write),
+                None => Ok(store.get(Query::Key(js(key))).map_err(backend)?),
+            });
+        }
         let mut values = Vec::with_capacity(requests.len());
         for request in requests {
             values.push(match request {
