@@ -24,6 +24,8 @@ use std::{
     rc::Rc,
 };
 
+use crate::core::{Clock, SystemClock};
+
 use super::{
     overlay::{self, Overlay},
     Batch, Direction, KeyRange, Op, Result, Schema, Store, StoreError,
@@ -76,6 +78,14 @@ struct Inner {
     /// which must not change under it until its record lands.
     writing: async_lock::Mutex<()>,
     applying: Cell<bool>,
+    /// Records logged so far, and whether a wait for them to pause is on.
+    logged: Cell<u64>,
+    /// [`PAUSE_MS`], longer in tests that look at the overlay.
+    pause_ms: Cell<u64>,
+    /// Told of every catch-up, for tests to wait on.
+    #[cfg(test)]
+    caught_up: event_listener::Event,
+    waiting: Cell<bool>,
     /// Set once the connection closed for an upgrade: the overlay is then
     /// no longer the database's, so reads of it fail too.
     closed: Rc<Cell<bool>>,
@@ -90,6 +100,9 @@ struct Inner {
 /// `1`, position (u64 BE) → a record of one batch's writes, not yet applied.
 const LOG: &str = "_log";
 const APPLIED: [u8; 1] = [0];
+
+/// How long writes must pause before the tables catch up with the log.
+const PAUSE_MS: u64 = 100;
 
 fn log_key(position: u64) -> Vec<u8> {
     [&[1][..], &position.to_be_bytes()].concat()
@@ -152,6 +165,11 @@ impl IndexedDbStore {
             overlay: RefCell::new(Overlay::new(schema, 0)),
             writing: async_lock::Mutex::new(()),
             applying: Cell::new(false),
+            logged: Cell::new(0),
+            pause_ms: Cell::new(PAUSE_MS),
+            #[cfg(test)]
+            caught_up: event_listener::Event::new(),
+            waiting: Cell::new(false),
             closed,
             _on_version_change: on_version_change,
         };
@@ -325,20 +343,44 @@ impl Inner {
             return Err(StoreError::Conflict { table: LOG.into(), key: log_key(at) });
         }
         self.overlay.borrow_mut().logged(at, record.len(), batch.ops);
+        self.logged.set(self.logged.get() + 1);
         drop(turn);
-        self.apply_when_full();
+        self.apply_later();
         Ok(())
     }
 
-    /// Starts the tables catching up with the log, unless they are already.
-    fn apply_when_full(self: &Rc<Self>) {
-        if self.applying.get() || !self.overlay.borrow().is_full() {
+    /// Has the tables catch up with the log once writes pause for
+    /// [`PAUSE_MS`], so that a burst of writes costs one put each, or at
+    /// once when the overlay is full.
+    fn apply_later(self: &Rc<Self>) {
+        if self.overlay.borrow().is_full() {
+            self.start_applying();
+        }
+        if self.waiting.replace(true) {
+            return;
+        }
+        let inner = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            loop {
+                let logged = inner.logged.get();
+                SystemClock.sleep(inner.pause_ms.get()).await;
+                if inner.logged.get() == logged {
+                    break;
+                }
+            }
+            inner.waiting.set(false);
+            inner.start_applying();
+        });
+    }
+
+    fn start_applying(self: &Rc<Self>) {
+        if self.applying.get() || self.closed.get() || self.overlay.borrow().is_empty() {
             return;
         }
         self.applying.set(true);
         let inner = self.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            // What fails stays logged, for the next full overlay to apply.
+            // What fails stays logged, for the next pause to apply.
             let _ = inner.apply().await;
             inner.applying.set(false);
         });
@@ -370,6 +412,8 @@ impl Inner {
             return Err(StoreError::Backend("IndexedDB aborted the transaction".into()));
         }
         self.overlay.borrow_mut().applied(upto);
+        #[cfg(test)]
+        self.caught_up.notify(usize::MAX);
         Ok(())
     }
 }
@@ -582,6 +626,8 @@ mod tests {
     async fn reads_see_logged_writes_over_applied_ones() {
         let name = format!("{}-overlay", run_id());
         let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        // Applied only where this test says.
+        store.inner.pause_ms.set(u64::from(u32::MAX));
         let mut model = Model::new();
         for key in 0..16u8 {
             store.put("one", &[key], &[0]).await.unwrap();
@@ -617,20 +663,31 @@ mod tests {
     }
 
     #[wasm_bindgen_test]
-    async fn a_full_log_is_applied_by_itself() {
+    async fn the_log_is_applied_when_full_and_when_writes_pause() {
         let store = open("full").await;
-        let mut written = 0u16;
-        // Each write that fills the overlay starts applying it; the overlay
-        // only shrinks once that lands.
+        store.inner.pause_ms.set(u64::from(u32::MAX));
         let pending = |store: &IndexedDbStore| store.inner.overlay.borrow().unapplied(0).map_or(0, |u| u.writes.len());
-        while written < 1000 && pending(&store) == usize::from(written) {
+        let mut written = 0u16;
+        // The write that fills the overlay starts applying it; the overlay
+        // only shrinks once that lands.
+        while written < 2000 && pending(&store) == usize::from(written) {
             store.put("one", &written.to_be_bytes(), b"v").await.unwrap();
             written += 1;
         }
-        assert!(written < 1000, "the overlay never shrank");
+        assert!(written < 2000, "the overlay never shrank");
         for key in 0..written {
             assert_eq!(store.get("one", &key.to_be_bytes()).await.unwrap().as_deref(), Some(&b"v"[..]));
         }
+
+        let store = open("paused").await;
+        let caught_up = store.inner.caught_up.listen();
+        store.put("one", b"k", b"v").await.unwrap();
+        assert_eq!(pending(&store), 1);
+        let bound = SystemClock.sleep(10_000);
+        let applied = futures_util::future::select(caught_up, bound).await;
+        assert!(matches!(applied, futures_util::future::Either::Left(_)), "not applied within 10 s");
+        assert_eq!(pending(&store), 0);
+        assert_eq!(store.get("one", b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     /// Two connections to one database, as an old and a new Service Worker

@@ -16,10 +16,11 @@ use super::{Direction, KeyRange, Op, Result, Schema, StoreError};
 /// A key's latest write: its value, or `None` where it was deleted.
 pub(crate) type Write = Option<Vec<u8>>;
 
-/// Log records (and their bytes) held before the tables should catch up: a
-/// bound on the memory they take and on what a restart reads back.
-const FULL_RECORDS: usize = 256;
-const FULL_BYTES: usize = 2 << 20;
+/// Log records (and their bytes) held before the tables must catch up even
+/// while writes keep coming: a bound on the memory they take and on what a
+/// restart reads back.
+const FULL_RECORDS: usize = 1024;
+const FULL_BYTES: usize = 4 << 20;
 
 pub(crate) struct Overlay {
     schema: Schema,
@@ -103,7 +104,11 @@ impl Overlay {
         Ok(())
     }
 
-    /// Whether the tables should catch up now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Whether the tables must catch up now, rather than when writes pause.
     pub(crate) fn is_full(&self) -> bool {
         self.records.len() >= FULL_RECORDS || self.bytes >= FULL_BYTES
     }

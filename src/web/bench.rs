@@ -21,7 +21,8 @@ pub async fn bench_indexeddb(n: usize) -> Result<String, JsError> {
     Ok(bench::rows("IndexedDB (Chromium)", &figures))
 }
 
-/// Sends `n` messages through a node on a fresh IndexedDB store, receives `n`
+/// Sends `n` messages through a node on a fresh IndexedDB store (and `5 n`
+/// on another), receives `n`
 /// from another server in transactions, and sends `n` through a node on a memory
 /// store (the engine's own cost in wasm); returns the figures as table rows.
 #[wasm_bindgen]
@@ -29,6 +30,11 @@ pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     let name = format!("glia-bench-events-{}", js_sys::Date::now());
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
     let sent = bench::send_messages(Arc::new(store), n).await?;
+    // Five times as many: long enough that the store's log is applied to its
+    // tables while messages keep coming, not only after them.
+    let name = format!("glia-bench-sustained-{}", js_sys::Date::now());
+    let store = IndexedDbStore::open(&name, SCHEMA).await?;
+    let sustained = bench::send_messages(Arc::new(store), 5 * n).await?;
     let name = format!("glia-bench-concurrent-{}", js_sys::Date::now());
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
     let concurrent = bench::send_messages_concurrently(Arc::new(store), n, 8).await?;
@@ -36,7 +42,7 @@ pub async fn bench_events_indexeddb(n: usize) -> Result<String, JsError> {
     let store = IndexedDbStore::open(&name, SCHEMA).await?;
     let received = bench::receive_transactions(Arc::new(store), n).await?;
     let memory = bench::send_messages(Arc::new(MemoryStore::new(SCHEMA)), n).await?;
-    Ok(bench::rows("IndexedDB (Chromium)", &[sent, concurrent, received])
+    Ok(bench::rows("IndexedDB (Chromium)", &[sent, sustained, concurrent, received])
         + &bench::rows("memory (wasm, Chromium)", &[memory]))
 }
 
