@@ -280,7 +280,9 @@ mod tests {
         assert_eq!(overlay.get("one", b"a"), None);
         assert_eq!(overlay.get("one", b"b"), Some(Some(&b"2"[..])));
         assert_eq!(overlay.unapplied(0).unwrap().upto, 4);
+        assert!(!overlay.is_empty());
         overlay.applied(4);
+        assert!(overlay.is_empty());
         assert!(overlay.unapplied(0).is_none());
         assert_eq!(overlay.next(), 5);
     }
