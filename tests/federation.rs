@@ -492,3 +492,25 @@ async fn events_go_out_after_their_queueing_failed() {
         messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies, ["after", "while the queue fails"], "{messages}");
 }
+
+/// A kick or a ban reaches the node of the user it puts out, though that node
+/// has no one left in the room once it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_and_a_ban_reach_the_node_of_their_target() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    let bobs_membership = format!("rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.id));
+    for (action, membership) in [("kick", "leave"), ("ban", "ban")] {
+        alice.brings_in(&room, &bob).await;
+        let body = json!({ "user_id": bob.id, "reason": action });
+        ok(alice.call("POST", &format!("rooms/{}/{action}", enc(&room)), Some(body)).await);
+        bob.eventually(&format!("the {action} on bob's node"), || async {
+            let member = bob.call("GET", &bobs_membership, None).await.1;
+            (member["membership"] == membership).then_some(())
+        })
+        .await;
+    }
+}

@@ -3,7 +3,7 @@
 
 use ruma::{
     canonical_json::{redact, to_canonical_value, CanonicalJsonObject, CanonicalJsonValue},
-    events::{StateEventType, TimelineEventType},
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
     room_version_rules::{RoomIdFormatVersion, RoomVersionRules},
     signatures::{
         hash_and_sign_event, reference_hash, required_server_signatures_to_verify_event, verify_event, Verified,
@@ -97,6 +97,20 @@ impl Pdu {
     /// Where a state event goes in a room's state: its type and state key.
     pub fn state_entry(&self) -> Option<(StateEventType, String)> {
         Some((self.kind.to_string().into(), self.state_key.clone()?))
+    }
+
+    /// The user a member event is about and their membership in it.
+    pub fn member(&self) -> Option<(OwnedUserId, MembershipState)> {
+        #[derive(Deserialize)]
+        struct Content {
+            membership: MembershipState,
+        }
+        if self.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        let user = UserId::parse(self.state_key.as_deref()?).ok()?;
+        let content: Content = serde_json::from_str(self.content.get()).ok()?;
+        Some((user, content.membership))
     }
 
     /// Reads a PDU whose hashes and signatures are already checked (or made here).

@@ -33,8 +33,8 @@ use futures_util::{
     stream::{FuturesUnordered, StreamExt},
 };
 use ruma::{
-    api::federation::transactions::send_transaction_message::v1, serde::Raw, MilliSecondsSinceUnixEpoch,
-    OwnedServerName, RoomId, ServerName, UInt,
+    api::federation::transactions::send_transaction_message::v1, events::room::member::MembershipState, serde::Raw,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedServerName, RoomId, ServerName, UInt,
 };
 use serde_json::value::{to_raw_value, RawValue};
 
@@ -382,11 +382,31 @@ impl Sender {
                 Err(err) if !err.is_internal() => continue,
                 Err(err) => return Err(err),
             };
-            for server in servers.iter() {
+            let event_id = std::str::from_utf8(&value[split + 1..]).ok().and_then(|id| EventId::parse(id).ok());
+            let target = match event_id {
+                Some(event_id) => self.put_out(hs, &event_id, &servers).await?,
+                None => None,
+            };
+            for server in servers.iter().chain(&target) {
                 queued.push((server.clone(), value.clone()));
             }
         }
         Ok((queued, done))
+    }
+
+    /// The server of the user a kick, ban or leave put out of the room, where
+    /// no one else of it is left: it learns of the event only from this node.
+    async fn put_out(
+        &self,
+        hs: &Homeserver,
+        event_id: &EventId,
+        servers: &[OwnedServerName],
+    ) -> Result<Option<OwnedServerName>, RoomError> {
+        let Some(event) = hs.rooms().event(event_id).await? else { return Ok(None) };
+        let Some((user, membership)) = event.pdu.member() else { return Ok(None) };
+        let server = user.server_name();
+        let out = matches!(membership, MembershipState::Leave | MembershipState::Ban);
+        Ok((out && server != hs.key().server_name() && !servers.iter().any(|s| s == server)).then(|| server.to_owned()))
     }
 
     /// Writes `entries` (destination; the queue's value) into `table` at the

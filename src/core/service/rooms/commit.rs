@@ -584,19 +584,7 @@ impl Rooms {
 
     /// The user and membership of a member event about a user of this node.
     fn local_member(&self, pdu: &Pdu) -> Option<(OwnedUserId, MembershipState)> {
-        if pdu.kind != TimelineEventType::RoomMember {
-            return None;
-        }
-        let user = UserId::parse(pdu.state_key.as_deref()?).ok()?;
-        if user.server_name() != self.key.server_name() {
-            return None;
-        }
-        #[derive(Deserialize)]
-        struct Content {
-            membership: MembershipState,
-        }
-        let content: Content = serde_json::from_str(pdu.content.get()).ok()?;
-        Some((user, content.membership))
+        pdu.member().filter(|(user, _)| user.server_name() == self.key.server_name())
     }
 
     /// The reason `pdu` is not authorized, if it is not: the state-independent

@@ -11,7 +11,6 @@ use ruma::{
     events::{room::member::MembershipState, StateEventType},
     EventId, OwnedEventId, OwnedServerName, RoomId, UserId,
 };
-use serde::Deserialize;
 
 use super::{RoomError, Rooms};
 use crate::core::{
@@ -30,10 +29,6 @@ const MAX_STEPS: usize = 10_000;
 impl Rooms {
     /// The servers with a user joined in `state`, this node first if it is one.
     pub async fn joined_servers(&self, state: &State) -> Result<Vec<OwnedServerName>, RoomError> {
-        #[derive(Deserialize)]
-        struct Member {
-            membership: MembershipState,
-        }
         let mut servers = BTreeSet::new();
         for ((kind, key), id) in state.iter() {
             let Ok(user) = UserId::parse(key.as_str()) else { continue };
@@ -41,9 +36,7 @@ impl Rooms {
                 continue;
             }
             let Some(event) = self.event(id).await? else { continue };
-            if serde_json::from_str::<Member>(event.pdu.content.get())
-                .is_ok_and(|m| m.membership == MembershipState::Join)
-            {
+            if event.pdu.member().is_some_and(|(_, membership)| membership == MembershipState::Join) {
                 servers.insert(user.server_name().to_owned());
             }
         }
