@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ruma::{events::TimelineEventType, RoomVersionId, UInt, UserId};
 use serde_json::json;
-use web_time::Instant;
+use web_time::{Duration, Instant};
 
 use crate::{
     core::{
@@ -127,15 +127,24 @@ async fn node_with_room(
     Ok((hs, creator, room_id))
 }
 
-/// Messages created, hashed, signed, authorized and persisted, one after another.
+/// Messages created, hashed, signed, authorized and persisted, one after another;
+/// the slowest one says how long a client can be kept waiting meanwhile.
 pub async fn send_messages(store: Arc<dyn Store>, n: usize) -> Result<Figure, RoomError> {
     let (hs, sender, room_id) = node_with_room(store, DEFAULT_ROOM_VERSION).await?;
     let start = Instant::now();
+    let mut slowest = Duration::ZERO;
     for i in 0..n {
         let message = text(format!("message {i}"));
+        let sent = Instant::now();
         hs.rooms().send(&room_id, &sender, &message).await?;
+        slowest = slowest.max(sent.elapsed());
     }
-    Ok(timed(format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION})"), n, start))
+    let slowest = slowest.as_secs_f64() * 1000.0;
+    Ok(timed(
+        format!("events created+signed+persisted (room v{DEFAULT_ROOM_VERSION}; slowest {slowest:.1} ms)"),
+        n,
+        start,
+    ))
 }
 
 /// Messages sent by `senders` clients at once, each waiting for its event to be

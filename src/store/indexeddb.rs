@@ -381,20 +381,24 @@ impl Inner {
         let inner = self.clone();
         wasm_bindgen_futures::spawn_local(async move {
             // What fails stays logged, for the next pause to apply.
-            let _ = inner.apply().await;
+            while !inner.closed.get() && matches!(inner.apply().await, Ok(true)) {}
             inner.applying.set(false);
         });
     }
 
-    /// Copies the logged writes into their tables and deletes their records,
-    /// in one transaction.
-    async fn apply(&self) -> Result<()> {
+    /// Copies the writes of the next few logged records (see
+    /// [`overlay::APPLY_RECORDS`]) into their tables and deletes those records,
+    /// in one transaction; `true` if more are left.
+    async fn apply(&self) -> Result<bool> {
         let tables: Vec<&str> = self.schema.tables.iter().copied().chain([LOG]).collect();
         let txn = Transaction::from(self.transaction(&tables, TransactionMode::ReadWrite)?);
         let log = txn.object_store(LOG).map_err(backend)?;
         // Another connection may have applied some already.
         let applied = position(log.get(Query::Key(js(&APPLIED))).map_err(backend)?.await.map_err(backend)?)?;
-        let Some(unapplied) = self.overlay.borrow().unapplied(applied) else { return Ok(()) };
+        let Some(unapplied) = self.overlay.borrow().unapplied(applied, overlay::APPLY_RECORDS, overlay::APPLY_BYTES)
+        else {
+            return Ok(false);
+        };
         for (table, key, write) in &unapplied.writes {
             let store = txn.object_store(table).map_err(backend)?;
             match write {
@@ -412,9 +416,12 @@ impl Inner {
             return Err(StoreError::Backend("IndexedDB aborted the transaction".into()));
         }
         self.overlay.borrow_mut().applied(upto);
+        let more = !self.overlay.borrow().is_empty();
         #[cfg(test)]
-        self.caught_up.notify(usize::MAX);
-        Ok(())
+        if !more {
+            self.caught_up.notify(usize::MAX);
+        }
+        Ok(more)
     }
 }
 
@@ -595,7 +602,7 @@ mod tests {
             async fn write(&self, batch: Batch) -> Result<()> {
                 self.0.write(batch).await?;
                 self.0.inner.apply().await?;
-                assert!(self.0.inner.overlay.borrow().unapplied(0).is_none());
+                assert!(self.0.inner.overlay.borrow().is_empty());
                 Ok(())
             }
         }
@@ -644,7 +651,7 @@ mod tests {
             store.put("one", &[key], &[key]).await.unwrap();
             model.insert(vec![key], vec![key]);
         }
-        assert!(store.inner.overlay.borrow().unapplied(0).is_some());
+        assert!(!store.inner.overlay.borrow().is_empty());
         matches(&store, &model).await;
         let values = store.get_many("one", &[&[1], &[2], &[3], &[30]]).await.unwrap();
         assert_eq!(values, vec![Some(vec![0]), None, Some(vec![3]), None]);
@@ -654,11 +661,37 @@ mod tests {
         let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
         matches(&store, &model).await;
         store.inner.apply().await.unwrap();
-        assert!(store.inner.overlay.borrow().unapplied(0).is_none());
+        assert!(store.inner.overlay.borrow().is_empty());
         matches(&store, &model).await;
         drop(store);
         let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
-        assert!(store.inner.overlay.borrow().unapplied(0).is_none());
+        assert!(store.inner.overlay.borrow().is_empty());
+        matches(&store, &model).await;
+    }
+
+    #[wasm_bindgen_test]
+    async fn the_log_is_applied_a_few_records_at_a_time_and_a_restart_between_loses_nothing() {
+        let name = format!("{}-chunks", run_id());
+        let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        store.inner.pause_ms.set(u64::from(u32::MAX));
+        let mut model = Model::new();
+        // Each key written 13 times in a row, some across two chunks.
+        for i in 0..300u16 {
+            let key = [(i / 13) as u8];
+            store.put("one", &key, &i.to_be_bytes()).await.unwrap();
+            model.insert(key.to_vec(), i.to_be_bytes().to_vec());
+        }
+        assert!(store.inner.apply().await.unwrap(), "the whole log applied at once");
+        matches(&store, &model).await;
+        drop(store);
+
+        let store = IndexedDbStore::open(&name, SCHEMA).await.unwrap();
+        store.inner.pause_ms.set(u64::from(u32::MAX));
+        matches(&store, &model).await;
+        while store.inner.apply().await.unwrap() {
+            matches(&store, &model).await;
+        }
+        assert!(store.inner.overlay.borrow().is_empty());
         matches(&store, &model).await;
     }
 
@@ -666,7 +699,9 @@ mod tests {
     async fn the_log_is_applied_when_full_and_when_writes_pause() {
         let store = open("full").await;
         store.inner.pause_ms.set(u64::from(u32::MAX));
-        let pending = |store: &IndexedDbStore| store.inner.overlay.borrow().unapplied(0).map_or(0, |u| u.writes.len());
+        let pending = |store: &IndexedDbStore| {
+            store.inner.overlay.borrow().unapplied(0, usize::MAX, usize::MAX).map_or(0, |u| u.writes.len())
+        };
         let mut written = 0u16;
         // The write that fills the overlay starts applying it; the overlay
         // only shrinks once that lands.

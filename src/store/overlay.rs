@@ -7,7 +7,8 @@
 //! hundreds in one transaction costs a tenth of a lone one. Logging each
 //! batch as one record acknowledges it at the price of one put; the tables
 //! catch up in large transactions, where later writes to the same key (a
-//! room's record, the stream counters) have replaced earlier ones.
+//! room's record, the stream counters) have replaced earlier ones, a hundred
+//! or so records at a time so that writes meanwhile are not held up long.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -21,6 +22,12 @@ pub(crate) type Write = Option<Vec<u8>>;
 /// restart reads back.
 const FULL_RECORDS: usize = 1024;
 const FULL_BYTES: usize = 4 << 20;
+
+/// Records (and their bytes) applied to the tables in one transaction at most:
+/// a write that comes meanwhile waits for these (tens of milliseconds in
+/// Chromium), not for the whole log (about half a second when full).
+pub(crate) const APPLY_RECORDS: usize = 128;
+pub(crate) const APPLY_BYTES: usize = 256 << 10;
 
 pub(crate) struct Overlay {
     schema: Schema,
@@ -114,9 +121,21 @@ impl Overlay {
     }
 
     /// The latest write to each key logged after `applied` (the tables have the
-    /// rest), up to the last record this overlay has.
-    pub(crate) fn unapplied(&self, applied: u64) -> Option<Unapplied> {
-        let &(upto, _) = self.records.back()?;
+    /// rest) in the records that follow, as many as fit in `records` and
+    /// `bytes` (one at least). A key written again in a later record waits for
+    /// that record: the log keeps it, so a restart still reads the key's latest
+    /// write back.
+    pub(crate) fn unapplied(&self, applied: u64, records: usize, bytes: usize) -> Option<Unapplied> {
+        let &(last, _) = self.records.back()?;
+        let mut upto = applied.min(last);
+        let mut taken = (0, 0);
+        for &(position, size) in self.records.iter().filter(|(position, _)| *position > applied) {
+            taken = (taken.0 + 1, taken.1 + size);
+            if taken.0 > 1 && (taken.0 > records || taken.1 > bytes) {
+                break;
+            }
+            upto = position;
+        }
         let writes = self
             .schema
             .tables
@@ -125,7 +144,7 @@ impl Overlay {
             .flat_map(|(table, writes)| {
                 writes
                     .iter()
-                    .filter(|(_, (position, _))| *position > applied)
+                    .filter(|(_, (position, _))| (applied + 1..=upto).contains(position))
                     .map(|(key, (_, write))| (*table, key.clone(), write.clone()))
             })
             .collect();
@@ -266,7 +285,7 @@ mod tests {
         overlay.logged(2, 10, put(b"b", b"1"));
         overlay.logged(3, 10, put(b"a", b"2"));
         // Another writer applied up to 1: `a` was written again since, `b` was not.
-        let unapplied = overlay.unapplied(1).unwrap();
+        let unapplied = overlay.unapplied(1, usize::MAX, usize::MAX).unwrap();
         assert_eq!(unapplied.upto, 3);
         let keys: Vec<_> = unapplied.writes.iter().map(|(t, k, w)| (*t, k.clone(), w.clone())).collect();
         assert_eq!(
@@ -279,12 +298,43 @@ mod tests {
         overlay.applied(3);
         assert_eq!(overlay.get("one", b"a"), None);
         assert_eq!(overlay.get("one", b"b"), Some(Some(&b"2"[..])));
-        assert_eq!(overlay.unapplied(0).unwrap().upto, 4);
+        assert_eq!(overlay.unapplied(0, usize::MAX, usize::MAX).unwrap().upto, 4);
         assert!(!overlay.is_empty());
         overlay.applied(4);
         assert!(overlay.is_empty());
-        assert!(overlay.unapplied(0).is_none());
+        assert!(overlay.unapplied(0, usize::MAX, usize::MAX).is_none());
         assert_eq!(overlay.next(), 5);
+    }
+
+    #[test]
+    fn a_few_records_at_a_time_leave_keys_written_later_for_later() {
+        let mut overlay = Overlay::new(SCHEMA, 0);
+        let put = |key: &[u8], value: &[u8]| Batch::new().put("one", key.to_vec(), value.to_vec()).ops;
+        overlay.logged(1, 10, put(b"a", b"1"));
+        overlay.logged(2, 10, put(b"b", b"1"));
+        overlay.logged(3, 10, put(b"a", b"2"));
+        overlay.logged(4, 10, put(b"c", b"1"));
+        let writes = |unapplied: Unapplied| (unapplied.upto, unapplied.writes.into_iter().map(|(_, k, _)| k).collect());
+        // `a` was written again in record 3: its write goes with that record.
+        assert_eq!(writes(overlay.unapplied(0, 2, usize::MAX).unwrap()), (2, vec![b"b".to_vec()]));
+        assert_eq!(writes(overlay.unapplied(0, usize::MAX, 25).unwrap()), (2, vec![b"b".to_vec()]));
+        overlay.applied(2);
+        assert_eq!(overlay.get("one", b"a"), Some(Some(&b"2"[..])));
+        // One record at least, however small the bound.
+        assert_eq!(writes(overlay.unapplied(2, 0, 0).unwrap()), (3, vec![b"a".to_vec()]));
+        assert_eq!(writes(overlay.unapplied(2, 2, usize::MAX).unwrap()), (4, vec![b"a".to_vec(), b"c".to_vec()]));
+        // Another writer applied up to 3: the next records start after it.
+        assert_eq!(writes(overlay.unapplied(3, 1, usize::MAX).unwrap()), (4, vec![b"c".to_vec()]));
+    }
+
+    #[test]
+    fn a_full_overlay_is_applied_in_several_chunks() {
+        let mut overlay = Overlay::new(SCHEMA, 0);
+        (1..=FULL_RECORDS as u64).for_each(|p| overlay.logged(p, 1, Vec::new()));
+        assert_eq!(overlay.unapplied(0, APPLY_RECORDS, APPLY_BYTES).unwrap().upto, APPLY_RECORDS as u64);
+        let mut overlay = Overlay::new(SCHEMA, 0);
+        (1..=3).for_each(|p| overlay.logged(p, APPLY_BYTES / 2, Vec::new()));
+        assert_eq!(overlay.unapplied(0, APPLY_RECORDS, APPLY_BYTES).unwrap().upto, 2);
     }
 
     #[test]
