@@ -2,7 +2,8 @@
 // until the homeserver in the Service Worker has answered the first `/sync` of
 // the embedded client (Hydrogen) and of a minimal client asking as soon as it
 // can, for a returning user whose browser was closed (so no worker runs), with
-// an empty account and with one in 20 rooms × 500 messages; how long a first visit
+// an empty account and with one in 20 rooms × 500 messages; the same with the
+// browser running but the worker stopped, as an idle one is; how long a first visit
 // takes until the worker controls the page; and the worker's wasm memory.
 //
 //   node benches/cold-start.mjs [--rooms 20] [--events 500] [--runs 3]
@@ -73,6 +74,35 @@ async function coldStart(url, profile) {
   }
 }
 
+/// Opens the page `RUNS` times in one browser, each time in a new tab after
+/// the worker was stopped (as the browser stops an idle one), once the browser
+/// has started up and shown the page once: a cold worker without a browser
+/// starting alongside.
+async function workerStopped(url, profile) {
+  const browser = await launchBrowser({ profile });
+  try {
+    await browser.context.addInitScript(firstSync);
+    const first = browser.context.pages()[0] ?? (await browser.context.newPage());
+    await first.goto(url);
+    await clientSynced(first);
+    await first.close();
+    const cdp = await browser.context.newCDPSession(await browser.context.newPage());
+    await cdp.send('ServiceWorker.enable');
+    const times = [];
+    for (let run = 0; run < RUNS; run++) {
+      await cdp.send('ServiceWorker.stopAllWorkers');
+      const page = await browser.context.newPage();
+      await page.goto(url);
+      const { synced } = await page.evaluate(() => window.coldStart);
+      times.push({ synced, client: await clientSynced(page) });
+      await page.close();
+    }
+    return times;
+  } finally {
+    await browser.close();
+  }
+}
+
 const glia = await startGlia(['serve', '--listen', '127.0.0.1:0', '--root', 'dist', '--no-relay']);
 const profile = await mkdtemp(path.join(tmpdir(), 'glia-cold-'));
 try {
@@ -101,6 +131,7 @@ try {
 
   const empty = [];
   for (let run = 0; run < RUNS; run++) empty.push(await coldStart(glia.url, profile));
+  const idle = await workerStopped(glia.url, profile);
 
   progress(`filling ${ROOMS} rooms with ${EVENTS} messages each`);
   browser = await launchBrowser({ profile });
@@ -133,6 +164,8 @@ try {
   console.log(`| browser restarted, empty account: page open → worker controlling | ${ms(empty.map((e) => e.controlled))} | |`);
   console.log(`| … → the client's (Hydrogen's) first /sync answered | ${ms(empty.map((e) => e.client))} | < 300 |`);
   console.log(`| … → a minimal client's first /sync answered (asked as soon as the page is controlled) | ${ms(empty.map((e) => e.synced))} | |`);
+  console.log(`| browser running, worker stopped, empty account: page open → Hydrogen's first /sync answered | ${ms(idle.map((e) => e.client))} | |`);
+  console.log(`| … → a minimal client's first /sync answered | ${ms(idle.map((e) => e.synced))} | |`);
   console.log(`| browser restarted, ${ROOMS} rooms × ${EVENTS} messages: → Hydrogen's first /sync answered | ${ms(full.map((e) => e.client))} | < 1000 |`);
   console.log(`| … → a minimal client's first /sync answered | ${ms(full.map((e) => e.synced))} | |`);
   console.log(`| worker wasm memory after sending ${ROOMS * EVENTS} messages, MiB | ${mib(filledMemory)} | |`);
