@@ -514,3 +514,51 @@ async fn a_kick_and_a_ban_reach_the_node_of_their_target() {
         .await;
     }
 }
+
+/// What one member changes shows on the other's node: a redaction, a new
+/// display name (a member event in every room the user is in), a power level
+/// granted and used, and the room's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redactions_profiles_and_power_reach_the_other_node() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    alice.brings_in(&room, &bob).await;
+
+    let oops = alice.say(&room, "oops").await;
+    bob.sees_message(&room, "oops").await;
+    let redact = format!("rooms/{}/redact/{}/r1", enc(&room), enc(&oops));
+    ok(alice.call("PUT", &redact, Some(json!({ "reason": "typo" }))).await);
+    let event = format!("rooms/{}/event/{}", enc(&room), enc(&oops));
+    bob.eventually("the message redacted", || async {
+        let event = bob.call("GET", &event, None).await.1;
+        (event["content"] == json!({}) && event["unsigned"]["redacted_because"].is_object()).then_some(())
+    })
+    .await;
+
+    let name = json!({ "displayname": "Alice A." });
+    ok(alice.call("PUT", &format!("profile/{}/displayname", enc(&alice.id)), Some(name)).await);
+    let member = format!("rooms/{}/state/m.room.member/{}", enc(&room), enc(&alice.id));
+    bob.eventually("alice's new name", || async {
+        (bob.call("GET", &member, None).await.1["displayname"] == "Alice A.").then_some(())
+    })
+    .await;
+
+    let levels_path = format!("rooms/{}/state/m.room.power_levels/", enc(&room));
+    let mut levels = ok(alice.call("GET", &levels_path, None).await);
+    levels["users"][&bob.id] = json!(50);
+    ok(alice.call("PUT", &levels_path, Some(levels)).await);
+    let name_path = format!("rooms/{}/state/m.room.name/", enc(&room));
+    bob.eventually("bob allowed to name the room", || async {
+        let (status, _) = bob.call("PUT", &name_path, Some(json!({ "name": "Bob's" }))).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    alice
+        .eventually("the name bob gave", || async {
+            (alice.call("GET", &name_path, None).await.1["name"] == "Bob's").then_some(())
+        })
+        .await;
+}
