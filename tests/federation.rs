@@ -562,3 +562,30 @@ async fn redactions_profiles_and_power_reach_the_other_node() {
         })
         .await;
 }
+
+/// A user who left a public room joins it again, through the servers their
+/// node remembers it by, or one they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_left_a_public_room_joins_again() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let via = alice.id.split(':').nth(1).unwrap().to_owned();
+    ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&room)), Some(json!({}))).await);
+    alice.sees_joined(&room, &bob.id).await;
+    for rejoin in [format!("join/{}", enc(&room)), format!("rooms/{}/join", enc(&room))] {
+        ok(bob.call("POST", &format!("rooms/{}/leave", enc(&room)), Some(json!({}))).await);
+        alice
+            .eventually("bob gone", || async {
+                let members = alice.call("GET", &format!("rooms/{}/joined_members", enc(&room)), None).await.1;
+                members["joined"][&bob.id].is_null().then_some(())
+            })
+            .await;
+        ok(bob.call("POST", &rejoin, Some(json!({}))).await);
+        alice.sees_joined(&room, &bob.id).await;
+        alice.say(&room, &format!("welcome back through {rejoin}")).await;
+        bob.sees_message(&room, &format!("welcome back through {rejoin}")).await;
+    }
+}
