@@ -589,3 +589,17 @@ async fn a_user_who_left_a_public_room_joins_again() {
         bob.sees_message(&room, &format!("welcome back through {rejoin}")).await;
     }
 }
+
+/// An invite withdrawn (the invited user kicked before joining) leaves the
+/// invited user's node too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_invite_goes_from_the_invited_node() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({})).await;
+    alice.invite(&room, &bob).await;
+    ok(alice.call("POST", &format!("rooms/{}/kick", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
+    bob.sees("the invite gone", |s| s["rooms"]["invite"][&room].is_null().then_some(())).await;
+}

@@ -171,3 +171,41 @@ async fn a_replayed_transaction_applies_once() {
     let once = messages["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
     assert_eq!(once, 1);
 }
+
+/// Only the server that invited a user can withdraw the invite on the user's
+/// node, which does not have the room: a kick from anyone else, or in the
+/// inviter's name under another key, leaves the invite as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_is_withdrawn_by_its_inviter_only() {
+    let network = MemoryNetwork::new();
+    let (a, b, rogue) = (Node::start(&network).await, Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let mallory = rogue.user("mallory").await;
+    let room_id = alice.create_room(json!({ "preset": "private_chat" })).await;
+    alice.invite(&room_id, &bob).await;
+    let room = RoomId::parse(&room_id).unwrap();
+    let latest = EventId::parse(alice.last_event(&room_id).await).unwrap();
+
+    let rules = pdu::rules(&ruma::RoomVersionId::V12).unwrap();
+    let kick = NewEvent::state(TimelineEventType::RoomMember, bob.id.as_str(), json!({ "membership": "leave" }));
+    for (n, sender) in [&mallory.id, &alice.id].into_iter().enumerate() {
+        let placement = Placement {
+            room_id: Some(&room),
+            prev_events: std::slice::from_ref(&latest),
+            auth_events: &[],
+            depth: UInt::from(100u32),
+            origin_server_ts: now(),
+        };
+        let pdu = pdu::build(rogue.hs.key(), &rules, &UserId::parse(sender).unwrap(), &kick, placement).unwrap();
+        let sent = transact(&rogue, &b, &format!("withdraw{n}"), vec![serde_json::to_value(&pdu.json).unwrap()]).await;
+        assert!(sent.is_ok(), "{sent:?}");
+        let sync = ok(bob.call("GET", "sync?timeout=0", None).await);
+        assert!(
+            sync["rooms"]["invite"][&room_id].is_object(),
+            "a kick signed by {sender}'s impostor withdrew the invite"
+        );
+    }
+    ok(bob.call("POST", &format!("join/{}", enc(&room_id)), Some(json!({}))).await);
+    alice.sees_joined(&room_id, &bob.id).await;
+}

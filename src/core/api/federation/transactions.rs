@@ -29,7 +29,7 @@ use serde_json::{json, value::RawValue, Value};
 use crate::{
     core::{
         api::client::{account_data::object, to_device::local_devices},
-        pdu,
+        pdu::{self, Pdu},
         router::Origin,
         service::{
             expiring::{Expiring, A_WEEK_MS},
@@ -182,7 +182,7 @@ pub(crate) async fn receive(
     if let Err(err) = hs.rooms().room(room_id).await {
         return match err {
             RoomError::UnknownRoom(_) => {
-                Ok(pdus.iter().map(|_| Err(RoomError::UnknownRoom(room_id.to_owned()))).collect())
+                Ok(stream::iter(pdus).then(|json| withdraw_invite(hs, room_id, json)).collect().await)
             }
             err => Err(err.into()),
         };
@@ -225,6 +225,26 @@ pub(crate) async fn receive(
         outcomes[i] = hs.rooms().receive_with_state(room_id, pdus[i].clone(), given, chain).await;
     }
     Ok(outcomes)
+}
+
+/// A PDU of a room this node does not have can only be a kick or ban of a
+/// user of this node still invited to it: the invite is withdrawn. Taken
+/// from the server that sent the invite, under its signature; anything else
+/// is of an unknown room.
+async fn withdraw_invite(hs: &Homeserver, room_id: &RoomId, json: CanonicalJsonObject) -> Result<Outcome, RoomError> {
+    let unknown = || RoomError::UnknownRoom(room_id.to_owned());
+    let user = json.get("state_key").and_then(|k| k.as_str()).and_then(|k| UserId::parse(k).ok());
+    let Some(user) = user.filter(|user| user.server_name() == hs.key().server_name()) else { return Err(unknown()) };
+    let Some(invite) = hs.rooms().remote_invite_of(&user, room_id).await? else { return Err(unknown()) };
+    let inviter = invite.event.get("sender").and_then(|s| s.as_str()).and_then(|s| UserId::parse(s).ok());
+    let pdu = Pdu::from_remote(json, &pdu::rules(&invite.version)?)?;
+    let out = matches!(pdu.member(), Some((target, MembershipState::Leave | MembershipState::Ban)) if target == user);
+    if pdu.room_id != room_id || !out || inviter.is_none_or(|inviter| inviter.server_name() != pdu.sender.server_name())
+    {
+        return Err(unknown());
+    }
+    hs.rooms().forget_remote_invite(&user, &pdu).await?;
+    Ok(Outcome::Accepted)
 }
 
 #[derive(Deserialize)]

@@ -79,13 +79,15 @@ impl Rooms {
         .await
     }
 
-    /// Records that `user` refused an invite to a room this node does not have,
-    /// with `leave`, the leave event the inviting server took.
-    pub async fn forget_remote_invite(&self, user: &UserId, leave: &Pdu) -> Result<(), RoomError> {
-        let invite = self.remote_invite_of(user, &leave.room_id).await?;
+    /// Records that `user`'s invite to a room this node does not have is over,
+    /// with `out`: the leave by which they refused it (which the inviting
+    /// server took), or the kick or ban that withdrew it.
+    pub async fn forget_remote_invite(&self, user: &UserId, out: &Pdu) -> Result<(), RoomError> {
+        let invite = self.remote_invite_of(user, &out.room_id).await?;
         let version = invite.ok_or_else(|| RoomError::Invalid(format!("no invite of {user} to answer")))?.version;
         let forget = |batch: crate::store::Batch, key| batch.delete(INVITES, key);
-        self.remote_membership(user, leave.clone(), version, MembershipState::Leave, forget).await
+        let membership = out.member().map_or(MembershipState::Leave, |(_, membership)| membership);
+        self.remote_membership(user, out.clone(), version, membership, forget).await
     }
 
     /// Stores `pdu` (a member event of `user` in a room this node does not have)
