@@ -58,6 +58,14 @@ async function clientSynced(page) {
   return answered.jsonValue();
 }
 
+/// Opens `url` in `page` and waits for the first syncs (given a session).
+async function opened(page, url) {
+  await page.goto(url);
+  const times = await page.evaluate(() => window.coldStart);
+  if (times.synced !== undefined) times.client = await clientSynced(page);
+  return times;
+}
+
 /// Opens the page in a browser started afresh on `profile` (or a new one) and
 /// waits for its first sync.
 async function coldStart(url, profile) {
@@ -65,9 +73,7 @@ async function coldStart(url, profile) {
   try {
     await browser.context.addInitScript(firstSync);
     const page = browser.context.pages()[0] ?? (await browser.context.newPage());
-    await page.goto(url);
-    const times = await page.evaluate(() => window.coldStart);
-    if (times.synced !== undefined) times.client = await clientSynced(page);
+    const times = await opened(page, url);
     return { ...times, memory: (await workerStatus(page)).memory };
   } finally {
     await browser.close();
@@ -83,8 +89,7 @@ async function workerStopped(url, profile) {
   try {
     await browser.context.addInitScript(firstSync);
     const first = browser.context.pages()[0] ?? (await browser.context.newPage());
-    await first.goto(url);
-    await clientSynced(first);
+    await opened(first, url);
     await first.close();
     const cdp = await browser.context.newCDPSession(await browser.context.newPage());
     await cdp.send('ServiceWorker.enable');
@@ -92,9 +97,7 @@ async function workerStopped(url, profile) {
     for (let run = 0; run < RUNS; run++) {
       await cdp.send('ServiceWorker.stopAllWorkers');
       const page = await browser.context.newPage();
-      await page.goto(url);
-      const { synced } = await page.evaluate(() => window.coldStart);
-      times.push({ synced, client: await clientSynced(page) });
+      times.push(await opened(page, url));
       await page.close();
     }
     return times;
