@@ -370,11 +370,19 @@ impl Sender {
         entries: Vec<Entry>,
     ) -> Result<(Vec<(OwnedServerName, Vec<u8>)>, Batch), RoomError> {
         let mut done = Batch::new();
-        let mut queued = Vec::new();
+        let mut parsed = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             done = done.delete(OUTBOX, key);
             let Some(split) = value.iter().position(|b| *b == 0) else { continue };
             let Ok(Ok(room_id)) = std::str::from_utf8(&value[..split]).map(RoomId::parse) else { continue };
+            let event_id = std::str::from_utf8(&value[split + 1..]).ok().and_then(|id| EventId::parse(id).ok());
+            parsed.push((room_id, event_id, value));
+        }
+        // Read in one go what the cache lacks (a backlog, after a restart).
+        let ids: Vec<&EventId> = parsed.iter().filter_map(|(_, id, _)| id.as_deref()).collect();
+        hs.rooms().prefetch_events(&ids).await?;
+        let mut queued = Vec::new();
+        for (room_id, event_id, value) in parsed {
             let servers = match self.servers_in(hs, &room_id).await {
                 Ok(servers) => servers,
                 // A room gone from the store has no one to send to; one
@@ -382,7 +390,6 @@ impl Sender {
                 Err(err) if !err.is_internal() => continue,
                 Err(err) => return Err(err),
             };
-            let event_id = std::str::from_utf8(&value[split + 1..]).ok().and_then(|id| EventId::parse(id).ok());
             let target = match event_id {
                 Some(event_id) => self.put_out(hs, &event_id, &servers).await?,
                 None => None,
