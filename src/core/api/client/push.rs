@@ -62,6 +62,12 @@ fn parse_ruleset(user: &UserId, entry: Option<Entry>) -> Result<Ruleset, Error> 
 /// favour of `m.mentions`; the clients of the versions glia serves (up to v1.3)
 /// send no `m.mentions`, so those rules are put back where v1.3 has them.
 pub(crate) fn default_ruleset(user: &UserId) -> Result<Ruleset, Error> {
+    serde_json::from_value(default_rules(user)?).map_err(Error::internal)
+}
+
+/// [`default_ruleset`] as JSON, which is what a sync serves: building it
+/// through `Ruleset` and back is most of what a first sync spends on it.
+fn default_rules(user: &UserId) -> Result<Value, Error> {
     let highlight = json!(["notify", { "set_tweak": "sound", "value": "default" }, { "set_tweak": "highlight" }]);
     let mut rules = serde_json::to_value(Ruleset::server_default(user)).map_err(Error::internal)?;
     let insert_after = |list: &mut Value, after: &str, rule: Value| {
@@ -104,7 +110,7 @@ pub(crate) fn default_ruleset(user: &UserId) -> Result<Ruleset, Error> {
             "actions": highlight,
         }),
     );
-    serde_json::from_value(rules).map_err(Error::internal)
+    Ok(rules)
 }
 
 async fn save(hs: &Homeserver, user: &UserId, rules: &Ruleset) -> Result<(), Error> {
@@ -115,7 +121,7 @@ async fn save(hs: &Homeserver, user: &UserId, rules: &Ruleset) -> Result<(), Err
 
 /// The `m.push_rules` account data event of a user who never changed theirs.
 pub(crate) fn default_rules_event(user: &UserId) -> Result<Value, Error> {
-    Ok(json!({ "type": PUSH_RULES, "content": { "global": default_ruleset(user)? } }))
+    Ok(json!({ "type": PUSH_RULES, "content": { "global": default_rules(user)? } }))
 }
 
 fn not_found(rule_id: &str) -> Error {
@@ -511,5 +517,19 @@ impl<'a> Counter<'a> {
             counts.1 += u32::from(actions.iter().any(|a| a.is_highlight()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_serves_the_default_rules_as_the_ruleset_has_them() {
+        let user = UserId::parse("@alice:example.org").unwrap();
+        let served = default_rules_event(&user).unwrap();
+        let ruleset = serde_json::to_value(default_ruleset(&user).unwrap()).unwrap();
+        assert_eq!(served["content"]["global"], ruleset);
+        assert!(served["content"]["global"]["content"].as_array().is_some_and(|rules| !rules.is_empty()));
     }
 }
