@@ -713,12 +713,8 @@ impl Rooms {
         let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
             return Ok(None);
         };
-        #[derive(Deserialize)]
-        struct Content {
-            membership: MembershipState,
-        }
-        let content: Content = serde_json::from_str(member.content.get()).map_err(RoomError::corrupt)?;
-        Ok(Some(content.membership))
+        let (_, membership) = member.member().ok_or_else(|| RoomError::corrupt("a member event has no membership"))?;
+        Ok(Some(membership))
     }
 
     /// Up to `limit` events of the room's timeline after (`Forward`) or before

@@ -298,10 +298,7 @@ pub(crate) async fn leave_remote(hs: &Homeserver, user: &UserId, room_id: &RoomI
         .await?
         .ok_or_else(|| Error::Forbidden(format!("{user} is not in {room_id}")))?;
     let server = invite
-        .event
-        .get("sender")
-        .and_then(|s| s.as_str())
-        .and_then(|s| UserId::parse(s).ok())
+        .inviter()
         .map(|s| s.server_name().to_owned())
         .ok_or_else(|| Error::internal("the stored invite has no sender"))?;
     let made = hs

@@ -236,7 +236,7 @@ async fn withdraw_invite(hs: &Homeserver, room_id: &RoomId, json: CanonicalJsonO
     let user = json.get("state_key").and_then(|k| k.as_str()).and_then(|k| UserId::parse(k).ok());
     let Some(user) = user.filter(|user| user.server_name() == hs.key().server_name()) else { return Err(unknown()) };
     let Some(invite) = hs.rooms().remote_invite_of(&user, room_id).await? else { return Err(unknown()) };
-    let inviter = invite.event.get("sender").and_then(|s| s.as_str()).and_then(|s| UserId::parse(s).ok());
+    let inviter = invite.inviter();
     let pdu = Pdu::from_remote(json, &pdu::rules(&invite.version)?)?;
     let out = matches!(pdu.member(), Some((target, MembershipState::Leave | MembershipState::Ban)) if target == user);
     if pdu.room_id != room_id || !out || inviter.is_none_or(|inviter| inviter.server_name() != pdu.sender.server_name())

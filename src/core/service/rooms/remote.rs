@@ -13,7 +13,7 @@ use ruma::{
     canonical_json::CanonicalJsonObject,
     events::{room::member::MembershipState, StateEventType},
     serde::Raw,
-    OwnedEventId, RoomId, RoomVersionId, UserId,
+    OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,13 @@ pub struct RemoteInvite {
     pub event: CanonicalJsonObject,
     /// The stripped state the inviting server sent, for the client to show.
     pub state: Vec<Raw<serde_json::Value>>,
+}
+
+impl RemoteInvite {
+    /// Who sent the invite, whose server is the one to answer it through.
+    pub fn inviter(&self) -> Option<OwnedUserId> {
+        self.event.get("sender").and_then(|s| s.as_str()).and_then(|s| UserId::parse(s).ok())
+    }
 }
 
 impl Rooms {
