@@ -16,8 +16,8 @@ const node = wasm_bindgen({ module_or_path: `pkg/glia_bg.wasm?v=${BUILD}` })
   .then(() => wasm_bindgen.WorkerNode.open())
   .then((n) => {
     // Frames for other nodes go to this worker's pages; the one that owns the
-    // relay connections (www/transport.js) sends them on. Frames such as the
-    // embedded client's never own them.
+    // relay connections (www/transport.js) sends them on; iframes (Hydrogen's
+    // download sandbox) never own them.
     n.attach((bytes) => {
       const post = (found) => found.forEach((page) => page.postMessage({ glia: 'frame', bytes }));
       // The pages as last found, so a frame does not wait for the search; the
@@ -46,6 +46,12 @@ function findPages() {
 const MATRIX_PREFIXES = ['/_matrix/', '/.well-known/matrix/'];
 
 self.addEventListener('install', (event) => {
+  // The app's own files bypass this worker (static routing, where the browser
+  // has it), so opening the page never waits for a stopped worker to start.
+  event.addRoutes?.([
+    ...MATRIX_PREFIXES.map((prefix) => ({ condition: { urlPattern: { pathname: `${prefix}*` } }, source: 'fetch-event' })),
+    { condition: { urlPattern: { pathname: '*' } }, source: 'network' },
+  ]);
   // Install only once the homeserver has loaded, so a broken build never takes over.
   event.waitUntil(node.then(() => self.skipWaiting()));
 });
@@ -80,6 +86,9 @@ self.addEventListener('message', (event) => {
         return n.connected();
       case 'status':
         return n.status().then(reply);
+      // Sent as a page opens: started, the worker has begun loading the node.
+      case 'wake':
+        return undefined;
       case 'hello': {
         const [key, sig] = n.hello(message.nonce);
         return reply({ key, sig });

@@ -1,6 +1,6 @@
 // The one-click account: an account on this node, registered through the
 // Client-Server API as any client would (glia asks for the m.login.dummy stage
-// only), with a generated name and a strong random password, and the embedded
+// only), with a generated name and a strong random password, and the
 // client signed in with it. The password is shown once so the user can keep it;
 // nothing stores it. `data-account` on the body says where this stands:
 // offered, creating, created or failed.
@@ -10,7 +10,7 @@ const LOWER = 'abcdefghijklmnopqrstuvwxyz0123456789';
 const MIXED = `${LOWER}ABCDEFGHIJKLMNOPQRSTUVWXYZ`;
 
 /// Wires the panel's account offer to `signIn(username, password)`, which signs
-/// the embedded client in. Returns `offer(yes)`: whether to offer an account now
+/// the client in. Returns `offer(yes)`: whether to offer an account now
 /// (while no one is signed in to the client).
 export function setUpAccount(signIn) {
   const offer = document.getElementById('account');
@@ -26,7 +26,7 @@ export function setUpAccount(signIn) {
     try {
       const account = await register();
       document.getElementById('new-user-id').textContent = account.userId;
-      document.getElementById('password').textContent = account.password;
+      document.getElementById('kept-password').textContent = account.password;
       kept.hidden = false;
       offer.hidden = true;
       const failure = await signIn(account.username, account.password);
@@ -43,7 +43,7 @@ export function setUpAccount(signIn) {
   });
   document.getElementById('password-kept').addEventListener('click', () => {
     kept.hidden = true;
-    document.getElementById('password').textContent = '';
+    document.getElementById('kept-password').textContent = '';
   });
 
   return (yes) => {

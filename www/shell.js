@@ -1,11 +1,11 @@
 // The shell page: registers glia's Service Worker and shows start-up progress;
 // then connects the homeserver inside this browser to the network through the
-// relays (www/transport.js), shows its status (www/status.js), embeds the stock
-// client (www/embed.js) and, while no one is signed in, offers a one-click
-// account (www/account.js).
+// relays (www/transport.js), shows its status (www/status.js), runs the stock
+// client beside the panel (./client.js, built from www/client/) and, while no
+// one is signed in, offers a one-click account (www/account.js).
 
 import { setUpAccount } from './account.js';
-import { embedClient } from './embed.js';
+import { startClient } from './client.js';
 import { showNode, showTransport, showUser, watchQueue } from './status.js';
 import { startTransport } from './transport.js';
 
@@ -74,10 +74,10 @@ async function main() {
     step('Service Workers are unavailable').fail(
       new Error('open this page over https or http://localhost in a current browser'));
   }
-  // The client loads as soon as a worker controls the page (at once on a
+  // The client starts as soon as a worker controls the page (at once on a
   // return visit), while the worker may still be loading the homeserver: its
   // requests wait for the worker, not for the steps below.
-  controlled().then(embed);
+  controlled().then(client).catch((err) => console.error('glia client:', err));
   const registration = await run('Registering the Service Worker', () =>
     navigator.serviceWorker.register('sw.js', { scope: './' }));
   await run('Loading the homeserver (wasm) and opening its store', () => activated(registration));
@@ -96,10 +96,12 @@ async function main() {
   watchQueue();
 }
 
-/// The stock client in its frame, and the one-click account while no one is signed in to it.
-function embed() {
-  const offerAccount = setUpAccount((username, password) => client.signIn(username, password));
-  const client = embedClient(document.getElementById('client'), {
+/// The stock client, and the one-click account while no one is signed in to it.
+async function client() {
+  const container = document.getElementById('client');
+  container.hidden = false;
+  const offerAccount = setUpAccount(async (username, password) => (await started).signIn(username, password));
+  const started = startClient(container, {
     onChange({ section, userId }) {
       document.body.dataset.client = section;
       showUser(userId);
@@ -107,6 +109,7 @@ function embed() {
       offerAccount(['login', 'picker'].includes(section));
     },
   });
+  await started;
 }
 
 /// A `data-copy` button copies the text of the element it names.

@@ -16,7 +16,7 @@ export function showNode({ serverName, server, versions }) {
   document.getElementById('node').hidden = false;
 }
 
-/// The Matrix ID signed in to the embedded client, if any.
+/// The Matrix ID signed in to the client, if any.
 export function showUser(userId) {
   document.getElementById('user-id').textContent = userId ?? 'not signed in';
   document.querySelector('[data-copy="user-id"]').hidden = !userId;

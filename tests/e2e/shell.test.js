@@ -57,10 +57,9 @@ test("the client's own sign-in works, and the panel shows who signed in", async 
     { username: 'carol', password: 'correct horse', inhibit_login: true, auth: { type: 'm.login.dummy', session: challenge.json.session } });
   assert.equal(registered.status, 200, JSON.stringify(registered.json));
 
-  const ui = page.frames().find((f) => new URL(f.url()).pathname === '/client/');
-  await ui.locator('#username').fill('carol');
-  await ui.locator('#password').fill('correct horse');
-  await ui.locator('button[type=submit]', { hasText: 'Log In' }).click();
+  await page.locator('#username').fill('carol');
+  await page.locator('#password').fill('correct horse');
+  await page.locator('button[type=submit]', { hasText: 'Log In' }).click();
   await page.waitForFunction((id) => document.body.dataset.userId === id, registered.json.user_id, { timeout: WAIT_MS });
   assert.equal(await page.textContent('#user-id'), registered.json.user_id);
   assert.equal(await page.isVisible('[data-copy="user-id"]'), true);
@@ -70,11 +69,10 @@ test("the client's own sign-in works, and the panel shows who signed in", async 
 
 test('signing out of the client offers an account again, and one click signs it in', async () => {
   const { page } = shell;
-  const ui = page.frames().find((f) => new URL(f.url()).pathname === '/client/');
   const before = await page.evaluate(() => document.body.dataset.userId);
-  await ui.locator('.LeftPanel a.settings').click();
-  await ui.locator('.Settings button', { hasText: 'Log out' }).click();
-  await ui.locator('.LogoutScreen button.destructive', { hasText: 'Log out' }).click();
+  await page.locator('.LeftPanel a.settings').click();
+  await page.locator('.Settings button', { hasText: 'Log out' }).click();
+  await page.locator('.LogoutScreen button.destructive', { hasText: 'Log out' }).click();
   await page.waitForFunction(() => document.body.dataset.account === 'offered' && !document.body.dataset.userId,
     null, { timeout: WAIT_MS });
   assert.equal(await page.textContent('#user-id'), 'not signed in');
@@ -83,5 +81,5 @@ test('signing out of the client offers an account again, and one click signs it 
   await page.waitForFunction(() => document.body.dataset.account === 'created' && document.body.dataset.userId,
     null, { timeout: WAIT_MS });
   assert.notEqual(await page.evaluate(() => document.body.dataset.userId), before);
-  await ui.locator('.SessionView').waitFor({ timeout: WAIT_MS });
+  await page.locator('.SessionView').waitFor({ timeout: WAIT_MS });
 });

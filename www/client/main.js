@@ -1,11 +1,12 @@
 // The stock Matrix client, Hydrogen (npm hydrogen-view-sdk, unmodified), booted the
 // way Hydrogen's own index.html boots it, with this origin as its homeserver: glia's
-// Service Worker answers its /_matrix requests. scripts/build-web bundles this
-// module with esbuild. The shell page embeds this page and talks to it through
-// ./shell-link.js.
+// Service Worker answers its /_matrix requests. It runs in the shell page itself,
+// in an element beside the status panel (www/shell.js): in an iframe of its own it
+// started 150–180 ms later, as the frame's navigation began after the page's and
+// Hydrogen booted slower inside it. scripts/build-web bundles this module with
+// esbuild into client.js.
 
-import { FeatureSet, Platform, RootViewModel, createNavigation, createRouter } from 'hydrogen-view-sdk';
-import { linkToShell } from './shell-link.js';
+import { FeatureSet, PasswordLoginMethod, Platform, RootViewModel, createNavigation, createRouter } from 'hydrogen-view-sdk';
 
 // Olm (npm @matrix-org/olm, copied beside the theme by scripts/build-web) is
 // what gives Hydrogen end-to-end encryption; it runs on the page's thread, as
@@ -33,12 +34,12 @@ class GliaPlatform extends Platform {
   }
 }
 
-async function main() {
-  const platform = new GliaPlatform({
-    container: document.body,
-    assetPaths,
-    config: { defaultHomeServer: location.origin },
-  });
+/// Starts Hydrogen in `container`; `onChange({ section, userId })` hears which of
+/// its screens is up (`login`, `picker`, `loading`, `session`...) and who is
+/// signed in, in the order they came. Resolves with `{ signIn(username,
+/// password) }` once the client is up.
+export async function startClient(container, { onChange }) {
+  const platform = new GliaPlatform({ container, assetPaths, config: { defaultHomeServer: location.origin } });
   await platform.init();
   const features = await FeatureSet.load(platform.settingsStorage);
   const navigation = createNavigation();
@@ -48,7 +49,40 @@ async function main() {
   const root = new RootViewModel({ platform, urlRouter, navigation, features });
   await root.load();
   platform.createAndMountRootView(root);
-  linkToShell(root, platform);
+
+  let reported = Promise.resolve();
+  const report = () => (reported = reported.then(async () => {
+    const section = root.activeSection;
+    const session = section === 'session' ? await platform.sessionInfoStorage.get(root.sessionViewModel.id) : null;
+    onChange({ section, userId: session?.userId });
+  }));
+  root.on('change', (field) => field === 'activeSection' && report());
+  report();
+  return { signIn: (username, password) => signIn(root, { username, password }).catch((err) => String(err)) };
 }
 
-main().catch((err) => console.error('glia client:', err));
+/// Signs in through Hydrogen's own login screen, as its password form does, so
+/// the session is Hydrogen's from the start. Resolves with Hydrogen's login
+/// failure, or null once the session is loading.
+async function signIn(root, { username, password }) {
+  if (['session', 'loading'].includes(root.activeSection)) return 'someone is signed in already';
+  // From the session picker (after signing out, say), as its own Sign In link does.
+  if (root.activeSection === 'picker') root.navigation.push('login');
+  const login = await until(root, () => root.loginViewModel);
+  // Hydrogen asks the homeserver for its login flows first; its password form
+  // appears once it has them.
+  await until(login, () => login.passwordLoginViewModel);
+  return login.attemptLogin(new PasswordLoginMethod({ homeserver: location.origin, username, password }));
+}
+
+/// Resolves with `value()` once it is truthy, looking again at each change `vm` emits.
+function until(vm, value) {
+  return new Promise((resolve) => {
+    if (value()) return resolve(value());
+    const stop = vm.disposableOn('change', () => {
+      if (!value()) return;
+      stop();
+      resolve(value());
+    });
+  });
+}
