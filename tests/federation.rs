@@ -603,3 +603,74 @@ async fn a_withdrawn_invite_goes_from_the_invited_node() {
     ok(alice.call("POST", &format!("rooms/{}/kick", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
     bob.sees("the invite gone", |s| s["rooms"]["invite"][&room].is_null().then_some(())).await;
 }
+
+/// The bodies of the messages starting with `prefix` that `user` can page back
+/// to in `room`, oldest first, and the types of every event in those pages.
+async fn history(user: &User<'_>, room: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let (mut bodies, mut types, mut from) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let path = format!("rooms/{}/messages?dir=b&limit=7{from}", enc(room));
+        let page = ok(user.call("GET", &path, None).await);
+        for event in page["chunk"].as_array().unwrap() {
+            types.push(event["type"].as_str().unwrap().to_owned());
+            let body = event["content"]["body"].as_str().unwrap_or_default();
+            if event["type"] == "m.room.message" && body.starts_with(prefix) {
+                bodies.push(body.to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) => from = format!("&from={}", enc(end)),
+            None => break,
+        }
+    }
+    bodies.reverse();
+    (bodies, types)
+}
+
+/// A user who joins a room that has history pages back through it (asked of
+/// the room's node as `/messages` reaches the join), in order, each event once,
+/// from the room's creation on; none of it shows in `/sync` as new. Where the
+/// history is for members only, the messages from before the join stay hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_joins_later_pages_back_through_the_history() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "Old times" })).await;
+    // More than one backfill answer holds: the first ends on the state before its oldest event.
+    let said: Vec<String> = (0..130).map(|n| format!("before bob {n}")).collect();
+    for body in &said {
+        alice.say(&room, body).await;
+    }
+    let via = alice.id.split(':').nth(1).unwrap().to_owned();
+    let since = bob.sync().await["next_batch"].as_str().unwrap().to_owned();
+    ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&room)), Some(json!({}))).await);
+    let joined = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(&since)), None).await);
+    let timeline = joined["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
+    assert!(timeline.iter().all(|e| e["type"] != "m.room.message"), "nothing from before the join is new");
+
+    let (bodies, types) = history(&bob, &room, "before bob").await;
+    assert_eq!(bodies, said);
+    assert_eq!(types.last().map(String::as_str), Some("m.room.create"), "back to the room's creation");
+    assert_eq!(types.iter().filter(|t| *t == "m.room.create").count(), 1);
+    // Placed once: paging again asks nothing more and finds the same.
+    assert_eq!(history(&bob, &room, "before bob").await.0, said);
+    let next = joined["next_batch"].as_str().unwrap();
+    let after = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(next)), None).await);
+    assert!(after["rooms"]["join"][&room]["timeline"]["events"].as_array().is_none_or(|events| events.is_empty()));
+
+    // Members only: a second room, where bob joins after the messages.
+    let hidden = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "joined" } }],
+        }))
+        .await;
+    alice.say(&hidden, "members only").await;
+    ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&hidden)), Some(json!({}))).await);
+    alice.say(&hidden, "after bob").await;
+    bob.sees_message(&hidden, "after bob").await;
+    let (bodies, _) = history(&bob, &hidden, "").await;
+    assert_eq!(bodies, ["after bob"]);
+}

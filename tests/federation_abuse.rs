@@ -8,6 +8,8 @@
 
 mod mesh;
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use glia::{
     core::pdu::{self, NewEvent, Placement},
@@ -17,10 +19,12 @@ use mesh::{enc, ok, Node};
 use ruma::{
     api::federation::{
         authentication::{XMatrix, XMatrixSigningInput},
+        backfill::get_backfill,
         transactions::send_transaction_message::v1 as send,
     },
+    canonical_json::CanonicalJsonObject,
     events::TimelineEventType,
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, ServerName, UInt, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId,
 };
 use serde_json::{json, value::to_raw_value};
 
@@ -208,4 +212,47 @@ async fn an_invite_is_withdrawn_by_its_inviter_only() {
     }
     ok(bob.call("POST", &format!("join/{}", enc(&room_id)), Some(json!({}))).await);
     alice.sees_joined(&room_id, &bob.id).await;
+}
+
+/// A backfill answer is checked as any PDU is: an event whose signature no
+/// longer holds, or of another room, is not placed, and an answer of only
+/// those changes nothing; the genuine events of an answer are placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_backfill_answer_places_nothing_forged() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let other = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let message = EventId::parse(alice.say(&room_id, "genuine").await).unwrap();
+    let elsewhere = EventId::parse(alice.say(&other, "of another room").await).unwrap();
+    let via = alice.id.split(':').nth(1).unwrap().to_owned();
+    ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&room_id)), Some(json!({}))).await);
+    let room = RoomId::parse(&room_id).unwrap();
+    let join = EventId::parse(bob.last_event(&room_id).await).unwrap();
+
+    // What a backfill from bob's join brings, asked of alice's node directly.
+    let a_name = ServerName::parse(&a.name).unwrap();
+    let ask = get_backfill::v1::Request::new(room.clone(), vec![join], UInt::from(100u32));
+    let answer = b.hs.federation().request(&a_name, ask, false).await.unwrap();
+    let genuine: Vec<CanonicalJsonObject> =
+        answer.pdus.iter().map(|raw| serde_json::from_str(raw.get()).unwrap()).collect();
+    let mut forged = genuine.iter().find(|pdu| pdu["content"].to_string().contains("genuine")).unwrap().clone();
+    forged.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(1u32.into()));
+    let forged_id = pdu::event_id(&forged, &pdu::rules(&RoomVersionId::V12).unwrap()).unwrap();
+    // Genuine, but of a room bob's node has not joined.
+    let foreign = a.hs.rooms().event(&elsewhere).await.unwrap().unwrap().pdu.federation_json();
+
+    let rooms = b.hs.rooms();
+    let bad = vec![forged, foreign];
+    assert_eq!(rooms.history_roots(&room, &bad).await.unwrap(), Vec::<OwnedEventId>::new());
+    assert_eq!(rooms.receive_history(&room, bad, HashMap::new()).await.unwrap(), 0);
+    for id in [&forged_id, &elsewhere, &message] {
+        assert!(rooms.event(id).await.unwrap().is_none(), "{id} stored");
+    }
+
+    assert!(rooms.receive_history(&room, genuine, HashMap::new()).await.unwrap() > 0);
+    assert!(rooms.event(&message).await.unwrap().is_some_and(|e| e.record.stream.is_some()));
+    assert!(rooms.event(&forged_id).await.unwrap().is_none());
 }

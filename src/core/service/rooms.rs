@@ -66,14 +66,15 @@ use crate::{
 
 mod commit;
 mod dag;
+mod history;
 mod remote;
 mod tails;
 
-pub use self::remote::RemoteInvite;
 pub(crate) use self::remote::INVITES;
+pub use self::{history::GivenState, remote::RemoteInvite};
 
 use self::{
-    commit::{Before, Commit, Queued, Written, WRITTEN_ROOMS},
+    commit::{Arrival, Before, Commit, Queued, Written, WRITTEN_ROOMS},
     tails::Tails,
 };
 
@@ -304,7 +305,7 @@ impl Rooms {
         if self.room_for_write(&mut c, &room_id).await?.is_some() {
             return Err(RoomError::Invalid(format!("room {room_id} already exists")));
         }
-        self.insert(&mut c, None, &rules, pdu, &HashMap::new(), Before::empty(), true).await?;
+        self.insert(&mut c, None, &rules, pdu, &HashMap::new(), Before::empty(), Arrival::Local).await?;
 
         for event in preset_events(creator, &rules, &options) {
             self.send_in(&mut c, &room_id, creator, &event, None).await?;

@@ -1,7 +1,8 @@
 //! Sending and redacting events, and reading a room's history: `/messages` and
-//! `/context`.
+//! `/context`. Paging back past the oldest event the node has asks a server in
+//! the room for the history before it (backfill).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ruma::{
     api::{
@@ -11,19 +12,24 @@ use ruma::{
             message::{get_message_events, send_message_event},
             redact::redact_event,
         },
+        federation::{backfill::get_backfill, event::get_room_state},
         Direction as ApiDirection,
     },
+    canonical_json::CanonicalJsonObject,
     events::{room::member::MembershipState, AnyStateEvent, StateEventType, TimelineEventType},
     serde::Raw,
-    OwnedUserId, RoomId,
+    OwnedUserId, RoomId, UInt,
 };
-use serde_json::{json, Value};
+use serde_json::{json, value::RawValue, Value};
 
 use super::{filter, format, tokens, visibility::may_see};
 use crate::{
     core::{
         pdu::{NewEvent, Pdu},
-        service::{accounts::Session, rooms::TopologicalPosition},
+        service::{
+            accounts::Session,
+            rooms::{GivenState, TopologicalPosition},
+        },
         Error, Homeserver,
     },
     store::Direction,
@@ -31,6 +37,12 @@ use crate::{
 
 /// The most events one `/messages` or `/context` request returns.
 const MAX_LIMIT: usize = 1000;
+/// Events asked of another server at once for the history before the oldest
+/// one this node has.
+const BACKFILL_LIMIT: u32 = 100;
+/// Events of one backfill answer whose state before is asked for, at most:
+/// those that follow nothing else of the answer (one, in a room without forks).
+const MAX_BACKFILL_ROOTS: usize = 5;
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 pub(crate) async fn send(
@@ -178,7 +190,22 @@ pub(crate) async fn messages(
         None => None,
     };
     let limit = usize::try_from(request.limit).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
-    let page = page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
+    // Read before the page, so that history placed meanwhile (by this
+    // request or another) shows as a change below.
+    let oldest = match (direction, to) {
+        (Direction::Backward, None) => oldest_placed(hs, room_id).await?,
+        _ => None,
+    };
+    let mut page = page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
+    if let (None, Some(oldest)) = (page.next, oldest) {
+        // The oldest event here reached, the history before it may be on other servers.
+        if !oldest.prev_events.is_empty() {
+            backfill(hs, room_id, &oldest).await?;
+        }
+        if oldest_placed(hs, room_id).await?.is_some_and(|now| now.event_id != oldest.event_id) {
+            page = self::page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
+        }
+    }
 
     let start = match (&request.from, page.events.first()) {
         (Some(token), _) => token.clone(),
@@ -198,6 +225,47 @@ pub(crate) async fn messages(
         response.state = member_events(hs, room_id, &senders, &session).await?;
     }
     Ok(response)
+}
+
+/// The first event of the room in topological order.
+async fn oldest_placed(hs: &Homeserver, room_id: &RoomId) -> Result<Option<std::sync::Arc<Pdu>>, Error> {
+    Ok(hs.rooms().topological(room_id, None, Direction::Forward, 1).await?.pop().map(|(_, pdu)| pdu))
+}
+
+/// Asks the servers in the room, one after another, for the events before
+/// `oldest`, the oldest one this node has placed, and places those the first
+/// answer brings (with the state before the oldest of them).
+async fn backfill(hs: &Homeserver, room_id: &RoomId, oldest: &Pdu) -> Result<(), Error> {
+    let servers = hs.rooms().joined_servers(&*hs.rooms().current_state(room_id).await?).await?;
+    for server in servers.iter().filter(|s| **s != hs.key().server_name()) {
+        let request = get_backfill::v1::Request::new(
+            room_id.to_owned(),
+            vec![oldest.event_id.clone()],
+            UInt::from(BACKFILL_LIMIT),
+        );
+        let Ok(answer) = hs.federation().request(server, request, false).await else { continue };
+        let pdus = objects(&answer.pdus);
+        let mut given = HashMap::new();
+        for root in hs.rooms().history_roots(room_id, &pdus).await?.into_iter().take(MAX_BACKFILL_ROOTS) {
+            let request = get_room_state::v1::Request::new(root.clone(), room_id.to_owned());
+            if let Ok(state) = hs.federation().request(server, request, false).await {
+                given.insert(root, GivenState { state: objects(&state.pdus), auth_chain: objects(&state.auth_chain) });
+            }
+        }
+        match hs.rooms().receive_history(room_id, pdus, given).await {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            // A bad answer is that server's; another may give a good one.
+            Err(err) if !err.is_internal() => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The JSON objects among `raws`; the rest could be no PDU.
+fn objects(raws: &[Box<RawValue>]) -> Vec<CanonicalJsonObject> {
+    raws.iter().filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect()
 }
 
 /// The current member events of `users`, for lazy-loading clients.

@@ -90,6 +90,20 @@ pub(super) struct Commit {
     pub(super) childless: Vec<OwnedEventId>,
 }
 
+/// Where an event comes from, which decides what storing it changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// Made here: refused rather than stored if the auth rules reject it.
+    Local,
+    /// Received new from another server: soft-failed if the current state
+    /// does not allow it.
+    Remote,
+    /// From before the room reached this node (backfill): placed in the
+    /// room's topological order only, changing neither its timeline, its
+    /// current state, its forward extremities nor anyone's membership.
+    History,
+}
+
 /// Stream and state group numbers as read at the start of a write.
 #[derive(Clone, Copy)]
 pub(super) struct Counters {
@@ -313,7 +327,7 @@ impl Rooms {
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<Arc<Pdu>, RoomError> {
         let Built { room, rules, pdu, auths, before } = self.build_in(c, room_id, sender, event, prev_events).await?;
-        let stored = self.insert(c, Some(room), &rules, pdu, &auths, before, true).await?;
+        let stored = self.insert(c, Some(room), &rules, pdu, &auths, before, Arrival::Local).await?;
         c.childless.push(stored.pdu.event_id.clone());
         Ok(stored.pdu.clone())
     }
@@ -403,7 +417,7 @@ impl Rooms {
             Some(_) => self.state_before(c, rules, &pdu.room_id, &prevs).await?,
             None => Before::empty(),
         };
-        let stored = self.insert(c, room, rules, pdu, &auths, before, false).await?;
+        let stored = self.insert(c, room, rules, pdu, &auths, before, Arrival::Remote).await?;
         Ok(match (&stored.record.rejected, &stored.record.soft_failed) {
             (Some(reason), _) => Outcome::Rejected(reason.clone()),
             (None, Some(reason)) => Outcome::SoftFailed(reason.clone()),
@@ -423,8 +437,9 @@ impl Rooms {
         mut pdu: Pdu,
         auths: &HashMap<OwnedEventId, Arc<StoredEvent>>,
         before: Before,
-        local: bool,
+        arrival: Arrival,
     ) -> Result<Arc<StoredEvent>, RoomError> {
+        let local = arrival == Arrival::Local;
         let rejected = self.authorize(c, rules, &pdu, auths, &before.state, !local).await?;
         // A rejected local event is refused, not stored; so is a rejected create
         // event, which must not claim the room for whatever version it names.
@@ -440,7 +455,9 @@ impl Rooms {
             _ => None,
         };
         let soft_failed = match (&rejected, current) {
-            (None, Some(current)) if !local => self.authorize(c, rules, &pdu, auths, &current, false).await?,
+            (None, Some(current)) if arrival == Arrival::Remote => {
+                self.authorize(c, rules, &pdu, auths, &current, false).await?
+            }
             _ => None,
         };
         pdu.rejected = rejected.is_some();
@@ -472,10 +489,12 @@ impl Rooms {
             let mut counters = self.counters(c).await?;
             counters.stream += 1;
             stream = Some(counters.stream);
-            new_room.stream = counters.stream;
             if let Some((_, now)) = &mut c.counters {
                 now.stream = counters.stream;
             }
+        }
+        if let (Some(stream), false) = (stream, arrival == Arrival::History) {
+            new_room.stream = stream;
             new_room.extremities.retain(|(id, _)| !pdu.prev_events.contains(id));
             new_room.extremities.push((pdu.event_id.clone(), pdu.depth));
             new_room.state = if new_room.extremities.len() == 1 {
@@ -525,7 +544,10 @@ impl Rooms {
             true => StoredEvent::from_record(pdu.event_id.clone(), record.clone())?.pdu,
         };
         let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
-        if let Some(stream) = stream {
+        let topological = room_key(&pdu.room_id, &topological_key((u64::from(pdu.depth), stream.unwrap_or_default())));
+        if let (Some(_), Arrival::History) = (stream, arrival) {
+            batch = batch.put(TOPOLOGY, topological, pdu.event_id.as_bytes());
+        } else if let Some(stream) = stream {
             c.appended.push((pdu.room_id.clone(), stream, pdu.event_id.clone()));
             // This node's events go to the room's other servers: the sender takes
             // them from here, so one that lands is sent even after a crash.
@@ -534,15 +556,15 @@ impl Rooms {
                 batch = batch.put(OUTBOX, entry.0.clone(), entry.1.clone());
                 c.outboxed.push(entry);
             }
-            let depth = u64::from(pdu.depth);
             batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes()).put(
                 TOPOLOGY,
-                room_key(&pdu.room_id, &topological_key((depth, stream))),
+                topological,
                 pdu.event_id.as_bytes(),
             );
             batch = relations::index(batch, &pdu, stream);
         }
-        if let (Some(stream), Some(member), None) = (stream, self.local_member(&pdu), &record.rejected) {
+        let member = self.local_member(&pdu).filter(|_| arrival != Arrival::History);
+        if let (Some(stream), Some(member), None) = (stream, member, &record.rejected) {
             let membership = UserMembership { membership: member.1, stream, event_id: pdu.event_id.clone() };
             let value = serde_json::to_vec(&membership).map_err(RoomError::corrupt)?;
             batch = batch.put(MEMBERSHIPS, room_key_for_user(&member.0, Some(&pdu.room_id)), value);
@@ -576,7 +598,9 @@ impl Rooms {
                 }
             }
         }
-        c.rooms.entry(pdu.room_id.clone()).or_insert((None, None)).1 = Some(new_room);
+        if arrival != Arrival::History {
+            c.rooms.entry(pdu.room_id.clone()).or_insert((None, None)).1 = Some(new_room);
+        }
         let stored = Arc::new(StoredEvent { pdu, record });
         c.events.insert(stored.pdu.event_id.clone(), stored.clone());
         Ok(stored)

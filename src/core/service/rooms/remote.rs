@@ -18,7 +18,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    commit::{Before, BeforeGroup, Commit},
+    commit::{Arrival, Before, BeforeGroup, Commit},
     room_key_for_user, Outcome, RoomError, RoomRecord, Rooms, UserMembership, MEMBERSHIPS,
 };
 use crate::core::{
@@ -184,90 +184,10 @@ impl Rooms {
         let rules = pdu::rules(version)?;
         let event = Pdu::from_remote(event, &rules)?;
         let room_id = event.room_id.clone();
-        let mut outliers = HashMap::new();
-        let mut state_ids = Vec::new();
-        let given = state.into_iter().map(|json| (true, json)).chain(auth_chain.into_iter().map(|json| (false, json)));
-        for (in_state, json) in given {
-            // One bad event among the room's does not stop the join; the rules
-            // below decide what becomes of the events that cite it.
-            let Ok(pdu) = Pdu::from_remote(json, &rules) else { continue };
-            if pdu.room_id != room_id {
-                return Err(RoomError::WrongRoom { expected: room_id, found: pdu.room_id });
-            }
-            if in_state && pdu.is_state() {
-                state_ids.push(pdu.event_id.clone());
-            }
-            outliers.insert(pdu.event_id.clone(), pdu);
-        }
-
-        let create_id = rules
-            .authorization
-            .room_create_event_id_as_room_id
-            .then(|| OwnedEventId::try_from(format!("${}", room_id.strip_sigil())).ok())
-            .flatten();
         let _write = self.write.lock().await;
         let mut c = Commit::default();
         let existing = self.room_for_write(&mut c, &room_id).await?;
-        // Outliers in an order where each one's auth events come first.
-        let mut stored: HashMap<OwnedEventId, Arc<StoredEvent>> = HashMap::new();
-        let mut left: Vec<Pdu> = outliers.into_values().collect();
-        left.sort_by_key(|p| p.depth);
-        let mut outlier_pdus = Vec::new();
-        loop {
-            let before = left.len();
-            let mut waiting = Vec::new();
-            for pdu in left {
-                // Events stored already keep their place: only new ones are outliers.
-                if let Some(known) = self.event_in(&c, &pdu.event_id).await? {
-                    stored.insert(pdu.event_id.clone(), known);
-                    continue;
-                }
-                let mut auths = HashMap::new();
-                let mut ready = true;
-                for id in &pdu.auth_events {
-                    match stored.get(id).cloned().or(self.event_in(&c, id).await?) {
-                        Some(event) => drop(auths.insert(id.clone(), event)),
-                        None => ready = false,
-                    }
-                }
-                if !ready {
-                    waiting.push(pdu);
-                    continue;
-                }
-                let mut at_auth: State =
-                    auths.values().filter_map(|e| Some((e.pdu.state_entry()?, e.pdu.event_id.clone()))).collect();
-                // Since v12 the create event is no auth event, but the rules read it.
-                if let Some(create) = create_id.as_ref().filter(|id| stored.contains_key(*id)) {
-                    at_auth.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
-                }
-                let rejected = self.authorize(&c, &rules, &pdu, &auths, &at_auth, true).await?;
-                let event = self.outlier(&mut c, version, pdu, rejected)?;
-                stored.insert(event.pdu.event_id.clone(), event.clone());
-                outlier_pdus.push(event);
-            }
-            left = waiting;
-            if left.is_empty() || left.len() == before {
-                break;
-            }
-        }
-        // The state before the join: the accepted events among those given.
-        let mut before = State::new();
-        for id in &state_ids {
-            let Some(event) = stored.get(id) else { continue };
-            if event.record.rejected.is_none() {
-                before.insert(
-                    (event.pdu.kind.to_string().into(), event.pdu.state_key.clone().unwrap_or_default()),
-                    id.clone(),
-                );
-            }
-        }
-        let before = Arc::new(before);
-        let group = self.save_group(&mut c, 0, before.clone()).await?;
-        for event in outlier_pdus {
-            let record = EventRecord { state_before: group, state_after: group, ..event.record.clone() };
-            c.batch = Events::write(std::mem::take(&mut c.batch), &event.pdu, &record)?;
-            c.events.insert(event.pdu.event_id.clone(), Arc::new(StoredEvent { pdu: event.pdu.clone(), record }));
-        }
+        let (group, before) = self.land_state(&mut c, version, &room_id, state, auth_chain).await?;
 
         let room = match (join, existing) {
             // A join starts the room here afresh: its one extremity is the join.
@@ -285,7 +205,7 @@ impl Rooms {
         }
         let auths = self.events_or_missing(&c, &event.auth_events).await?;
         let before = Before { state: before, group: BeforeGroup::Stored(group) };
-        let stored = self.insert(&mut c, Some(room), &rules, event, &auths, before, false).await?;
+        let stored = self.insert(&mut c, Some(room), &rules, event, &auths, before, Arrival::Remote).await?;
         let outcome = match (&stored.record.rejected, &stored.record.soft_failed) {
             (Some(reason), _) if join => return Err(RoomError::Forbidden(reason.clone())),
             (Some(reason), _) => Outcome::Rejected(reason.clone()),
@@ -299,6 +219,103 @@ impl Rooms {
         }
         self.commit(c).await?;
         Ok(outcome)
+    }
+
+    /// Gathers into `c` the state another server says holds before an event
+    /// of `room_id` and that state's auth chain: the events new here become
+    /// outliers, each checked against its own auth events, and the accepted
+    /// state events among `state` are the state returned, with its group.
+    pub(super) async fn land_state(
+        &self,
+        c: &mut Commit,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        state: Vec<CanonicalJsonObject>,
+        auth_chain: Vec<CanonicalJsonObject>,
+    ) -> Result<(u64, Arc<State>), RoomError> {
+        let rules = pdu::rules(version)?;
+        let mut outliers = HashMap::new();
+        let mut state_ids = Vec::new();
+        let given = state.into_iter().map(|json| (true, json)).chain(auth_chain.into_iter().map(|json| (false, json)));
+        for (in_state, json) in given {
+            // One bad event among the room's does not stop the join; the rules
+            // below decide what becomes of the events that cite it.
+            let Ok(pdu) = Pdu::from_remote(json, &rules) else { continue };
+            if pdu.room_id != room_id {
+                return Err(RoomError::WrongRoom { expected: room_id.to_owned(), found: pdu.room_id });
+            }
+            if in_state && pdu.is_state() {
+                state_ids.push(pdu.event_id.clone());
+            }
+            outliers.insert(pdu.event_id.clone(), pdu);
+        }
+
+        let create_id = rules
+            .authorization
+            .room_create_event_id_as_room_id
+            .then(|| OwnedEventId::try_from(format!("${}", room_id.strip_sigil())).ok())
+            .flatten();
+        // Outliers in an order where each one's auth events come first.
+        let mut stored: HashMap<OwnedEventId, Arc<StoredEvent>> = HashMap::new();
+        let mut left: Vec<Pdu> = outliers.into_values().collect();
+        left.sort_by_key(|p| p.depth);
+        let mut outlier_pdus = Vec::new();
+        loop {
+            let before = left.len();
+            let mut waiting = Vec::new();
+            for pdu in left {
+                // Events stored already keep their place: only new ones are outliers.
+                if let Some(known) = self.event_in(c, &pdu.event_id).await? {
+                    stored.insert(pdu.event_id.clone(), known);
+                    continue;
+                }
+                let mut auths = HashMap::new();
+                let mut ready = true;
+                for id in &pdu.auth_events {
+                    match stored.get(id).cloned().or(self.event_in(c, id).await?) {
+                        Some(event) => drop(auths.insert(id.clone(), event)),
+                        None => ready = false,
+                    }
+                }
+                if !ready {
+                    waiting.push(pdu);
+                    continue;
+                }
+                let mut at_auth: State =
+                    auths.values().filter_map(|e| Some((e.pdu.state_entry()?, e.pdu.event_id.clone()))).collect();
+                // Since v12 the create event is no auth event, but the rules read it.
+                if let Some(create) = create_id.as_ref().filter(|id| stored.contains_key(*id)) {
+                    at_auth.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
+                }
+                let rejected = self.authorize(c, &rules, &pdu, &auths, &at_auth, true).await?;
+                let event = self.outlier(c, version, pdu, rejected)?;
+                stored.insert(event.pdu.event_id.clone(), event.clone());
+                outlier_pdus.push(event);
+            }
+            left = waiting;
+            if left.is_empty() || left.len() == before {
+                break;
+            }
+        }
+        // The state before: the accepted events among those given.
+        let mut before = State::new();
+        for id in &state_ids {
+            let Some(event) = stored.get(id) else { continue };
+            if event.record.rejected.is_none() {
+                before.insert(
+                    (event.pdu.kind.to_string().into(), event.pdu.state_key.clone().unwrap_or_default()),
+                    id.clone(),
+                );
+            }
+        }
+        let before = Arc::new(before);
+        let group = self.save_group(c, 0, before.clone()).await?;
+        for event in outlier_pdus {
+            let record = EventRecord { state_before: group, state_after: group, ..event.record.clone() };
+            c.batch = Events::write(std::mem::take(&mut c.batch), &event.pdu, &record)?;
+            c.events.insert(event.pdu.event_id.clone(), Arc::new(StoredEvent { pdu: event.pdu.clone(), record }));
+        }
+        Ok((group, before))
     }
 
     /// An event with no place in the timeline, gathered into `c`.
