@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { messages, openShell, peerOf, person, say, sentEverything, shareRoom, startGlia, WAIT_MS } from './browser.js';
+import { call, messages, openShell, peerOf, person, say, sees, sentEverything, shareRoom, startGlia, WAIT_MS } from './browser.js';
 
 let glia, relayData;
 const people = {};
@@ -32,6 +32,21 @@ test('alice invites bob of the other browser; he sees it and joins through the r
   const { alice, bob } = people;
   assert.notEqual(alice.node, bob.node, 'two nodes');
   roomId = await shareRoom(alice, bob, 'Two browsers');
+});
+
+test("bob joins a room after 120 messages and pages back through all of them, asked of alice's node", async () => {
+  const { alice, bob } = people;
+  const created = await call(alice, 'POST', '/_matrix/client/v3/createRoom', { name: 'With a past' });
+  assert.equal(created.status, 200, JSON.stringify(created.json));
+  const room = created.json.room_id;
+  const past = Array.from({ length: 120 }, (_, n) => `history ${n}`);
+  for (const [n, body] of past.entries()) await say(alice, room, body, `h${n}`);
+  const invited = await call(alice, 'POST', `/_matrix/client/v3/rooms/${encodeURIComponent(room)}/invite`, { user_id: bob.id });
+  assert.equal(invited.status, 200, JSON.stringify(invited.json));
+  await sees(bob, 'the invite', (sync) => sync.rooms?.invite?.[room]);
+  const joined = await call(bob, 'POST', `/_matrix/client/v3/join/${encodeURIComponent(room)}`, {});
+  assert.equal(joined.status, 200, JSON.stringify(joined.json));
+  assert.deepEqual(await messages(bob, room, 'history ', past.length), past);
 });
 
 test('200 messages each way arrive once and in order', async () => {
