@@ -8,8 +8,9 @@
 //!
 //! Figures: delivery latency (`PUT /send` on A returned → bob's long-poll
 //! returns it), sustained throughput A → B, catching up on a relay mailbox
-//! after B was offline, and the bytes both nodes send through the relay per
-//! message. The relay's own forwarding rate is benches/relay.rs.
+//! after B was offline, the bytes both nodes send through the relay per
+//! message, and bob paging back through a room's history from before he
+//! joined (backfilled from A). The relay's own forwarding rate is benches/relay.rs.
 
 use std::{
     collections::HashMap,
@@ -38,6 +39,7 @@ use tokio::{
 const LATENCY_MESSAGES: usize = 200;
 const SUSTAINED_MESSAGES: usize = 2_000;
 const CATCH_UP_MESSAGES: usize = 1_000;
+const HISTORY_MESSAGES: usize = 1_000;
 const WARM_UP: usize = 10;
 /// Clients sending at once in the sustained and catch-up runs.
 const SENDERS: usize = 8;
@@ -182,6 +184,23 @@ async fn run(rows: &mut Vec<Row>) -> Result<(), String> {
         format!("catch-up: B reconnects → bob sees all {CATCH_UP_MESSAGES} ({stored} frames in its mailbox)"),
         format!("{:.2} s", last.duration_since(start).as_secs_f64()),
         "< 5 s",
+    ));
+
+    // 5. History: bob joins a room after its messages and pages back to its start.
+    let past = alice.ok("POST", "createRoom", Some(json!({ "name": "history" }))).await?;
+    let past = past["room_id"].as_str().ok_or("no room ID")?.to_owned();
+    step("history sends", alice.say_many(&past, "history", HISTORY_MESSAGES)).await??;
+    step("history join", bring_in(&alice, &bob, &past)).await??;
+    let start = Instant::now();
+    let (pages, found) = step("paging back", page_back(&bob, &past, "history")).await??;
+    let seconds = start.elapsed().as_secs_f64();
+    if found != HISTORY_MESSAGES {
+        return Err(format!("bob paged back to {found} of {HISTORY_MESSAGES} messages"));
+    }
+    rows.push(Row(
+        format!("history: bob joins after {found} messages and pages back to the room's start ({pages} `/messages` of 100, backfilled from A)"),
+        format!("{:.2} s ({:.0} messages/s)", seconds, found as f64 / seconds),
+        "",
     ));
 
     a.disconnect().await;
@@ -363,18 +382,40 @@ impl Client {
 async fn join(alice: &Client, bob: &Client) -> Result<String, String> {
     let room = alice.ok("POST", "createRoom", Some(json!({ "name": "bench" }))).await?;
     let room = room["room_id"].as_str().ok_or("no room ID")?.to_owned();
-    alice.ok("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await?;
+    bring_in(alice, bob, &room).await?;
+    Ok(room)
+}
+
+/// alice invites bob to `room`, bob joins; done when both nodes show him joined.
+async fn bring_in(alice: &Client, bob: &Client, room: &str) -> Result<(), String> {
+    alice.ok("POST", &format!("rooms/{}/invite", enc(room)), Some(json!({ "user_id": bob.id }))).await?;
     until(|| async {
-        bob.ok("GET", "sync?timeout=0", None).await.ok()?["rooms"]["invite"][&room].is_object().then_some(())
+        bob.ok("GET", "sync?timeout=0", None).await.ok()?["rooms"]["invite"][room].is_object().then_some(())
     })
     .await;
-    bob.ok("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await?;
+    bob.ok("POST", &format!("join/{}", enc(room)), Some(json!({}))).await?;
     for client in [alice, bob] {
-        let path = format!("rooms/{}/joined_members", enc(&room));
+        let path = format!("rooms/{}/joined_members", enc(room));
         until(|| async { client.ok("GET", &path, None).await.ok()?["joined"][&bob.id].is_object().then_some(()) })
             .await;
     }
-    Ok(room)
+    Ok(())
+}
+
+/// Pages `room` back with `/messages` until its start: how many pages that
+/// took, and how many messages starting with `label` they held.
+async fn page_back(client: &Client, room: &str, label: &str) -> Result<(usize, usize), String> {
+    let (mut pages, mut found, mut from) = (0, 0, String::new());
+    loop {
+        let page = client.ok("GET", &format!("rooms/{}/messages?dir=b&limit=100{from}", enc(room)), None).await?;
+        pages += 1;
+        let chunk = page["chunk"].as_array().ok_or("no chunk")?;
+        found += chunk.iter().filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with(label))).count();
+        match page["end"].as_str() {
+            Some(end) => from = format!("&from={}", enc(end)),
+            None => return Ok((pages, found)),
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some` (the caller bounds the wait).

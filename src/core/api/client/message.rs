@@ -106,6 +106,8 @@ struct Page {
     events: Vec<(TopologicalPosition, std::sync::Arc<Pdu>)>,
     /// Where the next page starts, if there may be more.
     next: Option<TopologicalPosition>,
+    /// The last event looked at, shown or not.
+    scanned: Option<TopologicalPosition>,
 }
 
 /// Up to `limit` events matching `filter` from the gap `from`, stopping at the
@@ -134,7 +136,7 @@ async fn page(
                 Direction::Forward => position >= to,
             });
             if past_to {
-                return Ok(Page { events, next: None });
+                return Ok(Page { events, next: None, scanned: cursor });
             }
             cursor = Some(position);
             if filter::room_event_matches(filter, &pdu) && may_see(hs, viewer, &pdu).await? {
@@ -144,12 +146,12 @@ async fn page(
                         Direction::Backward => position,
                         Direction::Forward => (position.0, position.1 + 1),
                     };
-                    return Ok(Page { events, next: Some(next) });
+                    return Ok(Page { events, next: Some(next), scanned: cursor });
                 }
             }
         }
         if exhausted {
-            return Ok(Page { events, next: None });
+            return Ok(Page { events, next: None, scanned: cursor });
         }
     }
 }
@@ -202,8 +204,13 @@ pub(crate) async fn messages(
         if !oldest.prev_events.is_empty() {
             backfill(hs, room_id, &oldest).await?;
         }
-        if oldest_placed(hs, room_id).await?.is_some_and(|now| now.event_id != oldest.event_id) {
+        if let Some(now) = oldest_placed(hs, room_id).await?.filter(|now| now.event_id != oldest.event_id) {
             page = self::page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
+            // One answer may not reach the start: the client asks again, and
+            // the next page asks for more.
+            if !now.prev_events.is_empty() {
+                page.next = page.next.or(page.scanned);
+            }
         }
     }
 
