@@ -36,10 +36,13 @@ async function open(who, section) {
 
 /// The texts of the messages in the client's open room that start with `prefix`,
 /// oldest first, once there are `count` of them (and, with `sent`, once none of
-/// the room's messages waits to be sent).
+/// the room's messages waits to be sent). Scrolls up to a gap in the timeline
+/// as a reader would: a sync that brings more messages than its limit leaves
+/// one, which Hydrogen fills (with `/messages`) only once it is in view.
 async function messages(page, { prefix = '', count = 1, sent = false }) {
   const handle = await page.waitForFunction(
     ({ prefix, count, sent }) => {
+      document.querySelector('.Timeline .GapView')?.scrollIntoView();
       const bodies = [...document.querySelectorAll('.Timeline_message .Timeline_messageBody')];
       const texts = bodies.filter((body) => !body.querySelector('.media')).map((body) => {
         const text = body.cloneNode(true);
