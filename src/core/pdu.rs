@@ -99,6 +99,14 @@ impl Pdu {
         Some((self.kind.to_string().into(), self.state_key.clone()?))
     }
 
+    /// Whether `prev_events` or `auth_events` names one event twice, which the
+    /// spec forbids.
+    pub fn repeats_an_event(&self) -> bool {
+        [&self.prev_events, &self.auth_events]
+            .iter()
+            .any(|ids| ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)))
+    }
+
     /// The user a member event is about and their membership in it.
     pub fn member(&self) -> Option<(OwnedUserId, MembershipState)> {
         #[derive(Deserialize)]

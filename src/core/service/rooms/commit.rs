@@ -403,10 +403,8 @@ impl Rooms {
         if self.event_in(c, &pdu.event_id).await?.is_some() {
             return Ok(Outcome::Duplicate);
         }
-        for ids in [&pdu.prev_events, &pdu.auth_events] {
-            if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
-                return Err(RoomError::Invalid("prev_events and auth_events must not repeat an event".into()));
-            }
+        if pdu.repeats_an_event() {
+            return Err(RoomError::Invalid("prev_events and auth_events must not repeat an event".into()));
         }
         let prevs = self.events_or_missing(c, &pdu.prev_events).await?;
         let auths = self.events_or_missing(c, &pdu.auth_events).await?;

@@ -98,10 +98,7 @@ impl Rooms {
                     continue;
                 }
             }
-            if [&pdu.prev_events, &pdu.auth_events]
-                .iter()
-                .any(|ids| ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)))
-            {
+            if pdu.repeats_an_event() {
                 continue;
             }
             let before = match given.remove(&pdu.event_id) {
