@@ -245,13 +245,15 @@ async fn a_forged_backfill_answer_places_nothing_forged() {
     let foreign = a.hs.rooms().event(&elsewhere).await.unwrap().unwrap().pdu.federation_json();
 
     let rooms = b.hs.rooms();
-    let bad = vec![forged, foreign];
-    assert_eq!(rooms.history_roots(&room, &bad).await.unwrap(), Vec::<OwnedEventId>::new());
+    let bad = rooms.check_history(&room, vec![forged, foreign]).await.unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(rooms.history_roots(&bad).await.unwrap(), Vec::<OwnedEventId>::new());
     assert_eq!(rooms.receive_history(&room, bad, HashMap::new()).await.unwrap(), 0);
     for id in [&forged_id, &elsewhere, &message] {
         assert!(rooms.event(id).await.unwrap().is_none(), "{id} stored");
     }
 
+    let genuine = rooms.check_history(&room, genuine).await.unwrap();
     assert!(rooms.receive_history(&room, genuine, HashMap::new()).await.unwrap() > 0);
     assert!(rooms.event(&message).await.unwrap().is_some_and(|e| e.record.stream.is_some()));
     assert!(rooms.event(&forged_id).await.unwrap().is_none());

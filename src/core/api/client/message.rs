@@ -251,9 +251,9 @@ async fn backfill(hs: &Homeserver, room_id: &RoomId, oldest: &Pdu) -> Result<(),
             UInt::from(BACKFILL_LIMIT),
         );
         let Ok(answer) = hs.federation().request(server, request, false).await else { continue };
-        let pdus = objects(&answer.pdus);
+        let pdus = hs.rooms().check_history(room_id, objects(&answer.pdus)).await?;
         let mut given = HashMap::new();
-        for root in hs.rooms().history_roots(room_id, &pdus).await?.into_iter().take(MAX_BACKFILL_ROOTS) {
+        for root in hs.rooms().history_roots(&pdus).await?.into_iter().take(MAX_BACKFILL_ROOTS) {
             let request = get_room_state::v1::Request::new(root.clone(), room_id.to_owned());
             if let Ok(state) = hs.federation().request(server, request, false).await {
                 given.insert(root, GivenState { state: objects(&state.pdus), auth_chain: objects(&state.auth_chain) });

@@ -38,16 +38,21 @@ fn placed(event: &StoredEvent) -> bool {
 }
 
 impl Rooms {
-    /// The events of a backfill answer that follow neither events this node has
-    /// placed nor others of the answer: the state before each must come from
-    /// the server that answered. PDUs that fail their checks are passed over.
-    pub async fn history_roots(
-        &self,
-        room_id: &RoomId,
-        pdus: &[CanonicalJsonObject],
-    ) -> Result<Vec<OwnedEventId>, RoomError> {
+    /// The PDUs of a backfill answer that belong to `room_id` and whose
+    /// format, hashes and signatures check out; the rest are passed over.
+    pub async fn check_history(&self, room_id: &RoomId, pdus: Vec<CanonicalJsonObject>) -> Result<Vec<Pdu>, RoomError> {
         let rules = pdu::rules(&self.room(room_id).await?.version)?;
-        let answer = checked(pdus.to_vec(), &rules, room_id);
+        Ok(pdus
+            .into_iter()
+            .filter_map(|json| Pdu::from_remote(json, &rules).ok())
+            .filter(|pdu| pdu.room_id == room_id)
+            .collect())
+    }
+
+    /// The events of a checked backfill answer that follow neither events this
+    /// node has placed nor others of the answer: the state before each must
+    /// come from the server that answered.
+    pub async fn history_roots(&self, answer: &[Pdu]) -> Result<Vec<OwnedEventId>, RoomError> {
         let given: HashSet<&EventId> = answer.iter().map(|pdu| &*pdu.event_id).collect();
         let outside: Vec<&EventId> = answer
             .iter()
@@ -60,7 +65,7 @@ impl Rooms {
             .zip(self.events(&outside).await?.iter().map(|e| e.as_deref().is_some_and(placed)))
             .collect();
         let mut roots = Vec::new();
-        for pdu in &answer {
+        for pdu in answer {
             let follows_placed =
                 pdu.prev_events.iter().all(|id| given.contains(&**id) || known.get(&**id) == Some(&true));
             if !follows_placed && !self.event(&pdu.event_id).await?.as_deref().is_some_and(placed) {
@@ -70,14 +75,15 @@ impl Rooms {
         Ok(roots)
     }
 
-    /// Places the events of a backfill answer, oldest first, in one commit:
-    /// each after its predecessors, or on the state in `given` for it. Events
-    /// placed already are passed over, and so are those whose predecessors or
-    /// auth events cannot be found. Returns how many were placed.
+    /// Places the events of `room_id` in a checked backfill answer, oldest
+    /// first, in one commit: each after its predecessors, or on the state in
+    /// `given` for it. Events placed already are passed over, and so are those
+    /// whose predecessors or auth events cannot be found. Returns how many were
+    /// placed.
     pub async fn receive_history(
         &self,
         room_id: &RoomId,
-        pdus: Vec<CanonicalJsonObject>,
+        mut answer: Vec<Pdu>,
         mut given: HashMap<OwnedEventId, GivenState>,
     ) -> Result<usize, RoomError> {
         let _write = self.write.lock().await;
@@ -85,7 +91,7 @@ impl Rooms {
         let room =
             self.room_for_write(&mut c, room_id).await?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_owned()))?;
         let rules = pdu::rules(&room.version)?;
-        let mut answer = checked(pdus, &rules, room_id);
+        answer.retain(|pdu| pdu.room_id == room_id);
         // By depth, so that predecessors come first; an event claiming a depth
         // below its predecessors' finds them unplaced and is passed over.
         answer.sort_by(|a, b| (a.depth, &a.event_id).cmp(&(b.depth, &b.event_id)));
@@ -130,19 +136,6 @@ impl Rooms {
         }
         Ok(placed_here.len())
     }
-}
-
-/// The PDUs of `room_id` among `pdus` whose format, hashes and signatures
-/// check out.
-fn checked(
-    pdus: Vec<CanonicalJsonObject>,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-    room_id: &RoomId,
-) -> Vec<Pdu> {
-    pdus.into_iter()
-        .filter_map(|json| Pdu::from_remote(json, rules).ok())
-        .filter(|pdu| pdu.room_id == room_id)
-        .collect()
 }
 
 /// The events found, `None` where some are missing, or the store's failure.
