@@ -192,24 +192,28 @@ pub(crate) async fn messages(
         None => None,
     };
     let limit = usize::try_from(request.limit).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT);
-    // Read before the page, so that history placed meanwhile (by this
-    // request or another) shows as a change below.
-    let oldest = match (direction, to) {
-        (Direction::Backward, None) => oldest_placed(hs, room_id).await?,
-        _ => None,
-    };
     let mut page = page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
-    if let (None, Some(oldest)) = (page.next, oldest) {
-        // The oldest event here reached, the history before it may be on other servers.
-        if !oldest.prev_events.is_empty() {
-            backfill(hs, room_id, &oldest).await?;
-        }
-        if let Some(now) = oldest_placed(hs, room_id).await?.filter(|now| now.event_id != oldest.event_id) {
-            page = self::page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
-            // One answer may not reach the start: the client asks again, and
-            // the next page asks for more.
-            if !now.prev_events.is_empty() {
-                page.next = page.next.or(page.scanned);
+    // The oldest event here reached, the history before it may be on other servers.
+    if let (Direction::Backward, None, None) = (direction, to, page.next) {
+        if let Some((at, oldest)) = oldest_placed(hs, room_id).await? {
+            let now = match oldest.prev_events.is_empty() {
+                // The room's create event: nothing lies before it.
+                true => Some((at, oldest)),
+                false => {
+                    backfill(hs, room_id, &oldest).await?;
+                    oldest_placed(hs, room_id).await?
+                }
+            };
+            // Events now lie before where the page stopped (placed by this
+            // request or, meanwhile, another): it is made again.
+            let before_page = |(at, _): &(TopologicalPosition, _)| page.scanned.is_none_or(|scanned| *at < scanned);
+            if let Some((_, now)) = now.filter(before_page) {
+                page = self::page(hs, &session.user_id, room_id, (from, to), direction, limit, &request.filter).await?;
+                // One answer may not reach the start: the client asks again,
+                // and the next page asks for more.
+                if !now.prev_events.is_empty() {
+                    page.next = page.next.or(page.scanned);
+                }
             }
         }
     }
@@ -234,9 +238,12 @@ pub(crate) async fn messages(
     Ok(response)
 }
 
-/// The first event of the room in topological order.
-async fn oldest_placed(hs: &Homeserver, room_id: &RoomId) -> Result<Option<std::sync::Arc<Pdu>>, Error> {
-    Ok(hs.rooms().topological(room_id, None, Direction::Forward, 1).await?.pop().map(|(_, pdu)| pdu))
+/// The first event of the room in topological order, and its position.
+async fn oldest_placed(
+    hs: &Homeserver,
+    room_id: &RoomId,
+) -> Result<Option<(TopologicalPosition, std::sync::Arc<Pdu>)>, Error> {
+    Ok(hs.rooms().topological(room_id, None, Direction::Forward, 1).await?.pop())
 }
 
 /// Asks the servers in the room, one after another, for the events before
