@@ -448,14 +448,15 @@ impl Rooms {
             BeforeGroup::Stored(group) => Some(group),
             BeforeGroup::Resolved { .. } => None,
         };
+        // Only a new event from another server is checked at the current state.
         let current = match &room {
-            Some(room) if Some(room.state) != before_stored => Some(self.load_group(c, room.state).await?),
+            Some(room) if arrival == Arrival::Remote && Some(room.state) != before_stored => {
+                Some(self.load_group(c, room.state).await?)
+            }
             _ => None,
         };
         let soft_failed = match (&rejected, current) {
-            (None, Some(current)) if arrival == Arrival::Remote => {
-                self.authorize(c, rules, &pdu, auths, &current, false).await?
-            }
+            (None, Some(current)) => self.authorize(c, rules, &pdu, auths, &current, false).await?,
             _ => None,
         };
         pdu.rejected = rejected.is_some();
@@ -542,10 +543,11 @@ impl Rooms {
             true => StoredEvent::from_record(pdu.event_id.clone(), record.clone())?.pdu,
         };
         let mut batch = Events::write(std::mem::take(&mut c.batch), &pdu, &record)?;
-        let topological = room_key(&pdu.room_id, &topological_key((u64::from(pdu.depth), stream.unwrap_or_default())));
-        if let (Some(_), Arrival::History) = (stream, arrival) {
+        if let Some(stream) = stream {
+            let topological = room_key(&pdu.room_id, &topological_key((u64::from(pdu.depth), stream)));
             batch = batch.put(TOPOLOGY, topological, pdu.event_id.as_bytes());
-        } else if let Some(stream) = stream {
+        }
+        if let (Some(stream), false) = (stream, arrival == Arrival::History) {
             c.appended.push((pdu.room_id.clone(), stream, pdu.event_id.clone()));
             // This node's events go to the room's other servers: the sender takes
             // them from here, so one that lands is sent even after a crash.
@@ -554,11 +556,7 @@ impl Rooms {
                 batch = batch.put(OUTBOX, entry.0.clone(), entry.1.clone());
                 c.outboxed.push(entry);
             }
-            batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes()).put(
-                TOPOLOGY,
-                topological,
-                pdu.event_id.as_bytes(),
-            );
+            batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes());
             batch = relations::index(batch, &pdu, stream);
         }
         let member = self.local_member(&pdu).filter(|_| arrival != Arrival::History);
