@@ -1,10 +1,10 @@
 // The stock Matrix client, Hydrogen (npm hydrogen-view-sdk, unmodified), booted the
 // way Hydrogen's own index.html boots it, with this origin as its homeserver: glia's
 // Service Worker answers its /_matrix requests. It runs in the shell page itself,
-// in an element beside the status panel (www/shell.js): in an iframe of its own it
-// started 150–180 ms later, as the frame's navigation began after the page's and
-// Hydrogen booted slower inside it. scripts/build-web bundles this module with
-// esbuild into client.js.
+// in an element beside the status panel (www/shell.js): in an iframe of its own
+// its first /sync came 50–90 ms later in benches/cold-start.mjs, as the frame's
+// navigation began after the page's and Hydrogen booted slower inside it.
+// scripts/build-web bundles this module with esbuild into client.js.
 
 import { FeatureSet, PasswordLoginMethod, Platform, RootViewModel, createNavigation, createRouter } from 'hydrogen-view-sdk';
 
