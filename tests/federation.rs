@@ -113,6 +113,32 @@ async fn an_invite_refused_goes_back_to_the_inviting_node() {
     assert_eq!(member["membership"], "leave");
 }
 
+/// An invite to a node that is offline: it is in the room at once, and the
+/// invitee sees it (with the room's name) and joins once the node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_waits_for_a_node_that_is_offline() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({ "name": "While you were away" })).await;
+    b.disconnect().await;
+    ok(alice.call("POST", &format!("rooms/{}/invite", enc(&room)), Some(json!({ "user_id": bob.id }))).await);
+    let member =
+        ok(alice.call("GET", &format!("rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.id)), None).await);
+    assert_eq!(member["membership"], "invite");
+    alice.say(&room, "before bob was back").await;
+
+    b.connect();
+    let state =
+        bob.sees("bob's invite", |s| s["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned()).await;
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "While you were away"));
+    ok(bob.call("POST", &format!("join/{}", enc(&room)), Some(json!({}))).await);
+    alice.sees_joined(&room, &bob.id).await;
+    alice.say(&room, "welcome back").await;
+    bob.sees_message(&room, "welcome back").await;
+}
+
 /// Three nodes: a room on all three, concurrent state changes that every node
 /// resolves alike, a node offline for 100 messages, and a partition that heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,26 @@ test('bob closes his tab; alice sends 20; bob opens it again and gets all 20 in 
   );
 });
 
+test("alice invites bob while his tab is closed; he sees the invite when he opens it, and joins", async () => {
+  const { alice, bob } = people;
+  const created = await call(alice, 'POST', '/_matrix/client/v3/createRoom', { name: 'Asked while away' });
+  assert.equal(created.status, 200, JSON.stringify(created.json));
+  const room = created.json.room_id;
+  await bob.page.close();
+  // Once a message for bob's node waits in the relay's mailbox, the relay knows it is offline.
+  await say(alice, roomId, 'are you there?', 'away-invite');
+  await sentEverything(alice.page, WAIT_MS);
+  const invited = await call(alice, 'POST', `/_matrix/client/v3/rooms/${encodeURIComponent(room)}/invite`, { user_id: bob.id });
+  assert.equal(invited.status, 200, JSON.stringify(invited.json));
+  bob.page = await openShell(bob.browser.context, glia.url);
+  await bob.page.waitForFunction(() => document.body.dataset.relay === 'connected', null, { timeout: WAIT_MS });
+  await sees(bob, 'the invite', (sync) => sync.rooms?.invite?.[room]);
+  const joined = await call(bob, 'POST', `/_matrix/client/v3/join/${encodeURIComponent(room)}`, {});
+  assert.equal(joined.status, 200, JSON.stringify(joined.json));
+  await say(alice, room, 'welcome back', 'welcome');
+  assert.deepEqual(await messages(bob, room, 'welcome back', 1), ['welcome back']);
+});
+
 test('two tabs of one profile: one drives the transport, the other takes over when it closes', async () => {
   const { alice, bob } = people;
   const second = await openShell(alice.browser.context, glia.url, { newPage: true });
