@@ -15,7 +15,7 @@ use ruma::{
     api::federation::{discovery::get_server_version::v1, space::get_hierarchy},
     ServerName,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_answers_another_through_frames() {
@@ -667,9 +667,20 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     let room = alice.create_room(json!({ "preset": "public_chat", "name": "Old times" })).await;
     // More than one backfill answer holds: the first ends on the state before its oldest event.
     let said: Vec<String> = (0..130).map(|n| format!("before bob {n}")).collect();
+    let mut ids = Vec::new();
     for body in &said {
-        alice.say(&room, body).await;
+        ids.push(alice.say(&room, body).await);
     }
+    // An old message, edited and reacted to before bob came.
+    let old = &ids[5];
+    let edit = json!({
+        "msgtype": "m.text", "body": "* edited",
+        "m.new_content": { "msgtype": "m.text", "body": "edited" },
+        "m.relates_to": { "rel_type": "m.replace", "event_id": old },
+    });
+    let reaction = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": old, "key": "👍" } });
+    ok(alice.call("PUT", &format!("rooms/{}/send/m.room.message/edit", enc(&room)), Some(edit)).await);
+    ok(alice.call("PUT", &format!("rooms/{}/send/m.reaction/like", enc(&room)), Some(reaction)).await);
     let via = alice.id.split(':').nth(1).unwrap().to_owned();
     let since = bob.sync().await["next_batch"].as_str().unwrap().to_owned();
     ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&room)), Some(json!({}))).await);
@@ -685,6 +696,14 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     assert_eq!(types.iter().filter(|t| *t == "m.room.create").count(), 1);
     // Placed once: paging again asks nothing more and finds the same.
     assert_eq!(history(&bob, &room, "before bob", 7).await.0, said);
+    // With their relations: the edit bundled, the reaction listed.
+    let event = ok(bob.call("GET", &format!("rooms/{}/event/{}", enc(&room), enc(old)), None).await);
+    assert_eq!(event["unsigned"]["m.relations"]["m.replace"]["content"]["m.new_content"]["body"], "edited", "{event}");
+    let path = format!("/_matrix/client/v1/rooms/{}/relations/{}/m.annotation", enc(&room), enc(old));
+    let related = ok(bob.call("GET", &path, None).await);
+    let keys: Vec<&Value> =
+        related["chunk"].as_array().unwrap().iter().map(|e| &e["content"]["m.relates_to"]["key"]).collect();
+    assert_eq!(keys, [&json!("👍")], "{related}");
     let next = joined["next_batch"].as_str().unwrap();
     let after = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(next)), None).await);
     assert!(after["rooms"]["join"][&room]["timeline"]["events"].as_array().is_none_or(|events| events.is_empty()));

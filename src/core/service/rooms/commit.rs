@@ -546,6 +546,9 @@ impl Rooms {
         if let Some(stream) = stream {
             let topological = room_key(&pdu.room_id, &topological_key((u64::from(pdu.depth), stream)));
             batch = batch.put(TOPOLOGY, topological, pdu.event_id.as_bytes());
+            // Backfilled events too: an old message shows its edits, thread and
+            // references, and lists its reactions, once both are here.
+            batch = relations::index(batch, &pdu, stream);
         }
         if let (Some(stream), false) = (stream, arrival == Arrival::History) {
             c.appended.push((pdu.room_id.clone(), stream, pdu.event_id.clone()));
@@ -557,7 +560,6 @@ impl Rooms {
                 c.outboxed.push(entry);
             }
             batch = batch.put(TIMELINE, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes());
-            batch = relations::index(batch, &pdu, stream);
         }
         let member = self.local_member(&pdu).filter(|_| arrival != Arrival::History);
         if let (Some(stream), Some(member), None) = (stream, member, &record.rejected) {
