@@ -345,12 +345,16 @@ impl Keys {
         }
         let mark = self.available.mark();
         let mut available = Available::default();
-        for (_, key_id, _) in self.one_time_keys(user, device).await? {
+        let prefix = device_prefix(user, device);
+        let (one_time, fallback) = futures_util::future::join(
+            self.one_time_keys(user, device),
+            self.store.scan(FALLBACK_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX),
+        )
+        .await;
+        for (_, key_id, _) in one_time? {
             *available.counts.entry(key_id.algorithm()).or_default() += UInt::from(1u8);
         }
-        let prefix = device_prefix(user, device);
-        let entries = self.store.scan(FALLBACK_KEYS, KeyRange::prefix(&prefix), Direction::Forward, usize::MAX).await?;
-        for (_, value) in entries {
+        for (_, value) in fallback? {
             let fallback: Fallback = serde_json::from_slice(&value).map_err(RoomError::corrupt)?;
             if !fallback.used {
                 available.unused_fallback.push(fallback.key_id.algorithm());

@@ -17,7 +17,7 @@ use std::{
 };
 
 use futures_util::{
-    future::{join, select},
+    future::{join, select, try_join4},
     stream, StreamExt, TryStreamExt,
 };
 use ruma::{
@@ -45,6 +45,7 @@ use crate::{
         pdu::Pdu,
         service::{
             accounts::Session,
+            keys::Available,
             rooms::{StreamPosition, UserMembership},
             state::State as RoomState,
             to_device::Message,
@@ -210,16 +211,25 @@ impl Sync<'_> {
         // A response hands out the user data stream only up to its last
         // to-device message, so that syncing from it acknowledges no more.
         let device = &self.session.device_id;
-        let (to_device, through) = hs.to_device().pending(user, device, now.user, TO_DEVICE_AT_ONCE).await?;
+        let since_user = self.since.map_or(0, |s| s.user);
+        // Read at once: on IndexedDB each is a round trip, and in a worker just
+        // started, a slow one (a first touch of each table).
+        let (pending, available, account_data, rooms) = try_join4(
+            hs.to_device().pending(user, device, now.user, TO_DEVICE_AT_ONCE),
+            hs.keys().available(user, device),
+            hs.user_data().account_data_since(user, since_user),
+            hs.rooms().rooms_of(user),
+        )
+        .await?;
+        let (to_device, through) = pending;
         now.user = through;
         let mut response = v3::Response::new(now.to_string());
         let room_filter = &self.filter.room;
-        let since_user = self.since.map_or(0, |s| s.user);
-        self.encryption(&mut response, now, to_device).await?;
+        self.encryption(&mut response, now, to_device, available).await?;
 
         // Account data of the user and of each room, changed since `since`.
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Value>> = HashMap::new();
-        for (room, kind, entry) in hs.user_data().account_data_since(user, since_user).await? {
+        for (room, kind, entry) in account_data {
             if entry.stream > now.user {
                 continue;
             }
@@ -243,7 +253,6 @@ impl Sync<'_> {
         // other rooms' instead of queueing behind them.
         let mut members_seen = BTreeSet::new();
         let mut builds = Vec::new();
-        let rooms = hs.rooms().rooms_of(user).await?;
         for (room_id, membership) in rooms.iter() {
             if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, room_id) {
                 continue;
@@ -294,9 +303,9 @@ impl Sync<'_> {
         response: &mut v3::Response,
         now: SyncToken,
         to_device: Vec<Message>,
+        available: Available,
     ) -> Result<(), Error> {
         let (hs, session) = (self.hs, self.session);
-        let available = hs.keys().available(&session.user_id, &session.device_id).await?;
         response.device_one_time_keys_count = keys::client_counts(available.counts);
         response.device_unused_fallback_key_types = Some(available.unused_fallback);
         for message in to_device {
