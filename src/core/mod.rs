@@ -35,10 +35,17 @@ pub use self::{
     platform::{Clock, OsRandom, Random, Sleep, SystemClock, Thumbnailer},
     router::{error_response, MAX_BODY_BYTES},
 };
+use futures_util::future::{join, join3};
+use ruma::events::room::member::MembershipState;
+
 use crate::p2p::{Frame, Inbound, Payload, Transport};
 use crate::store::{Schema, Store, StoreError};
 
 /// The tables of a glia node's store; each module documents its key encodings.
+/// Users whose first `/sync` [`Homeserver::warm_up`] reads ahead for: a
+/// browser node has one or two; a native node with many warms its first ones.
+const WARM_USERS: usize = 16;
+
 pub const SCHEMA: Schema = Schema {
     version: 12,
     tables: &[
@@ -254,7 +261,25 @@ impl Homeserver {
     /// the node; it resumes from the store.
     pub async fn run_background(&self) {
         let presence = api::federation::transactions::send_held_presence(self);
-        futures_util::future::join3(self.sender.run(self), self.search.run(self), presence).await;
+        join(self.warm_up(), join3(self.sender.run(self), self.search.run(self), presence)).await;
+    }
+
+    /// Reads ahead what a first `/sync` of this node's users reads, into the
+    /// caches: a node starts before its clients ask (in a browser, the worker
+    /// wakes as the page opens, and the client asks once it has booted), and a
+    /// store's first read of a table is slow, as is the first run of the code
+    /// behind it in a worker just started. What fails is left for the sync.
+    pub async fn warm_up(&self) {
+        let Ok(users) = self.accounts.users().await else { return };
+        for (user, _) in users.iter().take(WARM_USERS) {
+            for (device, _) in self.accounts.devices(user).await.unwrap_or_default() {
+                let _ = join(self.keys.available(user, &device), self.to_device.pending(user, &device, 0, 1)).await;
+            }
+            let (rooms, _) = join(self.rooms.rooms_of(user), self.user_data.account_data_since(user, u64::MAX)).await;
+            let Ok(rooms) = rooms else { continue };
+            let joined = rooms.iter().filter(|(_, m)| m.membership == MembershipState::Join);
+            let _ = self.rooms.prefetch_rooms(&joined.map(|(id, _)| &**id).collect::<Vec<_>>()).await;
+        }
     }
 
     /// Takes what the transport delivered, in arrival order: answers and
@@ -412,5 +437,102 @@ impl Homeserver {
 
     pub(crate) fn unread_counts(&self) -> &UnreadCounts {
         &self.unread_counts
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use std::{collections::HashMap, sync::Mutex};
+
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::store::{Batch, Direction, KeyRange, MemoryStore};
+
+    /// A memory store that counts the reads of each table.
+    struct Reads {
+        store: MemoryStore,
+        counts: Mutex<HashMap<String, usize>>,
+    }
+
+    impl Reads {
+        fn count(&self, table: &str) {
+            *self.counts.lock().unwrap().entry(table.to_owned()).or_default() += 1;
+        }
+    }
+
+    #[async_trait]
+    impl Store for Reads {
+        async fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.count(table);
+            self.store.get(table, key).await
+        }
+
+        async fn scan_nonempty(
+            &self,
+            table: &str,
+            range: KeyRange,
+            direction: Direction,
+            limit: usize,
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+            self.count(table);
+            self.store.scan_nonempty(table, range, direction, limit).await
+        }
+
+        async fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            self.store.write(batch).await
+        }
+    }
+
+    async fn call(hs: &Homeserver, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
+        let mut request = http::Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = hs.handle(request.body(Bytes::from(body.to_string())).unwrap()).await;
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    /// A node started afresh over a store with a user in a room: its first
+    /// `/sync` of that user reads the user's devices' keys and messages,
+    /// account data and rooms from the store, unless it warmed up first.
+    #[tokio::test]
+    async fn a_first_sync_after_warming_up_finds_the_users_tables_read() {
+        let store = Arc::new(Reads { store: MemoryStore::new(SCHEMA), counts: Mutex::default() });
+        let open = || Homeserver::open(store.clone(), Arc::new(SystemClock), Arc::new(OsRandom));
+        let hs = open().await.unwrap();
+        let mut register = json!({ "username": "alice", "password": "correct horse" });
+        let challenge = call(&hs, "POST", "/_matrix/client/v3/register", None, register.clone()).await;
+        register["auth"] = json!({ "type": "m.login.dummy", "session": challenge["session"] });
+        let registered = call(&hs, "POST", "/_matrix/client/v3/register", None, register).await;
+        let token = registered["access_token"].as_str().unwrap().to_owned();
+        call(&hs, "POST", "/_matrix/client/v3/createRoom", Some(&token), json!({})).await;
+        let since = call(&hs, "GET", "/_matrix/client/v3/sync", Some(&token), json!({})).await["next_batch"].clone();
+        drop(hs);
+
+        let tables = [
+            service::to_device::TO_DEVICE,
+            service::keys::ONE_TIME_KEYS,
+            service::keys::FALLBACK_KEYS,
+            service::user_data::ACCOUNT_DATA,
+            service::rooms::MEMBERSHIPS,
+        ];
+        let path = format!("/_matrix/client/v3/sync?timeout=0&since={}", since.as_str().unwrap());
+        for warm in [false, true] {
+            let hs = open().await.unwrap();
+            if warm {
+                hs.warm_up().await;
+            }
+            store.counts.lock().unwrap().clear();
+            let sync = call(&hs, "GET", &path, Some(&token), json!({})).await;
+            assert!(sync["next_batch"].is_string(), "{sync}");
+            let counts = store.counts.lock().unwrap();
+            let read: Vec<_> = tables.iter().filter(|table| counts.contains_key(**table)).collect();
+            match warm {
+                true => assert!(read.is_empty(), "read after warming up: {read:?}"),
+                false => assert_eq!(read.len(), tables.len(), "a cold node reads them all: {read:?}"),
+            }
+        }
     }
 }
