@@ -11,7 +11,8 @@
 //! Delivery: a frame for a node that is online goes to that key's newest
 //! connection without touching the disk. A frame with the `mailbox` flag is
 //! tracked until the receiver acks it; if the connection drops first, it moves
-//! into the mailbox. A frame for a node that is offline goes into its mailbox
+//! into the mailbox (and its sender, if connected, hears `stored`, as it would
+//! have had the drop come first). A frame for a node that is offline goes into its mailbox
 //! when the flag is set (the sender hears `stored` once it is on disk), and is
 //! refused with `offline` otherwise. On connect a node gets `welcome` and then
 //! its mailbox; those frames stay stored until it acks them, so a node that
@@ -647,23 +648,21 @@ impl Hub {
         if let Err(message) = self.room_for(config, &dest, bytes.len()) {
             return full(message);
         }
+        let state = self.keys.entry(dest).or_default();
+        state.held_frames += 1;
+        state.held_bytes += bytes.len() as u64;
+        self.held_bytes += bytes.len() as u64;
         let op = self.keep(dest, route.origin, route.id, now_ms(), bytes.clone(), Some((reply_to.clone(), stored)));
         Decision::Store(op)
     }
 
-    /// Adds a frame to `dest`'s mailbox index; the caller queues the returned write.
-    /// The caller has counted it in the held totals unless `notify` is set.
+    /// Adds a frame to `dest`'s mailbox index; the caller has counted it in
+    /// the held totals, and queues the returned write.
     fn keep(&mut self, dest: PeerKey, origin: PeerKey, id: u64, arrived: u64, frame: Bytes, notify: Notify) -> DiskOp {
         let seq = self.next_seq;
         self.next_seq += 1;
         let len = frame.len() as u32;
         let state = self.keys.entry(dest).or_default();
-        if notify.is_some() {
-            state.held_frames += 1;
-            state.held_bytes += u64::from(len);
-            self.held_bytes += u64::from(len);
-        }
-        let state = self.keys.get_mut(&dest).expect("just made");
         state.by_id.insert((origin, id), seq);
         state.stored.insert(seq, Stored { origin, id, arrived, len, unwritten: Some(frame.clone()) });
         DiskOp::Put { dest, seq, index: index_value(arrived, len, &origin, id), frame, notify }
@@ -919,7 +918,11 @@ impl Relay {
                 continue;
             }
             let frame = held.frame.clone();
-            let op = hub.keep(key, origin, id, held.arrived, held.frame, None);
+            // Its sender waits to hear what became of it: `stored`, as if the
+            // drop had come first, rather than nothing until it gives up.
+            let sender = hub.keys.get(&origin).and_then(|state| state.conns.last());
+            let notify = sender.map(|conn| (conn.outbox.clone(), Control::Stored { to: key.to_string(), id }));
+            let op = hub.keep(key, origin, id, held.arrived, held.frame, notify);
             let _ = self.inner.disk.send(op);
             if let Some(successor) = &successor {
                 // Best effort: what does not fit waits for the next connection.
