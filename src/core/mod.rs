@@ -17,6 +17,8 @@ pub mod service;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::{join, join3};
+use ruma::events::room::member::MembershipState;
 
 use self::{
     api::client::{account::Uiaa, push::UnreadCounts},
@@ -35,17 +37,14 @@ pub use self::{
     platform::{Clock, OsRandom, Random, Sleep, SystemClock, Thumbnailer},
     router::{error_response, MAX_BODY_BYTES},
 };
-use futures_util::future::{join, join3};
-use ruma::events::room::member::MembershipState;
-
 use crate::p2p::{Frame, Inbound, Payload, Transport};
 use crate::store::{Schema, Store, StoreError};
 
-/// The tables of a glia node's store; each module documents its key encodings.
 /// Users whose first `/sync` [`Homeserver::warm_up`] reads ahead for: a
 /// browser node has one or two; a native node with many warms its first ones.
 const WARM_USERS: usize = 16;
 
+/// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
     version: 12,
     tables: &[
