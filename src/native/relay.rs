@@ -12,9 +12,9 @@
 //! connection without touching the disk. A frame with the `mailbox` flag is
 //! tracked until the receiver acks it; if the connection drops first, it moves
 //! into the mailbox (and its sender, if connected, hears `stored`, as it would
-//! have had the drop come first). A frame for a node that is offline goes into its mailbox
-//! when the flag is set (the sender hears `stored` once it is on disk), and is
-//! refused with `offline` otherwise. On connect a node gets `welcome` and then
+//! have had the drop come first). A frame for a node that is offline goes into
+//! its mailbox when the flag is set (the sender hears `stored` once it is on
+//! disk), and is refused with `offline` otherwise. On connect a node gets `welcome` and then
 //! its mailbox; those frames stay stored until it acks them, so a node that
 //! drops before acking gets them again on its next connection.
 //!
