@@ -64,15 +64,14 @@ impl Rooms {
             .copied()
             .zip(self.events(&outside).await?.iter().map(|e| e.as_deref().is_some_and(placed)))
             .collect();
-        let mut roots = Vec::new();
-        for pdu in answer {
+        let ids: Vec<&EventId> = answer.iter().map(|pdu| &*pdu.event_id).collect();
+        let here = self.events(&ids).await?;
+        let roots = answer.iter().zip(here).filter(|(pdu, here)| {
             let follows_placed =
                 pdu.prev_events.iter().all(|id| given.contains(&**id) || known.get(&**id) == Some(&true));
-            if !follows_placed && !self.event(&pdu.event_id).await?.as_deref().is_some_and(placed) {
-                roots.push(pdu.event_id.clone());
-            }
-        }
-        Ok(roots)
+            !follows_placed && !here.as_deref().is_some_and(placed)
+        });
+        Ok(roots.map(|(pdu, _)| pdu.event_id.clone()).collect())
     }
 
     /// Places the events of `room_id` in a checked backfill answer, oldest
