@@ -2307,6 +2307,8 @@ fn full_text_search() {
     alice
         .post("search?next_batch=s12", json!({ "search_categories": { "room_events": { "search_term": "fox" } } }))
         .err(400, "M_INVALID_PARAM");
+    let recent = json!({ "search_categories": { "room_events": { "search_term": "fox", "order_by": "recent" } } });
+    alice.post("search?next_batch=s12", recent).err(400, "M_INVALID_PARAM");
     alice.post("search", json!({ "search_categories": { "room_events": {} } })).err(400, "M_BAD_JSON");
 }
 

@@ -687,6 +687,14 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     let joined = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(&since)), None).await);
     let timeline = joined["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
     assert!(timeline.iter().all(|e| e["type"] != "m.room.message"), "nothing from before the join is new");
+    // A message after the join, which bob has before paging back.
+    let hello = alice.say(&room, "hello bob").await;
+    let next = bob
+        .sees("hello bob", |s| {
+            let timeline = s["rooms"]["join"][&room]["timeline"]["events"].as_array()?;
+            timeline.iter().any(|e| e["event_id"] == hello.as_str()).then(|| s["next_batch"].clone())
+        })
+        .await;
 
     // Pages larger than one backfill answer: a page short of its limit still
     // says where to go on while the room's start is not here.
@@ -704,9 +712,22 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     let keys: Vec<&Value> =
         related["chunk"].as_array().unwrap().iter().map(|e| &e["content"]["m.relates_to"]["key"]).collect();
     assert_eq!(keys, [&json!("👍")], "{related}");
-    let next = joined["next_batch"].as_str().unwrap();
-    let after = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(next)), None).await);
+    let after = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(next.as_str().unwrap())), None).await);
     assert!(after["rooms"]["join"][&room]["timeline"]["events"].as_array().is_none_or(|events| events.is_empty()));
+    // Found by search, by rank and by recency: by when they were sent, so the
+    // message since the join comes before those backfilled after it.
+    let bob = &bob;
+    let search = |criteria: Value| async move {
+        let found =
+            ok(bob.call("POST", "search", Some(json!({ "search_categories": { "room_events": criteria } }))).await);
+        let results = found["search_categories"]["room_events"]["results"].as_array().unwrap().clone();
+        let bodies: Vec<String> =
+            results.iter().map(|r| r["result"]["content"]["body"].as_str().unwrap().to_owned()).collect();
+        (found["search_categories"]["room_events"]["count"].clone(), bodies)
+    };
+    assert_eq!(search(json!({ "search_term": "before 77" })).await.1, ["before bob 77"]);
+    let (count, bodies) = search(json!({ "search_term": "bob", "order_by": "recent", "filter": { "limit": 3 } })).await;
+    assert_eq!((count, bodies), (json!(131), vec!["hello bob".to_owned(), said[129].clone(), said[128].clone()]));
 
     // Members only: a second room, where bob joins after the messages.
     let hidden = alice
@@ -719,6 +740,6 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&hidden)), Some(json!({}))).await);
     alice.say(&hidden, "after bob").await;
     bob.sees_message(&hidden, "after bob").await;
-    let (bodies, _) = history(&bob, &hidden, "", 7).await;
+    let (bodies, _) = history(bob, &hidden, "", 7).await;
     assert_eq!(bodies, ["after bob"]);
 }

@@ -46,7 +46,7 @@ const WARM_USERS: usize = 16;
 
 /// The tables of a glia node's store; each module documents its key encodings.
 pub const SCHEMA: Schema = Schema {
-    version: 12,
+    version: 13,
     tables: &[
         service::accounts::USERS,
         service::accounts::DEVICES,
@@ -65,6 +65,7 @@ pub const SCHEMA: Schema = Schema {
         service::rooms::ROOMS,
         service::rooms::TIMELINE,
         service::rooms::TOPOLOGY,
+        service::rooms::BACKFILLED,
         service::rooms::HELD_REDACTIONS,
         service::rooms::OUTBOX,
         service::rooms::INVITES,

@@ -15,6 +15,9 @@
 //! - `rooms`: room ID → [`RoomRecord`] as JSON
 //! - `timeline`: room ID, 0, stream position (u64 big-endian) → event ID
 //! - `topology`: room ID, 0, depth (u64 BE), stream position (u64 BE) → event ID
+//! - `backfilled`: room ID, 0, stream position (u64 BE) → event ID: the events
+//!   backfilled into the room (see `history`), which have a place in its
+//!   topology but not in its timeline; what the search index reads them by
 //! - `held_redactions`: room ID, 0, target event ID, 0, redaction event ID → empty:
 //!   redactions that arrived before their target, applied when it does
 //! - `memberships`: user ID, 0, room ID → [`UserMembership`] as JSON, for users
@@ -81,6 +84,7 @@ use self::{
 pub(crate) const ROOMS: &str = "rooms";
 pub(crate) const TIMELINE: &str = "timeline";
 pub(crate) const TOPOLOGY: &str = "topology";
+pub(crate) const BACKFILLED: &str = "backfilled";
 pub(crate) const HELD_REDACTIONS: &str = "held_redactions";
 pub(crate) const MEMBERSHIPS: &str = "memberships";
 pub(crate) const OUTBOX: &str = "outbox";
@@ -146,6 +150,13 @@ pub struct RoomRecord {
     /// The stream position of the room's latest event clients see.
     #[serde(default)]
     pub stream: StreamPosition,
+    /// The stream position of the event last backfilled into the room.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backfilled: StreamPosition,
+}
+
+fn is_zero(position: &StreamPosition) -> bool {
+    *position == 0
 }
 
 /// A local user's membership of a room, as its current state has it.
@@ -733,7 +744,7 @@ impl Rooms {
                 // read and the tail taking over.
                 let _write = self.write.lock().await;
                 if !self.tails.has(room_id) {
-                    let latest = self.timeline_entries(room_id, None, Direction::Backward, Tails::size()).await?;
+                    let latest = self.entries(TIMELINE, room_id, None, Direction::Backward, Tails::size()).await?;
                     self.tails.fill(room_id, latest);
                 }
             }
@@ -741,28 +752,55 @@ impl Rooms {
                 return self.with_events(entries).await;
             }
         }
-        let entries = self.timeline_entries(room_id, from, direction, limit).await?;
+        let entries = self.entries(TIMELINE, room_id, from, direction, limit).await?;
         self.with_events(entries).await
     }
 
-    /// The event at stream position `stream` of the room's timeline.
+    /// The room's events after stream position `from`, in stream order, both
+    /// those of its timeline and those backfilled into it: every event of the
+    /// room its members may read, for the search index.
+    pub async fn readable_after(
+        &self,
+        room_id: &RoomId,
+        from: StreamPosition,
+        limit: usize,
+    ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
+        let (mut entries, backfilled) = futures_util::future::try_join(
+            self.entries(TIMELINE, room_id, Some(from), Direction::Forward, limit),
+            self.entries(BACKFILLED, room_id, Some(from), Direction::Forward, limit),
+        )
+        .await?;
+        entries.extend(backfilled);
+        entries.sort_unstable_by_key(|(stream, _)| *stream);
+        entries.truncate(limit);
+        self.with_events(entries).await
+    }
+
+    /// The event at stream position `stream` of the room: in its timeline, or
+    /// backfilled into it.
     pub async fn event_at(&self, room_id: &RoomId, stream: StreamPosition) -> Result<Option<Arc<Pdu>>, RoomError> {
-        let Some(id) = self.store().get(TIMELINE, &room_key(room_id, &stream.to_be_bytes())).await? else {
-            return Ok(None);
+        let key = room_key(room_id, &stream.to_be_bytes());
+        let id = match self.store().get(TIMELINE, &key).await? {
+            Some(id) => Some(id),
+            None => self.store().get(BACKFILLED, &key).await?,
         };
+        let Some(id) = id else { return Ok(None) };
         let id = String::from_utf8(id).ok().and_then(|id| OwnedEventId::try_from(id).ok());
         let id = id.ok_or_else(|| RoomError::corrupt("bad timeline entry"))?;
         Ok(self.event(&id).await?.map(|event| event.pdu.clone()))
     }
 
-    async fn timeline_entries(
+    /// The entries of `table` (the timeline, or the backfilled events) keyed
+    /// by stream position.
+    async fn entries(
         &self,
+        table: &'static str,
         room_id: &RoomId,
         from: Option<StreamPosition>,
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<(StreamPosition, OwnedEventId)>, RoomError> {
-        let entries = self.page(TIMELINE, room_id, from.map(|s| s.to_be_bytes().to_vec()), direction, limit).await?;
+        let entries = self.page(table, room_id, from.map(|s| s.to_be_bytes().to_vec()), direction, limit).await?;
         entries
             .into_iter()
             .map(|(key, id)| {

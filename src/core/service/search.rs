@@ -8,13 +8,17 @@
 //! timelines at any time, so nothing is lost if a catch-up is cut short.
 //!
 //! Key encodings:
-//! - `search`: term (lowercase UTF-8), 0, stream position (8 bytes big-endian)
-//!   → which keys held it (1 byte: [`BODY`], [`NAME`], [`TOPIC`]), how often (1
-//!   byte), the event's length in words (2 bytes big-endian), then the room ID.
-//!   One term's postings are one prefix range, in stream order; so are all
-//!   terms starting with a prefix.
-//! - `search_progress`: room ID → the stream position indexed up to (8 bytes);
+//! - `search_postings`: term (lowercase UTF-8), 0, stream position (8 bytes
+//!   big-endian) → which keys held it (1 byte: [`BODY`], [`NAME`], [`TOPIC`]),
+//!   how often (1 byte), the event's length in words (2 bytes big-endian), its
+//!   `origin_server_ts` (8 bytes big-endian), then the room ID. One term's
+//!   postings are one prefix range, in stream order; so are all terms starting
+//!   with a prefix.
+//! - `search_indexed`: room ID → the stream position indexed up to (8 bytes);
 //!   the empty key → how many events are indexed in all (8 bytes).
+//!
+//! (Schema 13 named these anew, for the timestamps: the index of an older
+//! node is dropped on upgrade and built again from the rooms.)
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -27,8 +31,8 @@ use crate::{
     store::{Batch, Direction, KeyRange, Store},
 };
 
-pub(crate) const SEARCH: &str = "search";
-pub(crate) const SEARCH_PROGRESS: &str = "search_progress";
+pub(crate) const SEARCH: &str = "search_postings";
+pub(crate) const SEARCH_PROGRESS: &str = "search_indexed";
 
 /// Which content key of an event a term was found in, as a bit.
 pub(crate) const BODY: u8 = 1;
@@ -76,6 +80,7 @@ pub struct Posting {
     pub keys: u8,
     pub count: u8,
     pub words: u16,
+    pub origin_server_ts: u64,
     pub room_id: OwnedRoomId,
 }
 
@@ -85,9 +90,17 @@ impl Posting {
         let split = key.len().checked_sub(9).filter(|at| key[*at] == 0).ok_or_else(corrupt)?;
         let term = std::str::from_utf8(&key[..split]).map_err(|_| corrupt())?.to_owned();
         let stream = u64::from_be_bytes(key[split + 1..].try_into().map_err(|_| corrupt())?);
-        let (head, room) = value.split_at_checked(4).ok_or_else(corrupt)?;
+        let (head, room) = value.split_at_checked(12).ok_or_else(corrupt)?;
         let room_id = std::str::from_utf8(room).ok().and_then(|r| r.try_into().ok()).ok_or_else(corrupt)?;
-        Ok(Self { term, stream, keys: head[0], count: head[1], words: u16::from_be_bytes([head[2], head[3]]), room_id })
+        Ok(Self {
+            term,
+            stream,
+            keys: head[0],
+            count: head[1],
+            words: u16::from_be_bytes([head[2], head[3]]),
+            origin_server_ts: u64::from_be_bytes(head[4..].try_into().map_err(|_| corrupt())?),
+            room_id,
+        })
     }
 }
 
@@ -102,8 +115,8 @@ impl Search {
         Self { store, catching_up: async_lock::Mutex::new(()) }
     }
 
-    /// Indexes what the timelines of `rooms` hold beyond what the index has,
-    /// `CATCH_UP_BATCH` events a commit.
+    /// Indexes what `rooms` hold beyond what the index has (their timelines,
+    /// and what was backfilled into them), `CATCH_UP_BATCH` events a commit.
     pub async fn catch_up(&self, timelines: &Rooms, rooms: &[OwnedRoomId]) -> Result<(), RoomError> {
         let _one = self.catching_up.lock().await;
         let keys: Vec<&[u8]> = rooms.iter().map(|r| r.as_bytes()).chain([&b""[..]]).collect();
@@ -112,11 +125,12 @@ impl Search {
         for (room_id, indexed) in rooms.iter().zip(progress) {
             let mut indexed = number(indexed)?;
             // Most rooms searched have had nothing new since the last search.
-            if timelines.room(room_id).await?.stream <= indexed {
+            let room = timelines.room(room_id).await?;
+            if room.stream.max(room.backfilled) <= indexed {
                 continue;
             }
             loop {
-                let page = timelines.timeline(room_id, Some(indexed), Direction::Forward, CATCH_UP_BATCH).await?;
+                let page = timelines.readable_after(room_id, indexed, CATCH_UP_BATCH).await?;
                 let Some((last, _)) = page.last() else { break };
                 indexed = *last;
                 let mut batch = Batch::new();
@@ -207,7 +221,8 @@ fn postings_of(pdu: &Pdu) -> Vec<(String, Vec<u8>)> {
     terms
         .into_iter()
         .map(|(term, (keys, count))| {
-            let value = [&[keys, count][..], &words.to_be_bytes(), pdu.room_id.as_bytes()].concat();
+            let ts = u64::from(pdu.origin_server_ts.0);
+            let value = [&[keys, count][..], &words.to_be_bytes(), &ts.to_be_bytes(), pdu.room_id.as_bytes()].concat();
             (term, value)
         })
         .collect()

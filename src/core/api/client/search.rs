@@ -6,8 +6,12 @@
 //! across the index and by how often the event holds it (BM25's term
 //! saturation, without length normalisation: messages are short).
 //!
+//! Recent results are ordered by `origin_server_ts`, as their senders sent
+//! them, not by when they reached this node: a message backfilled today from
+//! last year comes after yesterday's.
+//!
 //! `next_batch` tokens: `o{n}` for ranked results (the n-th result onwards),
-//! `s{stream}` for recent ones (events before that stream position), so new
+//! `s{ts}_{stream}` for recent ones (the results after that one), so new
 //! messages do not shift the pages of a search by recency.
 
 use std::{
@@ -63,8 +67,16 @@ pub(crate) async fn search(
 /// A candidate result: an event holding every word, with its rank.
 struct Hit {
     stream: u64,
+    origin_server_ts: u64,
     room_id: OwnedRoomId,
     rank: f64,
+}
+
+impl Hit {
+    /// Where the hit is in a search by recency, newest last.
+    fn recency(&self) -> (u64, u64) {
+        (self.origin_server_ts, self.stream)
+    }
 }
 
 async fn room_events(
@@ -109,14 +121,14 @@ async fn room_events(
     let (mut hits, highlights) = matches(hs, &words, &rooms, keys).await?;
     match by_rank {
         true => hits.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.stream.cmp(&a.stream))),
-        false => hits.sort_by_key(|hit| std::cmp::Reverse(hit.stream)),
+        false => hits.sort_by_key(|hit| std::cmp::Reverse(hit.recency())),
     }
     result.count = Some(UInt::new_saturating(hits.len() as u64));
     result.highlights = highlights;
 
     let skip = match start {
         Start::Offset(offset) => offset,
-        Start::Before(stream) => hits.iter().take_while(|h| h.stream >= stream).count(),
+        Start::Before(recency) => hits.iter().take_while(|h| h.recency() >= recency).count(),
     };
     let mut page: Vec<(&Hit, Arc<Pdu>)> = Vec::new();
     let mut reached = skip;
@@ -137,7 +149,7 @@ async fn room_events(
     if let (true, Some((last, _))) = (reached < hits.len(), page.last()) {
         result.next_batch = Some(match by_rank {
             true => format!("o{reached}"),
-            false => format!("s{}", last.stream),
+            false => format!("s{}_{}", last.origin_server_ts, last.stream),
         });
     }
 
@@ -179,7 +191,7 @@ async fn room_events(
 /// Where a page starts.
 enum Start {
     Offset(usize),
-    Before(u64),
+    Before((u64, u64)),
 }
 
 impl Start {
@@ -187,13 +199,16 @@ impl Start {
         let Some(token) = token else {
             return Ok(match by_rank {
                 true => Self::Offset(0),
-                false => Self::Before(u64::MAX),
+                false => Self::Before((u64::MAX, u64::MAX)),
             });
         };
         let bad = || Error::InvalidParam(format!("not a search batch token: {token}"));
         match (by_rank, token.split_at_checked(1)) {
             (true, Some(("o", n))) => Ok(Self::Offset(n.parse().map_err(|_| bad())?)),
-            (false, Some(("s", n))) => Ok(Self::Before(n.parse().map_err(|_| bad())?)),
+            (false, Some(("s", at))) => {
+                let (ts, stream) = at.split_once('_').ok_or_else(bad)?;
+                Ok(Self::Before((ts.parse().map_err(|_| bad())?, stream.parse().map_err(|_| bad())?)))
+            }
             _ => Err(bad()),
         }
     }
@@ -219,18 +234,21 @@ async fn matches(
             .filter(|p| p.keys & keys != 0 && rooms.contains(&p.room_id))
             .collect();
         // An event may hold several words with this prefix: count it once, summing.
-        let mut per_event: HashMap<u64, (f64, OwnedRoomId)> = HashMap::new();
+        let mut per_event: HashMap<u64, (f64, Posting)> = HashMap::new();
         for posting in postings {
             highlights.insert(posting.term.clone());
-            let entry = per_event.entry(posting.stream).or_insert((0.0, posting.room_id.clone()));
-            entry.0 += f64::from(posting.count);
+            let count = f64::from(posting.count);
+            per_event.entry(posting.stream).or_insert((0.0, posting)).0 += count;
         }
         let idf = (1.0 + (total - per_event.len() as f64 + 0.5) / (per_event.len() as f64 + 0.5)).ln();
         let weight = |count: f64| idf * count * (K1 + 1.0) / (count + K1);
         scores = Some(match scores {
             None => per_event
                 .into_iter()
-                .map(|(stream, (count, room_id))| (stream, Hit { stream, room_id, rank: weight(count) }))
+                .map(|(stream, (count, posting))| {
+                    let Posting { origin_server_ts, room_id, .. } = posting;
+                    (stream, Hit { stream, origin_server_ts, room_id, rank: weight(count) })
+                })
                 .collect(),
             Some(mut scores) => {
                 scores.retain(|stream, _| per_event.contains_key(stream));

@@ -25,8 +25,8 @@ use serde::Deserialize;
 
 use super::{
     create_event_version, is_create, room_key_for_user, to_raw, topological_key, Outcome, RoomError, RoomRecord, Rooms,
-    StreamPosition, UserMembership, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, OUTBOX, ROOMS,
-    TIMELINE, TOPOLOGY,
+    StreamPosition, UserMembership, BACKFILLED, COUNTERS, HELD_REDACTIONS, MAX_PREV_EVENTS, MEMBERSHIPS, META, OUTBOX,
+    ROOMS, TIMELINE, TOPOLOGY,
 };
 use crate::{
     core::{
@@ -481,7 +481,13 @@ impl Rooms {
 
         let mut new_room = match &room {
             Some(room) => room.clone(),
-            None => RoomRecord { version: create_event_version(&pdu.json)?, state: 0, extremities: vec![], stream: 0 },
+            None => RoomRecord {
+                version: create_event_version(&pdu.json)?,
+                state: 0,
+                extremities: vec![],
+                stream: 0,
+                backfilled: 0,
+            },
         };
         let mut stream = None;
         if visible {
@@ -550,6 +556,10 @@ impl Rooms {
             // references, and lists its reactions, once both are here.
             batch = relations::index(batch, &pdu, stream);
         }
+        if let (Some(stream), Arrival::History) = (stream, arrival) {
+            new_room.backfilled = stream;
+            batch = batch.put(BACKFILLED, room_key(&pdu.room_id, &stream.to_be_bytes()), pdu.event_id.as_bytes());
+        }
         if let (Some(stream), false) = (stream, arrival == Arrival::History) {
             c.appended.push((pdu.room_id.clone(), stream, pdu.event_id.clone()));
             // This node's events go to the room's other servers: the sender takes
@@ -596,7 +606,8 @@ impl Rooms {
                 }
             }
         }
-        if arrival != Arrival::History {
+        // A backfilled event changes its room's record only by its position.
+        if arrival != Arrival::History || stream.is_some() {
             c.rooms.entry(pdu.room_id.clone()).or_insert((None, None)).1 = Some(new_room);
         }
         let stored = Arc::new(StoredEvent { pdu, record });
