@@ -111,3 +111,20 @@ async fn the_key_document_is_signed_by_the_key_the_name_spells() {
     forged.insert("valid_until_ts".into(), ruma::CanonicalJsonValue::Integer(ruma::int!(1)));
     assert!(ruma::signatures::verify_json(&keys, &forged).is_err());
 }
+
+/// Endpoints that need no authentication answer a server that signs its
+/// request anyway, and refuse an access token that is not live.
+#[tokio::test]
+async fn unauthenticated_endpoints_let_a_signature_be_and_refuse_a_dead_token() {
+    let hs = homeserver().await;
+    let asking = |authorization: &str| {
+        http::Request::get("/_matrix/federation/v1/version")
+            .header("authorization", authorization)
+            .body(Bytes::new())
+            .unwrap()
+    };
+    let signed = r#"X-Matrix origin="a",destination="b",key="ed25519:glia",sig="c""#;
+    assert_eq!(hs.handle(asking(signed)).await.status(), 200);
+    let dead = hs.handle(asking("Bearer nope")).await;
+    assert_eq!((dead.status().as_u16(), json(&dead)["errcode"].clone()), (401, "M_UNKNOWN_TOKEN".into()));
+}

@@ -69,6 +69,8 @@ pub(crate) use metadata_of_inner;
 macro_rules! endpoints {
     ($dispatch:ident) => {{
         use ruma::api::{client as c, federation as f};
+        // Unused where the endpoints are only listed (the tests), not dispatched.
+        #[allow(unused_imports)]
         use $crate::core::api::{answer, client, federation, ranged};
         $dispatch! {
             c::discovery::get_supported_versions::Request => client::discovery::versions,
@@ -89,7 +91,7 @@ macro_rules! endpoints {
             c::account::register::v3::Request => client::account::register,
             c::account::get_username_availability::v3::Request => client::account::available,
             c::session::get_login_types::v3::Request => client::account::login_types,
-            c::session::login::v3::Request => client::account::login,
+            client::account::Typed<c::session::login::v3::Request> => client::account::login,
             c::session::logout::v3::Request => client::account::logout,
             c::session::logout_all::v3::Request => client::account::logout_all,
             c::account::whoami::v3::Request => client::account::whoami,
@@ -221,6 +223,7 @@ macro_rules! endpoints {
 macro_rules! streamed_endpoints {
     ($dispatch:ident) => {{
         use ruma::api::client as c;
+        #[allow(unused_imports)]
         use $crate::core::api::{answer, client};
         $dispatch! {
             c::media::create_content::v3::Request => client::media::upload,
@@ -230,3 +233,6 @@ macro_rules! streamed_endpoints {
 }
 
 pub(crate) use {endpoints, streamed_endpoints};
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;

@@ -207,13 +207,18 @@ impl Identify for AccessTokenOptional {
 
 /// Schemes that identify nobody. An application service's token would, but
 /// glia hosts none, so registration is open to all alike. A token that is not
-/// live is refused even where none is needed, as the spec says.
+/// live is refused even where none is needed, as the spec says; an
+/// authorization of another kind (a server's `X-Matrix`, asking for this
+/// node's keys) names no session and is let be.
 macro_rules! anonymous {
     ($($scheme:ty),*) => {$(
         impl Identify for $scheme {
             type Identity = ();
             async fn identify(hs: &Homeserver, request: &http::Request<Bytes>) -> Result<(), Error> {
-                session::<AccessTokenOptional>(hs, request, |token| token).await.map(drop)
+                match session::<AccessTokenOptional>(hs, request, |token| token).await {
+                    Err(Error::MissingToken) => Ok(()),
+                    other => other.map(drop),
+                }
             }
         }
     )*};

@@ -8,7 +8,8 @@ use ruma::api::{
         session::{get_login_types, login, logout, logout_all},
         uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier},
     },
-    error::{ErrorKind, StandardErrorBody},
+    error::{DeserializationError, ErrorKind, StandardErrorBody},
+    IncomingRequest,
 };
 
 use ruma::events::room::member::MembershipState;
@@ -72,8 +73,34 @@ pub(crate) async fn login_types(
     Ok(get_login_types::v3::Response::new(vec![password]))
 }
 
+/// Ruma's request `R`, whose body must be a JSON object with a string `type`:
+/// ruma-client-api 0.25 panics parsing a login without one (it indexes the
+/// map for it), so such a body is refused before ruma sees it.
+pub(crate) struct Typed<R>(pub R);
+
+crate::core::api::metadata_of_inner!(Typed);
+
+impl<R: IncomingRequest> IncomingRequest for Typed<R> {
+    type EndpointError = R::EndpointError;
+    type OutgoingResponse = R::OutgoingResponse;
+
+    fn try_from_http_request_inner(request: http::Request<&[u8]>, args: &[&str]) -> Result<Self, DeserializationError> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            _kind: String,
+        }
+        serde_json::from_slice::<Head>(request.body())?;
+        R::try_from_http_request_inner(request, args).map(Self)
+    }
+}
+
 /// `POST /_matrix/client/v3/login`
-pub(crate) async fn login(hs: &Homeserver, _: (), request: login::v3::Request) -> Result<login::v3::Response, Error> {
+pub(crate) async fn login(
+    hs: &Homeserver,
+    _: (),
+    Typed(request): Typed<login::v3::Request>,
+) -> Result<login::v3::Response, Error> {
     let login::v3::LoginInfo::Password(password) = &request.login_info else {
         return Err(Error::Unknown("only m.login.password is supported".into()));
     };

@@ -70,12 +70,13 @@ pub(crate) async fn update_version(
     session: Session,
     request: update_backup_version::v3::Request,
 ) -> Result<update_backup_version::v3::Response, Error> {
+    let algorithm = checked(&request.algorithm)?;
     // The body may name the version too; it must be this one.
-    let named: serde_json::Value = request.algorithm.deserialize_as().map_err(Error::internal)?;
+    let named: serde_json::Value =
+        request.algorithm.deserialize_as().map_err(|err| Error::BadJson(format!("backup algorithm: {err}")))?;
     if named.get("version").is_some_and(|v| v.as_str() != Some(request.version.as_str())) {
         return Err(Error::InvalidParam(format!("the body names another version than {}", request.version)));
     }
-    let algorithm = checked(&request.algorithm)?;
     hs.backups().update(&session.user_id, &request.version, algorithm.json()).await?;
     Ok(update_backup_version::v3::Response::new())
 }

@@ -1,0 +1,251 @@
+//! Every endpoint against bad input: each path the router knows, with its
+//! variables filled by real and by nonsense values, bad query strings, and
+//! bodies that are not JSON or are JSON of every wrong shape; for federation,
+//! signed by a server of its own. Whatever comes back must be a Matrix error
+//! (or a success): never a panic, a hang, or a 500, which would mean the input
+//! reached a place that did not expect it.
+
+use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::Method;
+use ruma::{
+    api::{path_builder::PathBuilder, Metadata},
+    CanonicalJsonValue,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    core::{
+        identity::{NodeKey, KEY_ID},
+        Homeserver, OsRandom, SystemClock, SCHEMA,
+    },
+    store::MemoryStore,
+};
+
+/// The method and path templates of every endpoint.
+fn endpoints() -> Vec<(Method, Vec<&'static str>)> {
+    macro_rules! list {
+        ($($request:ty => $handler:path,)*) => {
+            vec![$((
+                <$request as Metadata>::METHOD,
+                <$request as Metadata>::PATH_BUILDER.all_paths().collect::<Vec<_>>(),
+            ),)*]
+        };
+    }
+    [super::endpoints!(list), super::streamed_endpoints!(list)].concat()
+}
+
+/// Values for a path variable: real ones where the node has one, then
+/// nonsense. The `n`-th request of a template takes the `n`-th of each.
+fn values(variable: &str, real: &Real) -> Vec<String> {
+    let long = "x".repeat(5000);
+    let mut values = match variable.to_lowercase().replace('_', "").trim_matches(['{', '}']) {
+        "roomid" | "roomidoralias" => vec![real.room.clone(), "!nope:example.org".into(), "#nope:example.org".into()],
+        "userid" => vec![real.user.clone(), "@nope:example.org".into()],
+        "eventid" => vec![real.event.clone(), "$nope".into()],
+        "servername" => vec![real.server.clone(), "example.org".into()],
+        _ => vec!["m.room.message".into()],
+    };
+    values.extend(["x".into(), "%FF%FE".into(), "%00".into(), "".into(), long]);
+    values.into_iter().map(|v| utf8_percent_encode(&v)).collect()
+}
+
+/// Percent-encodes what a path segment cannot hold, leaving `%` escapes given
+/// on purpose as they are.
+fn utf8_percent_encode(value: &str) -> String {
+    value.replace('#', "%23").replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24")
+}
+
+const QUERIES: [&str; 2] = [
+    "",
+    "?limit=-1&from=zzz&to=%FF&dir=q&since=zzz&filter=%7B&timeout=0&server_name=%FF&via=x&order_by=x\
+     &width=-5&height=99999999999999999999&method=x&allow_remote=x&timeout_ms=x&ts=x&user_id=x&kind=x",
+];
+
+/// JSON of every wrong shape: what the keys endpoints take, with types they do not.
+fn bodies() -> Vec<Bytes> {
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let wrong = r#"{
+        "room_id": 5, "user_id": [], "event_id": {}, "body": {}, "msgtype": 1, "content": "x", "limit": -1,
+        "events": [1, "x"], "pdus": [1, {}], "edus": "x", "device_keys": 1, "one_time_keys": { "a": 1 },
+        "fallback_keys": [], "messages": { "@a:b": 1 }, "auth": { "type": 5 }, "username": {}, "password": 1,
+        "identifier": "x", "type": ["m.login.password"], "invite": "x", "initial_state": [1],
+        "power_level_content_override": 1, "filter": "x", "visibility": 5,
+        "search_categories": { "room_events": { "search_term": 1 } }, "displayname": [], "avatar_url": 1,
+        "m.relates_to": "x", "reason": 1, "score": "x", "keys": 1, "signatures": "x", "rooms": 1,
+        "sessions": [], "version": 1, "algorithm": {}, "auth_data": 1, "pushkey": 1, "kind": 1, "app_id": [],
+        "data": "x", "lang": 1, "state_key": 1
+    }"#;
+    let numbers = r#"{ "limit": 1e300, "timeout": 18446744073709551616, "depth": -1 }"#;
+    // Right at the top, wrong beneath: a tagged shape missing what its tag needs.
+    let tagged = r#"{ "type": "m.login.password", "identifier": { "type": "m.id.user" },
+        "auth": { "type": "m.login.dummy" }, "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2" }"#;
+    [&b""[..], b"{", b"[]", b"null", b"{}", b"\"x\"", deep.as_bytes()]
+        .into_iter()
+        .chain([wrong, numbers, tagged].map(str::as_bytes))
+        .map(Bytes::copy_from_slice)
+        .collect()
+}
+
+/// What the node holds for path variables to name.
+struct Real {
+    room: String,
+    user: String,
+    event: String,
+    server: String,
+}
+
+async fn call(hs: &Homeserver, request: http::Request<Bytes>) -> Result<(u16, Bytes), String> {
+    let answer = AssertUnwindSafe(hs.handle(request)).catch_unwind();
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Err(_) => Err("no answer in 10 s".into()),
+        Ok(Err(_)) => Err("panicked".into()),
+        Ok(Ok(response)) => Ok((response.status().as_u16(), response.into_body())),
+    }
+}
+
+/// What is wrong with an answer, if anything.
+fn judge(status: u16, body: &[u8]) -> Option<String> {
+    if status >= 500 {
+        return Some(format!("{status}: {}", String::from_utf8_lossy(body)));
+    }
+    if status >= 400 {
+        let error: Value = serde_json::from_slice(body).unwrap_or_default();
+        // User-interactive authentication asks for more with its flows.
+        if status == 401 && error["flows"].is_array() {
+            return None;
+        }
+        if !error["errcode"].as_str().is_some_and(|code| code.starts_with("M_")) {
+            return Some(format!("{status} without a Matrix error: {}", String::from_utf8_lossy(body)));
+        }
+    }
+    None
+}
+
+/// An `X-Matrix` authorization of `request` by `key`, where its body is JSON
+/// (or empty): a signature over a body that is not JSON cannot be made.
+fn sign(key: &NodeKey, destination: &str, request: &http::Request<Bytes>) -> Option<String> {
+    let mut object = json!({
+        "method": request.method().as_str(),
+        "uri": request.uri().path_and_query().map_or("", |p| p.as_str()),
+        "origin": key.server_name().as_str(),
+        "destination": destination,
+    });
+    if !request.body().is_empty() {
+        object["content"] = serde_json::from_slice(request.body()).ok()?;
+    }
+    let CanonicalJsonValue::Object(mut object) = serde_json::from_value(object).ok()? else { return None };
+    ruma::signatures::sign_json(key.server_name().as_str(), key.key_pair(), &mut object).ok()?;
+    let signature = &object["signatures"].as_object()?[key.server_name().as_str()].as_object()?[KEY_ID];
+    let CanonicalJsonValue::String(signature) = signature else { return None };
+    Some(format!(
+        "X-Matrix origin=\"{}\",destination=\"{destination}\",key=\"{KEY_ID}\",sig=\"{signature}\"",
+        key.server_name()
+    ))
+}
+
+async fn register(hs: &Homeserver, username: &str) -> String {
+    let mut register = json!({ "username": username, "password": "correct horse" });
+    let path = "/_matrix/client/v3/register";
+    for _ in 0..2 {
+        let request = http::Request::post(path).body(Bytes::from(register.to_string())).unwrap();
+        let (_, body) = call(hs, request).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        if let Some(token) = body["access_token"].as_str() {
+            return token.to_owned();
+        }
+        register["auth"] = json!({ "type": "m.login.dummy", "session": body["session"] });
+    }
+    panic!("could not register {username}");
+}
+
+async fn client(hs: &Homeserver, token: &str, method: &str, path: &str, body: Value) -> Value {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    serde_json::from_slice(&call(hs, request).await.unwrap().1).unwrap()
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_bad_input_with_a_matrix_error_or_success() {
+    let hs =
+        Homeserver::open(Arc::new(MemoryStore::new(SCHEMA)), Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap();
+    let user = "@alice:".to_owned() + hs.key().server_name().as_str();
+    let mut token = register(&hs, "alice").await;
+    let room = client(&hs, &token, "POST", "/_matrix/client/v3/createRoom", json!({ "name": "Den" })).await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let send = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/1", utf8_percent_encode(&room));
+    let sent = client(&hs, &token, "PUT", &send, json!({ "msgtype": "m.text", "body": "hi" })).await;
+    let real = Real {
+        room,
+        user,
+        event: sent["event_id"].as_str().unwrap().to_owned(),
+        server: hs.key().server_name().to_string(),
+    };
+    let destination = hs.key().server_name().to_string();
+
+    let (bodies, mut failures, mut requests) = (bodies(), Vec::new(), 0);
+    for (method, templates) in endpoints() {
+        let federation =
+            templates.iter().any(|t| t.starts_with("/_matrix/federation/") || t.starts_with("/_matrix/key/"));
+        for template in templates {
+            let variables: Vec<&str> = template.split('/').filter(|s| s.starts_with('{')).collect();
+            let filled: Vec<Vec<String>> = variables.iter().map(|v| values(v, &real)).collect();
+            let variants = filled.iter().map(Vec::len).max().unwrap_or(1);
+            for variant in 0..variants {
+                let mut path = template.to_owned();
+                for (variable, values) in variables.iter().zip(&filled) {
+                    path = path.replacen(variable, &values[variant % values.len()], 1);
+                }
+                let with_body = matches!(method, Method::POST | Method::PUT);
+                let cases: Vec<(&str, Bytes)> = match with_body {
+                    true => bodies.iter().map(|b| ("", b.clone())).collect(),
+                    false => QUERIES.iter().map(|q| (*q, Bytes::new())).collect(),
+                };
+                for (query, body) in cases {
+                    let uri = format!("{path}{query}");
+                    let Ok(mut request) = http::Request::builder().method(method.clone()).uri(&uri).body(body) else {
+                        continue;
+                    };
+                    let authorization = match federation {
+                        // A new server each time, so no rate limit stops the requests early.
+                        true => {
+                            let mut seed = [0u8; 32];
+                            crate::core::Random::fill(&OsRandom, &mut seed);
+                            sign(&NodeKey::from_seed(&seed), &destination, &request)
+                        }
+                        false => Some(format!("Bearer {token}")),
+                    };
+                    if let Some(authorization) = authorization {
+                        request.headers_mut().insert("authorization", authorization.parse().unwrap());
+                    }
+                    requests += 1;
+                    match call(&hs, request).await {
+                        Ok((status, body)) => {
+                            if let Some(wrong) = judge(status, &body) {
+                                failures.push(format!("{method} {uri}: {wrong}"));
+                            }
+                        }
+                        Err(wrong) => failures.push(format!("{method} {uri}: {wrong}")),
+                    }
+                }
+                // Some endpoints (logging out) end the session: start another.
+                let whoami = client(&hs, &token, "GET", "/_matrix/client/v3/account/whoami", json!({})).await;
+                if whoami["errcode"] == "M_UNKNOWN_TOKEN" {
+                    let login = json!({ "type": "m.login.password", "user": "alice", "password": "correct horse" });
+                    let request = http::Request::post("/_matrix/client/v3/login").body(Bytes::from(login.to_string()));
+                    let (_, body) = call(&hs, request.unwrap()).await.unwrap();
+                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    token = body["access_token"].as_str().expect("logged in again").to_owned();
+                }
+            }
+        }
+    }
+    assert!(requests > 5000, "only {requests} requests");
+    assert!(failures.is_empty(), "{} wrong answers:\n{}", failures.len(), failures.join("\n"));
+}
