@@ -64,8 +64,9 @@ const QUERIES: [&str; 2] = [
      &width=-5&height=99999999999999999999&method=x&allow_remote=x&timeout_ms=x&ts=x&user_id=x&kind=x",
 ];
 
-/// JSON of every wrong shape: what the keys endpoints take, with types they do not.
-fn bodies() -> Vec<Bytes> {
+/// JSON of every wrong shape: what the keys endpoints take, with types they
+/// do not; and a federation transaction of broken PDUs and EDUs.
+fn bodies(real: &Real) -> Vec<Bytes> {
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
     let wrong = r#"{
         "room_id": 5, "user_id": [], "event_id": {}, "body": {}, "msgtype": 1, "content": "x", "limit": -1,
@@ -86,7 +87,41 @@ fn bodies() -> Vec<Bytes> {
         .into_iter()
         .chain([wrong, numbers, tagged].map(str::as_bytes))
         .map(Bytes::copy_from_slice)
+        .chain([Bytes::from(transaction(real).to_string())])
         .collect()
+}
+
+/// Where a body names the server sending it: the one signing the request.
+const ORIGIN: &str = "__origin__";
+
+fn transaction(real: &Real) -> Value {
+    let (room, user, event) = (&real.room, &real.user, &real.event);
+    let pdus = [
+        json!({}),
+        json!({ "room_id": room, "type": "m.room.message" }),
+        json!({
+            "room_id": room, "sender": user, "type": "m.room.message", "content": [], "depth": -1,
+            "prev_events": "x", "auth_events": [1], "origin_server_ts": "x", "hashes": {}, "signatures": 1,
+        }),
+        json!({
+            "room_id": room, "sender": "@x:nope", "type": "m.room.member", "state_key": 5,
+            "content": { "membership": 7 }, "depth": 1, "prev_events": [event], "auth_events": [event],
+            "origin_server_ts": 1, "hashes": { "sha256": "x" }, "signatures": { "nope": { "ed25519:glia": "x" } },
+        }),
+    ];
+    let mut receipts = serde_json::Map::new();
+    receipts.insert(room.clone(), json!({ "m.read": { user: { "event_ids": 5 } } }));
+    let edus = [
+        json!({ "edu_type": "m.typing", "content": 1 }),
+        json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": 5, "typing": "x" } }),
+        json!({ "edu_type": "m.receipt", "content": receipts }),
+        json!({ "edu_type": "m.direct_to_device", "content": { "messages": { user: 1 }, "sender": 1 } }),
+        json!({ "edu_type": "m.device_list_update", "content": { "user_id": user, "device_id": 1 } }),
+        json!({ "edu_type": "m.presence", "content": { "push": [{ "user_id": 1 }] } }),
+        json!({ "edu_type": "m.signing_key_update", "content": {} }),
+        json!({ "edu_type": "x", "content": null }),
+    ];
+    json!({ "origin": ORIGIN, "origin_server_ts": 1, "pdus": pdus, "edus": edus, "event": pdus[3], "room_version": "12" })
 }
 
 /// What the node holds for path variables to name.
@@ -189,7 +224,7 @@ async fn every_endpoint_answers_bad_input_with_a_matrix_error_or_success() {
     };
     let destination = hs.key().server_name().to_string();
 
-    let (bodies, mut failures, mut requests) = (bodies(), Vec::new(), 0);
+    let (bodies, mut failures, mut requests) = (bodies(&real), Vec::new(), 0);
     for (method, templates) in endpoints() {
         let federation =
             templates.iter().any(|t| t.starts_with("/_matrix/federation/") || t.starts_with("/_matrix/key/"));
@@ -209,17 +244,25 @@ async fn every_endpoint_answers_bad_input_with_a_matrix_error_or_success() {
                 };
                 for (query, body) in cases {
                     let uri = format!("{path}{query}");
+                    // A new server each time, so no rate limit stops the requests early.
+                    let server = federation.then(|| {
+                        let mut seed = [0u8; 32];
+                        crate::core::Random::fill(&OsRandom, &mut seed);
+                        NodeKey::from_seed(&seed)
+                    });
+                    let body = match &server {
+                        Some(server) => {
+                            let origin = String::from_utf8_lossy(&body).replace(ORIGIN, server.server_name().as_str());
+                            Bytes::from(origin)
+                        }
+                        None => body,
+                    };
                     let Ok(mut request) = http::Request::builder().method(method.clone()).uri(&uri).body(body) else {
                         continue;
                     };
-                    let authorization = match federation {
-                        // A new server each time, so no rate limit stops the requests early.
-                        true => {
-                            let mut seed = [0u8; 32];
-                            crate::core::Random::fill(&OsRandom, &mut seed);
-                            sign(&NodeKey::from_seed(&seed), &destination, &request)
-                        }
-                        false => Some(format!("Bearer {token}")),
+                    let authorization = match &server {
+                        Some(server) => sign(server, &destination, &request),
+                        None => Some(format!("Bearer {token}")),
                     };
                     if let Some(authorization) = authorization {
                         request.headers_mut().insert("authorization", authorization.parse().unwrap());
