@@ -8,12 +8,17 @@
 
 mod mesh;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use glia::{
     core::pdu::{self, NewEvent, Placement},
-    p2p::memory::MemoryNetwork,
+    p2p::{memory::MemoryNetwork, Frame, Inbound, Payload, PeerKey},
 };
 use mesh::{enc, ok, Node};
 use ruma::{
@@ -257,4 +262,122 @@ async fn a_forged_backfill_answer_places_nothing_forged() {
     assert!(rooms.receive_history(&room, genuine, HashMap::new()).await.unwrap() > 0);
     assert!(rooms.event(&message).await.unwrap().is_some_and(|e| e.record.stream.is_some()));
     assert!(rooms.event(&forged_id).await.unwrap().is_none());
+}
+
+/// What a lying peer answers: a status and a body, set between requests.
+type Lie = Arc<Mutex<(u16, String)>>;
+
+/// A peer on `network` that answers every request it gets with the current lie.
+fn liar(network: &MemoryNetwork, lie: Lie) -> String {
+    let key = glia::core::identity::NodeKey::from_seed(&rand_seed());
+    let peer = PeerKey::of(&key);
+    let (transport, mut inbound) = network.connect(peer);
+    tokio::spawn(async move {
+        while let Some(message) = inbound.next().await {
+            let Inbound::Frame(bytes) = message else { continue };
+            let Ok(frame) = Frame::decode(bytes) else { continue };
+            let Payload::Request(request) = &frame.payload else { continue };
+            let (mut status, mut body) = lie.lock().unwrap().clone();
+            // A join template as it should be, so that the lie is the join's answer.
+            if request.uri().path().contains("/make_join/") {
+                let user =
+                    request.uri().path().rsplit('/').next().unwrap_or_default().replace("%40", "@").replace("%3A", ":");
+                let event = json!({
+                    "type": "m.room.member", "state_key": user, "sender": user, "room_id": "!r",
+                    "content": { "membership": "join" }, "origin_server_ts": 1, "depth": 2,
+                    "prev_events": [], "auth_events": [],
+                });
+                (status, body) = (200, json!({ "room_version": "12", "event": event }).to_string());
+            }
+            let response = http::Response::builder().status(status).header("content-type", "application/json");
+            let answer = frame.respond(response.body(Bytes::from(body)).unwrap());
+            let _ = glia::p2p::Transport::send(&transport, frame.origin, answer.encode());
+        }
+    });
+    peer.to_string()
+}
+
+fn rand_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    glia::core::Random::fill(&glia::core::OsRandom, &mut seed);
+    seed
+}
+
+/// A peer answering with nonsense (not JSON, JSON of the wrong shapes, the
+/// right shapes holding wrong things, under every status) makes each request
+/// that reached it fail as a request to another server fails, with a Matrix
+/// error: the node neither panics, nor hangs, nor answers 500 (an error of
+/// its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_answering_nonsense_fails_requests_cleanly() {
+    let network = MemoryNetwork::new();
+    let a = Node::start(&network).await;
+    let alice = a.user("alice").await;
+    let lie: Lie = Arc::default();
+    let liar = liar(&network, lie.clone());
+    let room = alice.create_room(json!({})).await;
+    let bob = format!("@bob:{liar}");
+
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let member = json!({
+        "type": "m.room.member", "state_key": bob, "sender": bob, "room_id": "!r", "content": { "membership": 5 },
+        "depth": "x", "prev_events": 1, "auth_events": [[]], "origin_server_ts": -1,
+    });
+    let bodies = [
+        String::new(),
+        "{".into(),
+        "null".into(),
+        "[]".into(),
+        "{}".into(),
+        deep,
+        json!({ "room_version": "12", "event": member, "state": [1, {}], "auth_chain": "x", "members_omitted": 1 })
+            .to_string(),
+        json!({ "room_version": "99", "event": {}, "state": [member], "auth_chain": [member] }).to_string(),
+        json!({
+            "displayname": 5, "avatar_url": [], "room_id": "x", "servers": "x", "chunk": [1], "rooms": 1,
+            "device_keys": { bob.clone(): { "DEV": { "keys": 1, "user_id": "@other:x" } } }, "devices": "x",
+            "one_time_keys": { bob.clone(): { "DEV": { "signed_curve25519:A": 1 } } }, "master_keys": [],
+            "room": {}, "children": 1, "inaccessible_children": "x", "stream_id": -1, "user_id": 1,
+        })
+        .to_string(),
+    ];
+    let requests = [
+        ("GET", format!("profile/{}", enc(&bob))),
+        ("GET", format!("profile/{}/displayname", enc(&bob))),
+        ("POST", "keys/query".to_owned()),
+        ("POST", "keys/claim".to_owned()),
+        ("GET", format!("/_matrix/client/v1/media/download/{liar}/abc")),
+        ("GET", format!("/_matrix/client/v1/media/thumbnail/{liar}/abc?width=32&height=32")),
+        ("POST", format!("publicRooms?server={liar}")),
+        ("GET", format!("directory/room/{}", enc(&format!("#a:{liar}")))),
+        ("POST", format!("join/{}?server_name={liar}", enc("!r"))),
+        ("POST", format!("rooms/{}/invite", enc(&room))),
+        ("GET", format!("/_matrix/client/v1/rooms/{}/hierarchy?via={liar}", enc("!r"))),
+    ];
+    let body_of = |path: &str| match path {
+        "keys/query" => json!({ "device_keys": { bob.clone(): [] } }),
+        "keys/claim" => json!({ "one_time_keys": { bob.clone(): { "DEV": "signed_curve25519" } } }),
+        _ if path.ends_with("/invite") => json!({ "user_id": bob }),
+        _ => json!({}),
+    };
+    let mut wrong = Vec::new();
+    for status in [200, 404, 500] {
+        for body in &bodies {
+            *lie.lock().unwrap() = (status, body.clone());
+            for (method, path) in &requests {
+                let asked = alice.call(method, path, Some(body_of(path)));
+                let said = |what: &str| format!("{method} {path} ← {status} {:.60}: {what}", body);
+                match tokio::time::timeout(Duration::from_secs(15), asked).await {
+                    Err(_) => wrong.push(said("no answer in 15 s")),
+                    // 502 is how a failed request to another server is told.
+                    Ok((500, answer)) => wrong.push(said(&answer.to_string())),
+                    Ok((400.., answer)) if !answer["errcode"].as_str().is_some_and(|c| c.starts_with("M_")) => {
+                        wrong.push(said(&answer.to_string()))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
 }
