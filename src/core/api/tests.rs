@@ -58,10 +58,16 @@ fn utf8_percent_encode(value: &str) -> String {
     value.replace('#', "%23").replace('!', "%21").replace('@', "%40").replace(':', "%3A").replace('$', "%24")
 }
 
-const QUERIES: [&str; 2] = [
+const QUERIES: [&str; 4] = [
     "",
     "?limit=-1&from=zzz&to=%FF&dir=q&since=zzz&filter=%7B&timeout=0&server_name=%FF&via=x&order_by=x\
      &width=-5&height=99999999999999999999&method=x&allow_remote=x&timeout_ms=x&ts=x&user_id=x&kind=x",
+    // Well formed, at the edges: huge limits and positions, filters asking the impossible.
+    "?limit=4294967296&from=s18446744073709551615&to=t0_0&dir=b&since=s18446744073709551615_0&timeout=0\
+     &filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A-5%7D%2C%22rooms%22%3A%5B1%5D%7D%7D\
+     &width=1&height=1&max_depth=4294967296&suggested_only=true&recurse=true&ts=18446744073709551615",
+    "?from=0&to=18446744073709551615&dir=f&limit=0&since=0&full_state=true&set_presence=x&timeout=0\
+     &filter=0&include_all_networks=true&third_party_instance_id=x&via=example.org&server_name=example.org",
 ];
 
 /// JSON of every wrong shape: what the keys endpoints take, with types they
