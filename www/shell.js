@@ -6,7 +6,7 @@
 
 import { setUpAccount } from './account.js';
 import { startClient } from './client.js';
-import { showNode, showTransport, showUser, watchQueue } from './status.js';
+import { showNode, showTransport, showUser, watchQueue, watchStorage } from './status.js';
 import { startTransport } from './transport.js';
 
 const stepsList = document.getElementById('steps');
@@ -94,6 +94,7 @@ async function main() {
   document.body.dataset.state = 'ready';
   startTransport({ onStatus: showTransport });
   watchQueue();
+  watchStorage();
 }
 
 /// The stock client, and the one-click account while no one is signed in to it.

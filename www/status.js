@@ -1,11 +1,14 @@
 // The status panel: this node's server name, who is signed in, how the node reaches
-// others (relays, and each peer with whether it is direct over WebRTC or relayed)
-// and how many frames wait in its durable send queue. The same state is on the
-// body as data- attributes, for tests: data-relay, data-peers, data-queued,
-// data-user-id.
+// others (relays, and each peer with whether it is direct over WebRTC or relayed),
+// how many frames wait in its durable send queue, and whether the browser keeps
+// its storage. The same state is on the body as data- attributes, for tests:
+// data-relay, data-peers, data-queued, data-user-id, data-storage.
 
 const QUEUE_EVERY_MS = 3_000;
 const ANSWER_MS = 2_000;
+const STORAGE_EVERY_MS = 30_000;
+/// The share of the quota past which saving may soon fail.
+const NEARLY_FULL = 0.9;
 
 /// What the homeserver said of itself.
 export function showNode({ serverName, server, versions }) {
@@ -80,4 +83,40 @@ function askQueued() {
     };
     worker.postMessage({ glia: 'status' }, [channel.port2]);
   });
+}
+
+/// Asks the browser to keep this origin's storage, which holds the node's key
+/// (its server name), rooms and messages: by default storage is "best effort",
+/// and a browser short of disk clears a best-effort origin whole. Chromium
+/// grants it without asking to sites people engage with (bookmarked,
+/// installed, allowed to notify); Firefox asks once. Then shows every half
+/// minute whether it is kept and how much of the quota is used.
+export async function watchStorage() {
+  const storage = navigator.storage;
+  const shown = document.getElementById('storage');
+  if (!storage?.persist) {
+    shown.textContent = 'unknown (this browser does not say whether it keeps it)';
+    return;
+  }
+  await storage.persist().catch(() => false);
+  for (;;) {
+    const kept = await storage.persisted().catch(() => false);
+    const { usage = 0, quota = 0 } = await storage.estimate().catch(() => ({}));
+    const full = quota > 0 && usage / quota > NEARLY_FULL;
+    document.body.dataset.storage = kept ? 'persistent' : 'best-effort';
+    shown.textContent = [
+      kept ? 'kept' : 'best effort: the browser may clear it all when the disk runs short',
+      `${size(usage)} used of ${size(quota)}`,
+      ...(full ? ['nearly full: new messages may fail to be saved'] : []),
+    ].join('; ');
+    shown.classList.toggle('warning', !kept || full);
+    await new Promise((resolve) => setTimeout(resolve, STORAGE_EVERY_MS));
+  }
+}
+
+/// Bytes as browsers show them, in decimal units.
+function size(bytes) {
+  const units = ['bytes', 'kB', 'MB', 'GB', 'TB'];
+  const at = Math.min(units.length - 1, Math.max(0, Math.floor(Math.log10(Math.max(bytes, 1)) / 3)));
+  return at === 0 ? `${bytes} bytes` : `${(bytes / 1000 ** at).toFixed(1)} ${units[at]}`;
 }

@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { api, withShell } from './browser.js';
+import { api, openShell, withShell } from './browser.js';
 
 const shell = withShell({ before, after });
 const WAIT_MS = 60_000;
@@ -82,4 +82,29 @@ test('signing out of the client offers an account again, and one click signs it 
     null, { timeout: WAIT_MS });
   assert.notEqual(await page.evaluate(() => document.body.dataset.userId), before);
   await page.locator('.SessionView').waitFor({ timeout: WAIT_MS });
+});
+
+test('the panel asks the browser to keep its storage and shows whether it does', async () => {
+  const { browser, glia } = shell;
+  const storage = async (page) => {
+    await page.waitForFunction(() => document.body.dataset.storage, null, { timeout: WAIT_MS });
+    return page.evaluate(() => [document.body.dataset.storage, document.getElementById('storage').textContent]);
+  };
+  // Headless Chromium keeps no site's storage of its own accord.
+  const [kept, text] = await storage(shell.page);
+  assert.equal(kept, 'best-effort');
+  assert.match(text, /^best effort: the browser may clear it all when the disk runs short; [\d.]+ (bytes|kB|MB) used of [\d.]+ GB$/);
+  // As Chromium does for a site people bookmark or install, it grants the
+  // request (for as long as this DevTools session lasts).
+  const cdp = await browser.context.newCDPSession(shell.page);
+  await cdp.send('Browser.grantPermissions', { origin: new URL(glia.url).origin, permissions: ['durableStorage'] });
+  const page = await openShell(browser.context, glia.url, { newPage: true });
+  try {
+    const [kept, text] = await storage(page);
+    assert.equal(kept, 'persistent');
+    assert.match(text, /^kept; [\d.]+ (bytes|kB|MB) used of [\d.]+ GB$/);
+  } finally {
+    await page.close();
+    await cdp.detach();
+  }
 });
