@@ -31,7 +31,7 @@ use ruma::{
     events::TimelineEventType,
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId,
 };
-use serde_json::{json, value::to_raw_value};
+use serde_json::{json, value::to_raw_value, Value};
 
 /// A `/send` of `pdus` from `from` to `to`, with its answer or the error status.
 async fn transact(from: &Node, to: &Node, txn: &str, pdus: Vec<serde_json::Value>) -> Result<send::Response, u16> {
@@ -380,4 +380,118 @@ async fn a_peer_answering_nonsense_fails_requests_cleanly() {
         }
     }
     assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+/// State events whose content is of the wrong shape or at the edges (power
+/// levels as strings or past the integer range, unknown join rules and
+/// memberships, allow lists and invites that are not objects...), made by a
+/// member with the power to send them: through the client API of the room's
+/// own node, and as PDUs from the member's node. Each is refused or taken
+/// (the auth rules judge what they can parse), never a panic or an internal
+/// error, and the room goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_every_odd_shape_is_judged_without_breaking_the_room() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (Node::start(&network).await, Node::start(&network).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let via = a.name.clone();
+    ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&room_id)), Some(json!({}))).await);
+    alice.sees_joined(&room_id, &bob.id).await;
+    let levels = json!({ "users": { bob.id.clone(): 100 } });
+    ok(alice.call("PUT", &format!("rooms/{}/state/m.room.power_levels/", enc(&room_id)), Some(levels)).await);
+    let room = RoomId::parse(&room_id).unwrap();
+    let bob_id = UserId::parse(&bob.id).unwrap();
+    let levels_path = format!("rooms/{}/state/m.room.power_levels/", enc(&room_id));
+    bob.eventually("his power", || async {
+        (bob.call("GET", &levels_path, None).await.1["users"][&bob.id] == 100).then_some(())
+    })
+    .await;
+
+    let odd: Vec<(&str, String, Value)> = vec![
+        ("m.room.power_levels", String::new(), json!({ "users": { alice.id.clone(): "100" } })),
+        ("m.room.power_levels", String::new(), json!({ "users_default": 1e30, "ban": "x" })),
+        (
+            "m.room.power_levels",
+            String::new(),
+            json!({ "users": { "x": 1 }, "events": { "m.room.name": -9007199254740991i64 } }),
+        ),
+        ("m.room.power_levels", String::new(), json!({ "users": { bob.id.clone(): 9007199254740992u64 } })),
+        ("m.room.power_levels", String::new(), json!({ "notifications": { "room": [] }, "events": [] })),
+        ("m.room.join_rules", String::new(), json!({ "join_rule": 5 })),
+        (
+            "m.room.join_rules",
+            String::new(),
+            json!({ "join_rule": "restricted", "allow": [1, { "type": "m.room_membership" }] }),
+        ),
+        ("m.room.join_rules", String::new(), json!({ "join_rule": "knock_restricted", "allow": "x" })),
+        ("m.room.member", bob.id.clone(), json!({ "membership": "foo" })),
+        ("m.room.member", bob.id.clone(), json!({ "membership": 5 })),
+        (
+            "m.room.member",
+            "@carol:example.org".into(),
+            json!({ "membership": "invite", "third_party_invite": { "signed": 1 } }),
+        ),
+        ("m.room.member", bob.id.clone(), json!({ "membership": "join", "join_authorised_via_users_server": 5 })),
+        ("m.room.member", "not a user".into(), json!({ "membership": "ban" })),
+        ("m.room.history_visibility", String::new(), json!({ "history_visibility": [] })),
+        ("m.room.server_acl", String::new(), json!({ "allow": "x", "deny": [1], "allow_ip_literals": "no" })),
+        ("m.room.encryption", String::new(), json!({ "algorithm": 5, "rotation_period_ms": -1 })),
+        (
+            "m.room.third_party_invite",
+            "t".into(),
+            json!({ "display_name": 1, "key_validity_url": [], "public_key": {} }),
+        ),
+        ("m.room.create", String::new(), json!({ "room_version": "1", "creator": 5 })),
+        ("m.room.name", String::new(), json!({ "name": 5 })),
+        ("m.room.canonical_alias", String::new(), json!({ "alias": 5, "alt_aliases": "x" })),
+        ("m.room.tombstone", String::new(), json!({ "replacement_room": 5 })),
+        ("m.room.redaction", String::new(), json!({ "redacts": 5 })),
+        ("m.space.child", "x".repeat(300), json!({ "via": "x" })),
+    ];
+
+    let mut wrong = Vec::new();
+    for (n, (kind, key, content)) in odd.iter().enumerate() {
+        // Through alice's client.
+        let path = format!("rooms/{}/state/{kind}/{}", enc(&room_id), enc(key));
+        let (status, answer) = alice.call("PUT", &path, Some(content.clone())).await;
+        if status >= 500 || (status >= 400 && !answer["errcode"].as_str().is_some_and(|c| c.starts_with("M_"))) {
+            wrong.push(format!("local {kind} {content}: {status} {answer}"));
+        }
+        // From bob's node, signed by it, after what the room's node has.
+        let state = a.hs.rooms().current_state(&room).await.unwrap();
+        let auth: Vec<OwnedEventId> = state
+            .iter()
+            .filter(|((state, state_key), _)| match state.to_string().as_str() {
+                "m.room.power_levels" => true,
+                "m.room.join_rules" => *kind == "m.room.member",
+                "m.room.member" => state_key == bob.id.as_str(),
+                _ => false,
+            })
+            .map(|(_, id)| id.clone())
+            .collect();
+        let latest = EventId::parse(alice.last_event(&room_id).await).unwrap();
+        let rules = pdu::rules(&ruma::RoomVersionId::V12).unwrap();
+        let event = NewEvent::state(TimelineEventType::from(*kind), key.clone(), content.clone());
+        let placement = Placement {
+            room_id: Some(&room),
+            prev_events: &[latest],
+            auth_events: &auth,
+            depth: UInt::from(1000u32),
+            origin_server_ts: now(),
+        };
+        // Content that is not canonical JSON (floats, integers past 2^53) cannot be signed.
+        let Ok(pdu) = pdu::build(b.hs.key(), &rules, &bob_id, &event, placement) else { continue };
+        let sent = serde_json::to_value(&pdu.json).unwrap();
+        match transact(&b, &a, &format!("odd{n}"), vec![sent]).await {
+            Ok(_) | Err(400..=499) => {}
+            Err(status) => wrong.push(format!("remote {kind} {content}: {status}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+    bob.say(&room_id, "still here").await;
+    alice.sees_message(&room_id, "still here").await;
+    alice.say(&room_id, "and here").await;
+    bob.sees_message(&room_id, "and here").await;
 }
