@@ -93,7 +93,7 @@ test('the panel asks the browser to keep its storage and shows whether it does',
   // Headless Chromium keeps no site's storage of its own accord.
   const [kept, text] = await storage(shell.page);
   assert.equal(kept, 'best-effort');
-  assert.match(text, /^best effort: the browser may clear it all when the disk runs short; [\d.]+ (bytes|kB|MB) used of [\d.]+ GB$/);
+  assert.match(text, /^best effort: the browser may clear it all when the disk runs short \(install glia as an app, or bookmark it, and Chromium keeps it\); [\d.]+ (bytes|kB|MB) used of [\d.]+ GB$/);
   // As Chromium does for a site people bookmark or install, it grants the
   // request (for as long as this DevTools session lasts).
   const cdp = await browser.context.newCDPSession(shell.page);
@@ -105,6 +105,19 @@ test('the panel asks the browser to keep its storage and shows whether it does',
     assert.match(text, /^kept; [\d.]+ (bytes|kB|MB) used of [\d.]+ GB$/);
   } finally {
     await page.close();
+    await cdp.detach();
+  }
+});
+
+test('the page can be installed as an app', async () => {
+  const cdp = await shell.browser.context.newCDPSession(shell.page);
+  try {
+    const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+    assert.deepEqual(installabilityErrors, []);
+    const manifest = await cdp.send('Page.getAppManifest');
+    assert.deepEqual(manifest.errors, []);
+    assert.equal(JSON.parse(manifest.data).name, 'glia');
+  } finally {
     await cdp.detach();
   }
 });
