@@ -681,13 +681,22 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     let reaction = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": old, "key": "👍" } });
     ok(alice.call("PUT", &format!("rooms/{}/send/m.room.message/edit", enc(&room)), Some(edit)).await);
     ok(alice.call("PUT", &format!("rooms/{}/send/m.reaction/like", enc(&room)), Some(reaction)).await);
+    // A thread on an old message, with a reply from before bob came.
+    let thread = |body: &str| json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": ids[7] } });
+    ok(alice
+        .call("PUT", &format!("rooms/{}/send/m.room.message/old-reply", enc(&room)), Some(thread("old reply")))
+        .await);
     let via = alice.id.split(':').nth(1).unwrap().to_owned();
     let since = bob.sync().await["next_batch"].as_str().unwrap().to_owned();
     ok(bob.call("POST", &format!("join/{}?server_name={via}", enc(&room)), Some(json!({}))).await);
     let joined = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(&since)), None).await);
     let timeline = joined["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
     assert!(timeline.iter().all(|e| e["type"] != "m.room.message"), "nothing from before the join is new");
-    // A message after the join, which bob has before paging back.
+    // A reply in the thread and a message after the join, which bob has
+    // before paging back.
+    ok(alice
+        .call("PUT", &format!("rooms/{}/send/m.room.message/new-reply", enc(&room)), Some(thread("new reply")))
+        .await);
     let hello = alice.say(&room, "hello bob").await;
     let next = bob
         .sees("hello bob", |s| {
@@ -712,6 +721,13 @@ async fn a_user_who_joins_later_pages_back_through_the_history() {
     let keys: Vec<&Value> =
         related["chunk"].as_array().unwrap().iter().map(|e| &e["content"]["m.relates_to"]["key"]).collect();
     assert_eq!(keys, [&json!("👍")], "{related}");
+    // The thread's latest reply is the newest, not the one that reached bob last.
+    let root = ok(bob.call("GET", &format!("rooms/{}/event/{}", enc(&room), enc(&ids[7])), None).await);
+    let summary = &root["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(
+        (summary["count"].clone(), summary["latest_event"]["content"]["body"].clone()),
+        (json!(2), json!("new reply"))
+    );
     let after = ok(bob.call("GET", &format!("sync?timeout=0&since={}", enc(next.as_str().unwrap())), None).await);
     assert!(after["rooms"]["join"][&room]["timeline"]["events"].as_array().is_none_or(|events| events.is_empty()));
     // Found by search, by rank and by recency: by when they were sent, so the

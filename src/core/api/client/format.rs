@@ -22,6 +22,7 @@ use crate::{
         pdu::Pdu,
         service::{
             accounts::Session,
+            events::StoredEvent,
             relations::{self, Child},
         },
         Error, Homeserver,
@@ -160,10 +161,10 @@ async fn bundled(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result
         relations.children(&pdu.room_id, &pdu.event_id, (None, None), None, Direction::Backward, usize::MAX).await?;
     let mut bundle = serde_json::Map::new();
     let thread: Vec<&Child> = children.iter().filter(|c| c.rel_type == relations::THREAD).collect();
-    if let Some(latest) = thread.first() {
+    if !thread.is_empty() {
         let participated =
             viewer.is_some_and(|v| pdu.sender == v.user_id || thread.iter().any(|c| c.sender == v.user_id));
-        if let Some(latest) = hs.rooms().event(&latest.event_id).await? {
+        if let Some(latest) = latest_in_thread(hs, pdu, &thread).await? {
             let event = unbundled_event(hs, &latest.pdu, viewer, true, None).await?;
             bundle.insert(
                 relations::THREAD.into(),
@@ -184,6 +185,20 @@ async fn bundled(hs: &Homeserver, pdu: &Pdu, viewer: Option<&Session>) -> Result
         bundle.insert(relations::REFERENCE.into(), json!({ "chunk": references }));
     }
     Ok((!bundle.is_empty()).then_some(Value::Object(bundle)))
+}
+
+/// The latest reply of a thread (its replies newest first by stream
+/// position): the first, unless the room has had history backfilled, whose
+/// replies came after newer ones did; then the latest in the room's
+/// topological order, as Synapse has it.
+async fn latest_in_thread(hs: &Homeserver, root: &Pdu, thread: &[&Child]) -> Result<Option<Arc<StoredEvent>>, Error> {
+    let Some(newest) = thread.first() else { return Ok(None) };
+    if hs.rooms().room(&root.room_id).await?.backfilled == 0 {
+        return Ok(hs.rooms().event(&newest.event_id).await?);
+    }
+    let ids: Vec<&EventId> = thread.iter().map(|c| &*c.event_id).collect();
+    let replies = hs.rooms().events(&ids).await?.into_iter().flatten();
+    Ok(replies.max_by_key(|reply| (reply.pdu.depth, reply.record.stream)))
 }
 
 /// The edit of `pdu` that applies: among the replacements by its sender, of its
