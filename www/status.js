@@ -90,8 +90,8 @@ function askQueued() {
 /// and a browser short of disk clears a best-effort origin whole. Chromium
 /// grants it without asking to sites people engage with (bookmarked,
 /// installed as an app: www/manifest.webmanifest, allowed to notify); Firefox
-/// asks once. Then shows every half
-/// minute whether it is kept and how much of the quota is used.
+/// asks once. Then shows every half minute whether it is kept and how much of
+/// the quota is used.
 export async function watchStorage() {
   const storage = navigator.storage;
   const shown = document.getElementById('storage');
@@ -106,7 +106,10 @@ export async function watchStorage() {
     const full = quota > 0 && usage / quota > NEARLY_FULL;
     document.body.dataset.storage = kept ? 'persistent' : 'best-effort';
     shown.textContent = [
-      kept ? 'kept' : 'best effort: the browser may clear it all when the disk runs short (install glia as an app, or bookmark it, and Chromium keeps it)',
+      kept
+        ? 'kept'
+        : 'best effort: the browser may clear it all when the disk runs short '
+          + '(install glia as an app, or bookmark it, and Chromium keeps it)',
       `${size(usage)} used of ${size(quota)}`,
       ...(full ? ['nearly full: new messages may fail to be saved'] : []),
     ].join('; ');
