@@ -13,6 +13,8 @@ pub mod pdu;
 mod platform;
 mod router;
 pub mod service;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod testing;
 
 use std::sync::Arc;
 
@@ -445,9 +447,12 @@ mod tests {
     use std::{collections::HashMap, sync::Mutex};
 
     use async_trait::async_trait;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
-    use super::*;
+    use super::{
+        testing::{call, register},
+        *,
+    };
     use crate::store::{Batch, Direction, KeyRange, MemoryStore};
 
     /// A memory store that counts the reads of each table.
@@ -485,15 +490,6 @@ mod tests {
         }
     }
 
-    async fn call(hs: &Homeserver, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
-        let mut request = http::Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = hs.handle(request.body(Bytes::from(body.to_string())).unwrap()).await;
-        serde_json::from_slice(response.body()).unwrap()
-    }
-
     /// A node started afresh over a store with a user in a room: its first
     /// `/sync` of that user reads the user's devices' keys and messages,
     /// account data and rooms from the store, unless it warmed up first.
@@ -502,11 +498,7 @@ mod tests {
         let store = Arc::new(Reads { store: MemoryStore::new(SCHEMA), counts: Mutex::default() });
         let open = || Homeserver::open(store.clone(), Arc::new(SystemClock), Arc::new(OsRandom));
         let hs = open().await.unwrap();
-        let mut register = json!({ "username": "alice", "password": "correct horse" });
-        let challenge = call(&hs, "POST", "/_matrix/client/v3/register", None, register.clone()).await;
-        register["auth"] = json!({ "type": "m.login.dummy", "session": challenge["session"] });
-        let registered = call(&hs, "POST", "/_matrix/client/v3/register", None, register).await;
-        let token = registered["access_token"].as_str().unwrap().to_owned();
+        let token = register(&hs, "alice").await;
         call(&hs, "POST", "/_matrix/client/v3/createRoom", Some(&token), json!({})).await;
         let since = call(&hs, "GET", "/_matrix/client/v3/sync", Some(&token), json!({})).await["next_batch"].clone();
         drop(hs);

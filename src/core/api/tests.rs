@@ -18,7 +18,11 @@ use ruma::api::{
 use serde_json::{json, Value};
 
 use crate::{
-    core::{identity::NodeKey, Homeserver, OsRandom, SystemClock, SCHEMA},
+    core::{
+        identity::NodeKey,
+        testing::{call, register},
+        Homeserver, OsRandom, SystemClock, SCHEMA,
+    },
     store::MemoryStore,
 };
 
@@ -136,7 +140,8 @@ struct Real {
     server: String,
 }
 
-async fn call(hs: &Homeserver, request: http::Request<Bytes>) -> Result<(u16, Bytes), String> {
+/// The answer to `request`, or what went wrong instead of one.
+async fn answer(hs: &Homeserver, request: http::Request<Bytes>) -> Result<(u16, Bytes), String> {
     let answer = AssertUnwindSafe(hs.handle(request)).catch_unwind();
     match tokio::time::timeout(Duration::from_secs(10), answer).await {
         Err(_) => Err("no answer in 10 s".into()),
@@ -171,41 +176,16 @@ fn sign(key: &NodeKey, destination: &str, request: &http::Request<Bytes>) -> Opt
     XMatrix::sign_http_request(request, input).ok().map(|header| (&header).into())
 }
 
-async fn register(hs: &Homeserver, username: &str) -> String {
-    let mut register = json!({ "username": username, "password": "correct horse" });
-    let path = "/_matrix/client/v3/register";
-    for _ in 0..2 {
-        let request = http::Request::post(path).body(Bytes::from(register.to_string())).unwrap();
-        let (_, body) = call(hs, request).await.unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        if let Some(token) = body["access_token"].as_str() {
-            return token.to_owned();
-        }
-        register["auth"] = json!({ "type": "m.login.dummy", "session": body["session"] });
-    }
-    panic!("could not register {username}");
-}
-
-async fn client(hs: &Homeserver, token: &str, method: &str, path: &str, body: Value) -> Value {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Bytes::from(body.to_string()))
-        .unwrap();
-    serde_json::from_slice(&call(hs, request).await.unwrap().1).unwrap()
-}
-
 #[tokio::test]
 async fn every_endpoint_answers_bad_input_with_a_matrix_error_or_success() {
     let hs =
         Homeserver::open(Arc::new(MemoryStore::new(SCHEMA)), Arc::new(SystemClock), Arc::new(OsRandom)).await.unwrap();
     let user = "@alice:".to_owned() + hs.key().server_name().as_str();
     let mut token = register(&hs, "alice").await;
-    let room = client(&hs, &token, "POST", "/_matrix/client/v3/createRoom", json!({ "name": "Den" })).await;
+    let room = call(&hs, "POST", "/_matrix/client/v3/createRoom", Some(&token), json!({ "name": "Den" })).await;
     let room = room["room_id"].as_str().unwrap().to_owned();
     let send = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/1", encode_segment(&room));
-    let sent = client(&hs, &token, "PUT", &send, json!({ "msgtype": "m.text", "body": "hi" })).await;
+    let sent = call(&hs, "PUT", &send, Some(&token), json!({ "msgtype": "m.text", "body": "hi" })).await;
     let real = Real {
         room,
         user,
@@ -258,7 +238,7 @@ async fn every_endpoint_answers_bad_input_with_a_matrix_error_or_success() {
                         request.headers_mut().insert("authorization", authorization);
                     }
                     requests += 1;
-                    match call(&hs, request).await {
+                    match answer(&hs, request).await {
                         Ok((status, body)) => {
                             if let Some(wrong) = judge(status, &body) {
                                 failures.push(format!("{method} {uri}: {wrong}"));
@@ -268,12 +248,10 @@ async fn every_endpoint_answers_bad_input_with_a_matrix_error_or_success() {
                     }
                 }
                 // Some endpoints (logging out) end the session: start another.
-                let whoami = client(&hs, &token, "GET", "/_matrix/client/v3/account/whoami", json!({})).await;
+                let whoami = call(&hs, "GET", "/_matrix/client/v3/account/whoami", Some(&token), json!({})).await;
                 if whoami["errcode"] == "M_UNKNOWN_TOKEN" {
                     let login = json!({ "type": "m.login.password", "user": "alice", "password": "correct horse" });
-                    let request = http::Request::post("/_matrix/client/v3/login").body(Bytes::from(login.to_string()));
-                    let (_, body) = call(&hs, request.unwrap()).await.unwrap();
-                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    let body = call(&hs, "POST", "/_matrix/client/v3/login", None, login).await;
                     token = body["access_token"].as_str().expect("logged in again").to_owned();
                 }
             }
