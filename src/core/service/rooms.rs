@@ -765,11 +765,15 @@ impl Rooms {
         from: StreamPosition,
         limit: usize,
     ) -> Result<Vec<(StreamPosition, Arc<Pdu>)>, RoomError> {
-        let (mut entries, backfilled) = futures_util::future::try_join(
-            self.entries(TIMELINE, room_id, Some(from), Direction::Forward, limit),
-            self.entries(BACKFILLED, room_id, Some(from), Direction::Forward, limit),
-        )
-        .await?;
+        let timeline = self.entries(TIMELINE, room_id, Some(from), Direction::Forward, limit);
+        // Most rooms have had nothing backfilled since `from`: one scan, not two.
+        let (mut entries, backfilled) = match self.room(room_id).await?.backfilled > from {
+            true => {
+                let backfilled = self.entries(BACKFILLED, room_id, Some(from), Direction::Forward, limit);
+                futures_util::future::try_join(timeline, backfilled).await?
+            }
+            false => (timeline.await?, Vec::new()),
+        };
         entries.extend(backfilled);
         entries.sort_unstable_by_key(|(stream, _)| *stream);
         entries.truncate(limit);
